@@ -1,0 +1,136 @@
+r"""Radius graphs with periodic boundary conditions, in plain torch.
+
+Convention (shared by every so2nn module): ``edge_index[0]`` is the source :math:`j` (the
+neighbour), ``edge_index[1]`` the target :math:`i` (the centre, where messages are
+summed), and the edge vector is
+
+.. math::  r_{ij} = x_j + n_{ij} A - x_i,
+
+with :math:`n_{ij} \in \mathbb{Z}^3` the ``cell_offsets`` and :math:`A` the cell, rows
+being lattice vectors (ASE's convention).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from .._checks import check_finite, check_last_dims
+
+__all__ = ["radius_graph", "edge_vectors"]
+
+
+def edge_vectors(
+    pos: torch.Tensor,
+    edge_index: torch.Tensor,
+    cell_offsets: torch.Tensor | None = None,
+    cell: torch.Tensor | None = None,
+    batch: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Edge vectors ``pos[src] + offset @ cell[system] - pos[dst]``, ``[E, 3]``.
+
+    ``cell`` is ``[3, 3]`` for one system or ``[B, 3, 3]`` with ``batch`` mapping atoms to
+    systems. Differentiable in ``pos`` and ``cell``.
+    """
+    src, dst = edge_index
+    vec = pos.index_select(0, src) - pos.index_select(0, dst)
+    if cell_offsets is None:
+        return vec
+    if cell is None:
+        raise ValueError("cell_offsets given without a cell")
+    offsets = cell_offsets.to(pos.dtype)
+    if cell.dim() == 2:
+        return vec + offsets @ cell
+    system = batch.index_select(0, dst) if batch is not None else torch.zeros_like(dst)
+    return vec + torch.einsum("ek,ekj->ej", offsets, cell.index_select(0, system))
+
+
+def _image_range(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> list[range]:
+    """Lattice translations needed per axis: ceil(cutoff / plane spacing) where periodic."""
+    # The spacing of the lattice planes spanned by the other two vectors is 1 / |b_k|,
+    # with b_k the k-th column of inv(A) (the reciprocal vectors without 2 pi).
+    inv = torch.linalg.inv(cell.to(torch.float64))
+    spacing = 1.0 / inv.norm(dim=0)
+    return [
+        range(-math.ceil(cutoff / float(spacing[k])), math.ceil(cutoff / float(spacing[k])) + 1)
+        if bool(pbc[k])
+        else range(0, 1)
+        for k in range(3)
+    ]
+
+
+def radius_graph(
+    pos: torch.Tensor,
+    cutoff: float,
+    cell: torch.Tensor | None = None,
+    pbc: torch.Tensor | tuple[bool, bool, bool] | None = None,
+    batch: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""All pairs closer than ``cutoff``, across periodic images.
+
+    Args:
+        pos: ``[N, 3]`` Cartesian positions.
+        cutoff: radius (same unit as ``pos``).
+        cell: ``[3, 3]`` or ``[B, 3, 3]`` lattice vectors as rows; ``None`` for molecules.
+        pbc: ``[3]`` or ``[B, 3]`` periodic flags (default: all periodic when a cell is
+            given).
+        batch: ``[N]`` system index of each atom (default: one system).
+
+    Returns:
+        ``(edge_index [2, E], cell_offsets [E, 3])``, edges sorted by target then source.
+        An atom is never its own neighbour in the zero image, but is in other images.
+
+    Example:
+        >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+        >>> radius_graph(pos, cutoff=1.5)[0]
+        tensor([[1, 0],
+                [0, 1]])
+    """
+    check_last_dims("pos", pos, (3,), "[N, 3]")
+    check_finite("pos", pos)
+    if not cutoff > 0:
+        raise ValueError(f"cutoff must be > 0, got {cutoff}")
+    num_atoms = pos.shape[0]
+    device = pos.device
+    batch = torch.zeros(num_atoms, dtype=torch.long, device=device) if batch is None else batch
+    if batch.shape != (num_atoms,):
+        raise ValueError(f"batch must have shape [N={num_atoms}], got {tuple(batch.shape)}")
+    num_systems = int(batch.max()) + 1 if num_atoms else 0
+    if cell is not None:
+        cell = cell.reshape(-1, 3, 3)
+        if cell.shape[0] != num_systems:
+            raise ValueError(f"cell must have one [3, 3] matrix per system ({num_systems}), got {cell.shape[0]}")
+        check_finite("cell", cell)
+        pbc = torch.ones(3, dtype=torch.bool) if pbc is None else torch.as_tensor(pbc, dtype=torch.bool)
+        pbc = pbc.reshape(-1, 3).expand(num_systems, 3).cpu()
+        if bool((pbc.any(dim=1) & (torch.linalg.det(cell.detach().cpu().double()).abs() < 1e-12)).any()):
+            raise ValueError("cell is singular but pbc is set: periodic directions need a non-degenerate cell")
+    elif pbc is not None and bool(torch.as_tensor(pbc).any()):
+        raise ValueError("pbc is set but no cell was given")
+
+    edges, offsets = [], []
+    for s in range(num_systems):
+        atoms = (batch == s).nonzero()[:, 0]
+        p = pos.detach().index_select(0, atoms)
+        if cell is None or not bool(pbc[s].any()):
+            images = torch.zeros(1, 3, dtype=pos.dtype, device=device)
+        else:
+            ranges = _image_range(cell[s].detach(), pbc[s], cutoff)
+            images = torch.tensor(list(itertools.product(*ranges)), dtype=pos.dtype, device=device)
+        shift = images @ cell[s].detach() if cell is not None else images
+        # d[k, i, j] = |p_j + shift_k - p_i|
+        vec = p.unsqueeze(0).unsqueeze(1) + shift.view(-1, 1, 1, 3) - p.unsqueeze(0).unsqueeze(2)
+        dist = vec.norm(dim=-1)
+        mask = dist < cutoff
+        zero_image = (images == 0).all(dim=1)
+        mask[zero_image] &= ~torch.eye(len(atoms), dtype=torch.bool, device=device)
+        k, i, j = mask.nonzero(as_tuple=True)
+        order = torch.argsort(i * len(atoms) * len(images) + j * len(images) + k)
+        k, i, j = k[order], i[order], j[order]
+        edges.append(torch.stack([atoms[j], atoms[i]]))
+        offsets.append(images[k].round().long())
+    if not edges:
+        return torch.zeros(2, 0, dtype=torch.long, device=device), torch.zeros(0, 3, dtype=torch.long, device=device)
+    return torch.cat(edges, dim=1), torch.cat(offsets, dim=0)

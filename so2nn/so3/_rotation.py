@@ -1,0 +1,102 @@
+r"""Rotation of node features into edge frames (truncated, m-major) and back."""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_last_dims
+from ._frames import edge_frames
+from ._layout import CoefficientLayout, layout_index
+from ._wigner import _blocks, check_rotation
+
+__all__ = ["EdgeRotation"]
+
+
+class EdgeRotation:
+    r"""Per-edge Wigner-D blocks, truncated to :math:`|m| \le m_{max}`, built once per forward.
+
+    For each edge :math:`e` with frame :math:`R_e` (:func:`~so2nn.so3.edge_frames`), degree
+    :math:`l` is rotated by the rows :math:`|m| \le \min(l, m_{max})` of
+    :math:`D^l(R_e)` only: a ``[2 min(l, mmax) + 1, 2l + 1]`` block per degree, never the
+    dense ``(lmax+1)**2`` square.
+
+    .. math::
+
+        \tilde x_e^{(l)} = D^l(R_e)_{|m| \le m_{max}}\, x_e^{(l)}, \qquad
+        x_e^{(l)} = s_l\, D^l(R_e)_{|m| \le m_{max}}^\top\, \tilde x_e^{(l)},
+
+    with :math:`s_l = 1`, or the truncation rescale of EquiformerV2
+    (:attr:`CoefficientLayout.truncation_rescale`) when ``rescale=True``.
+
+    Args:
+        layout: the (lmax, mmax) layout.
+        edge_vec: ``[E, 3]`` edge vectors; their frames are :func:`~so2nn.so3.edge_frames`.
+
+    Example:
+        >>> layout = CoefficientLayout(lmax=2, mmax=1)
+        >>> rot = EdgeRotation(layout, torch.randn(5, 3))
+        >>> x = torch.randn(5, layout.dim, 8)      # l-major, already gathered per edge
+        >>> rot.to_edge(x).shape                   # m-major, |m| <= 1
+        torch.Size([5, 7, 8])
+        >>> rot.from_edge(rot.to_edge(x)).shape
+        torch.Size([5, 9, 8])
+    """
+
+    def __init__(self, layout: CoefficientLayout, edge_vec: torch.Tensor) -> None:
+        self._init(layout, edge_frames(edge_vec))
+
+    @classmethod
+    def from_frames(cls, layout: CoefficientLayout, frames: torch.Tensor) -> EdgeRotation:
+        """Build from given frames ``R[E, 3, 3]`` (each must take its edge onto ``+y``)."""
+        check_rotation(frames, "frames")
+        self = cls.__new__(cls)
+        self._init(layout, frames)
+        return self
+
+    def _init(self, layout: CoefficientLayout, frames: torch.Tensor) -> None:
+        if not isinstance(layout, CoefficientLayout):
+            raise ValueError(f"layout must be a CoefficientLayout, got {type(layout).__name__}")
+        self.layout = layout
+        self.frames = frames
+        mmax = layout.mmax
+        self.blocks = [
+            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :]
+            for l, D in enumerate(_blocks(layout.lmax, frames))
+        ]
+
+    @property
+    def num_edges(self) -> int:
+        return self.frames.shape[0]
+
+    def __repr__(self) -> str:
+        return f"EdgeRotation({self.layout}, num_edges={self.num_edges})"
+
+    def to_edge(self, x: torch.Tensor) -> torch.Tensor:
+        """l-major ``[E, (lmax+1)**2, C]`` -> edge frames, m-major ``[E, edge_dim, C]``."""
+        layout = self.layout
+        check_last_dims("x", x, (layout.dim, x.shape[-1]), f"[E={self.num_edges}, {layout.dim}, C]")
+        if x.shape[0] != self.num_edges:
+            raise ValueError(f"x must have {self.num_edges} rows (one per edge), got {x.shape[0]}")
+        parts = [torch.bmm(D, x[:, layout.degree_slice(l)]) for l, D in enumerate(self.blocks)]
+        perm = layout_index(layout, "truncated_to_m_major", x.device)
+        return torch.cat(parts, dim=1).index_select(1, perm)
+
+    def from_edge(self, y: torch.Tensor, rescale: bool = False) -> torch.Tensor:
+        """Edge frames, m-major ``[E, edge_dim, C]`` -> l-major ``[E, (lmax+1)**2, C]``.
+
+        Exact inverse of :meth:`to_edge` on the ``|m| <= mmax`` part. With ``rescale=True``
+        degree ``l`` is multiplied by ``sqrt((2l+1) / (2 min(l, mmax)+1))``, as
+        EquiformerV2 does when it rotates messages back.
+        """
+        layout = self.layout
+        if y.dim() != 3 or y.shape[:2] != (self.num_edges, layout.edge_dim):
+            raise ValueError(
+                f"y must have shape [E={self.num_edges}, {layout.edge_dim}, C], got {tuple(y.shape)}"
+            )
+        y = y.index_select(1, layout_index(layout, "m_major_to_truncated", y.device))
+        scale = layout.truncation_rescale.tolist()
+        parts = []
+        for l, D in enumerate(self.blocks):
+            part = torch.bmm(D.transpose(1, 2), y[:, layout.truncated_degree_slice(l)])
+            parts.append(part * scale[l] if rescale and scale[l] != 1.0 else part)
+        return torch.cat(parts, dim=1)

@@ -1,0 +1,110 @@
+r"""Real Wigner-D matrices from rotation matrices, in e3nn's basis.
+
+The degree-:math:`l` representation is built from the degree-:math:`(l-1)` one and
+:math:`D^1(R) = R` (e3nn's basis for :math:`l = 1` is :math:`(x, y, z)`):
+
+.. math::
+
+    D^l(R) = C_l^\top \bigl(D^{l-1}(R) \otimes R\bigr) C_l,
+
+where :math:`C_l \in \mathbb{R}^{(2l-1) \cdot 3 \times (2l+1)}` is the real
+Clebsch-Gordan coupling :math:`(l-1) \otimes 1 \to l` with orthonormal columns
+(e3nn's ``wigner_3j(l-1, 1, l)`` scaled by :math:`\sqrt{2l+1}`). Because
+:math:`C_l` intertwines the representations, the product is exactly :math:`D^l`.
+
+Every entry is a polynomial in the entries of :math:`R`: no Euler angles, so there is
+no gimbal lock, and values and gradients are finite for every rotation.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+from .._checks import check_degree, check_finite, check_last_dims
+
+__all__ = ["wigner_D", "wigner_D_blocks"]
+
+
+@lru_cache(maxsize=None)
+def _coupling_float64(l: int) -> torch.Tensor:
+    from e3nn import o3
+
+    # e3nn normalises wigner_3j to unit Frobenius norm; scaling by sqrt(2l+1) makes the
+    # (2l+1) columns of the reshaped [(2l-1)*3, 2l+1] matrix orthonormal.
+    return o3.wigner_3j(l - 1, 1, l, dtype=torch.float64) * math.sqrt(2 * l + 1)
+
+
+@lru_cache(maxsize=None)
+def _coupling(l: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return _coupling_float64(l).to(dtype=dtype, device=device)
+
+
+def _blocks(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
+    """Unchecked: ``[D^0(R), ..., D^lmax(R)]``, each ``[..., 2l+1, 2l+1]``."""
+    blocks = [R.new_ones(R.shape[:-2] + (1, 1))]
+    if lmax >= 1:
+        blocks.append(R)
+    for l in range(2, lmax + 1):
+        C = _coupling(l, R.dtype, R.device)  # [2l-1, 3, 2l+1]
+        RC = torch.einsum("...jm,kmb->...kjb", R, C)
+        DRC = torch.einsum("...ik,...kjb->...ijb", blocks[-1], RC)
+        blocks.append(torch.einsum("ija,...ijb->...ab", C, DRC))
+    return blocks
+
+
+def check_rotation(R: torch.Tensor, name: str = "R") -> None:
+    """Raise a ValueError unless ``R[..., 3, 3]`` holds finite proper rotation matrices."""
+    check_last_dims(name, R, (3, 3), "[..., 3, 3]")
+    check_finite(name, R)
+    if R.numel() == 0:
+        return
+    tol = 1e-3 if R.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-6
+    eye = torch.eye(3, dtype=R.dtype, device=R.device)
+    orth = (R @ R.transpose(-1, -2) - eye).abs().amax()
+    if orth > tol:
+        raise ValueError(f"{name} is not orthogonal: max |R R^T - I| = {float(orth):.3g} > {tol}")
+    det = torch.linalg.det(R)
+    if (det - 1).abs().amax() > tol:
+        raise ValueError(f"{name} is not a proper rotation: det = {float(det.min()):.6g} (must be +1)")
+
+
+def wigner_D_blocks(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
+    r"""Wigner-D matrices of every degree ``0..lmax`` for rotations ``R[..., 3, 3]``.
+
+    Args:
+        lmax: largest degree.
+        R: rotation matrices, ``[..., 3, 3]``, float32 or float64.
+
+    Returns:
+        A list whose entry ``l`` is :math:`D^l(R)`, of shape ``[..., 2l+1, 2l+1]``.
+        Sharing the recursion, this is cheaper than ``lmax + 1`` calls of :func:`wigner_D`.
+    """
+    check_degree("lmax", lmax)
+    check_rotation(R)
+    return _blocks(lmax, R)
+
+
+def wigner_D(l: int, R: torch.Tensor) -> torch.Tensor:
+    r"""Real Wigner-D matrix of degree ``l`` for a batch of rotation matrices.
+
+    In e3nn's basis: ``wigner_D(l, R)`` equals ``e3nn.o3.Irrep(l, p).D_from_matrix(R)``, and
+    real spherical harmonics rotate as :math:`Y^l(R\,r) = D^l(R)\,Y^l(r)`.
+
+    Args:
+        l: degree, ``l >= 0``.
+        R: proper rotation matrices, ``[..., 3, 3]`` (float32 or float64, differentiable).
+
+    Returns:
+        ``[..., 2l+1, 2l+1]``, orthogonal, with :math:`D^l(R_1 R_2) = D^l(R_1) D^l(R_2)`.
+
+    Example:
+        >>> R = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> wigner_D(2, R).shape
+        torch.Size([5, 5])
+    """
+    check_degree("l", l)
+    check_rotation(R)
+    return _blocks(l, R)[l]

@@ -1,0 +1,24 @@
+"""Testing utilities for equivariant code built on so2nn.
+
+:func:`assert_equivariant` checks a function against random or given rotations, output by
+output; :mod:`so2nn.testing.strategies` (needs ``hypothesis``) draws rotations, point
+clouds, periodic cells and atomic graphs.
+"""
+
+from ._equivariance import (
+    EquivarianceError,
+    apply_rotation,
+    assert_equivariant,
+    equivariance_error,
+    quaternion_to_matrix,
+    random_rotation,
+)
+
+__all__ = [
+    "EquivarianceError",
+    "apply_rotation",
+    "assert_equivariant",
+    "equivariance_error",
+    "quaternion_to_matrix",
+    "random_rotation",
+]

@@ -1,0 +1,16 @@
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+# Equivariance tests are numeric: no per-example deadline (CPU timing is noisy), and a
+# modest number of examples; CI runs the same profile.
+settings.register_profile(
+    "so2nn",
+    max_examples=int(os.environ.get("SO2NN_HYPOTHESIS_EXAMPLES", "20")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("so2nn")
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
