@@ -19,7 +19,7 @@ import torch
 
 from .._checks import check_finite, check_last_dims
 
-__all__ = ["radius_graph", "edge_vectors"]
+__all__ = ["edge_vectors", "radius_graph", "segment_softmax"]
 
 
 def edge_vectors(
@@ -134,3 +134,18 @@ def radius_graph(
     if not edges:
         return torch.zeros(2, 0, dtype=torch.long, device=device), torch.zeros(0, 3, dtype=torch.long, device=device)
     return torch.cat(edges, dim=1), torch.cat(offsets, dim=0)
+
+
+def segment_softmax(logits: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
+    r"""Softmax of ``logits[E, ...]`` over the entries that share ``index[E]`` (e.g. edges per target).
+
+    .. math:: \alpha_e = \frac{\exp(z_e - \max_{e' \in s(e)} z_{e'})}{\sum_{e' \in s(e)} \exp(z_{e'} - \max z)}
+
+    Plain torch (``scatter_reduce`` and ``index_add``), no extension packages.
+    """
+    shape = (num_segments,) + logits.shape[1:]
+    expanded = index.view(-1, *([1] * (logits.dim() - 1))).expand_as(logits)
+    peak = logits.new_full(shape, float("-inf")).scatter_reduce(0, expanded, logits.detach(), "amax")
+    exp = (logits - peak.index_select(0, index)).exp()
+    total = logits.new_zeros(shape).index_add(0, index, exp)
+    return exp / total.index_select(0, index)

@@ -1,0 +1,77 @@
+"""EdgeDegreeEmbedding: initial equivariant node features from the geometry of the edges."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..so3 import CoefficientLayout, EdgeRotation
+from ._common import as_layout, check_channels
+from ._radial import AtomEdgeEmbedding, RadialMLP
+
+__all__ = ["EdgeDegreeEmbedding"]
+
+
+class EdgeDegreeEmbedding(nn.Module):
+    r"""Sum over neighbours of radial features placed on the :math:`m = 0` coefficients of
+    each edge frame and rotated back (EquiformerV2's edge-degree embedding).
+
+    .. math::
+
+        x_i = \frac{1}{a} \sum_{j \in \mathcal N(i)} D(R_{ij})^\top
+        \bigl[\rho(h_{ij})\ \text{on}\ m = 0,\ 0\ \text{elsewhere}\bigr]
+
+    In the edge frame an :math:`m = 0` coefficient is invariant to the roll about the edge,
+    so the result is equivariant; :math:`D^\top` carries EquiformerV2's truncation rescale.
+
+    Args:
+        layout: the (lmax, mmax) layout.
+        channels: sphere channels :math:`C` of the output.
+        edge_channels_list: ``[edge_in, hidden, ...]`` of the radial MLP (``edge_in`` before
+            the atom-type embeddings are appended).
+        max_num_elements: size of the atom-type tables for the source/target embeddings, or
+            ``None`` to use the radial features alone.
+        rescale_factor: :math:`a` (EquiformerV2: the average degree, 23.395...).
+
+    Shapes:
+        ``edge_features: [E, edge_in]``, ``atomic_numbers: [N]``, ``edge_index: [2, E]``
+        -> ``[num_nodes, (lmax+1)**2, C]``.
+    """
+
+    def __init__(
+        self,
+        layout: CoefficientLayout | int,
+        channels: int,
+        edge_channels_list: list[int],
+        max_num_elements: int | None,
+        rescale_factor: float,
+    ) -> None:
+        super().__init__()
+        self.layout = as_layout(layout)
+        check_channels(channels=channels)
+        self.channels, self.rescale_factor = channels, float(rescale_factor)
+        edge_channels_list = list(edge_channels_list)
+        self.atom_edge = None
+        if max_num_elements is not None:
+            self.atom_edge = AtomEdgeEmbedding(max_num_elements, edge_channels_list[-1])
+            edge_channels_list[0] += 2 * edge_channels_list[-1]
+        self.radial = RadialMLP(edge_channels_list + [(self.layout.lmax + 1) * channels])
+
+    def extra_repr(self) -> str:
+        return f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, channels={self.channels}, rescale_factor={self.rescale_factor}"
+
+    def forward(
+        self,
+        edge_features: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        rotation: EdgeRotation,
+        num_nodes: int,
+    ) -> torch.Tensor:
+        if self.atom_edge is not None:
+            edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
+        m0 = self.radial(edge_features).reshape(-1, self.layout.lmax + 1, self.channels)
+        x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
+        messages = rotation.from_edge(x_edge, rescale=True)
+        out = messages.new_zeros(num_nodes, self.layout.dim, self.channels).index_add_(0, edge_index[1], messages)
+        return out / self.rescale_factor

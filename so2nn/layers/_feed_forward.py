@@ -1,0 +1,99 @@
+r"""The feed-forward block of EquiformerV2 (node-wise)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..so3 import CoefficientLayout
+from ..so3._grid import s2_grid
+from ._activation import GateActivation, S2Activation, SeparableS2Activation
+from ._common import ConstantsModule, as_layout, check_channels
+from ._linear import SO3Linear
+
+__all__ = ["FeedForwardNetwork"]
+
+_ACTIVATIONS = ("separable_s2", "s2", "gate")
+
+
+class FeedForwardNetwork(ConstantsModule):
+    r"""``SO3Linear -> equivariant nonlinearity -> SO3Linear`` on node features.
+
+    With ``grid_mlp=True`` (the released EquiformerV2 models), the nonlinearity is a
+    three-layer MLP applied pointwise on the S2 grid,
+    :math:`F\,\mathrm{MLP}(T\,W_1 x)`, and with ``activation="separable_s2"`` the scalars are
+    replaced by :math:`\mathrm{SiLU}(W_s x^{(0)} + b_s)` computed from the input. Without a
+    grid MLP the nonlinearity is the separable S2 activation, the S2 activation, or a gate
+    (``activation="gate"``, exactly equivariant).
+
+    Args:
+        layout: ``lmax`` or a layout (node features use every order).
+        sphere_channels, hidden_channels, output_channels: channel widths.
+        activation: ``"separable_s2"``, ``"s2"`` or ``"gate"``.
+        grid_mlp: use the grid MLP (not with ``"gate"``).
+        grid_resolution: S2 grid resolution (EquiformerV2: 18; the equivariance error this
+            gives is documented in :mod:`so2nn.layers` activations).
+
+    Shapes: ``x: [N, (lmax+1)**2, sphere_channels] -> [N, (lmax+1)**2, output_channels]``.
+    """
+
+    def __init__(
+        self,
+        layout: CoefficientLayout | int,
+        sphere_channels: int,
+        hidden_channels: int,
+        output_channels: int,
+        activation: str = "separable_s2",
+        grid_mlp: bool = True,
+        grid_resolution: int | tuple[int, int] | None = 18,
+    ) -> None:
+        super().__init__()
+        self.layout = layout = CoefficientLayout(as_layout(layout).lmax)
+        check_channels(sphere_channels=sphere_channels, hidden_channels=hidden_channels, output_channels=output_channels)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: choose one of {_ACTIVATIONS}")
+        if grid_mlp and activation == "gate":
+            raise ValueError("grid_mlp=True uses the S2 grid: it cannot be combined with activation='gate'")
+        self.activation, self.grid_mlp = activation, grid_mlp
+        self.sphere_channels, self.hidden_channels, self.output_channels = sphere_channels, hidden_channels, output_channels
+        lmax = layout.lmax
+
+        self.so3_linear_1 = SO3Linear(layout, sphere_channels, hidden_channels)
+        self.scalar_mlp = self.gating_linear = self.act = self.mlp = None
+        if grid_mlp:
+            if activation == "separable_s2":
+                self.scalar_mlp = nn.Sequential(nn.Linear(sphere_channels, hidden_channels), nn.SiLU())
+            self.mlp = nn.Sequential(
+                nn.Linear(hidden_channels, hidden_channels, bias=False), nn.SiLU(),
+                nn.Linear(hidden_channels, hidden_channels, bias=False), nn.SiLU(),
+                nn.Linear(hidden_channels, hidden_channels, bias=False),
+            )
+            grid = s2_grid(layout, grid_resolution)
+            self.resolution = grid.resolution
+            self.register_constant("to_grid", grid.to_grid)
+            self.register_constant("from_grid", grid.from_grid)
+        elif activation == "gate":
+            self.gating_linear = nn.Linear(sphere_channels, lmax * hidden_channels)
+            self.act = GateActivation(layout, hidden_channels)
+        elif activation == "separable_s2":
+            self.gating_linear = nn.Linear(sphere_channels, hidden_channels)
+            self.act = SeparableS2Activation(layout, grid_resolution)
+        else:
+            self.act = S2Activation(layout, grid_resolution)
+        self.so3_linear_2 = SO3Linear(layout, hidden_channels, output_channels)
+
+    def extra_repr(self) -> str:
+        return f"lmax={self.layout.lmax}, activation={self.activation!r}, grid_mlp={self.grid_mlp}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scalars = x[:, 0]
+        h = self.so3_linear_1(x)
+        if self.grid_mlp:
+            h = self.from_grid @ self.mlp(self.to_grid @ h)
+            if self.scalar_mlp is not None:
+                h = torch.cat([self.scalar_mlp(scalars).unsqueeze(1), h[:, 1:]], dim=1)
+        elif self.gating_linear is not None:
+            h = self.act(self.gating_linear(scalars), h)
+        else:
+            h = self.act(h)
+        return self.so3_linear_2(h)

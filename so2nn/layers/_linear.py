@@ -1,0 +1,56 @@
+"""SO3Linear: a linear map per degree, shared across the orders of that degree."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..so3 import CoefficientLayout
+from ._common import ConstantsModule, as_layout, check_channels, check_features
+
+__all__ = ["SO3Linear"]
+
+
+class SO3Linear(ConstantsModule):
+    r"""Degree-wise linear map (equivariant because it does not mix orders :math:`m`).
+
+    .. math:: y^{(l)}_{m} = W_l\, x^{(l)}_{m} + \delta_{l0}\, b
+
+    Args:
+        layout: ``lmax`` or a :class:`~so2nn.so3.CoefficientLayout` (only ``lmax`` is used).
+        in_channels, out_channels: channels of ``x`` and ``y``.
+        bias: a bias on the scalars (``l = 0``) only.
+
+    Shapes:
+        ``x: [N, (lmax+1)**2, in_channels] -> [N, (lmax+1)**2, out_channels]``.
+
+    Parameters: ``weight [lmax+1, out, in]``, ``bias [out]``.
+
+    Example:
+        >>> SO3Linear(2, 4, 8)(torch.randn(3, 9, 4)).shape
+        torch.Size([3, 9, 8])
+    """
+
+    def __init__(self, layout: CoefficientLayout | int, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__()
+        self.layout = as_layout(layout)
+        check_channels(in_channels=in_channels, out_channels=out_channels)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        lmax = self.layout.lmax
+        bound = 1 / math.sqrt(in_channels)
+        self.weight = nn.Parameter(torch.empty(lmax + 1, out_channels, in_channels).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.register_constant("degrees", self.layout.degrees)
+
+    def extra_repr(self) -> str:
+        return f"lmax={self.layout.lmax}, in_channels={self.in_channels}, out_channels={self.out_channels}, bias={self.bias is not None}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features("x", x, None, self.layout.dim, self.in_channels)
+        weight = self.weight.index_select(0, self.degrees)  # [dim, out, in]
+        out = torch.einsum("nic,ioc->nio", x, weight)
+        if self.bias is not None:
+            out = torch.cat([out[:, :1] + self.bias, out[:, 1:]], dim=1)
+        return out

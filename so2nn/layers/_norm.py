@@ -1,0 +1,139 @@
+r"""Equivariant normalisations of node features ``[N, (lmax+1)**2, C]``.
+
+Each computes invariant statistics (norms over the orders of a degree, averaged over
+channels) and rescales; only the scalars are centred and shifted, so all are exactly
+equivariant.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..so3 import CoefficientLayout
+from ._common import ConstantsModule, as_layout, check_channels, check_features
+
+__all__ = ["EquivariantLayerNorm", "EquivariantRMSNorm", "SeparableLayerNorm", "normalization_layer"]
+
+
+class _Norm(ConstantsModule):
+    def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.layout = as_layout(layout)
+        check_channels(channels=channels)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.channels, self.eps = channels, eps
+        self.register_constant("degrees", self.layout.degrees)
+        # 1 / ((2l+1)(lmax+1)) per coefficient: the mean over degrees of each degree's mean square
+        balance = 1.0 / ((2 * self.layout.degrees + 1) * (self.layout.lmax + 1)).double()
+        self.register_constant("balance", balance)
+
+    def extra_repr(self) -> str:
+        return f"lmax={self.layout.lmax}, channels={self.channels}, eps={self.eps}"
+
+    def _check(self, x: torch.Tensor) -> None:
+        check_features("x", x, None, self.layout.dim, self.channels)
+
+
+class EquivariantLayerNorm(_Norm):
+    r"""Layer norm per degree (``"layer_norm"`` of EquiformerV2's ablations).
+
+    .. math::
+
+        \hat x^{(0)} = x^{(0)} - \overline{x^{(0)}}, \qquad
+        y^{(l)} = \frac{\hat x^{(l)}}{\sqrt{\tfrac1C\sum_c \tfrac{1}{2l+1}\|\hat x^{(l)}_c\|^2 + \epsilon}}
+        \odot \gamma_l + \delta_{l0}\,\beta
+
+    Parameters: ``affine_weight [lmax+1, C]``, ``affine_bias [C]``.
+    """
+
+    def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(layout, channels, eps)
+        self.affine_weight = nn.Parameter(torch.ones(self.layout.lmax + 1, channels))
+        self.affine_bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        x0 = x[:, :1] - x[:, :1].mean(dim=2, keepdim=True)
+        x = torch.cat([x0, x[:, 1:]], dim=1)
+        sq = x.pow(2)
+        per_degree = x.new_zeros(x.shape[0], self.layout.lmax + 1, x.shape[2]).index_add_(1, self.degrees, sq)
+        per_degree = per_degree / (2 * torch.arange(self.layout.lmax + 1, device=x.device, dtype=x.dtype) + 1)[:, None]
+        scale = (per_degree.mean(dim=2, keepdim=True) + self.eps).rsqrt() * self.affine_weight  # [N, L+1, C]
+        out = x * scale.index_select(1, self.degrees)
+        return torch.cat([out[:, :1] + self.affine_bias, out[:, 1:]], dim=1)
+
+
+class SeparableLayerNorm(_Norm):
+    r"""EquiformerV2's separable layer norm (``"layer_norm_sh"``, used by the released models):
+    an ordinary layer norm on :math:`l = 0`, and one degree-balanced RMS normalisation shared
+    by all degrees :math:`l > 0`.
+
+    .. math::
+
+        y^{(0)} = \mathrm{LayerNorm}(x^{(0)}), \qquad
+        y^{(l>0)} = \frac{x^{(l)}}{\sqrt{\tfrac1C \sum_c \tfrac{1}{L}\sum_{l'=1}^{L}
+        \tfrac{1}{2l'+1}\|x^{(l')}_c\|^2 + \epsilon}} \odot \gamma_l
+
+    Parameters: ``norm_l0`` (``LayerNorm(C)``), ``affine_weight [lmax, C]``.
+
+    Example:
+        >>> SeparableLayerNorm(2, 4)(torch.randn(3, 9, 4)).shape
+        torch.Size([3, 9, 4])
+    """
+
+    def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(layout, channels, eps)
+        lmax = self.layout.lmax
+        self.norm_l0 = nn.LayerNorm(channels, eps=eps)
+        self.affine_weight = nn.Parameter(torch.ones(lmax, channels))
+        if lmax:
+            # balance over l = 1..lmax: 1 / ((2l+1) lmax)
+            self.register_constant("balance_l", 1.0 / ((2 * self.layout.degrees[1:] + 1) * lmax).double())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        y0 = self.norm_l0(x[:, :1])
+        if self.layout.lmax == 0:
+            return y0
+        v = x[:, 1:]
+        mean_square = torch.einsum("nic,i->n", v.pow(2), self.balance_l) / self.channels
+        scale = (mean_square + self.eps).rsqrt()[:, None, None] * self.affine_weight  # [N, L, C]
+        return torch.cat([y0, v * scale.index_select(1, self.degrees[1:] - 1)], dim=1)
+
+
+class EquivariantRMSNorm(_Norm):
+    r"""Degree-balanced RMS norm over all degrees, scalars centred (``"rms_norm_sh"``).
+
+    .. math::
+
+        y = \frac{\hat x}{\sqrt{\tfrac1C\sum_c \tfrac{1}{L+1}\sum_{l}\tfrac{1}{2l+1}\|\hat x^{(l)}_c\|^2 + \epsilon}}
+        \odot \gamma_l + \delta_{l0}\,\beta, \qquad \hat x^{(0)} = x^{(0)} - \overline{x^{(0)}}
+
+    Parameters: ``affine_weight [lmax+1, C]``, ``affine_bias [C]``.
+    """
+
+    def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(layout, channels, eps)
+        self.affine_weight = nn.Parameter(torch.ones(self.layout.lmax + 1, channels))
+        self.affine_bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        x = torch.cat([x[:, :1] - x[:, :1].mean(dim=2, keepdim=True), x[:, 1:]], dim=1)
+        mean_square = torch.einsum("nic,i->n", x.pow(2), self.balance) / self.channels
+        scale = (mean_square + self.eps).rsqrt()[:, None, None] * self.affine_weight.index_select(0, self.degrees)
+        out = x * scale
+        return torch.cat([out[:, :1] + self.affine_bias, out[:, 1:]], dim=1)
+
+
+_NORMS = {"layer_norm": EquivariantLayerNorm, "layer_norm_sh": SeparableLayerNorm, "rms_norm_sh": EquivariantRMSNorm}
+
+
+def normalization_layer(name: str, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> nn.Module:
+    """The normalisation called ``name`` in EquiformerV2's configs: ``"layer_norm"``,
+    ``"layer_norm_sh"`` (separable, the released models') or ``"rms_norm_sh"``."""
+    if name not in _NORMS:
+        raise ValueError(f"unknown normalization {name!r}: choose one of {sorted(_NORMS)}")
+    return _NORMS[name](layout, channels, eps)

@@ -1,0 +1,136 @@
+"""Invariant edge features: radial bases, the radial MLP, and atom-type edge embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._common import ConstantsModule
+
+__all__ = ["AtomEdgeEmbedding", "RadialBasis", "RadialMLP"]
+
+
+class RadialBasis(ConstantsModule):
+    r"""Expansion of edge lengths :math:`d` in a radial basis, ``[E] -> [E, num_basis]``.
+
+    ``"gaussian"`` (EquiformerV2's smearing): centres :math:`\mu_k` evenly spaced on
+    :math:`[0, r_c]`, width :math:`\sigma = w\,(\mu_1 - \mu_0)`,
+
+    .. math:: \phi_k(d) = \exp\!\bigl(-(d - \mu_k)^2 / (2\sigma^2)\bigr).
+
+    ``"bessel"`` (DimeNet): :math:`\phi_k(d) = \sqrt{2/r_c}\,\sin(k\pi d / r_c) / d`,
+    :math:`k = 1..K`.
+
+    ``envelope="polynomial"`` multiplies by DimeNet's smooth cutoff
+    :math:`u(x) = 1 - \tfrac{(p+1)(p+2)}{2} x^p + p(p+2) x^{p+1} - \tfrac{p(p+1)}{2} x^{p+2}`,
+    :math:`x = d / r_c` (zero beyond :math:`r_c`), which makes energies smooth when atoms
+    cross the cutoff; the released EquiformerV2 models use none.
+
+    Args:
+        num_basis: number of functions (EquiformerV2: 600).
+        cutoff: :math:`r_c`.
+        basis: ``"gaussian"`` or ``"bessel"``.
+        basis_width_scalar: :math:`w` for the Gaussians (EquiformerV2: 2.0).
+        envelope: ``None`` or ``"polynomial"``.
+        envelope_exponent: :math:`p`.
+
+    Example:
+        >>> RadialBasis(8, cutoff=5.0)(torch.tensor([1.0, 2.5])).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(
+        self,
+        num_basis: int,
+        cutoff: float,
+        basis: str = "gaussian",
+        basis_width_scalar: float = 2.0,
+        envelope: str | None = None,
+        envelope_exponent: int = 5,
+    ) -> None:
+        super().__init__()
+        if basis not in ("gaussian", "bessel"):
+            raise ValueError(f"basis must be 'gaussian' or 'bessel', got {basis!r}")
+        if envelope not in (None, "polynomial"):
+            raise ValueError(f"envelope must be None or 'polynomial', got {envelope!r}")
+        if not (isinstance(num_basis, int) and num_basis >= 2):
+            raise ValueError(f"num_basis must be an int >= 2, got {num_basis!r}")
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be > 0, got {cutoff}")
+        self.num_basis, self.cutoff, self.basis = num_basis, float(cutoff), basis
+        self.basis_width_scalar, self.envelope, self.envelope_exponent = basis_width_scalar, envelope, envelope_exponent
+        if basis == "gaussian":
+            offset = torch.linspace(0.0, cutoff, num_basis, dtype=torch.float64)
+            self.register_constant("offset", offset)
+            self.coeff = -0.5 / (basis_width_scalar * float(offset[1] - offset[0])) ** 2
+        else:
+            self.register_constant("frequency", torch.arange(1, num_basis + 1, dtype=torch.float64) * math.pi / cutoff)
+
+    def extra_repr(self) -> str:
+        return f"num_basis={self.num_basis}, cutoff={self.cutoff}, basis={self.basis!r}, envelope={self.envelope!r}"
+
+    def forward(self, distance: torch.Tensor) -> torch.Tensor:
+        d = distance.unsqueeze(-1)
+        if self.basis == "gaussian":
+            out = torch.exp(self.coeff * (d - self.offset) ** 2)
+        else:
+            out = math.sqrt(2.0 / self.cutoff) * torch.sin(self.frequency * d) / d
+        if self.envelope == "polynomial":
+            p = self.envelope_exponent
+            x = d / self.cutoff
+            u = 1 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
+            out = out * torch.where(x < 1, u, torch.zeros_like(u))
+        return out
+
+
+class RadialMLP(nn.Module):
+    r"""The radial function of EquiformerV2: ``Linear -> LayerNorm -> SiLU`` between each
+    pair of sizes in ``channels``, and a final ``Linear``.
+
+    Args:
+        channels: ``[in, hidden, ..., out]``.
+
+    Example:
+        >>> RadialMLP([16, 32, 32, 10])(torch.randn(5, 16)).shape
+        torch.Size([5, 10])
+    """
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        if len(channels) < 2 or any(not (isinstance(c, int) and c > 0) for c in channels):
+            raise ValueError(f"channels must be at least two positive ints, got {channels!r}")
+        self.channels = list(channels)
+        modules: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(channels[:-1], channels[1:])):
+            modules.append(nn.Linear(n_in, n_out))
+            if i < len(channels) - 2:
+                modules += [nn.LayerNorm(n_out), nn.SiLU()]
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class AtomEdgeEmbedding(nn.Module):
+    r"""Invariant edge features: the radial features concatenated with learned embeddings of
+    the source and target atom types, ``[E, F] -> [E, F + 2 * channels]``.
+
+    Args:
+        max_num_elements: size of the element tables (atomic numbers ``0..max-1``).
+        channels: embedding size of each table.
+    """
+
+    def __init__(self, max_num_elements: int, channels: int) -> None:
+        super().__init__()
+        self.max_num_elements = max_num_elements
+        self.source_embedding = nn.Embedding(max_num_elements, channels)
+        self.target_embedding = nn.Embedding(max_num_elements, channels)
+        nn.init.uniform_(self.source_embedding.weight, -0.001, 0.001)
+        nn.init.uniform_(self.target_embedding.weight, -0.001, 0.001)
+
+    def forward(self, edge_features: torch.Tensor, atomic_numbers: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        source = self.source_embedding(atomic_numbers.index_select(0, edge_index[0]))
+        target = self.target_embedding(atomic_numbers.index_select(0, edge_index[1]))
+        return torch.cat([edge_features, source, target], dim=-1)
