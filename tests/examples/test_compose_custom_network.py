@@ -1,0 +1,16 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "compose_custom_network.py"
+
+
+def test_example_runs_learns_and_is_equivariant():
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--steps", "120"], capture_output=True, text=True, timeout=300, check=True
+    )
+    equivariance = re.search(r"relative ([0-9.e+-]+)", result.stdout)
+    assert equivariance and float(equivariance.group(1)) <= 1e-9, result.stdout
+    mae = re.search(r"validation MAE ([0-9.]+) vs ([0-9.]+) for predicting zero", result.stdout)
+    assert mae and float(mae.group(1)) < 0.7 * float(mae.group(2)), result.stdout
