@@ -44,3 +44,12 @@ def grid_matrices(lmax, resolution, normalization):
         to_matrix = torch.einsum("mbi,am->bai", to_grid.shb, to_grid.sha).reshape(-1, dim)
         from_matrix = torch.einsum("am,mbi->bai", from_grid.sha, from_grid.shb).reshape(-1, dim)
     return to_matrix, from_matrix
+
+
+def euler_path_error(R):
+    """e3nn's own error for ``R``: its D at l = 1 against the exact answer, R itself.
+
+    e3nn goes through Euler angles, which lose precision near beta = 0 or pi; comparisons
+    with it allow for that (times a margin for higher degrees) on top of 1e-10.
+    """
+    return float((wigner_D(1, R) - R.double()).abs().max())

@@ -25,9 +25,6 @@ class _Norm(ConstantsModule):
             raise ValueError(f"eps must be > 0, got {eps}")
         self.channels, self.eps = channels, eps
         self.register_constant("degrees", self.layout.degrees)
-        # 1 / ((2l+1)(lmax+1)) per coefficient: the mean over degrees of each degree's mean square
-        balance = 1.0 / ((2 * self.layout.degrees + 1) * (self.layout.lmax + 1)).double()
-        self.register_constant("balance", balance)
 
     def extra_repr(self) -> str:
         return f"lmax={self.layout.lmax}, channels={self.channels}, eps={self.eps}"
@@ -36,7 +33,23 @@ class _Norm(ConstantsModule):
         check_features("x", x, None, self.layout.dim, self.channels)
 
 
-class EquivariantLayerNorm(_Norm):
+class _CenteredNorm(_Norm):
+    """Scalars centred over channels; parameters ``affine_weight [lmax+1, C]``, ``affine_bias [C]``."""
+
+    def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(layout, channels, eps)
+        self.affine_weight = nn.Parameter(torch.ones(self.layout.lmax + 1, channels))
+        self.affine_bias = nn.Parameter(torch.zeros(channels))
+
+    def _center(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return torch.cat([x[:, :1] - x[:, :1].mean(dim=2, keepdim=True), x[:, 1:]], dim=1)
+
+    def _shift(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out[:, :1] + self.affine_bias, out[:, 1:]], dim=1)
+
+
+class EquivariantLayerNorm(_CenteredNorm):
     r"""Layer norm per degree (``"layer_norm"`` of EquiformerV2's ablations).
 
     .. math::
@@ -48,21 +61,13 @@ class EquivariantLayerNorm(_Norm):
     Parameters: ``affine_weight [lmax+1, C]``, ``affine_bias [C]``.
     """
 
-    def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
-        super().__init__(layout, channels, eps)
-        self.affine_weight = nn.Parameter(torch.ones(self.layout.lmax + 1, channels))
-        self.affine_bias = nn.Parameter(torch.zeros(channels))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        x0 = x[:, :1] - x[:, :1].mean(dim=2, keepdim=True)
-        x = torch.cat([x0, x[:, 1:]], dim=1)
+        x = self._center(x)
         sq = x.pow(2)
         per_degree = x.new_zeros(x.shape[0], self.layout.lmax + 1, x.shape[2]).index_add_(1, self.degrees, sq)
         per_degree = per_degree / (2 * torch.arange(self.layout.lmax + 1, device=x.device, dtype=x.dtype) + 1)[:, None]
         scale = (per_degree.mean(dim=2, keepdim=True) + self.eps).rsqrt() * self.affine_weight  # [N, L+1, C]
-        out = x * scale.index_select(1, self.degrees)
-        return torch.cat([out[:, :1] + self.affine_bias, out[:, 1:]], dim=1)
+        return self._shift(x * scale.index_select(1, self.degrees))
 
 
 class SeparableLayerNorm(_Norm):
@@ -103,7 +108,7 @@ class SeparableLayerNorm(_Norm):
         return torch.cat([y0, v * scale.index_select(1, self.degrees[1:] - 1)], dim=1)
 
 
-class EquivariantRMSNorm(_Norm):
+class EquivariantRMSNorm(_CenteredNorm):
     r"""Degree-balanced RMS norm over all degrees, scalars centred (``"rms_norm_sh"``).
 
     .. math::
@@ -116,16 +121,14 @@ class EquivariantRMSNorm(_Norm):
 
     def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
         super().__init__(layout, channels, eps)
-        self.affine_weight = nn.Parameter(torch.ones(self.layout.lmax + 1, channels))
-        self.affine_bias = nn.Parameter(torch.zeros(channels))
+        # 1 / ((2l+1)(lmax+1)) per coefficient: the mean over degrees of each degree's mean square
+        self.register_constant("balance", 1.0 / ((2 * self.layout.degrees + 1) * (self.layout.lmax + 1)).double())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        x = torch.cat([x[:, :1] - x[:, :1].mean(dim=2, keepdim=True), x[:, 1:]], dim=1)
+        x = self._center(x)
         mean_square = torch.einsum("nic,i->n", x.pow(2), self.balance) / self.channels
         scale = (mean_square + self.eps).rsqrt()[:, None, None] * self.affine_weight.index_select(0, self.degrees)
-        out = x * scale
-        return torch.cat([out[:, :1] + self.affine_bias, out[:, 1:]], dim=1)
+        return self._shift(x * scale)
 
 
 _NORMS = {"layer_norm": EquivariantLayerNorm, "layer_norm_sh": SeparableLayerNorm, "rms_norm_sh": EquivariantRMSNorm}

@@ -20,7 +20,8 @@ def test_round_trip_and_rotation(lmax, channels, R):
     assert torch.equal(from_e3nn(flat, lmax), x)
     # rotating in so2nn's layout, then converting == converting, then rotating with e3nn
     D = e3nn_reference.irreps_D(layout.irreps(channels), R)
-    assert (to_e3nn(apply_rotation(x, layout, R), lmax) - flat @ D.T).abs().max() <= 1e-10
+    tolerance = 1e-10 + 100 * e3nn_reference.euler_path_error(R)
+    assert (to_e3nn(apply_rotation(x, layout, R), lmax) - flat @ D.T).abs().max() <= tolerance
 
 
 def test_matches_e3nn_slices():

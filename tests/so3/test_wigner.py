@@ -17,7 +17,7 @@ from so2nn.testing import strategies as so2st
 @given(R=so2st.uniform_rotations(), l=st.integers(0, 10))
 def test_matches_e3nn_float64(R, l):
     expected = e3nn_reference.wigner_D(l, R)
-    assert (wigner_D(l, R) - expected).abs().max() <= 1e-10
+    assert (wigner_D(l, R) - expected).abs().max() <= 1e-10 + 100 * e3nn_reference.euler_path_error(R)
 
 
 @given(R=so2st.uniform_rotations(torch.float32), l=st.integers(0, 6))
