@@ -127,3 +127,19 @@ def test_bad_configuration():
         FeedForwardNetwork(2, 4, 4, 4, activation="gate", grid_mlp=True)
     with pytest.raises(ValueError, match="num_heads must be >= 1"):
         AttentionReNorm(0, 4)
+
+
+@given(graph=so2st.atomic_graphs(min_atoms=3), seed=st.integers(0, 1000))
+def test_edge_degree_embedding_is_permutation_equivariant(graph, seed):
+    layout = CoefficientLayout(3, 1)
+    torch.manual_seed(0)
+    embedding = EdgeDegreeEmbedding(layout, 4, [NUM_BASIS, 8], max_num_elements=11, rescale_factor=3.0).double()
+    perm = torch.randperm(graph.num_atoms, generator=torch.Generator().manual_seed(seed))
+    permuted = type(graph)(**{**graph.__dict__, "pos": graph.pos[perm], "atomic_numbers": graph.atomic_numbers[perm],
+                              "edge_index": permute_graph(graph.edge_index, perm)})
+
+    def run(g):
+        edge_features, rotation = edge_context(layout, g)
+        return embedding(edge_features, g.atomic_numbers, g.edge_index, rotation, g.num_atoms)
+
+    assert (run(permuted) - run(graph)[perm]).abs().max() <= 1e-12
