@@ -67,8 +67,11 @@ def radius_graph(
     cell: torch.Tensor | None = None,
     pbc: torch.Tensor | tuple[bool, bool, bool] | None = None,
     batch: torch.Tensor | None = None,
+    max_num_neighbors: int | None = None,
+    strict: bool = False,
+    tie_tolerance: float = 1e-4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""All pairs closer than ``cutoff``, across periodic images.
+    r"""All pairs closer than ``cutoff``, across periodic images, optionally capped per atom.
 
     Args:
         pos: ``[N, 3]`` Cartesian positions.
@@ -77,6 +80,13 @@ def radius_graph(
         pbc: ``[3]`` or ``[B, 3]`` periodic flags (default: all periodic when a cell is
             given).
         batch: ``[N]`` system index of each atom (default: one system).
+        max_num_neighbors: keep only the nearest neighbours of each target atom.
+        strict: with ``max_num_neighbors``, cut at exactly that many (EquiformerV2's
+            reference behaviour: a shell of equal distances can be split, which breaks
+            rotation equivariance on symmetric slabs). Default: keep the whole shell at
+            the cut (every neighbour within ``tie_tolerance`` of the k-th distance), so the
+            selection depends only on distances and commutes with rotations.
+        tie_tolerance: distances closer than this count as one shell.
 
     Returns:
         ``(edge_index [2, E], cell_offsets [E, 3])``, edges sorted by target then source.
@@ -129,11 +139,36 @@ def radius_graph(
         k, i, j = mask.nonzero(as_tuple=True)
         order = torch.argsort(i * len(atoms) * len(images) + j * len(images) + k)
         k, i, j = k[order], i[order], j[order]
+        if max_num_neighbors is not None:
+            keep = _nearest(dist[k, i, j], i, len(atoms), max_num_neighbors, strict, tie_tolerance)
+            k, i, j = k[keep], i[keep], j[keep]
         edges.append(torch.stack([atoms[j], atoms[i]]))
         offsets.append(images[k].round().long())
     if not edges:
         return torch.zeros(2, 0, dtype=torch.long, device=device), torch.zeros(0, 3, dtype=torch.long, device=device)
     return torch.cat(edges, dim=1), torch.cat(offsets, dim=0)
+
+
+def _nearest(
+    distance: torch.Tensor, target: torch.Tensor, num_atoms: int, k: int, strict: bool, tolerance: float
+) -> torch.Tensor:
+    """Mask of the edges among the ``k`` nearest of their target (whole shells unless strict)."""
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"max_num_neighbors must be an int >= 1, got {k!r}")
+    # rank of each edge within its target, by distance (stable: ties keep the edge order)
+    order = torch.argsort(distance, stable=True)
+    order = order[torch.argsort(target[order], stable=True)]
+    counts = torch.bincount(target, minlength=num_atoms)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device) - starts[target[order]]
+    if strict:
+        return rank < k
+    # distance of the k-th nearest neighbour of each target (inf if it has fewer)
+    kth = torch.full((num_atoms,), float("inf"), dtype=distance.dtype, device=distance.device)
+    at_k = rank == k - 1
+    kth[target[at_k]] = distance[at_k]
+    return distance <= kth[target] + tolerance
 
 
 def segment_softmax(logits: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:

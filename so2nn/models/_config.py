@@ -1,0 +1,103 @@
+"""Configuration of EquiformerV2 and the presets of the released models."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .._checks import check_layout
+
+__all__ = ["EquiformerV2Config", "PRESETS", "preset"]
+
+# The reference implementation's defaults, which the released OC20 models were trained with.
+AVG_NUM_NODES = 77.81317
+AVG_DEGREE = 23.395238876342773
+
+
+@dataclass(frozen=True)
+class EquiformerV2Config:
+    """Every hyper-parameter of :class:`~so2nn.models.EquiformerV2`.
+
+    Names follow the reference implementation where they mean the same thing, so a
+    released checkpoint's ``model`` section maps onto this one (see
+    :meth:`EquiformerV2.from_fairchem`).
+    """
+
+    lmax: int = 6
+    mmax: int = 2
+    num_layers: int = 12
+    sphere_channels: int = 128
+    attn_hidden_channels: int = 64
+    num_heads: int = 8
+    attn_alpha_channels: int = 64
+    attn_value_channels: int = 16
+    ffn_hidden_channels: int = 128
+    norm_type: str = "layer_norm_sh"
+    grid_resolution: int | None = 18
+    edge_channels: int = 128
+    use_atom_edge_embedding: bool = True
+    num_distance_basis: int = 600
+    activation: str = "separable_s2"  # "separable_s2" | "s2" | "gate" (the reference's use_gate_act / use_sep_s2_act)
+    use_grid_mlp: bool = True
+    use_attn_renorm: bool = True
+    alpha_drop: float = 0.1
+    drop_path_rate: float = 0.05
+    proj_drop: float = 0.0
+    max_neighbors: int = 20
+    max_radius: float = 12.0
+    max_num_elements: int = 90
+    avg_num_nodes: float = AVG_NUM_NODES
+    avg_degree: float = AVG_DEGREE
+    use_pbc: bool = True
+    graph_mode: str = "tie_stable"  # "tie_stable" | "reference" (strict cut, as the reference)
+    direct_forces: bool = True  # False: forces = -dE/dpos through autograd
+    use_energy_lin_ref: bool = False
+    min_distance: float = 0.1  # atoms closer than this (Angstrom) are rejected as overlapping
+
+    def __post_init__(self) -> None:
+        check_layout(self.lmax, self.mmax)
+        for name in ("num_layers", "sphere_channels", "attn_hidden_channels", "num_heads", "attn_alpha_channels",
+                     "attn_value_channels", "ffn_hidden_channels", "edge_channels", "num_distance_basis",
+                     "max_neighbors", "max_num_elements"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.activation not in ("separable_s2", "s2", "gate"):
+            raise ValueError(f"activation must be 'separable_s2', 's2' or 'gate', got {self.activation!r}")
+        if self.use_grid_mlp and self.activation == "gate":
+            raise ValueError("use_grid_mlp=True needs an S2 activation: set use_grid_mlp=False with activation='gate'")
+        if self.graph_mode not in ("tie_stable", "reference"):
+            raise ValueError(f"graph_mode must be 'tie_stable' or 'reference', got {self.graph_mode!r}")
+        if self.norm_type not in ("layer_norm", "layer_norm_sh", "rms_norm_sh"):
+            raise ValueError(f"unknown norm_type {self.norm_type!r}")
+        if not self.max_radius > 0:
+            raise ValueError(f"max_radius must be > 0, got {self.max_radius}")
+
+    def replace(self, **changes) -> EquiformerV2Config:
+        """A copy with ``changes`` applied (validated)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, EquiformerV2Config] = {
+    # S2EF All+MD, 31M parameters
+    "oc20-31M": EquiformerV2Config(num_layers=8, lmax=4, mmax=2, drop_path_rate=0.1),
+    # S2EF 2M, 83M parameters
+    "oc20-83M": EquiformerV2Config(num_layers=12, lmax=6, mmax=2, drop_path_rate=0.05),
+    # S2EF All+MD, 153M parameters
+    "oc20-153M": EquiformerV2Config(num_layers=20, lmax=6, mmax=3, drop_path_rate=0.1),
+    # OC22 S2EF-Total, 121M parameters, with per-element energy references
+    "oc22-121M": EquiformerV2Config(num_layers=18, lmax=6, mmax=2, drop_path_rate=0.1, use_energy_lin_ref=True),
+}
+
+
+def preset(name: str, **changes) -> EquiformerV2Config:
+    """The configuration of a released model (``"oc20-31M"``, ``"oc20-83M"``, ``"oc20-153M"``,
+    ``"oc22-121M"``), with optional ``changes`` (e.g. ``grid_resolution=44`` at inference)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**changes)

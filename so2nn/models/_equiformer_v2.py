@@ -1,0 +1,177 @@
+r"""EquiformerV2 (Liao & Wood, 2023), composed from :mod:`so2nn.layers`."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..graph import edge_vectors, radius_graph
+from ..layers import (
+    EdgeDegreeEmbedding,
+    EquivariantGraphAttention,
+    FeedForwardNetwork,
+    GraphDropPath,
+    RadialBasis,
+    normalization_layer,
+)
+from ..layers._dropout import EquivariantDropout
+from ..so3 import CoefficientLayout, EdgeRotation
+from ._config import EquiformerV2Config
+from ._inputs import AtomicInputs, read_inputs
+
+__all__ = ["EquiformerV2", "TransformerBlock"]
+
+
+class TransformerBlock(nn.Module):
+    r"""One EquiformerV2 block: pre-norm attention and feed-forward, each with a residual.
+
+    .. math::
+
+        x \leftarrow x + \mathrm{DropPath}\bigl(\mathrm{Attention}(\mathrm{Norm}_1(x))\bigr), \qquad
+        x \leftarrow x + \mathrm{DropPath}\bigl(\mathrm{FFN}(\mathrm{Norm}_2(x))\bigr)
+    """
+
+    def __init__(self, config: EquiformerV2Config, layout: CoefficientLayout, edge_channels_list: list[int]) -> None:
+        super().__init__()
+        c = config
+        elements = c.max_num_elements if c.use_atom_edge_embedding else None
+        self.norm_1 = normalization_layer(c.norm_type, layout, c.sphere_channels)
+        self.ga = EquivariantGraphAttention(
+            layout, c.sphere_channels, c.attn_hidden_channels, c.num_heads, c.attn_alpha_channels,
+            c.attn_value_channels, c.sphere_channels, edge_channels_list, elements, c.activation,
+            c.use_attn_renorm, c.alpha_drop, c.grid_resolution,
+        )
+        self.norm_2 = normalization_layer(c.norm_type, layout, c.sphere_channels)
+        self.ffn = FeedForwardNetwork(
+            layout, c.sphere_channels, c.ffn_hidden_channels, c.sphere_channels, c.activation, c.use_grid_mlp,
+            c.grid_resolution,
+        )
+        self.drop_path = GraphDropPath(c.drop_path_rate) if c.drop_path_rate > 0 else None
+        self.proj_drop = EquivariantDropout(c.proj_drop) if c.proj_drop > 0 else None
+
+    def _regularise(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        if self.drop_path is not None:
+            x = self.drop_path(x, batch)
+        if self.proj_drop is not None:
+            x = self.proj_drop(x)
+        return x
+
+    def forward(self, x, edge_features, atomic_numbers, edge_index, rotation, batch) -> torch.Tensor:
+        x = x + self._regularise(self.ga(self.norm_1(x), edge_features, atomic_numbers, edge_index, rotation), batch)
+        return x + self._regularise(self.ffn(self.norm_2(x)), batch)
+
+
+class EquiformerV2(nn.Module):
+    r"""EquiformerV2 for energies and forces of atomistic systems.
+
+    The forward reads like the paper:
+
+    1. atom embedding on :math:`l = 0` plus the edge-degree embedding;
+    2. ``num_layers`` transformer blocks (equivariant graph attention + feed-forward);
+    3. final norm; energy = :math:`\frac{1}{\bar n}\sum_i \mathrm{FFN}(x_i)^{(0)}`;
+       forces = the :math:`l = 1` output of one more attention block (direct), or
+       :math:`-\partial E/\partial r` (``config.direct_forces = False``).
+
+    Args:
+        config: :class:`EquiformerV2Config`, or the name of a preset (``"oc20-31M"``, ...).
+
+    Inputs: a torch_geometric ``Data``/``Batch`` with OC20's fields (``pos [N, 3]``,
+    ``atomic_numbers [N]``, ``natoms [B]``, ``batch [N]``, ``cell [B, 3, 3]``; optional
+    ``pbc``, ``tags``, ``fixed``), or the same as keyword arguments. A precomputed graph
+    (``edge_index [2, E]`` with row 0 the source and ``cell_offsets [E, 3]``) is used as given.
+
+    Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights).
+    """
+
+    def __init__(self, config: EquiformerV2Config | str = "oc20-31M") -> None:
+        super().__init__()
+        if isinstance(config, str):
+            from ._config import preset
+
+            config = preset(config)
+        self.config = c = config
+        self.layout = layout = CoefficientLayout(c.lmax, c.mmax)
+        self.sphere_embedding = nn.Embedding(c.max_num_elements, c.sphere_channels)
+        # The reference hard-codes 600 Gaussians of width 2 steps over [0, max_radius].
+        self.distance_expansion = RadialBasis(c.num_distance_basis, c.max_radius, "gaussian", 2.0)
+        edge_channels_list = [c.num_distance_basis, c.edge_channels, c.edge_channels]
+        elements = c.max_num_elements if c.use_atom_edge_embedding else None
+        self.edge_degree_embedding = EdgeDegreeEmbedding(layout, c.sphere_channels, edge_channels_list, elements, c.avg_degree)
+        self.blocks = nn.ModuleList(TransformerBlock(c, layout, edge_channels_list) for _ in range(c.num_layers))
+        self.norm = normalization_layer(c.norm_type, layout, c.sphere_channels)
+        self.energy_block = FeedForwardNetwork(
+            layout, c.sphere_channels, c.ffn_hidden_channels, 1, c.activation, c.use_grid_mlp, c.grid_resolution
+        )
+        self.force_block = None
+        if c.direct_forces:
+            self.force_block = EquivariantGraphAttention(
+                layout, c.sphere_channels, c.attn_hidden_channels, c.num_heads, c.attn_alpha_channels,
+                c.attn_value_channels, 1, edge_channels_list, elements, c.activation, c.use_attn_renorm, 0.0,
+                c.grid_resolution,
+            )
+        if c.use_energy_lin_ref:
+            self.energy_lin_ref = nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
+        else:
+            self.energy_lin_ref = None
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"lmax={c.lmax}, mmax={c.mmax}, num_layers={c.num_layers}, sphere_channels={c.sphere_channels}"
+
+    def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Radius graph (``max_radius``, ``max_neighbors`` per atom) of the inputs."""
+        c = self.config
+        return radius_graph(
+            inputs.pos.detach(), c.max_radius, inputs.cell if inputs.periodic else None,
+            inputs.pbc if inputs.periodic else None, inputs.batch, c.max_neighbors, strict=c.graph_mode == "reference",
+        )
+
+    def forward(self, data=None, **fields) -> dict[str, torch.Tensor]:
+        c = self.config
+        inputs = read_inputs(data, fields, c)
+        if inputs.edge_index is None:
+            inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
+        pos = inputs.pos
+        if not c.direct_forces and not pos.requires_grad:
+            pos = pos.detach().requires_grad_(True)
+        # Gradient forces need a graph even under torch.no_grad(); direct forces never do.
+        with torch.enable_grad() if not c.direct_forces else contextlib.nullcontext():
+            energy, x, context = self._energy(inputs, pos)
+            if not c.direct_forces:
+                (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training)
+                return {"energy": energy if self.training else energy.detach(), "forces": -grad}
+        edge_features, edge_index, rotation = context
+        forces = self.force_block(x, edge_features, inputs.atomic_numbers, edge_index, rotation)[:, 1:4, 0]
+        return {"energy": energy, "forces": forces}
+
+    def _energy(self, inputs: AtomicInputs, pos: torch.Tensor):
+        c = self.config
+        edge_index, numbers, batch = inputs.edge_index, inputs.atomic_numbers, inputs.batch
+        vec = edge_vectors(pos, edge_index, inputs.cell_offsets if inputs.periodic else None,
+                           inputs.cell if inputs.periodic else None, batch)
+        distance = vec.norm(dim=1)
+        if distance.numel() and bool((distance < c.min_distance).any()):
+            e = int((distance < c.min_distance).nonzero()[0, 0])
+            raise ValueError(
+                f"atoms {int(edge_index[0, e])} and {int(edge_index[1, e])} are {float(distance[e]):.3g} A apart "
+                f"(< min_distance={c.min_distance}): overlapping atoms"
+            )
+        rotation = EdgeRotation(self.layout, vec)
+        edge_features = self.distance_expansion(distance)
+        num_atoms = pos.shape[0]
+        x = self.edge_degree_embedding(edge_features, numbers, edge_index, rotation, num_atoms)
+        x = torch.cat([x[:, :1] + self.sphere_embedding(numbers).unsqueeze(1), x[:, 1:]], dim=1)
+        for block in self.blocks:
+            x = block(x, edge_features, numbers, edge_index, rotation, batch)
+        x = self.norm(x)
+        node_energy = self.energy_block(x)[:, 0, 0]
+        energy = node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) / c.avg_num_nodes
+        if self.energy_lin_ref is not None:
+            energy = energy.index_add(0, batch, self.energy_lin_ref.to(energy.dtype).index_select(0, numbers))
+        return energy, x, (edge_features, edge_index, rotation)

@@ -1,0 +1,99 @@
+"""Reading and validating a model's inputs (OC20 field names), with clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_finite
+
+__all__ = ["AtomicInputs", "read_inputs"]
+
+
+@dataclass
+class AtomicInputs:
+    pos: torch.Tensor  # [N, 3]
+    atomic_numbers: torch.Tensor  # [N] long
+    batch: torch.Tensor  # [N] long
+    num_systems: int
+    cell: torch.Tensor | None  # [B, 3, 3]
+    pbc: torch.Tensor  # [B, 3] bool
+    edge_index: torch.Tensor | None  # [2, E]
+    cell_offsets: torch.Tensor | None  # [E, 3]
+
+    @property
+    def periodic(self) -> bool:
+        return self.cell is not None and bool(self.pbc.any())
+
+
+def _get(data, fields: dict, name: str):
+    if name in fields:
+        return fields[name]
+    return getattr(data, name, None) if data is not None else None
+
+
+def read_inputs(data, fields: dict, config) -> AtomicInputs:
+    """Collect the inputs from a torch_geometric ``Data``/``Batch`` or keyword arguments, and check them."""
+    pos = _get(data, fields, "pos")
+    numbers = _get(data, fields, "atomic_numbers")
+    if pos is None or numbers is None:
+        raise ValueError("the model needs at least `pos` [N, 3] and `atomic_numbers` [N]")
+    if not torch.is_tensor(pos) or pos.dim() != 2 or pos.shape[1] != 3:
+        raise ValueError(f"pos must have shape [N, 3], got {tuple(pos.shape) if torch.is_tensor(pos) else type(pos).__name__}")
+    if pos.shape[0] == 0:
+        raise ValueError("empty input: pos has no atoms")
+    check_finite("pos", pos)
+    numbers = torch.as_tensor(numbers, device=pos.device).long().view(-1)
+    if numbers.shape[0] != pos.shape[0]:
+        raise ValueError(f"atomic_numbers has {numbers.shape[0]} entries for {pos.shape[0]} positions")
+    if bool(((numbers < 0) | (numbers >= config.max_num_elements)).any()):
+        bad = int(numbers[(numbers < 0) | (numbers >= config.max_num_elements)][0])
+        raise ValueError(f"atomic number {bad} is outside the embedding table (0..{config.max_num_elements - 1})")
+
+    natoms = _get(data, fields, "natoms")
+    batch = _get(data, fields, "batch")
+    if batch is None:
+        if natoms is None:
+            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        else:
+            natoms = torch.as_tensor(natoms, device=pos.device).long().view(-1)
+            if int(natoms.sum()) != pos.shape[0]:
+                raise ValueError(f"natoms sums to {int(natoms.sum())} but there are {pos.shape[0]} atoms")
+            batch = torch.repeat_interleave(torch.arange(len(natoms), device=pos.device), natoms)
+    batch = batch.long()
+    num_systems = int(natoms.numel()) if natoms is not None else int(batch.max()) + 1
+    if batch.shape != numbers.shape:
+        raise ValueError(f"batch must have shape [N={pos.shape[0]}], got {tuple(batch.shape)}")
+
+    cell = _get(data, fields, "cell")
+    pbc = _get(data, fields, "pbc")
+    if pbc is None:
+        pbc = torch.full((num_systems, 3), bool(config.use_pbc and cell is not None), device=pos.device)
+    pbc = torch.as_tensor(pbc, device=pos.device).bool().reshape(-1, 3).expand(num_systems, 3)
+    if bool(pbc.any()):
+        if cell is None:
+            raise ValueError("pbc is set but no cell was given: pass `cell` [B, 3, 3] or pbc=False")
+        cell = cell.to(pos.dtype).reshape(-1, 3, 3)
+        if cell.shape[0] != num_systems:
+            raise ValueError(f"cell must have one [3, 3] matrix per system ({num_systems}), got {cell.shape[0]}")
+        check_finite("cell", cell)
+        det = torch.linalg.det(cell.detach().double()).abs()
+        if bool((det[pbc.any(dim=1)] < 1e-9).any()):
+            raise ValueError("cell is singular for a periodic system: its lattice vectors must span 3D")
+    else:
+        cell = None
+
+    edge_index = _get(data, fields, "edge_index")
+    offsets = _get(data, fields, "cell_offsets")
+    if edge_index is not None:
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
+        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= pos.shape[0]):
+            raise ValueError("edge_index refers to atoms that do not exist")
+        if offsets is None:
+            if cell is not None:
+                raise ValueError("a precomputed edge_index of a periodic system needs its cell_offsets [E, 3]")
+        elif offsets.shape != (edge_index.shape[1], 3):
+            raise ValueError(f"cell_offsets must have shape [E={edge_index.shape[1]}, 3], got {tuple(offsets.shape)}")
+    return AtomicInputs(pos, numbers, batch, num_systems, cell, pbc, edge_index, offsets)
