@@ -116,6 +116,34 @@ class EquiformerV2(nn.Module):
         else:
             self.energy_lin_ref = None
 
+    @classmethod
+    def from_fairchem(cls, checkpoint, use_ema: bool = True, **config_changes) -> EquiformerV2:
+        """Build from an official EquiformerV2 checkpoint (path or loaded dict), weight for weight.
+
+        The model config is read from the checkpoint; EMA weights are used when present
+        (``use_ema``); ``config_changes`` override inference options (``grid_resolution``,
+        ``graph_mode``, ...). Unknown or missing weights raise a ValueError listing them.
+        fairchem itself is not needed.
+        """
+        from ._fairchem import load_fairchem_checkpoint
+
+        config, state_dict = load_fairchem_checkpoint(checkpoint, use_ema, **config_changes)
+        model = cls(config)
+        model.load_reference_state_dict(state_dict)
+        return model
+
+    def load_reference_state_dict(self, state_dict: dict) -> None:
+        """Load mapped reference weights; raise a ValueError naming unknown/missing keys or bad shapes."""
+        own = self.state_dict()
+        unknown = sorted(set(state_dict) - set(own))
+        missing = sorted(set(own) - set(state_dict))
+        if unknown or missing:
+            raise ValueError(f"checkpoint does not match the model: unknown keys {unknown}, missing keys {missing}")
+        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items() if v.shape != own[k].shape]
+        if bad:
+            raise ValueError(f"checkpoint shapes do not match the model config: {bad}")
+        self.load_state_dict(state_dict)
+
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
