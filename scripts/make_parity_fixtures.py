@@ -32,10 +32,12 @@ from torch_geometric.data import Batch, Data  # noqa: E402
 
 from so2nn.graph import radius_graph  # noqa: E402
 from so2nn.so3 import edge_frames  # noqa: E402
+from so2nn.testing import random_rotation  # noqa: E402
 
 OUT = ROOT / "tests" / "models" / "fixtures"
 NUM_ROLLS = 8
 DTYPES = (torch.float32, torch.float64)
+ROTATION = random_rotation(torch.Generator().manual_seed(7))  # float64, for the equivariance comparison
 SMALL = dict(
     regress_forces=True, otf_graph=False, max_neighbors=20, max_radius=6.0, max_num_elements=90, num_layers=2,
     sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4, attn_value_channels=4,
@@ -106,9 +108,12 @@ def main() -> None:
             params = dict(model.named_parameters())
             weights = {k: v.detach().clone() for k, v in model.state_dict().items() if k in params}
             rolls, patched = {}, {}
+            rotated = {**inputs, "pos": inputs["pos"].double() @ ROTATION.T, "cell": inputs["cell"].double() @ ROTATION.T}
             for dtype in DTYPES:
                 reference = build_reference(config, weights, dtype)
                 rolls[str(dtype)] = [reference_call(reference, inputs, dtype) for _ in range(NUM_ROLLS)]
+                if dtype == torch.float64:  # for the equivariance comparison
+                    rotated_rolls = [reference_call(reference, rotated, dtype) for _ in range(NUM_ROLLS)]
                 reference._init_edge_rot_mat = lambda data, edge_index, vec: edge_frames(vec)
                 patched[str(dtype)] = reference_call(reference, inputs, dtype)
             fixture = {
@@ -119,6 +124,8 @@ def main() -> None:
                 "inputs": inputs,
                 "reference_same_frames": patched,
                 "reference_random_rolls": rolls,
+                "rotation": ROTATION,
+                "reference_random_rolls_rotated_float64": rotated_rolls,
             }
             path = OUT / f"eqv2_{arch}_{system}.pt"
             torch.save(fixture, path)

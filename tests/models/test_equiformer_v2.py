@@ -179,3 +179,20 @@ def test_bad_configuration():
         EquiformerV2Config(activation="gate")
     with pytest.raises(ValueError, match="unknown configuration keys"):
         preset("oc20-31M", num_layer=3)
+
+
+def test_accepts_torch_geometric_batches_with_oc20_fields():
+    from torch_geometric.data import Batch, Data
+
+    model = small_model(lmax=2, mmax=1)
+    pos, cell, numbers = slab()
+    atoms = molecule("H2O")
+    water = Data(pos=torch.tensor(atoms.positions), atomic_numbers=torch.tensor(atoms.numbers, dtype=torch.float64),
+                 cell=torch.diag(torch.tensor([15.0, 15.0, 15.0], dtype=torch.float64))[None], natoms=torch.tensor([3]),
+                 tags=torch.full((3,), 2), fixed=torch.zeros(3))
+    surface = Data(pos=pos, atomic_numbers=numbers.double(), cell=cell, natoms=torch.tensor([len(numbers)]),
+                   tags=torch.ones(len(numbers), dtype=torch.long), fixed=torch.zeros(len(numbers)))
+    out = model(Batch.from_data_list([surface, water]))
+    alone = call(model, pos, cell, numbers)
+    assert out["energy"].shape == (2,) and out["forces"].shape == (len(numbers) + 3, 3)
+    assert torch.allclose(out["energy"][0], alone["energy"][0], atol=1e-12)

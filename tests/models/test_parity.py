@@ -117,3 +117,24 @@ def test_checkpoint_variants(tmp_path):
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not read checkpoint"):
         EquiformerV2.from_fairchem(tmp_path / "corrupt.pt")
+
+
+def test_never_less_equivariant_than_the_reference(fixture):
+    """Same weights, same rotation (float64): so2nn's equivariance error is at most the
+    reference's (whose random rolls add call-to-call noise to the grid aliasing)."""
+    R = fixture["rotation"]
+    x = fixture["inputs"]
+    model = EquiformerV2.from_fairchem(fixture["checkpoint"], graph_mode="reference").double().eval()
+
+    def run(pos, cell):
+        fields = dict(pos=pos, atomic_numbers=x["atomic_numbers"], edge_index=x["edge_index"])
+        if x["periodic"]:
+            fields.update(cell=cell, cell_offsets=x["cell_offsets"])
+        with torch.no_grad():
+            return model(**fields)["forces"]
+
+    pos, cell = x["pos"].double(), x["cell"].double()
+    ours = float((run(pos @ R.T, cell @ R.T) - run(pos, cell) @ R.T).abs().max())
+    rolls, rotated = fixture["reference_random_rolls"]["torch.float64"], fixture["reference_random_rolls_rotated_float64"]
+    reference = max(float((b["forces"] - a["forces"] @ R.T).abs().max()) for a, b in zip(rolls, rotated))
+    assert ours <= reference
