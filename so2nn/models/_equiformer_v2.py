@@ -10,13 +10,13 @@ from torch import nn
 from ..graph import edge_vectors, radius_graph
 from ..layers import (
     EdgeDegreeEmbedding,
+    EquivariantDropout,
     EquivariantGraphAttention,
     FeedForwardNetwork,
     GraphDropPath,
     RadialBasis,
     normalization_layer,
 )
-from ..layers._dropout import EquivariantDropout
 from ..so3 import CoefficientLayout, EdgeRotation
 from ._config import EquiformerV2Config
 from ._inputs import AtomicInputs, read_inputs
