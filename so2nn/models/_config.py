@@ -52,6 +52,13 @@ class EquiformerV2Config:
     direct_forces: bool = True  # False: forces = -dE/dpos through autograd
     use_energy_lin_ref: bool = False
     min_distance: float = 0.1  # atoms closer than this (Angstrom) are rejected as overlapping
+    # Output normalisation (training-set statistics): the network predicts normalised targets,
+    # and the model returns energy = raw * energy_std + energy_mean, direct forces = raw * forces_std
+    # (gradient forces follow the de-normalised energy). fairchem keeps these in its trainer;
+    # so2nn keeps them with the weights, so a loaded model returns eV and eV/A.
+    energy_mean: float = 0.0
+    energy_std: float = 1.0
+    forces_std: float = 1.0
 
     def __post_init__(self) -> None:
         check_layout(self.lmax, self.mmax)
@@ -69,6 +76,8 @@ class EquiformerV2Config:
             raise ValueError(f"graph_mode must be 'tie_stable' or 'reference', got {self.graph_mode!r}")
         if self.norm_type not in ("layer_norm", "layer_norm_sh", "rms_norm_sh"):
             raise ValueError(f"unknown norm_type {self.norm_type!r}")
+        if not (self.energy_std > 0 and self.forces_std > 0):
+            raise ValueError(f"energy_std and forces_std must be > 0, got {self.energy_std}, {self.forces_std}")
         if not self.max_radius > 0:
             raise ValueError(f"max_radius must be > 0, got {self.max_radius}")
 

@@ -132,6 +132,31 @@ class EquiformerV2(nn.Module):
         model.load_reference_state_dict(state_dict)
         return model
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint, use_ema: bool = True, **config_changes) -> EquiformerV2:
+        """Build from a checkpoint (path or loaded dict): so2nn's own (:meth:`save`, or a training
+        checkpoint of ``examples/train_oc20.py``) or an official fairchem one.
+
+        EMA weights are used when present and ``use_ema``; ``config_changes`` override inference
+        options (``grid_resolution``, ``graph_mode``, ...).
+        """
+        from ._checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(checkpoint)
+        if checkpoint.get("format") != "so2nn":
+            return cls.from_fairchem(checkpoint, use_ema, **config_changes)
+        config = EquiformerV2Config(**checkpoint["config"]).replace(**config_changes)
+        weights = checkpoint.get("ema") if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
+        model = cls(config)
+        model.load_reference_state_dict(weights)
+        return model
+
+    def save(self, path) -> None:
+        """Write config and weights to ``path`` atomically (read back with :meth:`from_checkpoint`)."""
+        from ._checkpoint import atomic_save, model_checkpoint
+
+        atomic_save(model_checkpoint(self), path)
+
     def load_reference_state_dict(self, state_dict: dict) -> None:
         """Load mapped reference weights; raise a ValueError naming unknown/missing keys or bad shapes."""
         own = self.state_dict()
@@ -176,7 +201,7 @@ class EquiformerV2(nn.Module):
                 return {"energy": energy if self.training else energy.detach(), "forces": -grad}
         edge_features, edge_index, rotation = context
         forces = self.force_block(x, edge_features, inputs.atomic_numbers, edge_index, rotation)[:, 1:4, 0]
-        return {"energy": energy, "forces": forces}
+        return {"energy": energy, "forces": forces * c.forces_std if c.forces_std != 1.0 else forces}
 
     def _energy(self, inputs: AtomicInputs, pos: torch.Tensor):
         c = self.config
@@ -200,6 +225,8 @@ class EquiformerV2(nn.Module):
         x = self.norm(x)
         node_energy = self.energy_block(x)[:, 0, 0]
         energy = node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) / c.avg_num_nodes
+        if c.energy_std != 1.0 or c.energy_mean != 0.0:
+            energy = energy * c.energy_std + c.energy_mean
         if self.energy_lin_ref is not None:
             energy = energy.index_add(0, batch, self.energy_lin_ref.to(energy.dtype).index_select(0, numbers))
         return energy, x, (edge_features, edge_index, rotation)

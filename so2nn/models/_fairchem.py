@@ -9,10 +9,10 @@ class (``equiformer_v2``) and the backbone + heads variant (``backbone.``,
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 
+from ._checkpoint import load_checkpoint
 from ._config import EquiformerV2Config
 
 __all__ = ["config_from_fairchem", "state_dict_from_fairchem", "load_fairchem_checkpoint"]
@@ -108,14 +108,7 @@ def state_dict_from_fairchem(state_dict: dict, ema: dict | None = None) -> dict[
 
 def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, **config_changes):
     """``(config, state_dict)`` from a reference checkpoint (path or loaded dict)."""
-    if isinstance(checkpoint, (str, Path)):
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise ValueError(f"checkpoint file not found: {path}")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # a truncated or foreign file
-            raise ValueError(f"could not read checkpoint {path}: {error}") from error
+    checkpoint = load_checkpoint(checkpoint)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError("not a fairchem checkpoint: expected a dict with 'state_dict' (and 'config')")
     config = checkpoint.get("config", {})
@@ -123,4 +116,42 @@ def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, **config_changes)
     if model_config is None:
         raise ValueError("the checkpoint has no model config ('config.model' or 'config.model_attributes')")
     ema = checkpoint.get("ema") if use_ema else None
-    return config_from_fairchem(model_config, **config_changes), state_dict_from_fairchem(checkpoint["state_dict"], ema)
+    changes = {**normalizers_from_fairchem(checkpoint), **config_changes}
+    return config_from_fairchem(model_config, **changes), state_dict_from_fairchem(checkpoint["state_dict"], ema)
+
+
+def _mean_std(entry: dict | None, mean_key="mean", std_key="std"):
+    if not isinstance(entry, dict) or entry.get(std_key) is None:
+        return None
+    return float(torch.as_tensor(entry.get(mean_key, 0.0))), float(torch.as_tensor(entry[std_key]))
+
+
+def normalizers_from_fairchem(checkpoint: dict) -> dict:
+    """The reference's target normalisation (kept by its trainer, not its model) as so2nn config
+    entries ``energy_mean``, ``energy_std``, ``forces_std``; empty when the checkpoint has none.
+
+    Looked up where fairchem's trainers store it: ``checkpoint["normalizers"]`` (``target`` /
+    ``grad_target``, or ``energy`` / ``forces``), then the dataset config (``normalize_labels``
+    with ``target_mean`` ...; or ``transforms.normalizer`` with ``mean`` / ``stdev``).
+    """
+    found = {}
+    normalizers = checkpoint.get("normalizers") or {}
+    energy = _mean_std(normalizers.get("target") or normalizers.get("energy"))
+    forces = _mean_std(normalizers.get("grad_target") or normalizers.get("forces"))
+    dataset = (checkpoint.get("config") or {}).get("dataset") or {}
+    if isinstance(dataset, dict) and isinstance(dataset.get("train"), dict):
+        dataset = dataset["train"]
+    if energy is None and isinstance(dataset, dict) and dataset.get("normalize_labels"):
+        energy = (float(dataset.get("target_mean", 0.0)), float(dataset.get("target_std", 1.0)))
+        forces = (float(dataset.get("grad_target_mean", 0.0)), float(dataset.get("grad_target_std", 1.0)))
+    normalizer = ((dataset.get("transforms") or {}).get("normalizer") or {}) if isinstance(dataset, dict) else {}
+    if energy is None and normalizer:
+        energy = _mean_std(normalizer.get("energy"), std_key="stdev")
+        forces = _mean_std(normalizer.get("forces"), std_key="stdev")
+    if energy is not None:
+        found["energy_mean"], found["energy_std"] = energy
+    if forces is not None:
+        if forces[0] != 0.0:
+            raise ValueError(f"a force normaliser with non-zero mean ({forces[0]}) is not rotation equivariant")
+        found["forces_std"] = forces[1]
+    return found

@@ -196,3 +196,47 @@ def test_accepts_torch_geometric_batches_with_oc20_fields():
     alone = call(model, pos, cell, numbers)
     assert out["energy"].shape == (2,) and out["forces"].shape == (len(numbers) + 3, 3)
     assert torch.allclose(out["energy"][0], alone["energy"][0], atol=1e-12)
+
+
+def _tiny_config(**changes):
+    return EquiformerV2Config(
+        lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
+        attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8, num_distance_basis=16, max_num_elements=20,
+        max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0, **changes,
+    )
+
+
+def test_save_and_from_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = EquiformerV2(_tiny_config(energy_mean=-3.0, energy_std=2.0, forces_std=0.5)).eval()
+    pos = torch.randn(5, 3) * 1.5
+    numbers = torch.tensor([1, 6, 8, 7, 1])
+    out = model(pos=pos, atomic_numbers=numbers)
+    path = tmp_path / "model.pt"
+    model.save(path)
+    loaded = EquiformerV2.from_checkpoint(path).eval()
+    assert loaded.config == model.config
+    again = loaded(pos=pos, atomic_numbers=numbers)
+    torch.testing.assert_close(again["energy"], out["energy"], rtol=0, atol=0)
+    torch.testing.assert_close(again["forces"], out["forces"], rtol=0, atol=0)
+    assert not list(tmp_path.glob(".*.tmp")), "the atomic write left its temporary file behind"
+
+
+def test_output_normalisation_scales_energy_and_forces():
+    torch.manual_seed(0)
+    raw = EquiformerV2(_tiny_config()).eval()
+    scaled = EquiformerV2(_tiny_config(energy_mean=-3.0, energy_std=2.0, forces_std=0.5)).eval()
+    scaled.load_state_dict(raw.state_dict())
+    pos, numbers = torch.randn(4, 3) * 1.5, torch.tensor([1, 6, 8, 1])
+    a, b = raw(pos=pos, atomic_numbers=numbers), scaled(pos=pos, atomic_numbers=numbers)
+    torch.testing.assert_close(b["energy"], a["energy"] * 2.0 - 3.0)
+    torch.testing.assert_close(b["forces"], a["forces"] * 0.5)
+
+
+def test_from_checkpoint_rejects_corrupt_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not read checkpoint"):
+        EquiformerV2.from_checkpoint(bad)
+    with pytest.raises(ValueError, match="not found"):
+        EquiformerV2.from_checkpoint(tmp_path / "missing.pt")

@@ -138,3 +138,29 @@ def test_never_less_equivariant_than_the_reference(fixture):
     rolls, rotated = fixture["reference_random_rolls"]["torch.float64"], fixture["reference_random_rolls_rotated_float64"]
     reference = max(float((b["forces"] - a["forces"] @ R.T).abs().max()) for a, b in zip(rolls, rotated))
     assert ours <= reference
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"normalizers": {"target": {"mean": torch.tensor(-0.75), "std": torch.tensor(2.5)},
+                         "grad_target": {"mean": torch.tensor(0.0), "std": torch.tensor(2.5)}}},
+        {"dataset": {"normalize_labels": True, "target_mean": -0.75, "target_std": 2.5,
+                     "grad_target_mean": 0.0, "grad_target_std": 2.5}},
+        {"dataset": {"train": {"transforms": {"normalizer": {"energy": {"mean": -0.75, "stdev": 2.5},
+                                                              "forces": {"mean": 0.0, "stdev": 2.5}}}}}},
+    ],
+    ids=["trainer-normalizers", "dataset-config", "hydra-transforms"],
+)
+def test_checkpoint_normalizers_give_physical_units(where):
+    """fairchem keeps target normalisation in its trainer; so2nn reads it into the model config,
+    so that a loaded official checkpoint returns eV and eV/A."""
+    fixture = torch.load(FIXTURES[0], weights_only=False)
+    checkpoint = dict(fixture["checkpoint"])
+    if "normalizers" in where:
+        checkpoint["normalizers"] = where["normalizers"]
+    else:
+        checkpoint["config"] = {**checkpoint["config"], "dataset": where["dataset"]}
+    model = EquiformerV2.from_fairchem(checkpoint)
+    assert (model.config.energy_mean, model.config.energy_std, model.config.forces_std) == (-0.75, 2.5, 2.5)
+    assert EquiformerV2.from_checkpoint(checkpoint).config == model.config
