@@ -1,0 +1,22 @@
+"""Training EquiformerV2 on S2EF energies and forces: the loop behind ``examples/train_oc20.py``.
+
+:class:`Trainer` runs the EquiformerV2 paper's recipe (energy MAE + per-atom force L2 loss,
+AdamW, warm-up + cosine schedule, gradient clipping, EMA, target normalisation), on one CPU,
+one GPU or many under ``torchrun``, with atomic checkpoints that resume exactly.
+"""
+
+from ._distributed import DistributedContext
+from ._ema import ExponentialMovingAverage
+from ._metrics import S2EFMetrics
+from ._schedule import warmup_cosine
+from ._trainer import Trainer, TrainingConfig, target_statistics
+
+__all__ = [
+    "DistributedContext",
+    "ExponentialMovingAverage",
+    "S2EFMetrics",
+    "Trainer",
+    "TrainingConfig",
+    "target_statistics",
+    "warmup_cosine",
+]

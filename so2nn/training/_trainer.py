@@ -1,0 +1,481 @@
+"""Training EquiformerV2 on S2EF data (energies and forces), as the paper trained it."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torch_geometric.data import Batch
+
+from ..models import EquiformerV2, EquiformerV2Config
+from ..models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
+from ._distributed import DistributedContext
+from ._ema import ExponentialMovingAverage
+from ._metrics import S2EFMetrics
+from ._schedule import warmup_cosine
+
+__all__ = ["TrainingConfig", "Trainer", "target_statistics"]
+
+TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
+CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Every setting of a training run (the EquiformerV2 paper's recipe by default).
+
+    The loss is :math:`\\lambda_E\\,\\mathrm{MAE}(E) + \\lambda_F\\,\\frac1N\\sum_i
+    \\lVert \\hat F_i - F_i \\rVert_2` on normalised targets (energy minus the training mean,
+    over its standard deviation; forces over their RMS), forces of free atoms only when the
+    data marks fixed atoms and ``train_on_free_atoms``.
+    """
+
+    max_steps: int = 2000
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 1e-3
+    warmup_steps: int = 100
+    warmup_factor: float = 0.2
+    min_lr_factor: float = 0.01
+    clip_grad_norm: float = 100.0
+    ema_decay: float = 0.999
+    energy_coefficient: float = 4.0
+    force_coefficient: float = 100.0
+    train_on_free_atoms: bool = True
+    eval_on_free_atoms: bool = True
+    normalize_targets: bool = True
+    eval_every: int = 500
+    checkpoint_every: int = 200
+    log_every: int = 10
+    amp: str = "none"  # "none" | "bf16" | "fp16"
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        for name in ("max_steps", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_steps:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+def target_statistics(dataset, max_items: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Mean and standard deviation of the energies and RMS of the force components of ``dataset``
+    (items with ``energy`` and ``forces``), in float64, from at most ``max_items`` items drawn at
+    random (reading all of OC20's 2M+ records would take longer than it helps)."""
+    indices = range(len(dataset))
+    if len(dataset) > max_items:
+        indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_items].tolist()
+    energies, force_sq, components = [], 0.0, 0
+    for i in indices:
+        item = dataset[i]
+        energies.append(float(item.energy.reshape(-1)[0]))
+        forces = item.forces.double()
+        force_sq += float((forces**2).sum())
+        components += forces.numel()
+    if not energies:
+        raise ValueError("the training set is empty")
+    e = torch.tensor(energies, dtype=torch.float64)
+    std = float(e.std()) if len(energies) > 1 else 1.0
+    return {
+        "energy_mean": float(e.mean()),
+        "energy_std": std if std > 0 else 1.0,
+        "forces_rms": math.sqrt(force_sq / components) if force_sq > 0 else 1.0,
+    }
+
+
+def _collate(items) -> Batch:
+    return Batch.from_data_list(items)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains an :class:`~so2nn.models.EquiformerV2` on S2EF data and never loses work.
+
+    * AdamW, linear warm-up + cosine learning rate, gradient clipping, an EMA of the weights
+      (evaluated and exported), energy/force normalisation from training statistics;
+    * mixed precision (``amp="bf16"``, or ``"fp16"`` with loss scaling);
+    * DistributedDataParallel when started by ``torchrun`` (distributed sampler; rank 0 logs
+      and writes checkpoints);
+    * checkpoints (model, EMA, optimiser, scheduler, step, data position, every process's RNG
+      state, configs) written atomically; :meth:`resume` continues exactly where it stopped, and
+      SIGINT/SIGTERM stop after the current step with a checkpoint.
+
+    Outputs in ``out_dir``: ``checkpoint.pt`` (full training state), ``model.pt`` (config + raw
+    and EMA weights, for :meth:`EquiformerV2.from_checkpoint`), ``train_log.csv``,
+    ``val_log.csv``, ``metrics.json`` and, from :meth:`plot`, ``summary.png``.
+
+    Args:
+        model_config: the model to build (normalisation statistics are filled in from
+            ``train_set`` when ``config.normalize_targets``).
+        train_set, val_set: datasets of PyG ``Data`` with ``pos``, ``atomic_numbers``, ``cell``,
+            ``energy [1]``, ``forces [N, 3]`` and optionally ``fixed``, ``tags``, ``pbc``.
+        config: :class:`TrainingConfig`.
+        out_dir: where checkpoints and logs go.
+        device: ``"cpu"`` or ``"cuda"`` (under torchrun, each process's own GPU).
+    """
+
+    def __init__(self, model_config: EquiformerV2Config, train_set, val_set, config: TrainingConfig, out_dir,
+                 device: str = "cpu", progress: bool = True, tensorboard: bool = False,
+                 _checkpoint: dict | None = None) -> None:
+        self.config = config
+        self.train_set, self.val_set = train_set, val_set
+        self.out_dir = Path(out_dir)
+        self.dist = DistributedContext.from_env(device)
+        self.device = self.dist.device(device)
+        self.progress = progress and self.dist.is_main
+        if len(train_set) < config.batch_size * self.dist.world_size:
+            raise ValueError(
+                f"the training set has {len(train_set)} items, fewer than one batch per process "
+                f"({config.batch_size} x {self.dist.world_size})"
+            )
+        if _checkpoint is None:
+            stats = target_statistics(train_set, seed=config.seed)
+            self.train_energy_mean = stats["energy_mean"]
+            if config.normalize_targets:
+                model_config = model_config.replace(
+                    energy_mean=stats["energy_mean"], energy_std=stats["energy_std"], forces_std=stats["forces_rms"]
+                )
+        else:
+            self.train_energy_mean = _checkpoint["train_energy_mean"]
+        torch.manual_seed(config.seed)
+        self.model = EquiformerV2(model_config).to(self.device)
+        self.ema = ExponentialMovingAverage(self.model, config.ema_decay)
+        self.ddp_model = self.model
+        if self.dist.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: warmup_cosine(step, config.max_steps, config.warmup_steps, config.warmup_factor,
+                                       config.min_lr_factor),
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._stop_requested = False
+        self._writer = None
+        if tensorboard and self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self._writer = SummaryWriter(self.out_dir / "tensorboard")
+        # Each process draws dropout masks from its own stream; the data order comes from the
+        # sampler's (seed, epoch), never from the global generator.
+        torch.manual_seed(config.seed + self.dist.rank)
+        if _checkpoint is not None:
+            self._load_state(_checkpoint)
+
+    # -- construction from a checkpoint -------------------------------------------------------
+
+    @classmethod
+    def resume(cls, checkpoint, train_set, val_set, out_dir, device: str = "cpu", progress: bool = True,
+               tensorboard: bool = False, **config_changes) -> Trainer:
+        """Continue a run from its ``checkpoint.pt`` (path or dict). ``config_changes`` may extend
+        ``max_steps`` or change logging; changing the optimisation recipe would not be a resume."""
+        state = load_checkpoint(checkpoint)
+        if state.get("format") != "so2nn" or "optimizer" not in state:
+            raise ValueError("not a so2nn training checkpoint (no optimiser state): cannot resume from it")
+        config = dataclasses.replace(TrainingConfig(**state["training_config"]), **config_changes)
+        model_config = EquiformerV2Config(**state["config"])
+        return cls(model_config, train_set, val_set, config, out_dir, device, progress, tensorboard, _checkpoint=state)
+
+    def _load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state(state["ema_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        rng = state["rng"]
+        if len(rng) != self.dist.world_size:
+            raise ValueError(f"the checkpoint was written by {len(rng)} processes, this run has {self.dist.world_size}")
+        _set_rng_state(rng[self.dist.rank])
+        if self.dist.is_main:  # drop log rows written after the checkpoint (a run killed mid-interval)
+            self._truncate_log(TRAIN_LOG)
+            self._truncate_log(VAL_LOG)
+
+    def _truncate_log(self, name: str) -> None:
+        path = self.out_dir / name
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(path, "w", newline="") as f:
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(r for r in rows if int(r["step"]) <= self.step)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` (all processes' RNG states are gathered; rank 0 writes)."""
+        rng = self.dist.gather_objects(_rng_state())
+        if self.dist.is_main:
+            state = model_checkpoint(
+                self.model,
+                self.ema.module.state_dict(),
+                ema_state=self.ema.state(),
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                step=self.step,
+                epoch=self.epoch,
+                batch_in_epoch=self.batch_in_epoch,
+                rng=rng,
+                training_config=dataclasses.asdict(self.config),
+                train_energy_mean=self.train_energy_mean,
+            )
+            atomic_save(state, self.out_dir / CHECKPOINT)
+        self.dist.barrier()
+
+    def save_model(self) -> Path:
+        """Write ``model.pt``: config, raw and EMA weights (no optimiser state)."""
+        path = self.out_dir / MODEL
+        if self.dist.is_main:
+            atomic_save(model_checkpoint(self.model, self.ema.module.state_dict()), path)
+        return path
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _batches(self):
+        """This epoch's batches for this process, from the current position on."""
+        sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=True, seed=self.config.seed, drop_last=True)
+        sampler.set_epoch(self.epoch)
+        indices = list(sampler)
+        size = self.config.batch_size
+        chunks = [indices[i:i + size] for i in range(0, len(indices) - size + 1, size)]
+        return DataLoader(self.train_set, batch_sampler=chunks[self.batch_in_epoch:], collate_fn=_collate,
+                          num_workers=self.config.num_workers, generator=torch.Generator().manual_seed(0))
+
+    def _autocast(self):
+        if self.config.amp == "none":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _loss(self, out: dict, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c = self.model.config
+        energy_loss = (out["energy"].float() - batch.energy.view(-1).float()).abs().mean() / c.energy_std
+        force_error = (out["forces"].float() - batch.forces.float()).norm(dim=1)
+        fixed = getattr(batch, "fixed", None)
+        if self.config.train_on_free_atoms and fixed is not None and bool((~fixed.bool()).any()):
+            force_error = force_error[~fixed.bool()]
+        force_loss = force_error.mean() / c.forces_std
+        loss = self.config.energy_coefficient * energy_loss + self.config.force_coefficient * force_loss
+        return loss, energy_loss, force_loss
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        self.ddp_model.train()
+        batch = batch.to(self.device)
+        with self._autocast():
+            out = self.ddp_model(batch)
+        loss, energy_loss, force_loss = self._loss(out, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}: lower the learning rate "
+                                     "or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return {"loss": loss.item(), "energy_loss": energy_loss.item(), "force_loss": force_loss.item(),
+                "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
+                "atoms": int(batch.pos.shape[0])}
+
+    def fit(self, stop_after: int | None = None) -> dict[str, float]:
+        """Train until ``max_steps`` (or ``stop_after`` more steps, for preemptible jobs), with a
+        checkpoint every ``checkpoint_every`` steps and at the end. Returns the last validation
+        metrics (of the EMA weights)."""
+        cfg = self.config
+        last_step = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        metrics: dict[str, float] = {}
+        try:
+            tick, atoms = time.perf_counter(), 0
+            while self.step < last_step and not self._stop_requested:
+                for batch in self._batches():
+                    stats = self.train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    atoms += stats["atoms"]
+                    if self.step % cfg.log_every == 0 or self.step == last_step:
+                        elapsed = time.perf_counter() - tick
+                        stats["atoms_per_s"] = atoms * self.dist.world_size / max(elapsed, 1e-9)
+                        stats["steps_per_s"] = cfg.log_every / max(elapsed, 1e-9)
+                        tick, atoms = time.perf_counter(), 0
+                        self._log(TRAIN_LOG, {"step": self.step, "epoch": self.epoch, **stats})
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{stats['loss']:.3f}", atoms_s=f"{stats['atoms_per_s']:.0f}")
+                    if bar is not None:
+                        bar.update(1)
+                    if self.step % cfg.eval_every == 0:
+                        metrics = self.evaluate()
+                    stop = self._agree_to_stop()
+                    if self.step % cfg.checkpoint_every == 0 or stop or self.step >= last_step:
+                        self.save_checkpoint()
+                    if stop or self.step >= last_step:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if bar is not None:
+                bar.close()
+        if self.step >= cfg.max_steps:
+            if self.step % cfg.eval_every != 0:
+                metrics = self.evaluate()
+            self.save_model()
+            if self.dist.is_main:
+                (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+
+    def _agree_to_stop(self) -> bool:
+        if not self.dist.distributed:
+            return self._stop_requested
+        flag = self.dist.sum(torch.tensor([float(self._stop_requested)]))
+        self._stop_requested = bool(flag.item() > 0)
+        return self._stop_requested
+
+    @torch.no_grad()
+    def evaluate(self, dataset=None, model=None) -> dict[str, float]:
+        """OC20's S2EF metrics of ``model`` (default: the EMA weights) on ``dataset`` (default:
+        the validation set), sharded over processes; logged to ``val_log.csv``."""
+        dataset = self.val_set if dataset is None else dataset
+        model = self.ema.module if model is None else model
+        model.eval()
+        metrics = S2EFMetrics(energy_baseline=self.train_energy_mean)
+        shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
+        chunks = [shard[i:i + self.config.eval_batch_size] for i in range(0, len(shard), self.config.eval_batch_size)]
+        for chunk in chunks:
+            batch = _collate([dataset[i] for i in chunk]).to(self.device)
+            with self._autocast():
+                out = model(batch)
+            fixed = getattr(batch, "fixed", None)
+            mask = ~fixed.bool() if self.config.eval_on_free_atoms and fixed is not None else None
+            metrics.update(out["energy"].float(), batch.energy.view(-1), out["forces"].float(), batch.forces,
+                           batch.batch, mask)
+        result = metrics.compute(reduce=self.dist.sum)
+        self._log(VAL_LOG, {"step": self.step, **result})
+        return result
+
+    def _log(self, name: str, row: dict) -> None:
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / name
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self._writer is not None:
+            prefix = "train" if name == TRAIN_LOG else "val"
+            for key, value in row.items():
+                if key not in ("step", "epoch"):
+                    self._writer.add_scalar(f"{prefix}/{key}", value, row["step"])
+
+    @torch.no_grad()
+    def predictions(self, dataset=None) -> dict[str, torch.Tensor]:
+        """EMA-model predictions and targets on ``dataset`` (default: validation), for plots."""
+        dataset = self.val_set if dataset is None else dataset
+        model = self.ema.module.eval()
+        pred_e, true_e, pred_f, true_f = [], [], [], []
+        for start in range(0, len(dataset), self.config.eval_batch_size):
+            batch = _collate([dataset[i] for i in range(start, min(len(dataset), start + self.config.eval_batch_size))])
+            out = model(batch.to(self.device))
+            pred_e.append(out["energy"].float().cpu())
+            true_e.append(batch.energy.view(-1).cpu())
+            pred_f.append(out["forces"].float().cpu())
+            true_f.append(batch.forces.cpu())
+        return {"energy_pred": torch.cat(pred_e), "energy_true": torch.cat(true_e),
+                "forces_pred": torch.cat(pred_f), "forces_true": torch.cat(true_f)}
+
+    def plot(self, path=None) -> Path:
+        """Learning curves and energy/force parity plots of the validation set, as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = self.out_dir / "summary.png" if path is None else Path(path)
+        train = _read_csv(self.out_dir / TRAIN_LOG)
+        val = _read_csv(self.out_dir / VAL_LOG)
+        pred = self.predictions()
+        fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+        axes[0].plot(train["step"], train["loss"], lw=1)
+        axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
+        if val:
+            axes[1].plot(val["step"], val["energy_mae"], "o-", label="energy MAE (eV)")
+            axes[1].plot(val["step"], val["forces_mae"], "s-", label="force MAE (eV/A)")
+            axes[1].axhline(val["energy_mae_mean_baseline"][-1], color="C0", ls=":", label="predict mean energy")
+            axes[1].axhline(val["forces_mae_zero_baseline"][-1], color="C1", ls=":", label="predict zero forces")
+            axes[1].set(xlabel="step", yscale="log", title="validation (EMA weights)")
+            axes[1].legend(fontsize=8)
+        for ax, key, unit in ((axes[2], "energy", "eV"), (axes[3], "forces", "eV/A")):
+            t, p = pred[f"{key}_true"].reshape(-1), pred[f"{key}_pred"].reshape(-1)
+            ax.scatter(t, p, s=4, alpha=0.5)
+            lo, hi = float(torch.minimum(t.min(), p.min())), float(torch.maximum(t.max(), p.max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set(xlabel=f"true {key} ({unit})", ylabel=f"predicted {key} ({unit})", title=f"{key} parity (validation)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.dist.close()
+
+
+def _read_csv(path: Path) -> dict[str, list[float]]:
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(r[key]) for r in rows] for key in rows[0]} if rows else {}
+
