@@ -9,7 +9,7 @@ from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._metrics import S2EFMetrics
 from ._schedule import warmup_cosine
-from ._trainer import Trainer, TrainingConfig, target_statistics
+from ._trainer import Trainer, TrainingConfig
 
 __all__ = [
     "DistributedContext",
@@ -17,6 +17,5 @@ __all__ = [
     "S2EFMetrics",
     "Trainer",
     "TrainingConfig",
-    "target_statistics",
     "warmup_cosine",
 ]

@@ -16,7 +16,12 @@ class DistributedContext:
     """Where this process sits in a (possibly single-process) run.
 
     Started by ``torchrun``, the environment holds ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
-    :meth:`from_env` then joins the process group (NCCL on CUDA, gloo on CPU).
+    :meth:`~DistributedContext.from_env` then joins the process group (NCCL on CUDA, gloo on CPU).
+
+    Example:
+        >>> context = DistributedContext.from_env("cpu")     # not started by torchrun: one process
+        >>> context.world_size, context.rank, context.is_main
+        (1, 0, True)
     """
 
     rank: int = 0
@@ -25,6 +30,8 @@ class DistributedContext:
 
     @classmethod
     def from_env(cls, device: str) -> DistributedContext:
+        """The context of this process: a single process unless ``WORLD_SIZE > 1`` (torchrun),
+        in which case it joins the process group on ``device`` ("cpu" or "cuda")."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return cls()

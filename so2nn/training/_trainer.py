@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Batch
 
+from ..data import target_statistics
 from ..models import EquiformerV2, EquiformerV2Config
 from ..models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from ._distributed import DistributedContext
@@ -25,7 +26,7 @@ from ._ema import ExponentialMovingAverage
 from ._metrics import S2EFMetrics
 from ._schedule import warmup_cosine
 
-__all__ = ["TrainingConfig", "Trainer", "target_statistics"]
+__all__ = ["TrainingConfig", "Trainer"]
 
 TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
 CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
@@ -39,6 +40,11 @@ class TrainingConfig:
     \\lVert \\hat F_i - F_i \\rVert_2` on normalised targets (energy minus the training mean,
     over its standard deviation; forces over their RMS), forces of free atoms only when the
     data marks fixed atoms and ``train_on_free_atoms``.
+
+    Example:
+        >>> config = TrainingConfig(max_steps=100, batch_size=4)
+        >>> config.lr, config.energy_coefficient, config.force_coefficient
+        (0.0002, 4.0, 100.0)
     """
 
     max_steps: int = 2000
@@ -56,6 +62,7 @@ class TrainingConfig:
     train_on_free_atoms: bool = True
     eval_on_free_atoms: bool = True
     normalize_targets: bool = True
+    element_references: bool = False  # fit per-element energy references (linear) on the training set
     eval_every: int = 500
     checkpoint_every: int = 200
     log_every: int = 10
@@ -71,31 +78,6 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_steps:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-
-
-def target_statistics(dataset, max_items: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """Mean and standard deviation of the energies and RMS of the force components of ``dataset``
-    (items with ``energy`` and ``forces``), in float64, from at most ``max_items`` items drawn at
-    random (reading all of OC20's 2M+ records would take longer than it helps)."""
-    indices = range(len(dataset))
-    if len(dataset) > max_items:
-        indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_items].tolist()
-    energies, force_sq, components = [], 0.0, 0
-    for i in indices:
-        item = dataset[i]
-        energies.append(float(item.energy.reshape(-1)[0]))
-        forces = item.forces.double()
-        force_sq += float((forces**2).sum())
-        components += forces.numel()
-    if not energies:
-        raise ValueError("the training set is empty")
-    e = torch.tensor(energies, dtype=torch.float64)
-    std = float(e.std()) if len(energies) > 1 else 1.0
-    return {
-        "energy_mean": float(e.mean()),
-        "energy_std": std if std > 0 else 1.0,
-        "forces_rms": math.sqrt(force_sq / components) if force_sq > 0 else 1.0,
-    }
 
 
 def _collate(items) -> Batch:
@@ -130,7 +112,7 @@ class Trainer:
       SIGINT/SIGTERM stop after the current step with a checkpoint.
 
     Outputs in ``out_dir``: ``checkpoint.pt`` (full training state), ``model.pt`` (config + raw
-    and EMA weights, for :meth:`EquiformerV2.from_checkpoint`), ``train_log.csv``,
+    and EMA weights, for :meth:`~so2nn.models.EquiformerV2.from_checkpoint`), ``train_log.csv``,
     ``val_log.csv``, ``metrics.json`` and, from :meth:`plot`, ``summary.png``.
 
     Args:
@@ -141,6 +123,9 @@ class Trainer:
         config: :class:`TrainingConfig`.
         out_dir: where checkpoints and logs go.
         device: ``"cpu"`` or ``"cuda"`` (under torchrun, each process's own GPU).
+
+    A complete run (data, training, a resume, the exported model) is the training tutorial
+    of the docs, ``docs/tutorials/train_oc20.md``, whose code the test suite runs.
     """
 
     def __init__(self, model_config: EquiformerV2Config, train_set, val_set, config: TrainingConfig, out_dir,
@@ -157,17 +142,28 @@ class Trainer:
                 f"the training set has {len(train_set)} items, fewer than one batch per process "
                 f"({config.batch_size} x {self.dist.world_size})"
             )
+        references = None
         if _checkpoint is None:
-            stats = target_statistics(train_set, seed=config.seed)
+            elements = model_config.max_num_elements if config.element_references else None
+            stats = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,
+                                      element_references=elements)
             self.train_energy_mean = stats["energy_mean"]
+            if config.element_references:  # the baseline "predict the training mean" uses raw energies
+                self.train_energy_mean = target_statistics(train_set, max_items=10_000, seed=config.seed)["energy_mean"]
             if config.normalize_targets:
                 model_config = model_config.replace(
                     energy_mean=stats["energy_mean"], energy_std=stats["energy_std"], forces_std=stats["forces_rms"]
                 )
+            if config.element_references:
+                model_config = model_config.replace(use_energy_lin_ref=True)
+                references = torch.tensor(stats["element_references"])
         else:
             self.train_energy_mean = _checkpoint["train_energy_mean"]
         torch.manual_seed(config.seed)
-        self.model = EquiformerV2(model_config).to(self.device)
+        self.model = EquiformerV2(model_config)
+        if references is not None:
+            self.model.energy_lin_ref.data.copy_(references)
+        self.model.to(self.device)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay)
         self.ddp_model = self.model
         if self.dist.distributed:
@@ -184,8 +180,10 @@ class Trainer:
         self._stop_requested = False
         self._writer = None
         if tensorboard and self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ValueError("tensorboard logging needs the tensorboard package: pip install tensorboard") from error
             self._writer = SummaryWriter(self.out_dir / "tensorboard")
         # Each process draws dropout masks from its own stream; the data order comes from the
         # sampler's (seed, epoch), never from the global generator.
@@ -328,6 +326,8 @@ class Trainer:
 
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
         metrics: dict[str, float] = {}
+        if self.step == 0:
+            metrics = self.evaluate()  # the starting point of the learning curve
         try:
             tick, atoms = time.perf_counter(), 0
             while self.step < last_step and not self._stop_requested:

@@ -1,0 +1,157 @@
+"""Pick the reader from a path, and the training-set statistics a trainer normalises with."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ._asedb import ASE_DB_SUFFIXES, AseDBDataset
+from ._canonical import DataFormatError
+from ._extxyz import S2EFExtxyzDataset, _is_extxyz
+from ._lmdb import LmdbDataset
+
+__all__ = ["open_dataset", "target_statistics"]
+
+
+def _kind(path: Path) -> str | None:
+    if path.name.endswith(".lmdb"):
+        return "lmdb"
+    if _is_extxyz(path):
+        return "extxyz"
+    if path.suffix in ASE_DB_SUFFIXES:
+        return "ase-db"
+    return None
+
+
+_READERS = {"lmdb": LmdbDataset, "extxyz": S2EFExtxyzDataset, "ase-db": AseDBDataset}
+
+
+def open_dataset(path: str | os.PathLike, **options) -> Dataset:
+    """The S2EF dataset at ``path``, read by the reader its file type calls for.
+
+    =============================================  ==========================================
+    ``path``                                       reader
+    =============================================  ==========================================
+    ``*.lmdb``, or a directory of them             :class:`LmdbDataset` (OC20 preprocessed)
+    ``*.extxyz[.xz]`` + ``.txt``, or a directory   :class:`S2EFExtxyzDataset` (OC20 raw S2EF)
+    ``*.db``, ``*.json``, ``*.aselmdb``, or a dir  :class:`AseDBDataset`
+    =============================================  ==========================================
+
+    A directory is one dataset (its files in natural name order) and must hold one kind of
+    file. ``options`` go to the reader (``with_targets=False`` for unlabelled data, ...).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DataFormatError: a file type no reader knows, a directory with none or several kinds.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from torch_geometric.data import Data
+        >>> from so2nn.data import write_lmdb
+        >>> root = tempfile.mkdtemp()
+        >>> frame = Data(pos=torch.zeros(1, 3), atomic_numbers=torch.tensor([1]), energy=0.0, forces=torch.zeros(1, 3))
+        >>> for shard in range(2):
+        ...     _ = write_lmdb(f"{root}/data.{shard:04d}.lmdb", [frame] * 3)
+        >>> dataset = open_dataset(root)
+        >>> type(dataset).__name__, len(dataset.files), len(dataset)
+        ('LmdbDataset', 2, 6)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset not found: {path}")
+    if path.is_dir():
+        kinds = {kind for p in path.iterdir() if p.is_file() and (kind := _kind(p)) is not None}
+        if not kinds:
+            databases = ", ".join("*" + s for s in ASE_DB_SUFFIXES)
+            raise DataFormatError(f"{path}: the directory holds no dataset files "
+                                  f"(*.lmdb, *.extxyz[.xz] with .txt, {databases})")
+        if len(kinds) > 1:
+            raise DataFormatError(f"{path}: the directory mixes dataset formats ({', '.join(sorted(kinds))}); "
+                                  f"keep one format per directory")
+        kind = kinds.pop()
+    else:
+        kind = _kind(path)
+        if kind is None:
+            raise DataFormatError(f"{path}: unknown dataset file type (expected .lmdb, .extxyz, .extxyz.xz, "
+                                  f"{', '.join(ASE_DB_SUFFIXES)})")
+    return _READERS[kind](path, **options)
+
+
+def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items: int | None = None, seed: int = 0,
+                      element_references: int | None = None) -> dict:
+    r"""Energy mean and standard deviation and force RMS over a (training) dataset.
+
+    .. math::
+        \mu_E = \frac{1}{M}\sum_m E_m, \qquad
+        \sigma_E = \sqrt{\frac{1}{M-1}\sum_m (E_m - \mu_E)^2}, \qquad
+        F_\mathrm{rms} = \sqrt{\frac{1}{3K}\sum_{k}\lVert \mathbf F_k \rVert^2}
+
+    over the :math:`M` frames and their :math:`K` atoms (only atoms not ``fixed`` with
+    ``free_atoms_only``). Forces have zero mean by symmetry, so :math:`F_\mathrm{rms}` is
+    their standard deviation: what :class:`~so2nn.models.EquiformerV2Config` calls
+    ``forces_std`` (and ``energy_mean``, ``energy_std`` for the other two). Accumulated in
+    float64. ``max_items`` draws that many frames at random (seeded) instead of reading all
+    (OC20's 2M+ records take longer to read than the estimate needs).
+
+    With ``element_references=Z`` (the size of the element table), per-element energies
+    :math:`\varepsilon_Z` are fitted first by least squares, :math:`E_m \approx \sum_{i \in m}
+    \varepsilon_{Z_i}` (a linear reference, as MACE's E0s or fairchem's for OC22), and
+    :math:`\mu_E, \sigma_E` are those of the residuals; ``"element_references"`` holds the
+    :math:`\varepsilon` (zero for elements absent from the data).
+
+    Returns:
+        ``{"energy_mean", "energy_std", "forces_rms", "num_frames", "num_atoms"}`` (plus
+        ``"element_references"``).
+
+    Example:
+        >>> from torch_geometric.data import Data
+        >>> frames = [Data(energy=torch.tensor([e]), forces=torch.full((2, 3), 0.5), fixed=torch.zeros(2, dtype=bool))
+        ...           for e in (1.0, 3.0)]
+        >>> target_statistics(frames)
+        {'energy_mean': 2.0, 'energy_std': 1.4142135623730951, 'forces_rms': 0.5, 'num_frames': 2, 'num_atoms': 4}
+    """
+    indices = list(range(len(dataset)))
+    if max_items is not None and len(indices) > max_items:
+        indices = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:max_items].tolist()
+    energies = torch.empty(len(indices), dtype=torch.float64)
+    counts = torch.zeros(len(indices), element_references or 0, dtype=torch.float64)
+    squares, components = 0.0, 0
+    for row, i in enumerate(indices):
+        item = dataset[i]
+        if getattr(item, "energy", None) is None or getattr(item, "forces", None) is None:
+            raise DataFormatError(f"item {i} of the dataset has no energy or forces")
+        energies[row] = float(item.energy.reshape(-1)[0])
+        if element_references:
+            numbers = item.atomic_numbers.long()
+            if int(numbers.max()) >= element_references:
+                raise DataFormatError(f"item {i} has atomic number {int(numbers.max())} >= {element_references}")
+            counts[row] = torch.bincount(numbers, minlength=element_references).double()
+        forces = item.forces.double()
+        if free_atoms_only:
+            forces = forces[~item.fixed]
+        squares += float(forces.square().sum())
+        components += forces.numel()
+    if len(indices) < 2 or components == 0:
+        raise ValueError(f"target_statistics needs at least 2 frames with atoms, got {len(indices)} frames")
+    result = {}
+    if element_references:
+        present = counts.sum(0) > 0
+        # a small ridge keeps elements that always appear together (e.g. in fixed ratios) finite
+        x = counts[:, present]
+        fit = torch.linalg.solve(x.T @ x + 1e-8 * torch.eye(x.shape[1], dtype=x.dtype), x.T @ energies)
+        references = torch.zeros(element_references, dtype=torch.float64)
+        references[present] = fit
+        energies = energies - counts @ references
+        result["element_references"] = references.tolist()
+    return {
+        "energy_mean": float(energies.mean()),
+        "energy_std": float(energies.std()),
+        "forces_rms": math.sqrt(squares / components),
+        "num_frames": len(indices),
+        "num_atoms": components // 3,
+        **result,
+    }
