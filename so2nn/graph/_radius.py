@@ -29,10 +29,22 @@ def edge_vectors(
     cell: torch.Tensor | None = None,
     batch: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Edge vectors ``pos[src] + offset @ cell[system] - pos[dst]``, ``[E, 3]``.
+    r"""Edge vectors ``pos[src] + offset @ cell[system] - pos[dst]``, ``[E, 3]``.
 
+    .. math:: r_{ij} = x_j + n_{ij} A - x_i,
+
+    with the source :math:`j` in ``edge_index[0]`` and the target :math:`i` in ``edge_index[1]``.
     ``cell`` is ``[3, 3]`` for one system or ``[B, 3, 3]`` with ``batch`` mapping atoms to
-    systems. Differentiable in ``pos`` and ``cell``.
+    systems; ``cell_offsets [E, 3]`` are the integer lattice translations :math:`n_{ij}`.
+    Differentiable in ``pos`` and ``cell``.
+
+    Example:
+        >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+        >>> cell = 3.0 * torch.eye(3)
+        >>> edge_index = torch.tensor([[1, 0], [0, 1]])
+        >>> edge_vectors(pos, edge_index, torch.tensor([[-1, 0, 0], [0, 0, 0]]), cell)
+        tensor([[-2.,  0.,  0.],
+                [-1.,  0.,  0.]])
     """
     src, dst = edge_index
     vec = pos.index_select(0, src) - pos.index_select(0, dst)
@@ -177,6 +189,11 @@ def segment_softmax(logits: torch.Tensor, index: torch.Tensor, num_segments: int
     .. math:: \alpha_e = \frac{\exp(z_e - \max_{e' \in s(e)} z_{e'})}{\sum_{e' \in s(e)} \exp(z_{e'} - \max z)}
 
     Plain torch (``scatter_reduce`` and ``index_add``), no extension packages.
+
+    Example:
+        >>> logits = torch.tensor([0.0, 0.0, 1.0, 5.0])
+        >>> segment_softmax(logits, index=torch.tensor([0, 0, 1, 1]), num_segments=2)
+        tensor([0.5000, 0.5000, 0.0180, 0.9820])
     """
     shape = (num_segments,) + logits.shape[1:]
     expanded = index.view(-1, *([1] * (logits.dim() - 1))).expand_as(logits)

@@ -9,11 +9,13 @@ from torch import nn
 
 from ..graph import segment_softmax
 from ..so3 import CoefficientLayout, EdgeRotation
+from ..so3._wigner import prepare_couplings
 from ._activation import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU
 from ._common import as_layout, check_channels, check_features
+from ._gather import scatter_sum
 from ._linear import SO3Linear
 from ._radial import AtomEdgeEmbedding
-from ._so2 import SO2Convolution, SO2Linear
+from ._so2 import SO2Convolution, SO2Linear, edge_message_convolution
 
 __all__ = ["AttentionReNorm", "EquivariantGraphAttention"]
 
@@ -32,6 +34,11 @@ class AttentionReNorm(nn.Module):
 
     Shapes: ``features: [E, H * A] -> [E, H]``. Parameters: ``alpha_norm`` (``LayerNorm(A)``),
     ``alpha_dot [H, A]``.
+
+    Example:
+        >>> attention = AttentionReNorm(num_heads=2, alpha_channels=8)
+        >>> attention(torch.randn(10, 2 * 8)).shape
+        torch.Size([10, 2])
     """
 
     def __init__(self, num_heads: int, alpha_channels: int, renorm: bool = True) -> None:
@@ -78,6 +85,17 @@ class EquivariantGraphAttention(nn.Module):
         ``x: [N, (lmax+1)**2, C]``, ``edge_features: [E, edge_in]``, ``atomic_numbers: [N]``,
         ``edge_index: [2, E]``, ``rotation``: the :class:`~so2nn.so3.EdgeRotation` of the
         edges -> ``[N, (lmax+1)**2, output_channels]``.
+
+    Example:
+        >>> layout = CoefficientLayout(lmax=2, mmax=1)
+        >>> attention = EquivariantGraphAttention(
+        ...     layout, sphere_channels=8, hidden_channels=8, num_heads=2, attn_alpha_channels=4,
+        ...     attn_value_channels=4, output_channels=8, edge_channels_list=[4, 8, 8], grid_resolution=8)
+        >>> edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])        # source j -> target i
+        >>> rotation = EdgeRotation(layout, torch.randn(3, 3))        # frames of the 3 edges
+        >>> x, edge_features = torch.randn(3, layout.dim, 8), torch.randn(3, 4)
+        >>> attention(x, edge_features, torch.tensor([1, 6, 8]), edge_index, rotation).shape
+        torch.Size([3, 9, 8])
     """
 
     def __init__(
@@ -98,6 +116,7 @@ class EquivariantGraphAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.layout = layout = as_layout(layout)
+        prepare_couplings(layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
         check_channels(
             sphere_channels=sphere_channels, hidden_channels=hidden_channels, num_heads=num_heads,
             attn_alpha_channels=attn_alpha_channels, attn_value_channels=attn_value_channels,
@@ -149,9 +168,9 @@ class EquivariantGraphAttention(nn.Module):
         num_nodes, num_edges = x.shape[0], edge_index.shape[1]
         if self.atom_edge is not None:
             edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
-        source, target = edge_index
-        message = torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=2)
-        message, extra = self.so2_conv_1(rotation.to_edge(message), edge_features)
+        target = edge_index[1]
+        # m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution (fused: see edge_message_convolution)
+        message, extra = edge_message_convolution(self.so2_conv_1, x, edge_index, rotation, edge_features)
         alpha_features, gates = extra.split([extra.shape[1] - self.num_gates, self.num_gates], dim=1)
         if self.activation == "s2":
             message = self.act(message)
@@ -159,10 +178,11 @@ class EquivariantGraphAttention(nn.Module):
             message = self.act(gates, message)
         message = self.so2_conv_2(message)
 
-        alpha = segment_softmax(self.attention(alpha_features), target, num_nodes)  # [E, H]
+        logits = self.attention(alpha_features)  # [E, H]
+        # softmax in at least float32 (under bf16 autocast the logits are bf16)
+        alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_nodes)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         message = message.reshape(num_edges, -1, self.num_heads, self.attn_value_channels) * alpha[:, None, :, None]
         message = rotation.from_edge(message.reshape(num_edges, -1, self.num_heads * self.attn_value_channels), rescale=True)
-        out = message.new_zeros(num_nodes, self.layout.dim, message.shape[2]).index_add_(0, target, message)
-        return self.proj(out)
+        return self.proj(scatter_sum(message, target, num_nodes))

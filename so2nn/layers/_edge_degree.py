@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from ..so3 import CoefficientLayout, EdgeRotation
+from ..so3._wigner import prepare_couplings
 from ._common import as_layout, check_channels
+from ._gather import scatter_sum
 from ._radial import AtomEdgeEmbedding, RadialMLP
 
 __all__ = ["EdgeDegreeEmbedding"]
@@ -36,6 +38,15 @@ class EdgeDegreeEmbedding(nn.Module):
     Shapes:
         ``edge_features: [E, edge_in]``, ``atomic_numbers: [N]``, ``edge_index: [2, E]``
         -> ``[num_nodes, (lmax+1)**2, C]``.
+
+    Example:
+        >>> layout = CoefficientLayout(lmax=2, mmax=1)
+        >>> embedding = EdgeDegreeEmbedding(layout, channels=8, edge_channels_list=[4, 16], max_num_elements=10,
+        ...                                 rescale_factor=2.0)
+        >>> edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+        >>> rotation = EdgeRotation(layout, torch.randn(3, 3))
+        >>> embedding(torch.randn(3, 4), torch.tensor([1, 6, 8]), edge_index, rotation, num_nodes=3).shape
+        torch.Size([3, 9, 8])
     """
 
     def __init__(
@@ -48,6 +59,7 @@ class EdgeDegreeEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.layout = as_layout(layout)
+        prepare_couplings(self.layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
         check_channels(channels=channels)
         self.channels, self.rescale_factor = channels, float(rescale_factor)
         edge_channels_list = list(edge_channels_list)
@@ -73,5 +85,4 @@ class EdgeDegreeEmbedding(nn.Module):
         m0 = self.radial(edge_features).reshape(-1, self.layout.lmax + 1, self.channels)
         x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
         messages = rotation.from_edge(x_edge, rescale=True)
-        out = messages.new_zeros(num_nodes, self.layout.dim, self.channels).index_add_(0, edge_index[1], messages)
-        return out / self.rescale_factor
+        return scatter_sum(messages, edge_index[1], num_nodes) / self.rescale_factor

@@ -58,7 +58,17 @@ class EquivariantLayerNorm(_CenteredNorm):
         y^{(l)} = \frac{\hat x^{(l)}}{\sqrt{\tfrac1C\sum_c \tfrac{1}{2l+1}\|\hat x^{(l)}_c\|^2 + \epsilon}}
         \odot \gamma_l + \delta_{l0}\,\beta
 
-    Parameters: ``affine_weight [lmax+1, C]``, ``affine_bias [C]``.
+    Args:
+        layout: ``lmax`` or a :class:`~so2nn.so3.CoefficientLayout`.
+        channels: :math:`C`.
+        eps: :math:`\epsilon`.
+
+    Shapes: ``x: [N, (lmax+1)**2, C] -> [N, (lmax+1)**2, C]``. Parameters:
+    ``affine_weight [lmax+1, C]``, ``affine_bias [C]``.
+
+    Example:
+        >>> EquivariantLayerNorm(2, 4)(torch.randn(3, 9, 4)).shape
+        torch.Size([3, 9, 4])
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +126,14 @@ class EquivariantRMSNorm(_CenteredNorm):
         y = \frac{\hat x}{\sqrt{\tfrac1C\sum_c \tfrac{1}{L+1}\sum_{l}\tfrac{1}{2l+1}\|\hat x^{(l)}_c\|^2 + \epsilon}}
         \odot \gamma_l + \delta_{l0}\,\beta, \qquad \hat x^{(0)} = x^{(0)} - \overline{x^{(0)}}
 
-    Parameters: ``affine_weight [lmax+1, C]``, ``affine_bias [C]``.
+    Args: as :class:`EquivariantLayerNorm`.
+
+    Shapes: ``x: [N, (lmax+1)**2, C] -> [N, (lmax+1)**2, C]``. Parameters:
+    ``affine_weight [lmax+1, C]``, ``affine_bias [C]``.
+
+    Example:
+        >>> EquivariantRMSNorm(2, 4)(torch.randn(3, 9, 4)).shape
+        torch.Size([3, 9, 4])
     """
 
     def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
@@ -135,8 +152,14 @@ _NORMS = {"layer_norm": EquivariantLayerNorm, "layer_norm_sh": SeparableLayerNor
 
 
 def normalization_layer(name: str, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> nn.Module:
-    """The normalisation called ``name`` in EquiformerV2's configs: ``"layer_norm"``,
-    ``"layer_norm_sh"`` (separable, the released models') or ``"rms_norm_sh"``."""
+    """The normalisation called ``name`` in EquiformerV2's configs: ``"layer_norm"``
+    (:class:`EquivariantLayerNorm`), ``"layer_norm_sh"`` (:class:`SeparableLayerNorm`, the released
+    models') or ``"rms_norm_sh"`` (:class:`EquivariantRMSNorm`).
+
+    Example:
+        >>> type(normalization_layer("layer_norm_sh", 2, channels=4)).__name__
+        'SeparableLayerNorm'
+    """
     if name not in _NORMS:
         raise ValueError(f"unknown normalization {name!r}: choose one of {sorted(_NORMS)}")
     return _NORMS[name](layout, channels, eps)

@@ -120,6 +120,15 @@ class AtomEdgeEmbedding(nn.Module):
     Args:
         max_num_elements: size of the element tables (atomic numbers ``0..max-1``).
         channels: embedding size of each table.
+
+    Shapes: ``edge_features: [E, F]``, ``atomic_numbers: [N]``, ``edge_index: [2, E]``
+    -> ``[E, F + 2 * channels]``.
+
+    Example:
+        >>> embedding = AtomEdgeEmbedding(max_num_elements=10, channels=4)
+        >>> edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+        >>> embedding(torch.randn(3, 16), torch.tensor([1, 6, 8]), edge_index).shape
+        torch.Size([3, 24])
     """
 
     def __init__(self, max_num_elements: int, channels: int) -> None:

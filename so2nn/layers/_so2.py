@@ -81,39 +81,50 @@ class SO2Linear(nn.Module):
 
     @property
     def radial_size(self) -> int:
-        """Number of per-edge weights that modulate the inputs: one per input coefficient of
-        ``m = 0`` and of each ``|m| > 0`` (shared by ``+m`` and ``-m``), times channels."""
+        """Number of per-edge weights that modulate the inputs.
+
+        One per input coefficient of ``m = 0`` and of each ``|m| > 0`` (shared by ``+m`` and
+        ``-m``), times channels."""
         return sum(self.layout.order_size(m) for m in range(self.layout.mmax + 1)) * self.in_channels
 
     def extra_repr(self) -> str:
         extra = f", extra_m0_output_channels={self.extra_m0_output_channels}" if self.extra_m0_output_channels else ""
         return f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, in_channels={self.in_channels}, out_channels={self.out_channels}{extra}"
 
+    def complex_weight(self, m: int) -> torch.Tensor:
+        r"""The real ``[2K*out, 2K*in]`` matrix :math:`\begin{pmatrix} W_r & -W_i \\ W_i & W_r \end{pmatrix}`
+        of order ``m >= 1``: it maps the flattened pair ``[x_+m, x_-m]`` to ``[y_+m, y_-m]`` in one matmul."""
+        w_real, w_imag = self.fc_m[m - 1].weight.chunk(2, dim=0)
+        return torch.cat([torch.cat([w_real, -w_imag], dim=1), torch.cat([w_imag, w_real], dim=1)], dim=0)
+
     def forward(self, x: torch.Tensor, radial: torch.Tensor | None = None):
-        layout = self.layout
-        check_features("x", x, None, layout.edge_dim, self.in_channels)
-        E = x.shape[0]
-        # m = 0: one real map over every degree.
-        x0 = x[:, layout.order_slice(0)].reshape(E, -1)
-        offset = x0.shape[1]
-        if radial is not None:
-            x0 = x0 * radial[:, :offset]
-        y0 = self.fc_m0(x0)
-        extra, y0 = y0.split([self.extra_m0_output_channels, y0.shape[1] - self.extra_m0_output_channels], dim=1)
-        out = [y0.reshape(E, -1, self.out_channels)]
-        # m > 0: complex multiplication of (x_+m, x_-m).
-        for m, fc in enumerate(self.fc_m, start=1):
-            xm = x[:, layout.order_slice(m)].reshape(E, 2, -1)  # [E, (+m, -m), K*C]
-            if radial is not None:
-                width = xm.shape[2]
-                xm = xm * radial[:, offset : offset + width].unsqueeze(1)
-                offset += width
-            yr, yi = fc(xm).chunk(2, dim=2)  # W_r x, W_i x: [E, 2, K*out] each
-            y_plus = yr[:, 0] - yi[:, 1]
-            y_minus = yr[:, 1] + yi[:, 0]
-            out.append(torch.cat([y_plus, y_minus], dim=1).reshape(E, -1, self.out_channels))
-        y = torch.cat(out, dim=1)
+        check_features("x", x, None, self.layout.edge_dim, self.in_channels)
+        weights = [self.complex_weight(m) for m in range(1, self.layout.mmax + 1)]
+        y, extra = self._apply_weights(x, radial, self.fc_m0.weight, self.fc_m0.bias, weights)
         return (y, extra) if self.extra_m0_output_channels else y
+
+    def _apply_weights(self, x, radial, w0, b0, complex_weights):
+        """``(y [E, edge_dim, out], extra [E, extra_m0_output_channels])`` with the given weights."""
+        layout = self.layout
+        E = x.shape[0]
+        # The m-major slices of x and of the radial weights, as views (split's backward is one cat).
+        orders = x.split([layout.order_slice(m).stop - layout.order_slice(m).start for m in range(layout.mmax + 1)], dim=1)
+        if radial is not None:
+            radial = radial.split([layout.order_size(m) * self.in_channels for m in range(layout.mmax + 1)], dim=1)
+        out = []
+        for m, xm in enumerate(orders):
+            if m == 0:  # one real map over every degree
+                xm = xm.reshape(E, -1)
+                if radial is not None:
+                    xm = xm * radial[0]
+                y = torch.nn.functional.linear(xm, w0, b0)
+                extra, y = y.split([self.extra_m0_output_channels, y.shape[1] - self.extra_m0_output_channels], dim=1)
+            else:  # complex multiplication of (x_+m, x_-m), as one real matmul
+                if radial is not None:  # the same radial weight for +m and -m
+                    xm = xm.reshape(E, 2, -1) * radial[m].unsqueeze(1)
+                y = xm.reshape(E, -1) @ complex_weights[m - 1].T
+            out.append(y)
+        return torch.cat(out, dim=1).view(E, layout.edge_dim, self.out_channels), extra
 
 
 class SO2Convolution(SO2Linear):
@@ -128,7 +139,7 @@ class SO2Convolution(SO2Linear):
     Args:
         layout, in_channels, out_channels, extra_m0_output_channels: as :class:`SO2Linear`.
         edge_channels_list: sizes ``[edge_in, hidden, ..., hidden]`` of the radial MLP; its
-            output size (:attr:`radial_size`) is appended.
+            output size (:attr:`~SO2Linear.radial_size`) is appended.
 
     Shapes:
         ``x: [E, edge_dim, in_channels]``, ``edge_features: [E, edge_in]``.
@@ -157,3 +168,93 @@ class SO2Convolution(SO2Linear):
                 f"edge_features must have shape [E={x.shape[0]}, {self.radial.channels[0]}], got {tuple(edge_features.shape)}"
             )
         return super().forward(x, self.radial(edge_features))
+
+
+class _EdgeMessageConvolution(torch.autograd.Function):
+    r"""Gather, rotate and SO(2)-convolve in one step, storing only node features for backward.
+
+    .. math:: y_e = W\bigl(\rho_e \odot D_e\,[x_{s(e)} \,\|\, x_{t(e)}]\bigr)
+
+    Plain autograd would keep, per layer, the rotated edge features ``[E, edge_dim, 2C]`` and
+    their radially modulated copy (on the 31M model about half of a training step's stored
+    activations). Here backward recomputes both from the node features ``[N, (lmax+1)**2, C]``
+    (a gather and a batched matmul, a few per cent of the layer's FLOPs). The edge frames
+    ``D`` must not need a gradient (direct forces); gradient forces use the plain path.
+    Not differentiable twice.
+    """
+
+    @staticmethod
+    def forward(ctx, x, source, target, matrix, hidden, radial_weight, radial_bias, conv, w0, b0, *complex_weights):
+        ctx.conv = conv
+        ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_weights)
+        edge = torch.bmm(matrix, torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=2))
+        radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
+        return conv._apply_weights(edge, radial, w0, b0, complex_weights)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_extra):
+        x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_weights = ctx.saved_tensors
+        conv = ctx.conv
+        layout, E = conv.layout, source.shape[0]
+        edge = torch.bmm(matrix, torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=2))
+        radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
+        sizes = [layout.order_slice(m).stop - layout.order_slice(m).start for m in range(layout.mmax + 1)]
+        orders, grad_orders = edge.split(sizes, dim=1), grad_y.split(sizes, dim=1)
+        radials = radial.split([layout.order_size(m) * conv.in_channels for m in range(layout.mmax + 1)], dim=1)
+        grad_edge, grad_radial, grad_weights = [], [], []
+        for m, (xm, gm, rm) in enumerate(zip(orders, grad_orders, radials)):
+            if m == 0:
+                gm = gm.reshape(E, -1)
+                if conv.extra_m0_output_channels:
+                    gm = torch.cat([grad_extra, gm], dim=1)  # fc_m0's output order: extra first
+                weight, rm = w0, rm
+                xm = xm.reshape(E, -1)
+            else:
+                gm = gm.reshape(E, -1)
+                weight, rm = complex_weights[m - 1], rm.unsqueeze(1)
+                xm = xm.reshape(E, 2, -1)
+            modulated = (xm * rm).reshape(E, -1)
+            grad_weights.append(gm.T @ modulated)
+            if m == 0:
+                grad_bias = gm.sum(0)
+            grad_modulated = (gm @ weight).view(xm.shape)
+            grad_radial.append((grad_modulated * xm).sum(1) if m else grad_modulated * xm)
+            grad_edge.append((grad_modulated * rm).view(E, -1, conv.in_channels))
+        grad_edge = torch.bmm(matrix.transpose(1, 2), torch.cat(grad_edge, dim=1))
+        grad_source, grad_target = grad_edge.chunk(2, dim=2)
+        grad_x = x.new_zeros(x.shape).index_add_(0, source, grad_source).index_add_(0, target, grad_target)
+        grad_radial = torch.cat(grad_radial, dim=1)
+        return (grad_x, None, None, None, grad_radial @ radial_weight, grad_radial.T @ hidden, grad_radial.sum(0),
+                None, grad_weights[0], grad_bias, *grad_weights[1:])
+
+
+def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: torch.Tensor, rotation,
+                             edge_features: torch.Tensor):
+    r""":math:`\mathrm{conv}(D_e\,[x_{s(e)} \,\|\, x_{t(e)}];\ h_e)` for every edge, from node features.
+
+    The same numbers as ``conv(rotation.to_edge(gather_edge_pairs(x, edge_index)), edge_features)``;
+    in training with direct forces (edge frames without gradient), outside autocast and
+    ``torch.compile``, backward recomputes the edge features instead of storing them
+    (:class:`_EdgeMessageConvolution`).
+
+    Shapes: ``x: [N, (lmax+1)**2, C]`` with ``2C = conv.in_channels`` -> as :class:`SO2Convolution`.
+    """
+    from ._gather import gather_edge_pairs
+
+    matrix = rotation.matrix
+    fused = torch.is_grad_enabled() and not matrix.requires_grad
+    # compiled graphs and autocast (whose casts backward would have to replay) take the plain path
+    if fused and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
+        # the radial MLP's last layer ([E, radial_size], the largest radial tensor) is recomputed too
+        *hidden_layers, last = conv.radial.net
+        hidden = edge_features
+        for layer in hidden_layers:
+            hidden = layer(hidden)
+        weights = [conv.complex_weight(m) for m in range(1, conv.layout.mmax + 1)]
+        y, extra = _EdgeMessageConvolution.apply(
+            x, edge_index[0], edge_index[1], matrix, hidden, last.weight, last.bias, conv, conv.fc_m0.weight,
+            conv.fc_m0.bias, *weights,
+        )
+        return (y, extra) if conv.extra_m0_output_channels else y
+    return SO2Linear.forward(conv, rotation.to_edge(gather_edge_pairs(x, edge_index)), conv.radial(edge_features))

@@ -15,11 +15,62 @@ AVG_DEGREE = 23.395238876342773
 
 @dataclass(frozen=True)
 class EquiformerV2Config:
-    """Every hyper-parameter of :class:`~so2nn.models.EquiformerV2`.
+    r"""Every hyper-parameter of :class:`~so2nn.models.EquiformerV2`.
 
     Names follow the reference implementation where they mean the same thing, so a
     released checkpoint's ``model`` section maps onto this one (see
-    :meth:`EquiformerV2.from_fairchem`).
+    :meth:`EquiformerV2.from_fairchem`). The defaults are the reference's; the released
+    models are :data:`PRESETS`.
+
+    Attributes:
+        lmax: largest degree :math:`L` of the node features ``[N, (lmax+1)**2, C]``.
+        mmax: largest order :math:`|m|` kept in edge frames (``mmax <= lmax``).
+        num_layers: number of transformer blocks.
+        sphere_channels: channels :math:`C` of the node features.
+        attn_hidden_channels: channels of the messages after the first SO(2) convolution.
+        num_heads: attention heads.
+        attn_alpha_channels: invariant features per head for the attention logits.
+        attn_value_channels: channels of the values per head.
+        ffn_hidden_channels: hidden channels of the feed-forward networks.
+        norm_type: ``"layer_norm_sh"`` (separable layer norm, the released models'),
+            ``"layer_norm"`` or ``"rms_norm_sh"``.
+        grid_resolution: resolution of every S2 grid (``None``: the smallest that resolves
+            the layout). Not part of the weights: raise it at inference for smaller
+            equivariance errors.
+        edge_channels: hidden channels of the radial MLPs.
+        use_atom_edge_embedding: append source and target atom-type embeddings to the edge
+            features.
+        num_distance_basis: Gaussians of the distance expansion (600 in the released models).
+        activation: ``"separable_s2"`` (EquiformerV2), ``"s2"`` or ``"gate"`` (exactly
+            equivariant; the reference's ``use_gate_act`` / ``use_sep_s2_act``).
+        use_grid_mlp: the feed-forward nonlinearity is an MLP applied pointwise on the S2 grid.
+        use_attn_renorm: attention re-normalisation (a layer norm on the logit features).
+        alpha_drop: dropout on the attention weights (training only).
+        drop_path_rate: graph drop-path probability of each residual branch (training only).
+        proj_drop: equivariant dropout on the branch outputs (training only).
+        max_neighbors: neighbours kept per atom (the nearest).
+        max_radius: cutoff radius of the graph, in Angstrom.
+        max_num_elements: size of the atom-type tables (atomic numbers ``0..max-1``).
+        avg_num_nodes: the energy is the sum of per-atom terms divided by this.
+        avg_degree: the edge-degree embedding is divided by this.
+        use_pbc: periodic boundaries when the input has a cell and no ``pbc`` flags.
+        graph_mode: ``"tie_stable"`` (whole shells of equal distances at the neighbour cut,
+            rotation invariant) or ``"reference"`` (the reference's strict cut).
+        direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`.
+        use_energy_lin_ref: add per-element reference energies (OC22 models).
+        min_distance: atoms closer than this (Angstrom) are rejected as overlapping.
+        energy_mean: the training set's mean energy (eV): the model returns
+            ``energy = raw * energy_std + energy_mean``, so a loaded model returns eV.
+        energy_std: the training set's energy standard deviation (eV).
+        forces_std: the training set's force scale (eV/Angstrom): direct forces are
+            ``raw * forces_std``.
+        checkpoint_activations: recompute each block's activations in backward instead of
+            storing them (memory for large systems; same numbers, about 1/3 more compute).
+
+    Example:
+        >>> config = EquiformerV2Config(lmax=4, mmax=2, num_layers=8)
+        >>> config.replace(grid_resolution=48).grid_resolution
+        48
     """
 
     lmax: int = 6
@@ -59,6 +110,9 @@ class EquiformerV2Config:
     energy_mean: float = 0.0
     energy_std: float = 1.0
     forces_std: float = 1.0
+    # Memory for large systems: recompute each transformer block's activations in backward
+    # (torch.utils.checkpoint) instead of storing them; same numbers, ~1/3 more compute.
+    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
         check_layout(self.lmax, self.mmax)
@@ -92,6 +146,9 @@ class EquiformerV2Config:
         return asdict(self)
 
 
+#: The configurations of the released models, by name: ``"oc20-31M"`` (S2EF All+MD),
+#: ``"oc20-83M"`` (S2EF-2M), ``"oc20-153M"`` (S2EF All+MD) and ``"oc22-121M"`` (OC22
+#: S2EF-Total, with per-element energy references). Use :func:`preset` for a copy with changes.
 PRESETS: dict[str, EquiformerV2Config] = {
     # S2EF All+MD, 31M parameters
     "oc20-31M": EquiformerV2Config(num_layers=8, lmax=4, mmax=2, drop_path_rate=0.1),
@@ -106,7 +163,13 @@ PRESETS: dict[str, EquiformerV2Config] = {
 
 def preset(name: str, **changes) -> EquiformerV2Config:
     """The configuration of a released model (``"oc20-31M"``, ``"oc20-83M"``, ``"oc20-153M"``,
-    ``"oc22-121M"``), with optional ``changes`` (e.g. ``grid_resolution=44`` at inference)."""
+    ``"oc22-121M"``), with optional ``changes`` (e.g. ``grid_resolution=44`` at inference).
+
+    Example:
+        >>> config = preset("oc20-31M", grid_resolution=48)
+        >>> config.lmax, config.mmax, config.num_layers, config.grid_resolution
+        (4, 2, 8, 48)
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**changes)

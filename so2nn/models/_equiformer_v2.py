@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..graph import edge_vectors, radius_graph
@@ -31,6 +32,19 @@ class TransformerBlock(nn.Module):
 
         x \leftarrow x + \mathrm{DropPath}\bigl(\mathrm{Attention}(\mathrm{Norm}_1(x))\bigr), \qquad
         x \leftarrow x + \mathrm{DropPath}\bigl(\mathrm{FFN}(\mathrm{Norm}_2(x))\bigr)
+
+    Built by :class:`EquiformerV2` from its config (``num_layers`` of them); the forward takes
+    the node features ``x [N, (lmax+1)**2, C]``, the invariant edge features, the atomic
+    numbers, ``edge_index``, the :class:`~so2nn.so3.EdgeRotation` of the edges and ``batch``,
+    and returns the new node features, same shape.
+
+    Example:
+        >>> from so2nn.models import EquiformerV2Config
+        >>> config = EquiformerV2Config(lmax=2, mmax=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
+        ...                             attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8)
+        >>> block = TransformerBlock(config, CoefficientLayout(2, 1), edge_channels_list=[16, 8, 8])
+        >>> [type(m).__name__ for m in (block.norm_1, block.ga, block.norm_2, block.ffn)]
+        ['SeparableLayerNorm', 'EquivariantGraphAttention', 'SeparableLayerNorm', 'FeedForwardNetwork']
     """
 
     def __init__(self, config: EquiformerV2Config, layout: CoefficientLayout, edge_channels_list: list[int]) -> None:
@@ -83,6 +97,17 @@ class EquiformerV2(nn.Module):
     (``edge_index [2, E]`` with row 0 the source and ``cell_offsets [E, 3]``) is used as given.
 
     Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights).
+
+    Example:
+        >>> config = EquiformerV2Config(
+        ...     lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
+        ...     attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
+        ...     num_distance_basis=16, max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0)
+        >>> model = EquiformerV2(config).eval()
+        >>> pos = torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])   # a water molecule
+        >>> out = model(pos=pos, atomic_numbers=torch.tensor([8, 1, 1]))
+        >>> out["energy"].shape, out["forces"].shape
+        (torch.Size([1]), torch.Size([3, 3]))
     """
 
     def __init__(self, config: EquiformerV2Config | str = "oc20-31M") -> None:
@@ -212,7 +237,7 @@ class EquiformerV2(nn.Module):
         if distance.numel() and bool((distance < c.min_distance).any()):
             e = int((distance < c.min_distance).nonzero()[0, 0])
             raise ValueError(
-                f"atoms {int(edge_index[0, e])} and {int(edge_index[1, e])} are {float(distance[e]):.3g} A apart "
+                f"atoms {int(edge_index[0, e])} and {int(edge_index[1, e])} are {float(distance[e].detach()):.3g} A apart "
                 f"(< min_distance={c.min_distance}): overlapping atoms"
             )
         rotation = EdgeRotation(self.layout, vec)
@@ -220,8 +245,14 @@ class EquiformerV2(nn.Module):
         num_atoms = pos.shape[0]
         x = self.edge_degree_embedding(edge_features, numbers, edge_index, rotation, num_atoms)
         x = torch.cat([x[:, :1] + self.sphere_embedding(numbers).unsqueeze(1), x[:, 1:]], dim=1)
+        recompute = c.checkpoint_activations and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, edge_features, numbers, edge_index, rotation, batch)
+            if recompute:  # store only the block's input; rerun it in backward (same dropout masks)
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, edge_features, numbers, edge_index, rotation, batch, use_reentrant=False
+                )
+            else:
+                x = block(x, edge_features, numbers, edge_index, rotation, batch)
         x = self.norm(x)
         node_energy = self.energy_block(x)[:, 0, 0]
         energy = node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) / c.avg_num_nodes

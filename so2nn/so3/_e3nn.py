@@ -58,7 +58,17 @@ def to_e3nn(x: torch.Tensor, lmax: int) -> torch.Tensor:
 
 
 def from_e3nn(x: torch.Tensor, lmax: int) -> torch.Tensor:
-    """e3nn ``[..., C*(lmax+1)**2]`` -> so2nn ``[..., (lmax+1)**2, C]`` (inverse of :func:`to_e3nn`)."""
+    """e3nn ``[..., C*(lmax+1)**2]`` -> so2nn ``[..., (lmax+1)**2, C]`` (inverse of :func:`to_e3nn`).
+
+    The number of channels ``C`` is read from the size of the last dimension.
+
+    Example:
+        >>> flat = torch.randn(4, 27)                   # irreps 3x0e + 3x1o + 3x2e
+        >>> from_e3nn(flat, lmax=2).shape
+        torch.Size([4, 9, 3])
+        >>> torch.equal(to_e3nn(from_e3nn(flat, lmax=2), lmax=2), flat)
+        True
+    """
     _check(x, lmax, 1)
     dim = (lmax + 1) ** 2
     if x.shape[-1] % dim:

@@ -59,8 +59,11 @@ def edge_frames(edge_vec: torch.Tensor) -> torch.Tensor:
         tensor([0., 1., 0.])
     """
     check_last_dims("edge_vec", edge_vec, (3,), "[E, 3]")
-    check_finite("edge_vec", edge_vec)
     length = edge_vec.norm(dim=-1, keepdim=True)
+    # Data-dependent checks would split a torch.compile graph in two: they run eagerly only.
+    if torch.compiler.is_compiling():
+        return _edge_frames(edge_vec / length)
+    check_finite("edge_vec", edge_vec)
     if edge_vec.numel() and bool((length == 0).any()):
         index = int((length[..., 0] == 0).nonzero()[0, 0]) if edge_vec.dim() == 2 else 0
         raise ValueError(

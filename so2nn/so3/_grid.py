@@ -38,7 +38,15 @@ _NORMALIZATIONS = ("component", "norm", "integral")
 
 
 def default_grid_resolution(lmax: int, mmax: int) -> tuple[int, int]:
-    """EquiformerV2's default ``(res_beta, res_alpha)`` when no resolution is given."""
+    """EquiformerV2's default ``(res_beta, res_alpha)`` when no resolution is given.
+
+    The smallest grid that resolves the layout: ``res_beta = 2 (lmax + 1)`` polar angles and
+    ``2 mmax + 1`` azimuths (one more pair when ``mmax == lmax``, as the reference does).
+
+    Example:
+        >>> default_grid_resolution(lmax=4, mmax=2), default_grid_resolution(lmax=2, mmax=2)
+        ((10, 5), (6, 7))
+    """
     res_alpha = 2 * (mmax + 1) + 1 if lmax == mmax else 2 * mmax + 1
     return 2 * (lmax + 1), res_alpha
 
@@ -64,8 +72,10 @@ class S2Grid:
         normalization: ``"component"`` (EquiformerV2's), ``"norm"`` or ``"integral"``,
             as in e3nn's ``ToS2Grid``.
 
-    Attributes (all float64 CPU tensors; layers copy them to their dtype/device as
-    non-persistent buffers):
+    The matrices are float64 CPU tensors; layers copy them to their dtype and device as
+    non-persistent buffers.
+
+    Attributes:
         to_grid: ``[G, (lmax+1)**2]``, l-major columns.
         from_grid: ``[(lmax+1)**2, G]``.
         points: ``[G, 3]`` unit vectors of the grid.
@@ -155,5 +165,13 @@ class S2Grid:
 
 @lru_cache(maxsize=None)
 def s2_grid(layout: CoefficientLayout, resolution, normalization: str = "component") -> S2Grid:
-    """Cached :class:`S2Grid` (built once per layout, resolution and normalisation)."""
+    """Cached :class:`S2Grid` (built once per layout, resolution and normalisation).
+
+    ``resolution`` must be hashable (an int, a tuple or ``None``).
+
+    Example:
+        >>> layout = CoefficientLayout(lmax=2)
+        >>> s2_grid(layout, 8) is s2_grid(layout, 8)
+        True
+    """
     return S2Grid(layout, resolution, normalization)

@@ -78,12 +78,12 @@ class CoefficientLayout:
     # ------------------------------------------------------- l-major labels
     @cached_property
     def degrees(self) -> torch.Tensor:
-        """``[dim]``: the degree ``l`` of each l-major coefficient (the per-degree expansion)."""
+        """The degree ``l`` of each l-major coefficient, ``[dim]`` (the per-degree expansion)."""
         return torch.tensor([l for l in range(self.lmax + 1) for _ in range(2 * l + 1)])
 
     @cached_property
     def orders(self) -> torch.Tensor:
-        """``[dim]``: the order ``m`` of each l-major coefficient."""
+        """The order ``m`` of each l-major coefficient, ``[dim]``."""
         return torch.tensor([m for l in range(self.lmax + 1) for m in range(-l, l + 1)])
 
     def degree_slice(self, l: int) -> slice:
@@ -101,7 +101,7 @@ class CoefficientLayout:
 
     @cached_property
     def m_major_index(self) -> torch.Tensor:
-        """``[edge_dim]``: for each m-major position, its l-major index.
+        """The l-major index of each m-major position, ``[edge_dim]``.
 
         ``x[:, layout.m_major_index]`` truncates l-major features to ``|m| <= mmax`` and
         reorders them m-major.
@@ -110,12 +110,12 @@ class CoefficientLayout:
 
     @cached_property
     def m_major_degrees(self) -> torch.Tensor:
-        """``[edge_dim]``: the degree ``l`` of each m-major coefficient."""
+        """The degree ``l`` of each m-major coefficient, ``[edge_dim]``."""
         return torch.tensor([l for l, _ in self._m_major_pairs])
 
     @cached_property
     def m_major_orders(self) -> torch.Tensor:
-        """``[edge_dim]``: the signed order ``m`` of each m-major coefficient."""
+        """The signed order ``m`` of each m-major coefficient, ``[edge_dim]``."""
         return torch.tensor([m for _, m in self._m_major_pairs])
 
     def order_slice(self, m: int) -> slice:
@@ -141,13 +141,13 @@ class CoefficientLayout:
 
     @cached_property
     def truncated_to_m_major(self) -> torch.Tensor:
-        """Permutation taking truncated-l-major positions to m-major: ``y_m = y_t[:, perm]``."""
+        """The permutation from truncated-l-major positions to m-major, ``y_m = y_t[:, perm]``."""
         position = {int(i): k for k, i in enumerate(self.truncated_index)}
         return torch.tensor([position[int(i)] for i in self.m_major_index])
 
     @cached_property
     def m_major_to_truncated(self) -> torch.Tensor:
-        """Inverse of :attr:`truncated_to_m_major`: ``y_t = y_m[:, perm]``."""
+        """The inverse of :attr:`truncated_to_m_major`, ``y_t = y_m[:, perm]``."""
         return torch.argsort(self.truncated_to_m_major)
 
     def truncated_degree_slice(self, l: int) -> slice:
@@ -155,10 +155,23 @@ class CoefficientLayout:
         start = sum(2 * min(k, self.mmax) + 1 for k in range(l))
         return slice(start, start + 2 * min(l, self.mmax) + 1)
 
+    @cached_property
+    def _rotation_scatter_index(self) -> torch.Tensor:
+        """Flat positions in an ``[edge_dim, dim]`` matrix (rows m-major, columns l-major) of the
+        entries of the truncated Wigner blocks ``D^l[|m| <= mmax, :]``, concatenated degree by
+        degree, each row-major (used by :class:`~so2nn.so3.EdgeRotation`)."""
+        row = {pair: p for p, pair in enumerate(self._m_major_pairs)}
+        index = []
+        for l in range(self.lmax + 1):
+            k = min(l, self.mmax)
+            for m in range(-k, k + 1):
+                index += [row[(l, m)] * self.dim + l * l + c for c in range(2 * l + 1)]
+        return torch.tensor(index)
+
     # ---------------------------------------------------------- rescaling
     @cached_property
     def truncation_rescale(self) -> torch.Tensor:
-        r"""``[lmax + 1]``: :math:`\sqrt{(2l+1) / (2\min(l, m_{max})+1)}` per degree.
+        r"""The factor :math:`\sqrt{(2l+1) / (2\min(l, m_{max})+1)}` of each degree, ``[lmax + 1]``.
 
         The factor EquiformerV2 applies to a degree when it comes back from a frame in
         which only ``|m| <= mmax`` was kept (it is 1 for ``l <= mmax``).

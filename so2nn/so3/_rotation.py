@@ -59,10 +59,19 @@ class EdgeRotation:
         self.layout = layout
         self.frames = frames
         mmax = layout.mmax
-        self.blocks = [
-            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :]
+        blocks = [
+            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :].reshape(frames.shape[0], -1)
             for l, D in enumerate(_blocks(layout.lmax, frames))
         ]
+        # One [edge_dim, dim] matrix per edge (rows m-major, columns l-major), so that each
+        # rotation is a single batched matmul with no per-degree slicing or permutation. The
+        # zeros (entries between different degrees) cost more multiply-adds than the blocks
+        # alone, but far less time than the small kernels they replace.
+        index = layout_index(layout, "_rotation_scatter_index", frames.device)
+        entries = torch.cat(blocks, dim=1)
+        self.matrix = entries.new_zeros(frames.shape[0], layout.edge_dim * layout.dim).index_copy(1, index, entries)
+        self.matrix = self.matrix.view(-1, layout.edge_dim, layout.dim)
+        self._back = {}
 
     @property
     def num_edges(self) -> int:
@@ -77,9 +86,7 @@ class EdgeRotation:
         check_last_dims("x", x, (layout.dim, x.shape[-1]), f"[E={self.num_edges}, {layout.dim}, C]")
         if x.shape[0] != self.num_edges:
             raise ValueError(f"x must have {self.num_edges} rows (one per edge), got {x.shape[0]}")
-        parts = [torch.bmm(D, x[:, layout.degree_slice(l)]) for l, D in enumerate(self.blocks)]
-        perm = layout_index(layout, "truncated_to_m_major", x.device)
-        return torch.cat(parts, dim=1).index_select(1, perm)
+        return torch.bmm(self.matrix, x)
 
     def from_edge(self, y: torch.Tensor, rescale: bool = False) -> torch.Tensor:
         """Edge frames, m-major ``[E, edge_dim, C]`` -> l-major ``[E, (lmax+1)**2, C]``.
@@ -93,10 +100,14 @@ class EdgeRotation:
             raise ValueError(
                 f"y must have shape [E={self.num_edges}, {layout.edge_dim}, C], got {tuple(y.shape)}"
             )
-        y = y.index_select(1, layout_index(layout, "m_major_to_truncated", y.device))
-        scale = layout.truncation_rescale.tolist()
-        parts = []
-        for l, D in enumerate(self.blocks):
-            part = torch.bmm(D.transpose(1, 2), y[:, layout.truncated_degree_slice(l)])
-            parts.append(part * scale[l] if rescale and scale[l] != 1.0 else part)
-        return torch.cat(parts, dim=1)
+        return torch.bmm(self._back_matrix(rescale), y)
+
+    def _back_matrix(self, rescale: bool) -> torch.Tensor:
+        """``[E, dim, edge_dim]``: the transpose, with the truncation rescale on its rows."""
+        if rescale not in self._back:
+            back = self.matrix.transpose(1, 2)
+            if rescale and self.layout.mmax < self.layout.lmax:
+                scale = layout_index(self.layout, "truncation_rescale", back.device).to(back.dtype)
+                back = back * scale.index_select(0, layout_index(self.layout, "degrees", back.device))[:, None]
+            self._back[rescale] = back
+        return self._back[rescale]

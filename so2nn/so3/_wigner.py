@@ -19,7 +19,6 @@ no gimbal lock, and values and gradients are finite for every rotation.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
@@ -28,18 +27,36 @@ from .._checks import check_degree, check_finite, check_last_dims
 __all__ = ["wigner_D", "wigner_D_blocks"]
 
 
-@lru_cache(maxsize=None)
+# Couplings in float64 on the CPU, and their copies per (dtype, device): plain dicts filled on
+# first use (not functools.lru_cache, which torch.compile would trace through into e3nn).
+_COUPLINGS: dict[int, torch.Tensor] = {}
+_COUPLING_COPIES: dict[tuple, torch.Tensor] = {}
+
+
 def _coupling_float64(l: int) -> torch.Tensor:
-    from e3nn import o3
+    if l not in _COUPLINGS:
+        from e3nn import o3
 
-    # e3nn normalises wigner_3j to unit Frobenius norm; scaling by sqrt(2l+1) makes the
-    # (2l+1) columns of the reshaped [(2l-1)*3, 2l+1] matrix orthonormal.
-    return o3.wigner_3j(l - 1, 1, l, dtype=torch.float64) * math.sqrt(2 * l + 1)
+        # e3nn normalises wigner_3j to unit Frobenius norm; scaling by sqrt(2l+1) makes the
+        # (2l+1) columns of the reshaped [(2l-1)*3, 2l+1] matrix orthonormal.
+        _COUPLINGS[l] = o3.wigner_3j(l - 1, 1, l, dtype=torch.float64) * math.sqrt(2 * l + 1)
+    return _COUPLINGS[l]
 
 
-@lru_cache(maxsize=None)
+def prepare_couplings(lmax: int) -> None:
+    """Build the couplings up to ``lmax`` now (layers call this in their constructors, so that
+    a compiled forward only reads them)."""
+    for l in range(2, lmax + 1):
+        _coupling_float64(l)
+
+
 def _coupling(l: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return _coupling_float64(l).to(dtype=dtype, device=device)
+    if torch.compiler.is_compiling():  # a constant of the graph
+        return _coupling_float64(l).to(dtype=dtype, device=device)
+    key = (l, dtype, device)
+    if key not in _COUPLING_COPIES:
+        _COUPLING_COPIES[key] = _coupling_float64(l).to(dtype=dtype, device=device)
+    return _COUPLING_COPIES[key]
 
 
 def _blocks(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
@@ -56,7 +73,18 @@ def _blocks(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
 
 
 def check_rotation(R: torch.Tensor, name: str = "R") -> None:
-    """Raise a ValueError unless ``R[..., 3, 3]`` holds finite proper rotation matrices."""
+    r"""Raise a ValueError unless ``R[..., 3, 3]`` holds finite proper rotation matrices.
+
+    Orthogonality and :math:`\det R = 1` are checked to 1e-3 in float32 and lower precisions,
+    1e-6 in float64; ``name`` is the argument name the error message uses.
+
+    Example:
+        >>> check_rotation(torch.eye(3))
+        >>> check_rotation(-torch.eye(3), "frames")
+        Traceback (most recent call last):
+        ...
+        ValueError: frames is not a proper rotation: det = -1 (must be +1)
+    """
     check_last_dims(name, R, (3, 3), "[..., 3, 3]")
     check_finite(name, R)
     if R.numel() == 0:
@@ -81,6 +109,13 @@ def wigner_D_blocks(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
     Returns:
         A list whose entry ``l`` is :math:`D^l(R)`, of shape ``[..., 2l+1, 2l+1]``.
         Sharing the recursion, this is cheaper than ``lmax + 1`` calls of :func:`wigner_D`.
+
+    Example:
+        >>> R = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        >>> [D.shape[-1] for D in wigner_D_blocks(3, R)]
+        [1, 3, 5, 7]
+        >>> torch.equal(wigner_D_blocks(3, R)[1], R)     # degree 1 is R itself in e3nn's basis
+        True
     """
     check_degree("lmax", lmax)
     check_rotation(R)

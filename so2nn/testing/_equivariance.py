@@ -42,7 +42,26 @@ Kind = Any  # None | "scalar" | "vector" | "matrix" | CoefficientLayout | int
 
 
 def apply_rotation(x: Any, kind: Kind, R: torch.Tensor) -> Any:
-    """Rotate ``x`` by ``R[3, 3]`` as its ``kind`` says (see the module docstring)."""
+    r"""Rotate ``x`` by ``R[3, 3]`` as its ``kind`` says.
+
+    =======================  ===============================================  =======================================
+    kind                     tensor                                           transforms as
+    =======================  ===============================================  =======================================
+    ``None`` / ``"scalar"``  anything (also non-tensors, e.g. edge_index)     unchanged
+    ``"vector"``             ``[..., 3]`` (positions, forces, cell rows)      :math:`v \mapsto R v`
+    ``"matrix"``             ``[..., 3, 3]`` (stress)                         :math:`M \mapsto R M R^\top`
+    ``CoefficientLayout``    ``[..., (lmax+1)**2, C]`` l-major features       :math:`x^{(l)} \mapsto D^l(R)\,x^{(l)}`
+    ``int`` ``lmax``         same, shorthand for ``CoefficientLayout(lmax)``
+    =======================  ===============================================  =======================================
+
+    Example:
+        >>> R = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])   # 90 degrees about z
+        >>> apply_rotation(torch.tensor([[1.0, 0.0, 0.0]]), "vector", R)
+        tensor([[0., 1., 0.]])
+        >>> x = torch.zeros(1, 4, 1); x[0, 1:4, 0] = torch.tensor([1.0, 0.0, 0.0])       # l = 1 part: (x, y, z)
+        >>> apply_rotation(x, 1, R)[0, :, 0]
+        tensor([0., 0., 1., 0.])
+    """
     if kind is None or kind == "scalar":
         return x
     R = R.to(dtype=x.dtype, device=x.device)
@@ -64,7 +83,17 @@ def apply_rotation(x: Any, kind: Kind, R: torch.Tensor) -> Any:
 
 @dataclass(frozen=True)
 class EquivarianceError:
-    """Error of one output: ``max |f(rho_in(R) x) - rho_out(R) f(x)|`` and relative to ``max |f(x)|``."""
+    r"""Error of one output: ``max |f(rho_in(R) x) - rho_out(R) f(x)|`` and relative to ``max |f(x)|``.
+
+    .. math:: \mathrm{absolute} = \max\bigl|f(\rho_{in}(R)\,x) - \rho_{out}(R)\,f(x)\bigr|, \qquad
+              \mathrm{relative} = \mathrm{absolute} / \max\bigl|\rho_{out}(R)\,f(x)\bigr|
+
+    Attributes:
+        name: the output (``"output"``, ``"output 1"``, or its dict key).
+        kind: how it transforms (see :func:`apply_rotation`).
+        absolute: the largest absolute error.
+        relative: the absolute error over the largest entry of the expected output.
+    """
 
     name: str
     kind: Kind
@@ -122,6 +151,16 @@ def equivariance_error(
         out_kinds: how each output transforms: one kind, a sequence for a tuple output, or
             a dict for a dict output (only the keys named are checked).
         rotation: ``R[3, 3]``; default: drawn uniformly from SO(3).
+
+    The kinds are those of :func:`apply_rotation`. Returns one :class:`EquivarianceError` per
+    output; nothing is asserted (see :func:`assert_equivariant`).
+
+    Example:
+        >>> from so2nn.so3 import spherical_harmonics
+        >>> v = torch.randn(5, 3, dtype=torch.float64)
+        >>> [error] = equivariance_error(lambda v: spherical_harmonics(3, v).unsqueeze(-1), [v], ["vector"], 3)
+        >>> error.relative < 1e-12
+        True
     """
     rotation = random_rotation() if rotation is None else rotation
     check_rotation(rotation, "rotation")
@@ -138,13 +177,26 @@ def equivariance_error(
 
 
 def random_rotation(generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """A rotation matrix drawn uniformly (Haar measure) from SO(3), via a normalised Gaussian quaternion."""
+    """A rotation matrix drawn uniformly (Haar measure) from SO(3), via a normalised Gaussian quaternion.
+
+    Example:
+        >>> R = random_rotation(torch.Generator().manual_seed(0))
+        >>> R.shape, R.dtype, bool(torch.allclose(R @ R.T, torch.eye(3, dtype=R.dtype)))
+        (torch.Size([3, 3]), torch.float64, True)
+    """
     q = torch.randn(4, generator=generator, dtype=torch.float64)
     return quaternion_to_matrix(q / q.norm()).to(dtype)
 
 
 def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """Rotation matrix of a unit quaternion ``(w, x, y, z)``."""
+    """Rotation matrix ``[..., 3, 3]`` of unit quaternions ``q [..., 4]``, ordered ``(w, x, y, z)``.
+
+    Example:
+        >>> quaternion_to_matrix(torch.tensor([0.0, 0.0, 0.0, 1.0]))     # pi about z
+        tensor([[-1.,  0.,  0.],
+                [ 0., -1.,  0.],
+                [ 0.,  0.,  1.]])
+    """
     w, x, y, z = q.unbind(-1)
     return torch.stack(
         [

@@ -60,17 +60,44 @@ def _special() -> list[torch.Tensor]:
 
 
 def special_rotations(dtype: torch.dtype = torch.float64) -> st.SearchStrategy[torch.Tensor]:
-    """The identity, rotations by pi about axes and diagonals, and 90-degree axis rotations."""
+    """The identity, rotations by pi about axes and diagonals, and 90-degree axis rotations.
+
+    Their entries are exact (0, 1, -1 where they should be), which is where code that divides
+    by ``1 + trace`` or takes ``acos`` of a rounded value breaks.
+
+    Example:
+        >>> from hypothesis import find
+        >>> find(special_rotations(), lambda R: float(torch.trace(R)) < -0.999)   # a rotation by pi
+        tensor([[ 1.,  0.,  0.],
+                [ 0., -1.,  0.],
+                [ 0.,  0., -1.]], dtype=torch.float64)
+    """
     return st.sampled_from(_special()).map(lambda R: R.to(dtype))
 
 
 def uniform_rotations(dtype: torch.dtype = torch.float64) -> st.SearchStrategy[torch.Tensor]:
-    """Rotation matrices ``[3, 3]`` drawn uniformly (Haar measure) on SO(3)."""
+    """Rotation matrices ``[3, 3]`` drawn uniformly (Haar measure) on SO(3).
+
+    Example:
+        >>> from hypothesis import find
+        >>> R = find(uniform_rotations(dtype=torch.float32), lambda R: True)
+        >>> R.dtype, bool(torch.allclose(R @ R.T, torch.eye(3), atol=1e-6))
+        (torch.float32, True)
+    """
     return _seeds.map(lambda seed: random_rotation(_generator(seed), dtype))
 
 
 def rotations(dtype: torch.dtype = torch.float64) -> st.SearchStrategy[torch.Tensor]:
-    """Rotation matrices ``[3, 3]``: uniform on SO(3), plus the special ones of :func:`special_rotations`."""
+    """Rotation matrices ``[3, 3]``: uniform on SO(3), plus the special ones of :func:`special_rotations`.
+
+    Example:
+        >>> from hypothesis import given, settings
+        >>> @settings(max_examples=10)
+        ... @given(R=rotations())
+        ... def test_proper(R):
+        ...     assert abs(float(torch.linalg.det(R)) - 1.0) < 1e-12
+        >>> test_proper()
+    """
     return st.one_of(special_rotations(dtype), uniform_rotations(dtype), uniform_rotations(dtype))
 
 
@@ -78,7 +105,16 @@ def edge_vectors_with_axes(
     num_edges: int = 16, dtype: torch.dtype = torch.float64
 ) -> st.SearchStrategy[torch.Tensor]:
     """Edge vectors ``[num_edges, 3]``: random directions and lengths, and always the six
-    axis directions and vectors within 1e-9 of the +-y axis (where frames are delicate)."""
+    axis directions and vectors within 1e-9 of the +-y axis (where frames are delicate).
+
+    Lengths are between 0.5 and 4.5.
+
+    Example:
+        >>> from hypothesis import find
+        >>> vectors = find(edge_vectors_with_axes(num_edges=12), lambda v: True)
+        >>> vectors.shape, bool((vectors[:6].abs() > 0).sum(dim=1).eq(1).all())   # the first six on the axes
+        (torch.Size([12, 3]), True)
+    """
 
     def build(seed: int) -> torch.Tensor:
         g = _generator(seed)
@@ -103,7 +139,13 @@ def point_clouds(
     dtype: torch.dtype = torch.float64,
 ) -> st.SearchStrategy[torch.Tensor]:
     """Positions ``[N, 3]`` with every pair at least ``min_distance`` apart, at roughly
-    ``density`` atoms per cubic unit."""
+    ``density`` atoms per cubic unit (``min_atoms <= N <= max_atoms``).
+
+    Example:
+        >>> from hypothesis import find
+        >>> find(point_clouds(min_atoms=3, max_atoms=5), lambda pos: True).shape
+        torch.Size([3, 3])
+    """
 
     def build(args: tuple[int, int]) -> torch.Tensor:
         n, seed = args
@@ -123,7 +165,15 @@ def periodic_cells(
     min_length: float = 3.0, max_length: float = 7.0, dtype: torch.dtype = torch.float64
 ) -> st.SearchStrategy[torch.Tensor]:
     """Cells ``[3, 3]`` (rows are lattice vectors): random triclinic ones with angles in
-    [60, 120] degrees, and the cubic and hexagonal special cases."""
+    [60, 120] degrees, and the cubic and hexagonal special cases.
+
+    Example:
+        >>> from hypothesis import find
+        >>> find(periodic_cells(), lambda cell: True)            # the simplest: cubic
+        tensor([[5., 0., 0.],
+                [0., 5., 0.],
+                [0., 0., 5.]], dtype=torch.float64)
+    """
 
     def triclinic(seed: int) -> torch.Tensor:
         g = _generator(seed)
@@ -148,7 +198,18 @@ def periodic_cells(
 
 @dataclass
 class AtomicGraph:
-    """A small atomistic system and its radius graph (so2nn's edge conventions)."""
+    """A small atomistic system and its radius graph (so2nn's edge conventions), as drawn by
+    :func:`atomic_graphs`.
+
+    Attributes:
+        pos: ``[N, 3]`` positions.
+        atomic_numbers: ``[N]``.
+        cell: ``[3, 3]`` lattice vectors as rows, or ``None`` for a molecule.
+        pbc: periodic flags per lattice vector.
+        edge_index: ``[2, E]``, row 0 the source (neighbour), row 1 the target (centre).
+        cell_offsets: ``[E, 3]`` integer lattice translations of the sources.
+        cutoff: radius of the graph.
+    """
 
     pos: torch.Tensor  # [N, 3]
     atomic_numbers: torch.Tensor  # [N]
@@ -191,10 +252,23 @@ def atomic_graphs(
     max_atomic_number: int = 10,
     dtype: torch.dtype = torch.float64,
 ) -> st.SearchStrategy[AtomicGraph]:
-    """Molecules or periodic crystals with at least one edge.
+    """Molecules or periodic crystals with at least one edge, as :class:`AtomicGraph`.
 
     Args:
-        periodic: ``True`` only crystals, ``False`` only molecules, ``None`` both.
+        min_atoms, max_atoms: number of atoms.
+        cutoff: radius of the graph.
+        periodic: ``True`` only crystals (periodic along the first two lattice vectors, and
+            the third or not: bulk or slab), ``False`` only molecules, ``None`` both.
+        max_atomic_number: atomic numbers are drawn from ``1..max_atomic_number``.
+        dtype: of positions and cells.
+
+    Example:
+        >>> from hypothesis import given, settings
+        >>> @settings(max_examples=5)
+        ... @given(graph=atomic_graphs(periodic=True))
+        ... def test_edges_within_cutoff(graph):
+        ...     assert bool((graph.edge_vec().norm(dim=1) < graph.cutoff).all())
+        >>> test_edges_within_cutoff()
     """
 
     @st.composite
