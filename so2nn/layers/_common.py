@@ -26,25 +26,29 @@ def check_channels(**channels: int) -> None:
 class ConstantsModule(nn.Module):
     """An ``nn.Module`` whose floating constants (grids, balance weights) stay exact.
 
-    A constant is kept as a float64 source and exposed as a non-persistent buffer (it
-    follows ``.to(device/dtype)`` and never enters the state_dict). When the module changes
-    dtype or device, each buffer is rebuilt from its source, so ``.double()`` after
-    construction in float32 gives float64-exact matrices, not float32 values cast up.
+    A constant is kept as a CPU source (float64 for floating constants) and exposed as a
+    non-persistent buffer (it follows ``.to(device/dtype)`` and never enters the state_dict).
+    When the module changes dtype or device, each buffer is rebuilt from its source, so
+    ``.double()`` after construction in float32 gives float64-exact matrices, not float32
+    values cast up, and ``to_empty()`` after building on the meta device restores them.
     """
 
     def register_constant(self, name: str, value: torch.Tensor) -> None:
+        if "_constant_sources" not in self.__dict__:
+            self._constant_sources: dict[str, torch.Tensor] = {}
         if value.is_floating_point():
-            if "_constant_sources" not in self.__dict__:
-                self._constant_sources: dict[str, torch.Tensor] = {}
             self._constant_sources[name] = value.detach().to("cpu", torch.float64)
             value = value.to(torch.get_default_dtype())
+        else:  # index maps: kept too, so that to_empty() (meta initialisation) restores them
+            self._constant_sources[name] = value.detach().to("cpu")
         self.register_buffer(name, value, persistent=False)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         for name, source in self.__dict__.get("_constant_sources", {}).items():
             current = self._buffers[name]
-            self._buffers[name] = source.to(device=current.device, dtype=current.dtype)
+            dtype = current.dtype if source.is_floating_point() else source.dtype
+            self._buffers[name] = source.to(device=current.device, dtype=dtype)
         return self
 
 

@@ -62,11 +62,11 @@ class RadialBasis(ConstantsModule):
         self.num_basis, self.cutoff, self.basis = num_basis, float(cutoff), basis
         self.basis_width_scalar, self.envelope, self.envelope_exponent = basis_width_scalar, envelope, envelope_exponent
         if basis == "gaussian":
-            offset = torch.linspace(0.0, cutoff, num_basis, dtype=torch.float64)
+            offset = torch.linspace(0.0, cutoff, num_basis, dtype=torch.float64, device="cpu")
             self.register_constant("offset", offset)
             self.coeff = -0.5 / (basis_width_scalar * float(offset[1] - offset[0])) ** 2
         else:
-            self.register_constant("frequency", torch.arange(1, num_basis + 1, dtype=torch.float64) * math.pi / cutoff)
+            self.register_constant("frequency", torch.arange(1, num_basis + 1, dtype=torch.float64, device="cpu") * math.pi / cutoff)
 
     def extra_repr(self) -> str:
         return f"num_basis={self.num_basis}, cutoff={self.cutoff}, basis={self.basis!r}, envelope={self.envelope!r}"

@@ -30,7 +30,7 @@ import torch
 
 from .._checks import check_degree
 from ._harmonics import spherical_harmonics
-from ._layout import CoefficientLayout
+from ._layout import CoefficientLayout, _on_cpu
 
 __all__ = ["S2Grid", "default_grid_resolution"]
 
@@ -164,6 +164,7 @@ class S2Grid:
 
 
 @lru_cache(maxsize=None)
+@_on_cpu
 def s2_grid(layout: CoefficientLayout, resolution, normalization: str = "component") -> S2Grid:
     """Cached :class:`S2Grid` (built once per layout, resolution and normalisation).
 

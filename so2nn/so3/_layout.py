@@ -18,11 +18,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, wraps
 
 import torch
 
 from .._checks import check_degree, check_layout
+
+
+def _on_cpu(build):
+    """Run ``build`` with the CPU as default device: constants cached here must not become
+    meta (or CUDA) tensors because the first model happened to be built inside
+    ``with torch.device("meta"):``; they are copied to each module's device later."""
+
+    @wraps(build)
+    def wrapper(*args, **kwargs):
+        with torch.device("cpu"):
+            return build(*args, **kwargs)
+
+    return wrapper
+
+
+def _cpu_cached_property(build):
+    return cached_property(_on_cpu(build))
 
 __all__ = ["CoefficientLayout"]
 
@@ -76,12 +93,12 @@ class CoefficientLayout:
         return self.lmax - abs(m) + 1
 
     # ------------------------------------------------------- l-major labels
-    @cached_property
+    @_cpu_cached_property
     def degrees(self) -> torch.Tensor:
         """The degree ``l`` of each l-major coefficient, ``[dim]`` (the per-degree expansion)."""
         return torch.tensor([l for l in range(self.lmax + 1) for _ in range(2 * l + 1)])
 
-    @cached_property
+    @_cpu_cached_property
     def orders(self) -> torch.Tensor:
         """The order ``m`` of each l-major coefficient, ``[dim]``."""
         return torch.tensor([m for l in range(self.lmax + 1) for m in range(-l, l + 1)])
@@ -91,7 +108,7 @@ class CoefficientLayout:
         return slice(l * l, (l + 1) * (l + 1))
 
     # ----------------------------------------------------- m-major (edges)
-    @cached_property
+    @_cpu_cached_property
     def _m_major_pairs(self) -> tuple[tuple[int, int], ...]:
         pairs = [(l, 0) for l in range(self.lmax + 1)]
         for m in range(1, self.mmax + 1):
@@ -99,7 +116,7 @@ class CoefficientLayout:
             pairs += [(l, -m) for l in range(m, self.lmax + 1)]
         return tuple(pairs)
 
-    @cached_property
+    @_cpu_cached_property
     def m_major_index(self) -> torch.Tensor:
         """The l-major index of each m-major position, ``[edge_dim]``.
 
@@ -108,12 +125,12 @@ class CoefficientLayout:
         """
         return torch.tensor([l * l + l + m for l, m in self._m_major_pairs])
 
-    @cached_property
+    @_cpu_cached_property
     def m_major_degrees(self) -> torch.Tensor:
         """The degree ``l`` of each m-major coefficient, ``[edge_dim]``."""
         return torch.tensor([l for l, _ in self._m_major_pairs])
 
-    @cached_property
+    @_cpu_cached_property
     def m_major_orders(self) -> torch.Tensor:
         """The signed order ``m`` of each m-major coefficient, ``[edge_dim]``."""
         return torch.tensor([m for _, m in self._m_major_pairs])
@@ -133,19 +150,19 @@ class CoefficientLayout:
         return slice(start, start + 2 * self.order_size(m))
 
     # -------------------------------------- truncated l-major <-> m-major
-    @cached_property
+    @_cpu_cached_property
     def truncated_index(self) -> torch.Tensor:
         """l-major indices with ``|m| <= mmax``, in l-major order (the truncated l-major order)."""
         keep = self.orders.abs() <= self.mmax
         return torch.arange(self.dim)[keep]
 
-    @cached_property
+    @_cpu_cached_property
     def truncated_to_m_major(self) -> torch.Tensor:
         """The permutation from truncated-l-major positions to m-major, ``y_m = y_t[:, perm]``."""
         position = {int(i): k for k, i in enumerate(self.truncated_index)}
         return torch.tensor([position[int(i)] for i in self.m_major_index])
 
-    @cached_property
+    @_cpu_cached_property
     def m_major_to_truncated(self) -> torch.Tensor:
         """The inverse of :attr:`truncated_to_m_major`, ``y_t = y_m[:, perm]``."""
         return torch.argsort(self.truncated_to_m_major)
@@ -155,7 +172,7 @@ class CoefficientLayout:
         start = sum(2 * min(k, self.mmax) + 1 for k in range(l))
         return slice(start, start + 2 * min(l, self.mmax) + 1)
 
-    @cached_property
+    @_cpu_cached_property
     def _rotation_scatter_index(self) -> torch.Tensor:
         """Flat positions in an ``[edge_dim, dim]`` matrix (rows m-major, columns l-major) of the
         entries of the truncated Wigner blocks ``D^l[|m| <= mmax, :]``, concatenated degree by
@@ -169,7 +186,7 @@ class CoefficientLayout:
         return torch.tensor(index)
 
     # ---------------------------------------------------------- rescaling
-    @cached_property
+    @_cpu_cached_property
     def truncation_rescale(self) -> torch.Tensor:
         r"""The factor :math:`\sqrt{(2l+1) / (2\min(l, m_{max})+1)}` of each degree, ``[lmax + 1]``.
 
@@ -214,4 +231,6 @@ def _batched_block_diag(blocks: list[torch.Tensor]) -> torch.Tensor:
 @lru_cache(maxsize=None)
 def layout_index(layout: CoefficientLayout, name: str, device: torch.device) -> torch.Tensor:
     """A layout's index tensor ``name`` on ``device``, cached (built once per device)."""
-    return getattr(layout, name).to(device)
+    if torch.compiler.is_compiling():
+        return getattr(layout, name).to(device)
+    return _on_cpu(getattr)(layout, name).to(device)

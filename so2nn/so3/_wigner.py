@@ -39,7 +39,8 @@ def _coupling_float64(l: int) -> torch.Tensor:
 
         # e3nn normalises wigner_3j to unit Frobenius norm; scaling by sqrt(2l+1) makes the
         # (2l+1) columns of the reshaped [(2l-1)*3, 2l+1] matrix orthonormal.
-        _COUPLINGS[l] = o3.wigner_3j(l - 1, 1, l, dtype=torch.float64) * math.sqrt(2 * l + 1)
+        with torch.device("cpu"):  # e3nn's factories follow the ambient default device (e.g. meta)
+            _COUPLINGS[l] = o3.wigner_3j(l - 1, 1, l, dtype=torch.float64) * math.sqrt(2 * l + 1)
     return _COUPLINGS[l]
 
 

@@ -240,3 +240,25 @@ def test_from_checkpoint_rejects_corrupt_files(tmp_path):
         EquiformerV2.from_checkpoint(bad)
     with pytest.raises(ValueError, match="not found"):
         EquiformerV2.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_building_on_the_meta_device_does_not_poison_cached_constants():
+    """Layouts, grids and Wigner couplings are cached process-wide: a first model built inside
+    ``with torch.device("meta")`` (for deferred initialisation) must leave CPU constants behind,
+    and materialising it with ``to_empty`` must give working constants."""
+    config = EquiformerV2Config(
+        lmax=3, mmax=2, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
+        attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8, num_distance_basis=16, max_num_elements=20,
+        max_radius=5.0, grid_resolution=10, alpha_drop=0.0, drop_path_rate=0.0,
+    )
+    with torch.device("meta"):
+        meta = EquiformerV2(config)
+    assert all(p.is_meta for p in meta.parameters())
+    pos, numbers = torch.randn(4, 3) * 1.5, torch.tensor([1, 6, 8, 1])
+    torch.manual_seed(0)
+    model = EquiformerV2(config).eval()
+    out = model(pos=pos, atomic_numbers=numbers)
+    materialised = meta.to_empty(device="cpu").eval()
+    materialised.load_state_dict(model.state_dict())
+    again = materialised(pos=pos, atomic_numbers=numbers)
+    torch.testing.assert_close(again["forces"], out["forces"])
