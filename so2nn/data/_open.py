@@ -101,11 +101,12 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
     :math:`\varepsilon_Z` are fitted first by least squares, :math:`E_m \approx \sum_{i \in m}
     \varepsilon_{Z_i}` (a linear reference, as MACE's E0s or fairchem's for OC22), and
     :math:`\mu_E, \sigma_E` are those of the residuals; ``"element_references"`` holds the
-    :math:`\varepsilon` (zero for elements absent from the data).
+    :math:`\varepsilon` (zero for elements absent from the data) and ``"raw_energy_mean"`` the
+    mean before the references are subtracted.
 
     Returns:
         ``{"energy_mean", "energy_std", "forces_rms", "num_frames", "num_atoms"}`` (plus
-        ``"element_references"``).
+        ``"element_references"`` and ``"raw_energy_mean"``).
 
     Example:
         >>> from torch_geometric.data import Data
@@ -145,6 +146,7 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
         fit = torch.linalg.solve(x.T @ x + 1e-8 * torch.eye(x.shape[1], dtype=x.dtype), x.T @ energies)
         references = torch.zeros(element_references, dtype=torch.float64)
         references[present] = fit
+        result["raw_energy_mean"] = float(energies.mean())
         energies = energies - counts @ references
         result["element_references"] = references.tolist()
     return {

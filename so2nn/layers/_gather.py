@@ -9,6 +9,18 @@ import torch
 __all__ = ["gather_edge_pairs", "scatter_sum"]
 
 
+def concat_pairs(x: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[x[source] | x[target]]`` along the last (channel) dimension."""
+    return torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
+
+
+def add_pairs(grad: torch.Tensor, source: torch.Tensor, target: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """The adjoint of :func:`concat_pairs`: each half of ``grad`` summed onto its nodes."""
+    grad_source, grad_target = grad.chunk(2, dim=-1)
+    out = grad_source.new_zeros((num_nodes,) + grad_source.shape[1:])
+    return out.index_add(0, source, grad_source).index_add(0, target, grad_target)
+
+
 class _GatherPairs(torch.autograd.Function):
     r"""``[x[source] | x[target]]`` along the channels, with an ``index_add`` backward.
 
@@ -23,15 +35,12 @@ class _GatherPairs(torch.autograd.Function):
     def forward(ctx, x, source, target):
         ctx.save_for_backward(source, target)
         ctx.num_nodes = x.shape[0]
-        return torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
+        return concat_pairs(x, source, target)
 
     @staticmethod
     def backward(ctx, grad):
         source, target = ctx.saved_tensors
-        grad_source, grad_target = grad.chunk(2, dim=-1)
-        shape = (ctx.num_nodes,) + grad_source.shape[1:]
-        grad_x = grad.new_zeros(shape).index_add(0, source, grad_source).index_add(0, target, grad_target)
-        return grad_x, None, None
+        return add_pairs(grad, source, target, ctx.num_nodes), None, None
 
 
 def gather_edge_pairs(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..so3 import CoefficientLayout
 from ._common import as_layout, check_channels, check_features
+from ._gather import add_pairs, concat_pairs, gather_edge_pairs
 from ._radial import RadialMLP
 
 __all__ = ["SO2Convolution", "SO2Linear"]
@@ -69,6 +70,10 @@ class SO2Linear(nn.Module):
             raise ValueError(f"extra_m0_output_channels must be an int >= 0, got {extra_m0_output_channels!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.extra_m0_output_channels = extra_m0_output_channels
+        # Sizes of the m-major blocks of x ([x_0], [x_+m, x_-m]) and of the per-edge radial
+        # weights (one per coefficient of m = 0 and per |m| > 0 pair), for split() in forward.
+        self._order_sizes = [layout.order_size(m) * (1 if m == 0 else 2) for m in range(layout.mmax + 1)]
+        self._radial_sizes = [layout.order_size(m) * in_channels for m in range(layout.mmax + 1)]
         n0 = layout.lmax + 1
         self.fc_m0 = nn.Linear(n0 * in_channels, n0 * out_channels + extra_m0_output_channels)
         self.fc_m = nn.ModuleList()
@@ -85,7 +90,7 @@ class SO2Linear(nn.Module):
 
         One per input coefficient of ``m = 0`` and of each ``|m| > 0`` (shared by ``+m`` and
         ``-m``), times channels."""
-        return sum(self.layout.order_size(m) for m in range(self.layout.mmax + 1)) * self.in_channels
+        return sum(self._radial_sizes)
 
     def extra_repr(self) -> str:
         extra = f", extra_m0_output_channels={self.extra_m0_output_channels}" if self.extra_m0_output_channels else ""
@@ -105,12 +110,11 @@ class SO2Linear(nn.Module):
 
     def _apply_weights(self, x, radial, w0, b0, complex_weights):
         """``(y [E, edge_dim, out], extra [E, extra_m0_output_channels])`` with the given weights."""
-        layout = self.layout
         E = x.shape[0]
         # The m-major slices of x and of the radial weights, as views (split's backward is one cat).
-        orders = x.split([layout.order_slice(m).stop - layout.order_slice(m).start for m in range(layout.mmax + 1)], dim=1)
+        orders = x.split(self._order_sizes, dim=1)
         if radial is not None:
-            radial = radial.split([layout.order_size(m) * self.in_channels for m in range(layout.mmax + 1)], dim=1)
+            radial = radial.split(self._radial_sizes, dim=1)
         out = []
         for m, xm in enumerate(orders):
             if m == 0:  # one real map over every degree
@@ -124,7 +128,7 @@ class SO2Linear(nn.Module):
                     xm = xm.reshape(E, 2, -1) * radial[m].unsqueeze(1)
                 y = xm.reshape(E, -1) @ complex_weights[m - 1].T
             out.append(y)
-        return torch.cat(out, dim=1).view(E, layout.edge_dim, self.out_channels), extra
+        return torch.cat(out, dim=1).view(E, self.layout.edge_dim, self.out_channels), extra
 
 
 class SO2Convolution(SO2Linear):
@@ -187,7 +191,7 @@ class _EdgeMessageConvolution(torch.autograd.Function):
     def forward(ctx, x, source, target, matrix, hidden, radial_weight, radial_bias, conv, w0, b0, *complex_weights):
         ctx.conv = conv
         ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_weights)
-        edge = torch.bmm(matrix, torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=2))
+        edge = torch.bmm(matrix, concat_pairs(x, source, target))
         radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
         return conv._apply_weights(edge, radial, w0, b0, complex_weights)
 
@@ -195,13 +199,11 @@ class _EdgeMessageConvolution(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_extra):
         x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_weights = ctx.saved_tensors
-        conv = ctx.conv
-        layout, E = conv.layout, source.shape[0]
-        edge = torch.bmm(matrix, torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=2))
+        conv, E = ctx.conv, source.shape[0]
+        edge = torch.bmm(matrix, concat_pairs(x, source, target))
         radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
-        sizes = [layout.order_slice(m).stop - layout.order_slice(m).start for m in range(layout.mmax + 1)]
-        orders, grad_orders = edge.split(sizes, dim=1), grad_y.split(sizes, dim=1)
-        radials = radial.split([layout.order_size(m) * conv.in_channels for m in range(layout.mmax + 1)], dim=1)
+        orders, grad_orders = edge.split(conv._order_sizes, dim=1), grad_y.split(conv._order_sizes, dim=1)
+        radials = radial.split(conv._radial_sizes, dim=1)
         grad_edge, grad_radial, grad_weights = [], [], []
         for m, (xm, gm, rm) in enumerate(zip(orders, grad_orders, radials)):
             if m == 0:
@@ -222,8 +224,7 @@ class _EdgeMessageConvolution(torch.autograd.Function):
             grad_radial.append((grad_modulated * xm).sum(1) if m else grad_modulated * xm)
             grad_edge.append((grad_modulated * rm).view(E, -1, conv.in_channels))
         grad_edge = torch.bmm(matrix.transpose(1, 2), torch.cat(grad_edge, dim=1))
-        grad_source, grad_target = grad_edge.chunk(2, dim=2)
-        grad_x = x.new_zeros(x.shape).index_add_(0, source, grad_source).index_add_(0, target, grad_target)
+        grad_x = add_pairs(grad_edge, source, target, x.shape[0])
         grad_radial = torch.cat(grad_radial, dim=1)
         return (grad_x, None, None, None, grad_radial @ radial_weight, grad_radial.T @ hidden, grad_radial.sum(0),
                 None, grad_weights[0], grad_bias, *grad_weights[1:])
@@ -240,8 +241,6 @@ def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: 
 
     Shapes: ``x: [N, (lmax+1)**2, C]`` with ``2C = conv.in_channels`` -> as :class:`SO2Convolution`.
     """
-    from ._gather import gather_edge_pairs
-
     matrix = rotation.matrix
     fused = torch.is_grad_enabled() and not matrix.requires_grad
     # compiled graphs and autocast (whose casts backward would have to replay) take the plain path

@@ -147,9 +147,8 @@ class Trainer:
             elements = model_config.max_num_elements if config.element_references else None
             stats = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,
                                       element_references=elements)
-            self.train_energy_mean = stats["energy_mean"]
-            if config.element_references:  # the baseline "predict the training mean" uses raw energies
-                self.train_energy_mean = target_statistics(train_set, max_items=10_000, seed=config.seed)["energy_mean"]
+            # the baseline "predict the training mean" uses the raw energies
+            self.train_energy_mean = stats.get("raw_energy_mean", stats["energy_mean"])
             if config.normalize_targets:
                 model_config = model_config.replace(
                     energy_mean=stats["energy_mean"], energy_std=stats["energy_std"], forces_std=stats["forces_rms"]
