@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..graph import segment_softmax
@@ -166,23 +167,39 @@ class EquivariantGraphAttention(nn.Module):
     ) -> torch.Tensor:
         check_features("x", x, None, self.layout.dim, self.sphere_channels)
         num_nodes, num_edges = x.shape[0], edge_index.shape[1]
-        if self.atom_edge is not None:
-            edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
         target = edge_index[1]
-        # m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution (fused: see edge_message_convolution)
-        message, extra = edge_message_convolution(self.so2_conv_1, x, edge_index, rotation, edge_features)
+        # m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution (fused: see edge_message_convolution),
+        # its radial MLP fed with the edge features and the atom-type embeddings of the edge
+        message, extra = edge_message_convolution(
+            self.so2_conv_1, x, edge_index, rotation, edge_features, self.atom_edge, atomic_numbers,
+        )
         alpha_features, gates = extra.split([extra.shape[1] - self.num_gates, self.num_gates], dim=1)
         if self.activation == "s2":
             message = self.act(message)
         else:
             message = self.act(gates, message)
-        message = self.so2_conv_2(message)
-
-        logits = self.attention(alpha_features)  # [E, H]
+        # In training with direct forces, the logits' and the values' intermediates (a few
+        # [E, H, A] tensors and the [E, edge_dim, H * V] values, a third of a layer's stored
+        # activations) are recomputed in backward from their inputs instead of being stored.
+        recompute = torch.is_grad_enabled() and not rotation.matrix.requires_grad and not torch.compiler.is_compiling()
+        logits = _maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
         # softmax in at least float32 (under bf16 autocast the logits are bf16)
         alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_nodes)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
-        message = message.reshape(num_edges, -1, self.num_heads, self.attn_value_channels) * alpha[:, None, :, None]
-        message = rotation.from_edge(message.reshape(num_edges, -1, self.num_heads * self.attn_value_channels), rescale=True)
+        message = _maybe_recompute(recompute, self._weighted_values, message, alpha)
+        message = rotation.from_edge(message, rescale=True)
         return self.proj(scatter_sum(message, target, num_nodes))
+
+    def _weighted_values(self, message: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Values of every head, ``SO2Linear_2(message)``, times its attention weight: ``[E, edge_dim, H * V]``."""
+        values = self.so2_conv_2(message)
+        E, H, V = values.shape[0], self.num_heads, self.attn_value_channels
+        return (values.view(E, -1, H, V) * alpha[:, None, :, None]).view(E, -1, H * V)
+
+
+def _maybe_recompute(recompute: bool, function, *args):
+    """``function(*args)``; with ``recompute``, its intermediates are recomputed in backward."""
+    if recompute:
+        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
+    return function(*args)

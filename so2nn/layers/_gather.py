@@ -1,4 +1,4 @@
-r"""Gathering node features onto edges, :math:`m_e = [x_{s(e)} \,\|\, x_{t(e)}]`, and summing
+r"""Gathering node features onto edges, :math:`m_e = D_e [x_{s(e)} \,\|\, x_{t(e)}]`, and summing
 edge messages onto nodes, :math:`y_i = \sum_{e: t(e) = i} m_e`: the two graph operations of
 message passing, with lean backward passes."""
 
@@ -6,62 +6,54 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gather_edge_pairs", "scatter_sum"]
+__all__ = ["rotate_pairs", "scatter_sum"]
 
 
-def concat_pairs(x: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``[x[source] | x[target]]`` along the last (channel) dimension."""
-    return torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
+def rotate_pairs(matrix: torch.Tensor, x: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    r"""Source and target features of every edge, rotated into its frame and concatenated along the channels.
 
+    .. math:: m_e = D_e\,\bigl[x_{s(e)} \,\|\, x_{t(e)}\bigr] = \bigl[D_e x_{s(e)} \,\|\, D_e x_{t(e)}\bigr]
 
-def add_pairs(grad: torch.Tensor, source: torch.Tensor, target: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    """The adjoint of :func:`concat_pairs`: each half of ``grad`` summed onto its nodes."""
-    grad_source, grad_target = grad.chunk(2, dim=-1)
-    out = grad_source.new_zeros((num_nodes,) + grad_source.shape[1:])
-    return out.index_add(0, source, grad_source).index_add(0, target, grad_target)
-
-
-class _GatherPairs(torch.autograd.Function):
-    r"""``[x[source] | x[target]]`` along the channels, with an ``index_add`` backward.
-
-    The gradient of a gather is a scatter-add onto the nodes:
-    :math:`\partial x_i = \sum_{e: s(e) = i} \partial m_e^{src} + \sum_{e: t(e) = i} \partial m_e^{tgt}`.
-    Autograd's own backward of ``index_select`` goes through ``scatter_add`` with an index
-    expanded to the full feature shape, several times slower on the CPU than ``index_add``
-    over rows. Backward uses differentiable ops, so double backward works.
-    """
-
-    @staticmethod
-    def forward(ctx, x, source, target):
-        ctx.save_for_backward(source, target)
-        ctx.num_nodes = x.shape[0]
-        return concat_pairs(x, source, target)
-
-    @staticmethod
-    def backward(ctx, grad):
-        source, target = ctx.saved_tensors
-        return add_pairs(grad, source, target, ctx.num_nodes), None, None
-
-
-def gather_edge_pairs(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-    r"""Source and target features of every edge, concatenated along the channels.
-
-    .. math:: m_e = \bigl[x_{s(e)} \,\|\, x_{t(e)}\bigr]
+    Each half is gathered and rotated on its own: the ``[E, (lmax+1)**2, 2C]`` pair tensor is
+    never formed (it is the largest per-edge tensor of a layer, and above glibc's mmap
+    threshold it is page-faulted afresh on every call). Differentiable (twice) in ``x`` and
+    ``matrix``.
 
     Args:
-        x: ``[N, ..., C]`` node features.
-        edge_index: ``[2, E]``, row 0 the source, row 1 the target.
+        matrix: ``[E, edge_dim, (lmax+1)**2]``, the :attr:`~so2nn.so3.EdgeRotation.matrix` of the edges.
+        x: ``[N, (lmax+1)**2, C]`` node features.
+        source, target: ``[E]``, rows 0 and 1 of ``edge_index``.
 
-    Returns: ``[E, ..., 2C]``, the same as
-    ``torch.cat([x[edge_index[0]], x[edge_index[1]]], dim=-1)``, with a faster backward.
+    Returns: ``[E, edge_dim, 2C]``.
 
     Example:
-        >>> x = torch.arange(6.0).reshape(3, 1, 2)
-        >>> gather_edge_pairs(x, torch.tensor([[0, 2], [1, 1]]))[:, 0]
+        >>> matrix = torch.eye(3).expand(2, 3, 3)     # identity frames
+        >>> x = torch.arange(6.0).reshape(3, 1, 2).expand(3, 3, 2)
+        >>> rotate_pairs(matrix, x, torch.tensor([0, 2]), torch.tensor([1, 1]))[:, 0]
         tensor([[0., 1., 2., 3.],
                 [4., 5., 2., 3.]])
     """
-    return _GatherPairs.apply(x, edge_index[0], edge_index[1])
+    return torch.cat([torch.bmm(matrix, x.index_select(0, source)), torch.bmm(matrix, x.index_select(0, target))], dim=-1)
+
+
+def rotate_pairs_adjoint(matrix: torch.Tensor, grads: list[torch.Tensor], source: torch.Tensor,
+                         target: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    r"""The gradient of :func:`rotate_pairs` with respect to ``x``.
+
+    .. math:: \partial x_i = \sum_{e: s(e) = i} D_e^\top \partial m_e^{src} + \sum_{e: t(e) = i} D_e^\top \partial m_e^{tgt}
+
+    ``grads`` are consecutive slices of :math:`\partial m` along the coefficients
+    (``[E, k, 2C]`` each, e.g. one per order ``m``); their halves are collected into two
+    contiguous tensors, so that neither the full ``[E, edge_dim, 2C]`` gradient nor its
+    ``[E, (lmax+1)**2, 2C]`` rotation is formed.
+    """
+    halves = [g.view(g.shape[0], g.shape[1], 2, -1) for g in grads]
+    back = matrix.transpose(1, 2)
+    out = halves[0].new_zeros((num_nodes, matrix.shape[2], halves[0].shape[-1]))
+    for half, index in enumerate((source, target)):
+        grad = torch.bmm(back, torch.cat([g[:, :, half] for g in halves], dim=1))
+        out.index_add_(0, index, grad)
+    return out
 
 
 class _ScatterSum(torch.autograd.Function):

@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from ..so3 import CoefficientLayout
-from ._common import ConstantsModule, as_layout, check_channels, check_features
+from ._common import as_layout, check_channels, check_features
 
 __all__ = ["SO3Linear"]
 
 
-class SO3Linear(ConstantsModule):
+class SO3Linear(nn.Module):
     r"""Degree-wise linear map (equivariant because it does not mix orders :math:`m`).
 
     .. math:: y^{(l)}_{m} = W_l\, x^{(l)}_{m} + \delta_{l0}\, b
@@ -42,15 +42,15 @@ class SO3Linear(ConstantsModule):
         bound = 1 / math.sqrt(in_channels)
         self.weight = nn.Parameter(torch.empty(lmax + 1, out_channels, in_channels).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self.register_constant("degrees", self.layout.degrees)
 
     def extra_repr(self) -> str:
         return f"lmax={self.layout.lmax}, in_channels={self.in_channels}, out_channels={self.out_channels}, bias={self.bias is not None}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features("x", x, None, self.layout.dim, self.in_channels)
-        weight = self.weight.index_select(0, self.degrees)  # [dim, out, in]
-        out = torch.einsum("nic,ioc->nio", x, weight)
-        if self.bias is not None:
-            out = torch.cat([out[:, :1] + self.bias, out[:, 1:]], dim=1)
-        return out
+        # one matmul per degree, on the 2l+1 orders of that degree (the weights are never
+        # expanded to one copy per coefficient, which backward would have to keep)
+        return torch.cat([
+            nn.functional.linear(x[:, l * l : (l + 1) ** 2], self.weight[l], self.bias if l == 0 else None)
+            for l in range(self.layout.lmax + 1)
+        ], dim=1)

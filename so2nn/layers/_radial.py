@@ -143,3 +143,24 @@ class AtomEdgeEmbedding(nn.Module):
         source = self.source_embedding(atomic_numbers.index_select(0, edge_index[0]))
         target = self.target_embedding(atomic_numbers.index_select(0, edge_index[1]))
         return torch.cat([edge_features, source, target], dim=-1)
+
+    def linear(self, layer: nn.Linear, edge_features: torch.Tensor, atomic_numbers: torch.Tensor,
+               edge_index: torch.Tensor) -> torch.Tensor:
+        r"""``layer(self(edge_features, atomic_numbers, edge_index))``, without forming the concatenation.
+
+        .. math:: W [h_e \,\|\, s_{z_j} \,\|\, t_{z_i}] + b = W_h h_e + b + (W_s s)_{z_j} + (W_t t)_{z_i}
+
+        The columns of ``layer.weight`` that act on the embeddings are applied to the tables
+        (one row per element) and the products gathered per edge; backward then keeps only
+        ``edge_features`` (shared by every layer of a model) instead of an ``[E, F + 2C]``
+        copy per layer.
+        """
+        channels = self.source_embedding.embedding_dim
+        w_edge, w_source, w_target = layer.weight.split([layer.in_features - 2 * channels, channels, channels], dim=1)
+        source = nn.functional.linear(self.source_embedding.weight, w_source)  # [elements, out]
+        target = nn.functional.linear(self.target_embedding.weight, w_target)
+        return (
+            nn.functional.linear(edge_features, w_edge, layer.bias)
+            + source.index_select(0, atomic_numbers.index_select(0, edge_index[0]))
+            + target.index_select(0, atomic_numbers.index_select(0, edge_index[1]))
+        )

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..so3 import CoefficientLayout
 from ._common import as_layout, check_channels, check_features
-from ._gather import add_pairs, concat_pairs, gather_edge_pairs
+from ._gather import rotate_pairs, rotate_pairs_adjoint
 from ._radial import RadialMLP
 
 __all__ = ["SO2Convolution", "SO2Linear"]
@@ -99,8 +99,7 @@ class SO2Linear(nn.Module):
     def complex_weight(self, m: int) -> torch.Tensor:
         r"""The real ``[2K*out, 2K*in]`` matrix :math:`\begin{pmatrix} W_r & -W_i \\ W_i & W_r \end{pmatrix}`
         of order ``m >= 1``: it maps the flattened pair ``[x_+m, x_-m]`` to ``[y_+m, y_-m]`` in one matmul."""
-        w_real, w_imag = self.fc_m[m - 1].weight.chunk(2, dim=0)
-        return torch.cat([torch.cat([w_real, -w_imag], dim=1), torch.cat([w_imag, w_real], dim=1)], dim=0)
+        return _complex_matrix(self.fc_m[m - 1].weight)
 
     def forward(self, x: torch.Tensor, radial: torch.Tensor | None = None):
         check_features("x", x, None, self.layout.edge_dim, self.in_channels)
@@ -174,6 +173,18 @@ class SO2Convolution(SO2Linear):
         return super().forward(x, self.radial(edge_features))
 
 
+def _complex_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """``[[W_r, -W_i], [W_i, W_r]]`` from the stacked ``[W_r; W_i]`` of an ``fc_m`` layer."""
+    w_real, w_imag = weight.chunk(2, dim=0)
+    return torch.cat([torch.cat([w_real, -w_imag], dim=1), torch.cat([w_imag, w_real], dim=1)], dim=0)
+
+
+def _complex_matrix_grad(grad: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`_complex_matrix`: the gradient of ``[W_r; W_i]`` from that of the block matrix."""
+    (g_rr, g_ri), (g_ir, g_ii) = (half.chunk(2, dim=1) for half in grad.chunk(2, dim=0))
+    return torch.cat([g_rr + g_ii, g_ir - g_ri], dim=0)
+
+
 class _EdgeMessageConvolution(torch.autograd.Function):
     r"""Gather, rotate and SO(2)-convolve in one step, storing only node features for backward.
 
@@ -182,25 +193,26 @@ class _EdgeMessageConvolution(torch.autograd.Function):
     Plain autograd would keep, per layer, the rotated edge features ``[E, edge_dim, 2C]`` and
     their radially modulated copy (on the 31M model about half of a training step's stored
     activations). Here backward recomputes both from the node features ``[N, (lmax+1)**2, C]``
-    (a gather and a batched matmul, a few per cent of the layer's FLOPs). The edge frames
+    (a gather and a batched matmul, a few per cent of the layer's FLOPs), and the block
+    matrices of the complex weights from the ``fc_m`` weights. The edge frames
     ``D`` must not need a gradient (direct forces); gradient forces use the plain path.
     Not differentiable twice.
     """
 
     @staticmethod
-    def forward(ctx, x, source, target, matrix, hidden, radial_weight, radial_bias, conv, w0, b0, *complex_weights):
+    def forward(ctx, x, source, target, matrix, hidden, radial_weight, radial_bias, conv, w0, b0, *fc_weights):
         ctx.conv = conv
-        ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_weights)
-        edge = torch.bmm(matrix, concat_pairs(x, source, target))
+        ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_weights)
+        edge = rotate_pairs(matrix, x, source, target)
         radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
-        return conv._apply_weights(edge, radial, w0, b0, complex_weights)
+        return conv._apply_weights(edge, radial, w0, b0, [_complex_matrix(w) for w in fc_weights])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_extra):
-        x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_weights = ctx.saved_tensors
+        x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_weights = ctx.saved_tensors
         conv, E = ctx.conv, source.shape[0]
-        edge = torch.bmm(matrix, concat_pairs(x, source, target))
+        edge = rotate_pairs(matrix, x, source, target)
         radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
         orders, grad_orders = edge.split(conv._order_sizes, dim=1), grad_y.split(conv._order_sizes, dim=1)
         radials = radial.split(conv._radial_sizes, dim=1)
@@ -214,46 +226,59 @@ class _EdgeMessageConvolution(torch.autograd.Function):
                 xm = xm.reshape(E, -1)
             else:
                 gm = gm.reshape(E, -1)
-                weight, rm = complex_weights[m - 1], rm.unsqueeze(1)
+                weight, rm = _complex_matrix(fc_weights[m - 1]), rm.unsqueeze(1)
                 xm = xm.reshape(E, 2, -1)
             modulated = (xm * rm).reshape(E, -1)
-            grad_weights.append(gm.T @ modulated)
+            grad_weights.append(gm.T @ modulated if m == 0 else _complex_matrix_grad(gm.T @ modulated))
             if m == 0:
                 grad_bias = gm.sum(0)
             grad_modulated = (gm @ weight).view(xm.shape)
             grad_radial.append((grad_modulated * xm).sum(1) if m else grad_modulated * xm)
             grad_edge.append((grad_modulated * rm).view(E, -1, conv.in_channels))
-        grad_edge = torch.bmm(matrix.transpose(1, 2), torch.cat(grad_edge, dim=1))
-        grad_x = add_pairs(grad_edge, source, target, x.shape[0])
+        # release the recomputed edge tensors (and then the radial gradient) before the next
+        # large temporaries: this backward runs while most of the step's activations are stored
+        del edge, radial, orders, radials, xm, rm, modulated, grad_modulated
         grad_radial = torch.cat(grad_radial, dim=1)
-        return (grad_x, None, None, None, grad_radial @ radial_weight, grad_radial.T @ hidden, grad_radial.sum(0),
+        grad_hidden, grad_radial_weight, grad_radial_bias = grad_radial @ radial_weight, grad_radial.T @ hidden, grad_radial.sum(0)
+        del grad_radial
+        grad_x = rotate_pairs_adjoint(matrix, grad_edge, source, target, x.shape[0])
+        return (grad_x, None, None, None, grad_hidden, grad_radial_weight, grad_radial_bias,
                 None, grad_weights[0], grad_bias, *grad_weights[1:])
 
 
 def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: torch.Tensor, rotation,
-                             edge_features: torch.Tensor):
+                             edge_features: torch.Tensor, atom_edge=None, atomic_numbers=None):
     r""":math:`\mathrm{conv}(D_e\,[x_{s(e)} \,\|\, x_{t(e)}];\ h_e)` for every edge, from node features.
 
-    The same numbers as ``conv(rotation.to_edge(gather_edge_pairs(x, edge_index)), edge_features)``;
+    The same numbers as ``conv(rotate_pairs(rotation.matrix, x, *edge_index), edge_features)``;
     in training with direct forces (edge frames without gradient), outside autocast and
     ``torch.compile``, backward recomputes the edge features instead of storing them
     (:class:`_EdgeMessageConvolution`).
 
+    With an :class:`~so2nn.layers.AtomEdgeEmbedding` ``atom_edge``, the radial MLP's input is
+    ``atom_edge(edge_features, atomic_numbers, edge_index)`` (applied through
+    :meth:`~so2nn.layers.AtomEdgeEmbedding.linear`).
+
     Shapes: ``x: [N, (lmax+1)**2, C]`` with ``2C = conv.in_channels`` -> as :class:`SO2Convolution`.
     """
+    first, *hidden_layers, last = conv.radial.net
+    width = first.in_features - (2 * atom_edge.source_embedding.embedding_dim if atom_edge is not None else 0)
+    if edge_features.dim() != 2 or edge_features.shape != (edge_index.shape[1], width):
+        raise ValueError(f"edge_features must have shape [E={edge_index.shape[1]}, {width}], got {tuple(edge_features.shape)}")
+    if atom_edge is not None:
+        hidden = atom_edge.linear(first, edge_features, atomic_numbers, edge_index)
+    else:
+        hidden = first(edge_features)
+    for layer in hidden_layers:
+        hidden = layer(hidden)
     matrix = rotation.matrix
     fused = torch.is_grad_enabled() and not matrix.requires_grad
     # compiled graphs and autocast (whose casts backward would have to replay) take the plain path
     if fused and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
         # the radial MLP's last layer ([E, radial_size], the largest radial tensor) is recomputed too
-        *hidden_layers, last = conv.radial.net
-        hidden = edge_features
-        for layer in hidden_layers:
-            hidden = layer(hidden)
-        weights = [conv.complex_weight(m) for m in range(1, conv.layout.mmax + 1)]
         y, extra = _EdgeMessageConvolution.apply(
             x, edge_index[0], edge_index[1], matrix, hidden, last.weight, last.bias, conv, conv.fc_m0.weight,
-            conv.fc_m0.bias, *weights,
+            conv.fc_m0.bias, *(fc.weight for fc in conv.fc_m),
         )
         return (y, extra) if conv.extra_m0_output_channels else y
-    return SO2Linear.forward(conv, rotation.to_edge(gather_edge_pairs(x, edge_index)), conv.radial(edge_features))
+    return SO2Linear.forward(conv, rotate_pairs(matrix, x, edge_index[0], edge_index[1]), last(hidden))

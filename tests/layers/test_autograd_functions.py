@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import so2nn.layers._activation as activation
 from so2nn.layers._activation import grid_silu
-from so2nn.layers._gather import gather_edge_pairs, scatter_sum
+from so2nn.layers._gather import rotate_pairs, scatter_sum
 from so2nn.layers._so2 import SO2Convolution, edge_message_convolution
 from so2nn.so3 import CoefficientLayout, EdgeRotation, S2Grid
 
@@ -56,13 +56,15 @@ def test_grid_silu_saves_only_its_input():
     assert saved and max(saved) < grid_size / 10, (saved, grid_size)
 
 
-def test_gather_edge_pairs_and_scatter_sum():
-    x = torch.randn(5, 3, 2, **DOUBLE, requires_grad=True)
+def test_rotate_pairs_and_scatter_sum():
+    x = torch.randn(5, 9, 2, **DOUBLE, requires_grad=True)
     edge_index = torch.tensor([[0, 1, 1, 4, 2, 0], [1, 0, 2, 2, 2, 3]])
-    expected = torch.cat([x[edge_index[0]], x[edge_index[1]]], dim=-1)
-    assert torch.equal(gather_edge_pairs(x, edge_index), expected)
-    assert torch.autograd.gradcheck(lambda x: gather_edge_pairs(x, edge_index), (x,))
-    assert torch.autograd.gradgradcheck(lambda x: gather_edge_pairs(x, edge_index), (x,))
+    rotation = EdgeRotation(CoefficientLayout(2, 1), torch.randn(6, 3, **DOUBLE))
+    matrix = rotation.matrix.detach().requires_grad_()
+    expected = torch.bmm(matrix, torch.cat([x[edge_index[0]], x[edge_index[1]]], dim=-1))
+    assert (rotate_pairs(matrix, x, *edge_index) - expected).abs().max() < 1e-14
+    assert torch.autograd.gradcheck(lambda x, matrix: rotate_pairs(matrix, x, *edge_index), (x, matrix))
+    assert torch.autograd.gradgradcheck(lambda x, matrix: rotate_pairs(matrix, x, *edge_index), (x, matrix))
 
     m = torch.randn(6, 3, 2, **DOUBLE, requires_grad=True)
     expected = torch.zeros(5, 3, 2, **DOUBLE).index_add(0, edge_index[1], m)
@@ -86,7 +88,7 @@ def test_edge_message_convolution(lmax, mmax, extra):
         return out if extra else (out,)
 
     def plain(x, edge_features):
-        out = conv(rotation.to_edge(gather_edge_pairs(x, edge_index)), edge_features)
+        out = conv(rotation.to_edge(torch.cat([x[edge_index[0]], x[edge_index[1]]], dim=-1)), edge_features)
         return out if extra else (out,)
 
     params = [x, edge_features, *conv.parameters()]

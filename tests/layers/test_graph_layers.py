@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from graph_context import NUM_BASIS, edge_context, permute_graph
 from so2nn.layers import AttentionReNorm, EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, fine_grid_resolution
-from so2nn.so3 import CoefficientLayout
+from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant
 from so2nn.testing import strategies as so2st
 
@@ -127,6 +127,16 @@ def test_bad_configuration():
         FeedForwardNetwork(2, 4, 4, 4, activation="gate", grid_mlp=True)
     with pytest.raises(ValueError, match="num_heads must be >= 1"):
         AttentionReNorm(0, 4)
+
+
+def test_attention_names_bad_edge_features():
+    layout = CoefficientLayout(2, 1)
+    attention = _attention(layout, "separable_s2", dtype=torch.float32)
+    edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+    rotation = EdgeRotation(layout, torch.randn(3, 3))
+    for grad in (False, True):  # the plain and the fused (training) path
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=rf"edge_features must have shape \[E=3, {NUM_BASIS}\]"):
+            attention(torch.randn(3, 9, 4), torch.randn(3, NUM_BASIS + 1), torch.tensor([1, 6, 8]), edge_index, rotation)
 
 
 @given(graph=so2st.atomic_graphs(min_atoms=3), seed=st.integers(0, 1000))
