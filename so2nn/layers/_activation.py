@@ -54,9 +54,11 @@ def fine_grid_resolution(lmax: int) -> int:
     return 8 * (lmax + 2)
 
 
-# Rows of the [rows, grid points] temporary per step on the CPU: small enough to stay in cache
-# (4096 x 324 floats = 5 MB), large enough for efficient matmuls.
-_CPU_CHUNK_ROWS = 4096
+# Rows of the [rows, grid points] temporary per step on the CPU: small enough for the grid
+# values to stay in the core's L2 cache between the three steps (512 x 324 floats = 0.66 MB),
+# large enough for efficient matmuls (forward + backward of the 31M model's edge activation,
+# 2 threads: 44 ms at 512 rows, 61 ms at 4096).
+_CPU_CHUNK_ROWS = 512
 
 
 class _GridSiLU(torch.autograd.Function):
@@ -90,17 +92,17 @@ class _GridSiLU(torch.autograd.Function):
         x, to_grid, from_grid = ctx.saved_tensors
         to_grid, from_grid = to_grid.to(x.dtype), from_grid.to(x.dtype)
         grad_out = grad_out.to(x.dtype)
-        parts = []
+        double_backward = torch.is_grad_enabled()
+        grad_x = [] if double_backward else x.new_empty(x.shape)
         for start in range(0, x.shape[0], ctx.chunk):
             grid = x[start : start + ctx.chunk] @ to_grid.T
             grad_silu = grad_out[start : start + ctx.chunk] @ from_grid
-            if torch.is_grad_enabled():  # double backward: silu_backward has no derivative of its own
+            if double_backward:  # differentiable ops: silu_backward has no derivative of its own
                 sigmoid = torch.sigmoid(grid)
-                grad_grid = grad_silu * sigmoid * (1 + grid * (1 - sigmoid))
+                grad_x.append((grad_silu * sigmoid * (1 + grid * (1 - sigmoid))) @ to_grid)
             else:
-                grad_grid = torch.ops.aten.silu_backward(grad_silu, grid)
-            parts.append(grad_grid @ to_grid)
-        return torch.cat(parts), None, None, None
+                torch.mm(torch.ops.aten.silu_backward(grad_silu, grid), to_grid, out=grad_x[start : start + ctx.chunk])
+        return torch.cat(grad_x) if double_backward else grad_x, None, None, None
 
 
 def grid_silu(x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
