@@ -29,6 +29,16 @@ class _Norm(ConstantsModule):
     def extra_repr(self) -> str:
         return f"lmax={self.layout.lmax}, channels={self.channels}, eps={self.eps}"
 
+    def _mean_square(self, x: torch.Tensor, balance: torch.Tensor) -> torch.Tensor:
+        r""":math:`\tfrac1C \sum_{i,c} b_i x_{ic}^2` per node, in at least float32 and outside autocast.
+
+        Under float16 autocast the contraction would run in half precision, and the gradient
+        of :math:`(s + \epsilon)^{-1/2}` for small features (e.g. the :math:`l > 0` part after
+        the edge-degree embedding) overflows it."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
+            return torch.einsum("nic,i->n", x.pow(2), balance.to(x.dtype)) / self.channels
+
     def _check(self, x: torch.Tensor) -> None:
         check_features("x", x, None, self.layout.dim, self.channels)
 
@@ -73,9 +83,9 @@ class EquivariantLayerNorm(_CenteredNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._center(x)
-        sq = x.pow(2)
-        per_degree = x.new_zeros(x.shape[0], self.layout.lmax + 1, x.shape[2]).index_add_(1, self.degrees, sq)
-        per_degree = per_degree / (2 * torch.arange(self.layout.lmax + 1, device=x.device, dtype=x.dtype) + 1)[:, None]
+        sq = x.to(torch.promote_types(x.dtype, torch.float32)).pow(2)  # statistics in at least float32
+        per_degree = sq.new_zeros(x.shape[0], self.layout.lmax + 1, x.shape[2]).index_add_(1, self.degrees, sq)
+        per_degree = per_degree / (2 * torch.arange(self.layout.lmax + 1, device=x.device, dtype=sq.dtype) + 1)[:, None]
         scale = (per_degree.mean(dim=2, keepdim=True) + self.eps).rsqrt() * self.affine_weight  # [N, L+1, C]
         return self._shift(x * scale.index_select(1, self.degrees))
 
@@ -113,8 +123,7 @@ class SeparableLayerNorm(_Norm):
         if self.layout.lmax == 0:
             return y0
         v = x[:, 1:]
-        mean_square = torch.einsum("nic,i->n", v.pow(2), self.balance_l) / self.channels
-        scale = (mean_square + self.eps).rsqrt()[:, None, None] * self.affine_weight  # [N, L, C]
+        scale = (self._mean_square(v, self.balance_l) + self.eps).rsqrt()[:, None, None] * self.affine_weight  # [N, L, C]
         return torch.cat([y0, v * scale.index_select(1, self.degrees[1:] - 1)], dim=1)
 
 
@@ -143,8 +152,7 @@ class EquivariantRMSNorm(_CenteredNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._center(x)
-        mean_square = torch.einsum("nic,i->n", x.pow(2), self.balance) / self.channels
-        scale = (mean_square + self.eps).rsqrt()[:, None, None] * self.affine_weight.index_select(0, self.degrees)
+        scale = (self._mean_square(x, self.balance) + self.eps).rsqrt()[:, None, None] * self.affine_weight.index_select(0, self.degrees)
         return self._shift(x * scale)
 
 

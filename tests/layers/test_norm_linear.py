@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from hypothesis import given
@@ -91,3 +93,20 @@ def test_bad_input():
         SeparableLayerNorm(2, 4)(torch.randn(3, 9, 5))
     with pytest.raises(ValueError, match="layout must be"):
         SO3Linear("two", 4, 4)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "layer_norm_sh", "rms_norm_sh"])
+def test_norm_statistics_survive_float16_autocast(name):
+    """Small l > 0 features (as after the edge-degree embedding): in half precision the gradient of
+    the inverse square root of their mean square overflows; the statistics are kept in float32."""
+    torch.manual_seed(0)
+    norm = normalization_layer(name, 2, channels=8)
+    x = torch.randn(5, 9, 8)
+    x[:, 1:] *= 1e-3
+    x = x.half().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = norm(x)
+    y.float().pow(2).sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    expected = copy.deepcopy(norm).double()(x.detach().double())
+    assert (y.double() - expected).abs().max() < 1e-2 * expected.abs().max()

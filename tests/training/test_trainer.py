@@ -102,3 +102,30 @@ def test_bad_inputs(emt_data, tiny_model_config, tmp_path):
     EquiformerV2(tiny_model_config).save(tmp_path / "model.pt")
     with pytest.raises(ValueError, match="not a so2nn training checkpoint"):
         Trainer.resume(tmp_path / "model.pt", train, val, tmp_path)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_training_learns_and_resumes(emt_data, tiny_model_config, tmp_path, amp):
+    """The --amp paths (autocast, and for fp16 the loss scaler) on the CPU: the same code runs on CUDA."""
+    train, val = emt_data
+    config = TrainingConfig(max_steps=40, batch_size=4, lr=1e-3, warmup_steps=4, eval_every=20, checkpoint_every=20,
+                            log_every=5, amp=amp)
+    model_config = tiny_model_config.replace(alpha_drop=0.0, drop_path_rate=0.0)
+    trainer = Trainer(model_config, train, val, config, tmp_path, progress=False)
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    first = trainer.evaluate()
+    metrics = trainer.fit(stop_after=30)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert metrics["forces_mae"] < 0.9 * first["forces_mae"], (first, metrics)
+    # fp16: the scaler skips the steps whose gradients overflow at its current scale (6 of 30 here)
+    optimizer_steps = max(int(state["step"]) for state in trainer.optimizer.state.values())
+    assert optimizer_steps >= 20 if amp == "fp16" else optimizer_steps == 30
+    with torch.autocast("cpu", dtype=torch.bfloat16 if amp == "bf16" else torch.float16):
+        out = trainer.model(Batch.from_data_list(val[:2]))
+    assert out["forces"].dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp == "fp16":  # the loss scale is part of the checkpoint and comes back on resume
+        scale = trainer.scaler.get_scale()
+        resumed = Trainer.resume(tmp_path / "checkpoint.pt", train, val, tmp_path, progress=False)
+        assert resumed.scaler.is_enabled() and resumed.scaler.get_scale() == scale
+        resumed.fit()
+        assert resumed.step == 40
