@@ -9,50 +9,46 @@ import torch
 __all__ = ["rotate_pairs", "scatter_sum"]
 
 
-def rotate_pairs(matrix: torch.Tensor, x: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    r"""Source and target features of every edge, rotated into its frame and concatenated along the channels.
+def rotate_pairs(matrix: torch.Tensor, x: torch.Tensor, source: torch.Tensor,
+                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Source and target features of every edge, rotated into its frame: the two channel halves of
+    :math:`D_e\,[x_{s(e)} \,\|\, x_{t(e)}] = [D_e x_{s(e)} \,\|\, D_e x_{t(e)}]`.
 
-    .. math:: m_e = D_e\,\bigl[x_{s(e)} \,\|\, x_{t(e)}\bigr] = \bigl[D_e x_{s(e)} \,\|\, D_e x_{t(e)}\bigr]
-
-    Each half is gathered and rotated on its own: the ``[E, (lmax+1)**2, 2C]`` pair tensor is
-    never formed (it is the largest per-edge tensor of a layer, and above glibc's mmap
-    threshold it is page-faulted afresh on every call). Differentiable (twice) in ``x`` and
-    ``matrix``.
+    The halves are returned apart, and :class:`~so2nn.layers.SO2Convolution` multiplies them
+    by the radial weights straight into its matmul inputs: the concatenated
+    ``[E, (lmax+1)**2, 2C]`` pair tensor, the largest per-edge tensor of a layer, is never
+    formed (above glibc's mmap threshold it is also page-faulted afresh on every call).
+    Differentiable (twice) in ``x`` and ``matrix``.
 
     Args:
         matrix: ``[E, edge_dim, (lmax+1)**2]``, the :attr:`~so2nn.so3.EdgeRotation.matrix` of the edges.
         x: ``[N, (lmax+1)**2, C]`` node features.
         source, target: ``[E]``, rows 0 and 1 of ``edge_index``.
 
-    Returns: ``[E, edge_dim, 2C]``.
+    Returns: two ``[E, edge_dim, C]`` tensors.
 
     Example:
         >>> matrix = torch.eye(3).expand(2, 3, 3)     # identity frames
         >>> x = torch.arange(6.0).reshape(3, 1, 2).expand(3, 3, 2)
-        >>> rotate_pairs(matrix, x, torch.tensor([0, 2]), torch.tensor([1, 1]))[:, 0]
-        tensor([[0., 1., 2., 3.],
-                [4., 5., 2., 3.]])
+        >>> source, target = rotate_pairs(matrix, x, torch.tensor([0, 2]), torch.tensor([1, 1]))
+        >>> source[:, 0], target[:, 0]
+        (tensor([[0., 1.],
+                [4., 5.]]), tensor([[2., 3.],
+                [2., 3.]]))
     """
-    return torch.cat([torch.bmm(matrix, x.index_select(0, source)), torch.bmm(matrix, x.index_select(0, target))], dim=-1)
+    return torch.bmm(matrix, x.index_select(0, source)), torch.bmm(matrix, x.index_select(0, target))
 
 
 def rotate_pairs_adjoint(matrix: torch.Tensor, grads: list[torch.Tensor], source: torch.Tensor,
                          target: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    r"""The gradient of :func:`rotate_pairs` with respect to ``x``.
+    r"""The gradient of :func:`rotate_pairs` with respect to ``x``, from those of its two outputs.
 
     .. math:: \partial x_i = \sum_{e: s(e) = i} D_e^\top \partial m_e^{src} + \sum_{e: t(e) = i} D_e^\top \partial m_e^{tgt}
-
-    ``grads`` are consecutive slices of :math:`\partial m` along the coefficients
-    (``[E, k, 2C]`` each, e.g. one per order ``m``); their halves are collected into two
-    contiguous tensors, so that neither the full ``[E, edge_dim, 2C]`` gradient nor its
-    ``[E, (lmax+1)**2, 2C]`` rotation is formed.
     """
-    halves = [g.view(g.shape[0], g.shape[1], 2, -1) for g in grads]
     back = matrix.transpose(1, 2)
-    out = halves[0].new_zeros((num_nodes, matrix.shape[2], halves[0].shape[-1]))
-    for half, index in enumerate((source, target)):
-        grad = torch.bmm(back, torch.cat([g[:, :, half] for g in halves], dim=1))
-        out.index_add_(0, index, grad)
+    out = grads[0].new_zeros((num_nodes, matrix.shape[2], grads[0].shape[-1]))
+    for grad, index in zip(grads, (source, target)):
+        out.index_add_(0, index, torch.bmm(back, grad))
     return out
 
 

@@ -103,31 +103,56 @@ class SO2Linear(nn.Module):
 
     def forward(self, x: torch.Tensor, radial: torch.Tensor | None = None):
         check_features("x", x, None, self.layout.edge_dim, self.in_channels)
+        return self._forward(x, radial)
+
+    def _forward(self, x, radial):
         weights = [self.complex_weight(m) for m in range(1, self.layout.mmax + 1)]
         y, extra = self._apply_weights(x, radial, self.fc_m0.weight, self.fc_m0.bias, weights)
         return (y, extra) if self.extra_m0_output_channels else y
 
     def _apply_weights(self, x, radial, w0, b0, complex_weights):
-        """``(y [E, edge_dim, out], extra [E, extra_m0_output_channels])`` with the given weights."""
-        E = x.shape[0]
-        # The m-major slices of x and of the radial weights, as views (split's backward is one cat).
-        orders = x.split(self._order_sizes, dim=1)
+        """``(y [E, edge_dim, out], extra [E, extra_m0_output_channels])`` with the given weights.
+
+        ``x`` is ``[E, edge_dim, in]``, or (with ``radial``) a tuple of tensors that are
+        consecutive parts of its channels, e.g. the rotated source and target features of
+        :func:`~so2nn.layers._gather.rotate_pairs`: they are modulated straight into the
+        matmul inputs, never concatenated."""
+        parts = x if isinstance(x, tuple) else (x,)
+        E = parts[0].shape[0]
+        # The m-major slices of x (one view per part) and of the radial weights.
+        orders = zip(*(part.split(self._order_sizes, dim=1) for part in parts))
         if radial is not None:
             radial = radial.split(self._radial_sizes, dim=1)
         out = []
         for m, xm in enumerate(orders):
+            # flattened coefficient-major: degree (and for m > 0 the sign of m) outer, channels inner
+            xm = xm[0].reshape(E, -1) if radial is None else _modulate(xm, radial[m], 1 if m == 0 else 2)
             if m == 0:  # one real map over every degree
-                xm = xm.reshape(E, -1)
-                if radial is not None:
-                    xm = xm * radial[0]
                 y = torch.nn.functional.linear(xm, w0, b0)
                 extra, y = y.split([self.extra_m0_output_channels, y.shape[1] - self.extra_m0_output_channels], dim=1)
             else:  # complex multiplication of (x_+m, x_-m), as one real matmul
-                if radial is not None:  # the same radial weight for +m and -m
-                    xm = xm.reshape(E, 2, -1) * radial[m].unsqueeze(1)
-                y = xm.reshape(E, -1) @ complex_weights[m - 1].T
+                y = xm @ complex_weights[m - 1].T
             out.append(y)
         return torch.cat(out, dim=1).view(E, self.layout.edge_dim, self.out_channels), extra
+
+
+def _modulate(parts: tuple[torch.Tensor, ...], radial: torch.Tensor, signs: int) -> torch.Tensor:
+    r"""The radially modulated input of one order, :math:`x \odot \rho`, flattened: ``[E, signs * K * in]``.
+
+    ``parts``: the order's coefficients ``[E, signs * K, in / P]`` of each of ``P`` channel
+    parts; ``radial``: ``[E, K * in]``, shared by ``+m`` and ``-m`` (``signs = 2``). Without
+    autograd the parts are multiplied straight into their channel slots of the output."""
+    E, P, C = radial.shape[0], len(parts), parts[0].shape[-1]
+    K = radial.shape[1] // (P * C)
+    radial = radial.view(E, 1, K, P, C)
+    if P == 1:
+        return (parts[0].reshape(E, signs, K, 1, C) * radial).view(E, -1)
+    if torch.is_grad_enabled():
+        return (torch.stack([part.view(E, signs, K, C) for part in parts], dim=3) * radial).view(E, -1)
+    out = radial.new_empty((E, signs, K, P, C), dtype=torch.result_type(parts[0], radial))
+    for i, part in enumerate(parts):
+        torch.mul(part.view(E, signs, K, C), radial[:, :, :, i], out=out[:, :, :, i])
+    return out.view(E, -1)
 
 
 class SO2Convolution(SO2Linear):
@@ -203,45 +228,51 @@ class _EdgeMessageConvolution(torch.autograd.Function):
     def forward(ctx, x, source, target, matrix, hidden, radial_weight, radial_bias, conv, w0, b0, *fc_weights):
         ctx.conv = conv
         ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_weights)
-        edge = rotate_pairs(matrix, x, source, target)
+        pairs = rotate_pairs(matrix, x, source, target)
         radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
-        return conv._apply_weights(edge, radial, w0, b0, [_complex_matrix(w) for w in fc_weights])
+        return conv._apply_weights(pairs, radial, w0, b0, [_complex_matrix(w) for w in fc_weights])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_extra):
         x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_weights = ctx.saved_tensors
         conv, E = ctx.conv, source.shape[0]
-        edge = rotate_pairs(matrix, x, source, target)
+        pairs = rotate_pairs(matrix, x, source, target)  # (source, target) halves, [E, edge_dim, C] each
         radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
-        orders, grad_orders = edge.split(conv._order_sizes, dim=1), grad_y.split(conv._order_sizes, dim=1)
+        orders = list(zip(*(half.split(conv._order_sizes, dim=1) for half in pairs)))
+        grad_orders = grad_y.split(conv._order_sizes, dim=1)
         radials = radial.split(conv._radial_sizes, dim=1)
-        grad_edge, grad_radial, grad_weights = [], [], []
+        # gradients of the two rotated halves and of the radial weights, written block by block
+        grad_pairs = [pairs[0].new_empty(pairs[0].shape) for _ in pairs]
+        grad_radial = radial.new_empty(radial.shape)
+        grad_pair_blocks = [g.split(conv._order_sizes, dim=1) for g in grad_pairs]
+        grad_radial_blocks = grad_radial.split(conv._radial_sizes, dim=1)
+        grad_weights = []
         for m, (xm, gm, rm) in enumerate(zip(orders, grad_orders, radials)):
-            if m == 0:
-                gm = gm.reshape(E, -1)
-                if conv.extra_m0_output_channels:
-                    gm = torch.cat([grad_extra, gm], dim=1)  # fc_m0's output order: extra first
-                weight, rm = w0, rm
-                xm = xm.reshape(E, -1)
-            else:
-                gm = gm.reshape(E, -1)
-                weight, rm = _complex_matrix(fc_weights[m - 1]), rm.unsqueeze(1)
-                xm = xm.reshape(E, 2, -1)
-            modulated = (xm * rm).reshape(E, -1)
-            grad_weights.append(gm.T @ modulated if m == 0 else _complex_matrix_grad(gm.T @ modulated))
+            signs, C = (1 if m == 0 else 2), xm[0].shape[-1]
+            K = rm.shape[1] // (2 * C)
+            gm = gm.reshape(E, -1)
+            if m == 0 and conv.extra_m0_output_channels:
+                gm = torch.cat([grad_extra, gm], dim=1)  # fc_m0's output order: extra first
+            weight = w0 if m == 0 else _complex_matrix(fc_weights[m - 1])
+            grad_weight = gm.T @ _modulate(xm, rm, signs)
+            grad_weights.append(grad_weight if m == 0 else _complex_matrix_grad(grad_weight))
             if m == 0:
                 grad_bias = gm.sum(0)
-            grad_modulated = (gm @ weight).view(xm.shape)
-            grad_radial.append((grad_modulated * xm).sum(1) if m else grad_modulated * xm)
-            grad_edge.append((grad_modulated * rm).view(E, -1, conv.in_channels))
+            grad_modulated = (gm @ weight).view(E, signs, K, 2, C)
+            r, grad_r = rm.view(E, 1, K, 2, C), grad_radial_blocks[m].view(E, K, 2, C)
+            for half, (x_half, grad_half) in enumerate(zip(xm, grad_pair_blocks)):
+                x_half, g = x_half.view(E, signs, K, C), grad_modulated[:, :, :, half]
+                torch.mul(g, r[:, :, :, half], out=grad_half[m].view(E, signs, K, C))
+                torch.mul(g[:, 0], x_half[:, 0], out=grad_r[:, :, half])  # summed over the signs of m
+                if signs == 2:
+                    grad_r[:, :, half].addcmul_(g[:, 1], x_half[:, 1])
         # release the recomputed edge tensors (and then the radial gradient) before the next
         # large temporaries: this backward runs while most of the step's activations are stored
-        del edge, radial, orders, radials, xm, rm, modulated, grad_modulated
-        grad_radial = torch.cat(grad_radial, dim=1)
+        del pairs, radial, orders, radials, xm, rm, r, grad_modulated, g, x_half
         grad_hidden, grad_radial_weight, grad_radial_bias = grad_radial @ radial_weight, grad_radial.T @ hidden, grad_radial.sum(0)
-        del grad_radial
-        grad_x = rotate_pairs_adjoint(matrix, grad_edge, source, target, x.shape[0])
+        del grad_radial, grad_radial_blocks, grad_r
+        grad_x = rotate_pairs_adjoint(matrix, grad_pairs, source, target, x.shape[0])
         return (grad_x, None, None, None, grad_hidden, grad_radial_weight, grad_radial_bias,
                 None, grad_weights[0], grad_bias, *grad_weights[1:])
 
@@ -250,7 +281,8 @@ def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: 
                              edge_features: torch.Tensor, atom_edge=None, atomic_numbers=None):
     r""":math:`\mathrm{conv}(D_e\,[x_{s(e)} \,\|\, x_{t(e)}];\ h_e)` for every edge, from node features.
 
-    The same numbers as ``conv(rotate_pairs(rotation.matrix, x, *edge_index), edge_features)``;
+    The same numbers as ``conv(rotation.to_edge(torch.cat([x[s], x[t]], dim=-1)), edge_features)``
+    with ``s, t = edge_index``;
     in training with direct forces (edge frames without gradient), outside autocast and
     ``torch.compile``, backward recomputes the edge features instead of storing them
     (:class:`_EdgeMessageConvolution`).
@@ -281,4 +313,4 @@ def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: 
             conv.fc_m0.bias, *(fc.weight for fc in conv.fc_m),
         )
         return (y, extra) if conv.extra_m0_output_channels else y
-    return SO2Linear.forward(conv, rotate_pairs(matrix, x, edge_index[0], edge_index[1]), last(hidden))
+    return conv._forward(rotate_pairs(matrix, x, edge_index[0], edge_index[1]), last(hidden))

@@ -228,9 +228,13 @@ def _batched_block_diag(blocks: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-@lru_cache(maxsize=None)
 def layout_index(layout: CoefficientLayout, name: str, device: torch.device) -> torch.Tensor:
     """A layout's index tensor ``name`` on ``device``, cached (built once per device)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # a constant of the compiled graph (the cache is not traced)
         return getattr(layout, name).to(device)
+    return _cached_layout_index(layout, name, device)
+
+
+@lru_cache(maxsize=None)
+def _cached_layout_index(layout: CoefficientLayout, name: str, device: torch.device) -> torch.Tensor:
     return _on_cpu(getattr)(layout, name).to(device)

@@ -62,7 +62,7 @@ def test_rotate_pairs_and_scatter_sum():
     rotation = EdgeRotation(CoefficientLayout(2, 1), torch.randn(6, 3, **DOUBLE))
     matrix = rotation.matrix.detach().requires_grad_()
     expected = torch.bmm(matrix, torch.cat([x[edge_index[0]], x[edge_index[1]]], dim=-1))
-    assert (rotate_pairs(matrix, x, *edge_index) - expected).abs().max() < 1e-14
+    assert (torch.cat(rotate_pairs(matrix, x, *edge_index), dim=-1) - expected).abs().max() < 1e-14
     assert torch.autograd.gradcheck(lambda x, matrix: rotate_pairs(matrix, x, *edge_index), (x, matrix))
     assert torch.autograd.gradgradcheck(lambda x, matrix: rotate_pairs(matrix, x, *edge_index), (x, matrix))
 
@@ -99,3 +99,12 @@ def test_edge_message_convolution(lmax, mmax, extra):
     for u, v in zip(list(a) + list(grads_a), list(b) + list(grads_b)):
         assert (u - v).abs().max() <= 1e-12
     assert torch.autograd.gradcheck(fused, (x, edge_features))
+    # the plain path: without autograd (inference), and with frames that need a gradient (gradient forces)
+    with torch.no_grad():
+        for u, v in zip(fused(x, edge_features), b):
+            assert (u - v).abs().max() <= 1e-12
+    frames = EdgeRotation(layout, torch.randn(7, 3, **DOUBLE, requires_grad=True))
+    a = edge_message_convolution(conv, x, edge_index, frames, edge_features)
+    b = conv(frames.to_edge(torch.cat([x[edge_index[0]], x[edge_index[1]]], dim=-1)), edge_features)
+    for u, v in zip(a if extra else (a,), b if extra else (b,)):
+        assert (u - v).abs().max() <= 1e-12
