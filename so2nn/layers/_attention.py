@@ -174,26 +174,22 @@ class EquivariantGraphAttention(nn.Module):
             self.so2_conv_1, x, edge_index, rotation, edge_features, self.atom_edge, atomic_numbers,
         )
         alpha_features, gates = extra.split([extra.shape[1] - self.num_gates, self.num_gates], dim=1)
-        if self.activation == "s2":
-            message = self.act(message)
-        else:
-            message = self.act(gates, message)
         # In training with direct forces, the logits' and the values' intermediates (a few
-        # [E, H, A] tensors and the [E, edge_dim, H * V] values, a third of a layer's stored
-        # activations) are recomputed in backward from their inputs instead of being stored.
+        # [E, H, A] tensors, the activated messages and the [E, edge_dim, H * V] values, half of
+        # a layer's stored activations) are recomputed in backward from their inputs.
         recompute = torch.is_grad_enabled() and not rotation.matrix.requires_grad and not torch.compiler.is_compiling()
         logits = _maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
         # softmax in at least float32 (under bf16 autocast the logits are bf16)
         alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_nodes)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
-        message = _maybe_recompute(recompute, self._weighted_values, message, alpha)
+        message = _maybe_recompute(recompute, self._weighted_values, message, gates, alpha)
         message = rotation.from_edge(message, rescale=True)
         return self.proj(scatter_sum(message, target, num_nodes))
 
-    def _weighted_values(self, message: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """Values of every head, ``SO2Linear_2(message)``, times its attention weight: ``[E, edge_dim, H * V]``."""
-        values = self.so2_conv_2(message)
+    def _weighted_values(self, message: torch.Tensor, gates: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Values of every head, ``SO2Linear_2(act(gates, message))``, times its attention weight: ``[E, edge_dim, H * V]``."""
+        values = self.so2_conv_2(self.act(message) if self.activation == "s2" else self.act(gates, message))
         E, H, V = values.shape[0], self.num_heads, self.attn_value_channels
         return (values.view(E, -1, H, V) * alpha[:, None, :, None]).view(E, -1, H * V)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..so3 import CoefficientLayout
@@ -293,24 +294,35 @@ def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: 
 
     Shapes: ``x: [N, (lmax+1)**2, C]`` with ``2C = conv.in_channels`` -> as :class:`SO2Convolution`.
     """
-    first, *hidden_layers, last = conv.radial.net
+    first = conv.radial.net[0]
     width = first.in_features - (2 * atom_edge.source_embedding.embedding_dim if atom_edge is not None else 0)
     if edge_features.dim() != 2 or edge_features.shape != (edge_index.shape[1], width):
         raise ValueError(f"edge_features must have shape [E={edge_index.shape[1]}, {width}], got {tuple(edge_features.shape)}")
+    matrix, last = rotation.matrix, conv.radial.net[-1]
+    fused = torch.is_grad_enabled() and not matrix.requires_grad
+    # compiled graphs and autocast (whose casts backward would have to replay) take the plain path
+    if fused and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
+        # the radial MLP's hidden layers are recomputed in backward (a few [E, hidden] tensors),
+        # its last layer ([E, radial_size], the largest radial tensor) too, inside the Function
+        hidden = torch.utils.checkpoint.checkpoint(
+            _radial_hidden, conv, edge_features, atom_edge, atomic_numbers, edge_index, use_reentrant=False
+        )
+        y, extra = _EdgeMessageConvolution.apply(
+            x, edge_index[0], edge_index[1], matrix, hidden, last.weight, last.bias, conv, conv.fc_m0.weight,
+            conv.fc_m0.bias, *(fc.weight for fc in conv.fc_m),
+        )
+        return (y, extra) if conv.extra_m0_output_channels else y
+    hidden = _radial_hidden(conv, edge_features, atom_edge, atomic_numbers, edge_index)
+    return conv._forward(rotate_pairs(matrix, x, edge_index[0], edge_index[1]), last(hidden))
+
+
+def _radial_hidden(conv, edge_features, atom_edge, atomic_numbers, edge_index):
+    """The radial MLP of ``conv`` up to (not including) its last layer."""
+    first, *hidden_layers, _ = conv.radial.net
     if atom_edge is not None:
         hidden = atom_edge.linear(first, edge_features, atomic_numbers, edge_index)
     else:
         hidden = first(edge_features)
     for layer in hidden_layers:
         hidden = layer(hidden)
-    matrix = rotation.matrix
-    fused = torch.is_grad_enabled() and not matrix.requires_grad
-    # compiled graphs and autocast (whose casts backward would have to replay) take the plain path
-    if fused and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
-        # the radial MLP's last layer ([E, radial_size], the largest radial tensor) is recomputed too
-        y, extra = _EdgeMessageConvolution.apply(
-            x, edge_index[0], edge_index[1], matrix, hidden, last.weight, last.bias, conv, conv.fc_m0.weight,
-            conv.fc_m0.bias, *(fc.weight for fc in conv.fc_m),
-        )
-        return (y, extra) if conv.extra_m0_output_channels else y
-    return conv._forward(rotate_pairs(matrix, x, edge_index[0], edge_index[1]), last(hidden))
+    return hidden
