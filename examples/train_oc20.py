@@ -40,6 +40,7 @@ TINY = EquiformerV2Config(
     lmax=2, mmax=1, num_layers=2, sphere_channels=32, attn_hidden_channels=32, num_heads=4, attn_alpha_channels=16,
     attn_value_channels=8, ffn_hidden_channels=32, edge_channels=32, num_distance_basis=64, max_radius=5.0, max_neighbors=16,
     alpha_drop=0.0, drop_path_rate=0.0, grid_resolution=None,
+    recompute_edge_activations=False,  # memory is no concern at this size: store, don't recompute
 )
 
 # Recipe of the tiny default run (the paper's recipe, scaled to a 2-core CPU and minutes).

@@ -81,6 +81,9 @@ class EquivariantGraphAttention(nn.Module):
         attn_renorm: attention re-normalisation.
         alpha_drop: dropout on the attention weights.
         grid_resolution: resolution of the edge-frame S2 grid (EquiformerV2: 18).
+        recompute: in training with direct forces (edge frames without gradient), recompute
+            the radial MLP's hidden layers, the attention logits and the activated, weighted
+            values in backward instead of storing them (same numbers).
 
     Shapes:
         ``x: [N, (lmax+1)**2, C]``, ``edge_features: [E, edge_in]``, ``atomic_numbers: [N]``,
@@ -114,6 +117,7 @@ class EquivariantGraphAttention(nn.Module):
         attn_renorm: bool = True,
         alpha_drop: float = 0.0,
         grid_resolution: int | tuple[int, int] | None = 18,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         self.layout = layout = as_layout(layout)
@@ -127,7 +131,7 @@ class EquivariantGraphAttention(nn.Module):
             raise ValueError(f"unknown activation {activation!r}: choose one of {_ACTIVATIONS}")
         self.sphere_channels, self.hidden_channels = sphere_channels, hidden_channels
         self.num_heads, self.attn_alpha_channels, self.attn_value_channels = num_heads, attn_alpha_channels, attn_value_channels
-        self.output_channels, self.activation = output_channels, activation
+        self.output_channels, self.activation, self.recompute = output_channels, activation, recompute
 
         edge_channels_list = list(edge_channels_list)
         self.atom_edge = None
@@ -154,7 +158,7 @@ class EquivariantGraphAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, sphere_channels={self.sphere_channels}, "
-            f"num_heads={self.num_heads}, activation={self.activation!r}"
+            f"num_heads={self.num_heads}, activation={self.activation!r}" + ("" if self.recompute else ", recompute=False")
         )
 
     def forward(
@@ -168,16 +172,17 @@ class EquivariantGraphAttention(nn.Module):
         check_features("x", x, None, self.layout.dim, self.sphere_channels)
         num_nodes, num_edges = x.shape[0], edge_index.shape[1]
         target = edge_index[1]
+        # In training with direct forces, the intermediates of the radial MLP, the logits and the
+        # values (a few [E, H, A] tensors, the activated messages and the [E, edge_dim, H * V]
+        # values: most of a layer's stored activations) are recomputed in backward from their inputs.
+        recompute = (self.recompute and torch.is_grad_enabled() and not rotation.matrix.requires_grad
+                     and not torch.compiler.is_compiling())
         # m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution (fused: see edge_message_convolution),
         # its radial MLP fed with the edge features and the atom-type embeddings of the edge
         message, extra = edge_message_convolution(
-            self.so2_conv_1, x, edge_index, rotation, edge_features, self.atom_edge, atomic_numbers,
+            self.so2_conv_1, x, edge_index, rotation, edge_features, self.atom_edge, atomic_numbers, recompute,
         )
         alpha_features, gates = extra.split([extra.shape[1] - self.num_gates, self.num_gates], dim=1)
-        # In training with direct forces, the logits' and the values' intermediates (a few
-        # [E, H, A] tensors, the activated messages and the [E, edge_dim, H * V] values, half of
-        # a layer's stored activations) are recomputed in backward from their inputs.
-        recompute = torch.is_grad_enabled() and not rotation.matrix.requires_grad and not torch.compiler.is_compiling()
         logits = _maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
         # softmax in at least float32 (under bf16 autocast the logits are bf16)
         alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_nodes)

@@ -279,7 +279,8 @@ class _EdgeMessageConvolution(torch.autograd.Function):
 
 
 def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: torch.Tensor, rotation,
-                             edge_features: torch.Tensor, atom_edge=None, atomic_numbers=None):
+                             edge_features: torch.Tensor, atom_edge=None, atomic_numbers=None,
+                             recompute_radial: bool = True):
     r""":math:`\mathrm{conv}(D_e\,[x_{s(e)} \,\|\, x_{t(e)}];\ h_e)` for every edge, from node features.
 
     The same numbers as ``conv(rotation.to_edge(torch.cat([x[s], x[t]], dim=-1)), edge_features)``
@@ -288,7 +289,8 @@ def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: 
     ``torch.compile``, backward recomputes the edge features instead of storing them
     (:class:`_EdgeMessageConvolution`).
 
-    With an :class:`~so2nn.layers.AtomEdgeEmbedding` ``atom_edge``, the radial MLP's input is
+    ``recompute_radial``: on the fused path, recompute the radial MLP's hidden layers in
+    backward too. With an :class:`~so2nn.layers.AtomEdgeEmbedding` ``atom_edge``, the radial MLP's input is
     ``atom_edge(edge_features, atomic_numbers, edge_index)`` (applied through
     :meth:`~so2nn.layers.AtomEdgeEmbedding.linear`).
 
@@ -302,11 +304,13 @@ def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: 
     fused = torch.is_grad_enabled() and not matrix.requires_grad
     # compiled graphs and autocast (whose casts backward would have to replay) take the plain path
     if fused and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
-        # the radial MLP's hidden layers are recomputed in backward (a few [E, hidden] tensors),
-        # its last layer ([E, radial_size], the largest radial tensor) too, inside the Function
-        hidden = torch.utils.checkpoint.checkpoint(
-            _radial_hidden, conv, edge_features, atom_edge, atomic_numbers, edge_index, use_reentrant=False
-        )
+        # the radial MLP's last layer ([E, radial_size], the largest radial tensor) is recomputed
+        # inside the Function; with recompute_radial its hidden layers too (a few [E, hidden] tensors)
+        radial_args = (conv, edge_features, atom_edge, atomic_numbers, edge_index)
+        if recompute_radial:
+            hidden = torch.utils.checkpoint.checkpoint(_radial_hidden, *radial_args, use_reentrant=False)
+        else:
+            hidden = _radial_hidden(*radial_args)
         y, extra = _EdgeMessageConvolution.apply(
             x, edge_index[0], edge_index[1], matrix, hidden, last.weight, last.bias, conv, conv.fc_m0.weight,
             conv.fc_m0.bias, *(fc.weight for fc in conv.fc_m),

@@ -55,7 +55,7 @@ class TransformerBlock(nn.Module):
         self.ga = EquivariantGraphAttention(
             layout, c.sphere_channels, c.attn_hidden_channels, c.num_heads, c.attn_alpha_channels,
             c.attn_value_channels, c.sphere_channels, edge_channels_list, elements, c.activation,
-            c.use_attn_renorm, c.alpha_drop, c.grid_resolution,
+            c.use_attn_renorm, c.alpha_drop, c.grid_resolution, c.recompute_edge_activations,
         )
         self.norm_2 = normalization_layer(c.norm_type, layout, c.sphere_channels)
         self.ffn = FeedForwardNetwork(
@@ -134,7 +134,7 @@ class EquiformerV2(nn.Module):
             self.force_block = EquivariantGraphAttention(
                 layout, c.sphere_channels, c.attn_hidden_channels, c.num_heads, c.attn_alpha_channels,
                 c.attn_value_channels, 1, edge_channels_list, elements, c.activation, c.use_attn_renorm, 0.0,
-                c.grid_resolution,
+                c.grid_resolution, c.recompute_edge_activations,
             )
         if c.use_energy_lin_ref:
             self.energy_lin_ref = nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)

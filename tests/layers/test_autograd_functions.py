@@ -19,7 +19,7 @@ DOUBLE = dict(dtype=torch.float64)
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Several chunks even for tiny inputs, so that the chunk loop is exercised."""
-    monkeypatch.setattr(activation, "_CPU_CHUNK_ROWS", 5)
+    monkeypatch.setattr(activation, "_CPU_CHUNK_ELEMENTS", 5 * _grid()[0].shape[0])  # 5 rows of the default grid
 
 
 def _grid(lmax=2, mmax=2, resolution=8):

@@ -153,3 +153,25 @@ def test_edge_degree_embedding_is_permutation_equivariant(graph, seed):
         return embedding(edge_features, g.atomic_numbers, g.edge_index, rotation, g.num_atoms)
 
     assert (run(permuted) - run(graph)[perm]).abs().max() <= 1e-12
+
+
+@given(graph=so2st.atomic_graphs(min_atoms=3), seed=st.integers(0, 1000))
+def test_attention_recompute_gives_the_same_numbers_and_stores_less(graph, seed):
+    layout = CoefficientLayout(3, 2)
+    edge_features, rotation = edge_context(layout, graph)
+    x = torch.randn(graph.num_atoms, layout.dim, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    results = {}
+    for recompute in (True, False):
+        layer = _attention(layout, "separable_s2")
+        layer.recompute = recompute
+        x = x.detach().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = layer(x, edge_features, graph.atomic_numbers, graph.edge_index, rotation)
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()], allow_unused=True)
+        results[recompute] = out, grads, sum(saved)
+    (a, grads_a, saved_a), (b, grads_b, saved_b) = results[True], results[False]
+    assert (a - b).abs().max() <= 1e-12
+    assert all(u is None and v is None or (u - v).abs().max() <= 1e-12 for u, v in zip(grads_a, grads_b))
+    if graph.edge_index.shape[1]:
+        assert saved_a < 0.7 * saved_b, (saved_a, saved_b)
