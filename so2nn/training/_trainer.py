@@ -9,6 +9,7 @@ import math
 import random
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,7 +307,11 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # fp16: a step whose gradients overflowed is skipped by the scaler; the schedule still
+            # follows the iterations (as the reference's trainer does), which torch warns about
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         self.ema.update(self.model)
         return {"loss": loss.item(), "energy_loss": energy_loss.item(), "force_loss": force_loss.item(),
                 "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
