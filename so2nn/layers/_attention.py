@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from ..graph import segment_softmax
 from ..so3 import CoefficientLayout, EdgeRotation
 from ..so3._wigner import prepare_couplings
 from ._activation import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU
-from ._common import as_layout, check_channels, check_features
+from ._common import as_layout, check_channels, check_features, maybe_recompute
 from ._gather import scatter_sum
 from ._linear import SO3Linear
 from ._radial import AtomEdgeEmbedding
@@ -183,12 +182,12 @@ class EquivariantGraphAttention(nn.Module):
             self.so2_conv_1, x, edge_index, rotation, edge_features, self.atom_edge, atomic_numbers, recompute,
         )
         alpha_features, gates = extra.split([extra.shape[1] - self.num_gates, self.num_gates], dim=1)
-        logits = _maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
+        logits = maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
         # softmax in at least float32 (under bf16 autocast the logits are bf16)
         alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_nodes)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
-        message = _maybe_recompute(recompute, self._weighted_values, message, gates, alpha)
+        message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha)
         message = rotation.from_edge(message, rescale=True)
         return self.proj(scatter_sum(message, target, num_nodes))
 
@@ -197,10 +196,3 @@ class EquivariantGraphAttention(nn.Module):
         values = self.so2_conv_2(self.act(message) if self.activation == "s2" else self.act(gates, message))
         E, H, V = values.shape[0], self.num_heads, self.attn_value_channels
         return (values.view(E, -1, H, V) * alpha[:, None, :, None]).view(E, -1, H * V)
-
-
-def _maybe_recompute(recompute: bool, function, *args):
-    """``function(*args)``; with ``recompute``, its intermediates are recomputed in backward."""
-    if recompute:
-        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
-    return function(*args)

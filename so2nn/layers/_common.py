@@ -1,8 +1,9 @@
-"""Small helpers shared by the layers: layout arguments and constant buffers."""
+"""Small helpers shared by the layers: layout arguments, constant buffers, recomputation."""
 
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .._checks import check_degree
@@ -60,3 +61,11 @@ def check_features(name: str, x: torch.Tensor, rows: int | None, coefficients: i
     ):
         got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"{name} must have shape {what}, got {got}")
+
+
+def maybe_recompute(recompute: bool, function, *args):
+    """``function(*args)``; with ``recompute``, its intermediates are not stored but recomputed
+    in backward (non-reentrant :func:`torch.utils.checkpoint.checkpoint`: same numbers)."""
+    if recompute:
+        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
+    return function(*args)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..so3 import CoefficientLayout
 from ..so3._grid import s2_grid
 from ._activation import GateActivation, S2Activation, SeparableS2Activation
-from ._common import ConstantsModule, as_layout, check_channels
+from ._common import ConstantsModule, as_layout, check_channels, maybe_recompute
 from ._linear import SO3Linear
 
 __all__ = ["FeedForwardNetwork"]
@@ -98,12 +97,9 @@ class FeedForwardNetwork(ConstantsModule):
         scalars = x[:, 0]
         h = self.so3_linear_1(x)
         if self.grid_mlp:
-            if torch.is_grad_enabled() and h.requires_grad:
-                # The grid tensors ([N, P, hidden] per MLP layer, P = 324 points at resolution 18)
-                # are most of a training step's memory: recompute them in backward instead.
-                h = checkpoint(self._grid_mlp, h, use_reentrant=False)
-            else:
-                h = self._grid_mlp(h)
+            # The grid tensors ([N, P, hidden] per MLP layer, P = 324 points at resolution 18)
+            # are most of a training step's memory: recompute them in backward instead.
+            h = maybe_recompute(torch.is_grad_enabled() and h.requires_grad, self._grid_mlp, h)
             if self.scalar_mlp is not None:
                 h = torch.cat([self.scalar_mlp(scalars).unsqueeze(1), h[:, 1:]], dim=1)
         elif self.gating_linear is not None:

@@ -22,11 +22,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from ..so3 import CoefficientLayout
-from ._common import as_layout, check_channels, check_features
+from ._common import as_layout, check_channels, check_features, maybe_recompute
 from ._gather import rotate_pairs, rotate_pairs_adjoint
 from ._radial import RadialMLP
 
@@ -306,11 +305,7 @@ def edge_message_convolution(conv: SO2Convolution, x: torch.Tensor, edge_index: 
     if fused and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
         # the radial MLP's last layer ([E, radial_size], the largest radial tensor) is recomputed
         # inside the Function; with recompute_radial its hidden layers too (a few [E, hidden] tensors)
-        radial_args = (conv, edge_features, atom_edge, atomic_numbers, edge_index)
-        if recompute_radial:
-            hidden = torch.utils.checkpoint.checkpoint(_radial_hidden, *radial_args, use_reentrant=False)
-        else:
-            hidden = _radial_hidden(*radial_args)
+        hidden = maybe_recompute(recompute_radial, _radial_hidden, conv, edge_features, atom_edge, atomic_numbers, edge_index)
         y, extra = _EdgeMessageConvolution.apply(
             x, edge_index[0], edge_index[1], matrix, hidden, last.weight, last.bias, conv, conv.fc_m0.weight,
             conv.fc_m0.bias, *(fc.weight for fc in conv.fc_m),
