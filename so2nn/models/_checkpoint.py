@@ -8,7 +8,10 @@ whatever a trainer adds (optimiser, scheduler, step, RNG states).
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,18 +50,109 @@ def atomic_save(obj, path) -> None:
         raise
 
 
-def load_checkpoint(checkpoint, map_location="cpu") -> dict:
+def _numpy_globals() -> list:
+    """What a weights-only load must admit for numpy values: arrays (an RNG state from
+    ``np.random.get_state``), scalars (``np.float64`` metrics) and numeric, bool and string
+    dtypes, under numpy 2's module names and numpy 1's (``numpy.core``), which older files
+    name. Object arrays are not admitted."""
+    import numpy as np
+
+    reconstruct, scalar = np._core.multiarray._reconstruct, np._core.multiarray.scalar
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes)
+              if name.endswith("DType") and name not in ("ObjectDType", "VoidDType", "StringDType")]
+    return [np.ndarray, np.dtype, reconstruct, scalar, *dtypes,
+            (reconstruct, "numpy.core.multiarray._reconstruct"), (scalar, "numpy.core.multiarray.scalar")]
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals (classes, functions) that ``path``'s pickle names beyond the allowlist."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: a plain pickle, read op by op
+        names = _pickle_globals(path.read_bytes())
+    allowed = set()
+    for entry in _numpy_globals():
+        obj, name = entry if isinstance(entry, tuple) else (entry, f"{entry.__module__}.{entry.__qualname__}")
+        allowed.add(name)
+    return sorted(n for n in names if n not in allowed)
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """The ``module.name`` globals a plain pickle imports (GLOBAL and STACK_GLOBAL opcodes)."""
+    import pickletools
+
+    names, strings = [], []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # a damaged pickle: what was read so far
+        pass
+    return names
+
+
+def load_checkpoint(checkpoint, map_location="cpu", trust: bool = False) -> dict:
     """A loaded checkpoint dict from a path (or the dict itself), with a clear error for a
-    missing, truncated or foreign file."""
+    missing, truncated or foreign file.
+
+    The file is read as data only (``torch.load(..., weights_only=True)``): tensors, plain
+    containers and numbers, and numpy arrays, scalars and dtypes, which covers so2nn's own
+    checkpoints (with their RNG states) and fairchem's released ones. A pickle that would
+    build anything else, i.e. run code named in the file, is refused with a ValueError naming
+    what it needs. ``trust=True`` lifts the restriction (a full unpickle): pass it only for
+    files whose origin you trust.
+
+    Raises:
+        ValueError: ``checkpoint`` is not a file; the file is truncated, corrupt or not a torch
+            file; it needs globals outside the allowlist (named) and ``trust`` is False; it
+            holds something other than a dict.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> path = tempfile.mkdtemp() + "/state.pt"
+        >>> atomic_save({"step": 3, "rng": np.random.get_state()}, path)
+        >>> load_checkpoint(path)["step"]
+        3
+    """
     if isinstance(checkpoint, dict):
         return checkpoint
     path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise ValueError(f"checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"could not read checkpoint {path}: the file is empty")
     try:
-        loaded = torch.load(path, map_location=map_location, weights_only=False)
+        if trust:
+            loaded = torch.load(path, map_location=map_location, weights_only=False)
+        else:
+            with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+                # plain pickles (protocol > 2) load fine; torch warns about them regardless
+                warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+                loaded = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        needed = _unsafe_globals(path)
+        if not needed:
+            needed = sorted(set(re.findall(r"GLOBAL (\S+) (?:was not an allowed|whose module)", str(error))))
+        if needed:
+            raise ValueError(
+                f"checkpoint {path} needs {', '.join(needed)} to be unpickled, which a data-only load does not "
+                f"admit (unpickling it could run code from the file); if you trust the file's origin, load it "
+                f"with trust=True"
+            ) from None
+        raise ValueError(f"could not read checkpoint {path}: {_first_line(error)}") from None
     except Exception as error:  # truncated, corrupt or not a torch file
-        raise ValueError(f"could not read checkpoint {path}: {error}") from error
+        raise ValueError(f"could not read checkpoint {path}: {_first_line(error)}") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"checkpoint {path} holds a {type(loaded).__name__}, not a checkpoint dict")
     return loaded
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

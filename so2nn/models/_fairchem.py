@@ -106,18 +106,109 @@ def state_dict_from_fairchem(state_dict: dict, ema: dict | None = None) -> dict[
     return {_rename(k): v for k, v in params}
 
 
-def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, **config_changes):
-    """``(config, state_dict)`` from a reference checkpoint (path or loaded dict)."""
-    checkpoint = load_checkpoint(checkpoint)
+def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, trust: bool = False, **config_changes):
+    """``(config, state_dict)`` from a reference checkpoint (path or loaded dict).
+
+    ``trust``: passed to :func:`~so2nn.models._checkpoint.load_checkpoint` (a file is read as
+    data only unless it is True).
+
+    Raises:
+        ValueError: not a fairchem checkpoint; or it holds something that changes the model's
+            numbers and that so2nn does not apply (named): normalisers in the ``mean``/``rmsd``
+            form or for other targets, element references (``elementrefs``, or
+            ``element_references`` in the dataset transforms), ``scale_dict``, output heads
+            other than the energy and direct-force heads.
+    """
+    checkpoint = load_checkpoint(checkpoint, trust=trust)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError("not a fairchem checkpoint: expected a dict with 'state_dict' (and 'config')")
-    config = checkpoint.get("config", {})
+    config = checkpoint.get("config") or {}
     model_config = config.get("model") if isinstance(config.get("model"), dict) else config.get("model_attributes")
     if model_config is None:
         raise ValueError("the checkpoint has no model config ('config.model' or 'config.model_attributes')")
+    _check_heads(model_config, checkpoint["state_dict"])
     ema = checkpoint.get("ema") if use_ema else None
     changes = {**normalizers_from_fairchem(checkpoint), **config_changes}
     return config_from_fairchem(model_config, **changes), state_dict_from_fairchem(checkpoint["state_dict"], ema)
+
+
+# The heads of the backbone + heads layout that so2nn's EquiformerV2 is: a head name, the
+# registered module names fairchem has given that head, and the options that keep its numbers.
+_KNOWN_HEADS = {
+    "energy": ({"equiformer_v2_energy_head", "equiformerV2_scalar_head"}, {"reduce": "sum"}),
+    "forces": ({"equiformer_v2_force_head", "equiformerV2_vector_head", "equiformerV2_rank1_head"}, {}),
+}
+
+
+def _check_heads(model_config: dict, state_dict: dict) -> None:
+    """Raise unless every output head (config ``heads`` and ``output_heads.<name>.`` weights) is
+    one so2nn computes: a head it does not know would be dropped and its output missing, or
+    worse, another head's numbers returned in its place."""
+    problems = []
+    heads = model_config.get("heads")
+    if heads is not None:
+        if not isinstance(heads, dict):
+            raise ValueError(f"the checkpoint's model config has 'heads' of type {type(heads).__name__}, not a dict")
+        for name, head in heads.items():
+            modules, options = _KNOWN_HEADS.get(name, (set(), {}))
+            head = head if isinstance(head, dict) else {}
+            module = head.get("module")
+            if module not in modules:
+                problems.append(f"head '{name}' (module {module!r})")
+                continue
+            extra = {k: v for k, v in head.items() if k != "module" and options.get(k, object()) != v}
+            if extra:
+                problems.append(f"head '{name}' with options {extra}")
+    weight_heads = sorted({m.group(1) for key in state_dict if (m := re.match(r"^output_heads\.([^.]+)\.", _strip(key)))})
+    problems += [f"weights of head '{name}' (output_heads.{name}.*)" for name in weight_heads if name not in _KNOWN_HEADS
+                 and (heads is None or name not in heads)]
+    if problems:
+        raise ValueError(
+            f"the checkpoint has output heads so2nn does not compute: {'; '.join(problems)} "
+            f"(known: 'energy' {sorted(_KNOWN_HEADS['energy'][0])} with reduce='sum', "
+            f"'forces' {sorted(_KNOWN_HEADS['forces'][0])})"
+        )
+
+
+def _check_unapplied(checkpoint: dict) -> None:
+    """Raise for trainer state that changes the numbers and that so2nn does not apply yet."""
+    problems = []
+    elementrefs = checkpoint.get("elementrefs")
+    if elementrefs:
+        problems.append(f"element references 'elementrefs' for {sorted(elementrefs)}")
+    if checkpoint.get("scale_dict"):
+        problems.append("scale factors 'scale_dict'")
+    normalizers = checkpoint.get("normalizers") or {}
+    if not isinstance(normalizers, dict):
+        raise ValueError(f"the checkpoint's 'normalizers' is a {type(normalizers).__name__}, not a dict")
+    for name, state in normalizers.items():
+        if name not in ("target", "grad_target", "energy", "forces"):
+            problems.append(f"normalizers['{name}'] (a target so2nn does not predict)")
+        elif not isinstance(state, dict) or set(state) != {"mean", "std"}:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            problems.append(f"normalizers['{name}'] with fields {keys} (so2nn reads the 'mean'/'std' form)")
+    transforms = _dataset_config(checkpoint).get("transforms") or {}
+    if isinstance(transforms, dict):
+        if transforms.get("element_references"):
+            problems.append("element references in the dataset transforms ('element_references')")
+        for name, entry in (transforms.get("normalizer") or {}).items():
+            if name not in ("energy", "forces") or not isinstance(entry, dict) or "stdev" not in entry \
+                    or set(entry) - {"mean", "stdev"}:
+                fields = sorted(entry) if isinstance(entry, dict) else entry
+                problems.append(f"dataset transforms normalizer['{name}'] = {fields} (so2nn reads 'mean'/'stdev')")
+    if problems:
+        raise ValueError(
+            "the checkpoint holds target transforms that change the model's outputs and that so2nn does not "
+            "apply: " + "; ".join(problems) + ". Loading it would return numbers in the wrong units or offsets."
+        )
+
+
+def _dataset_config(checkpoint: dict) -> dict:
+    """The training dataset's config (``config.dataset``, or its ``train`` entry)."""
+    dataset = (checkpoint.get("config") or {}).get("dataset") or {}
+    if isinstance(dataset, dict) and isinstance(dataset.get("train"), dict):
+        dataset = dataset["train"]
+    return dataset if isinstance(dataset, dict) else {}
 
 
 def _mean_std(entry: dict | None, mean_key="mean", std_key="std"):
@@ -133,14 +224,18 @@ def normalizers_from_fairchem(checkpoint: dict) -> dict:
     Looked up where fairchem's trainers store it: ``checkpoint["normalizers"]`` (``target`` /
     ``grad_target``, or ``energy`` / ``forces``), then the dataset config (``normalize_labels``
     with ``target_mean`` ...; or ``transforms.normalizer`` with ``mean`` / ``stdev``).
+
+    Raises:
+        ValueError: the checkpoint holds target transforms so2nn does not apply (they are
+            named): fairchem's current normaliser state (``mean``/``rmsd``), normalisers of other
+            targets, element references, ``scale_dict``; or a force normaliser with a mean.
     """
+    _check_unapplied(checkpoint)
     found = {}
     normalizers = checkpoint.get("normalizers") or {}
     energy = _mean_std(normalizers.get("target") or normalizers.get("energy"))
     forces = _mean_std(normalizers.get("grad_target") or normalizers.get("forces"))
-    dataset = (checkpoint.get("config") or {}).get("dataset") or {}
-    if isinstance(dataset, dict) and isinstance(dataset.get("train"), dict):
-        dataset = dataset["train"]
+    dataset = _dataset_config(checkpoint)
     if energy is None and isinstance(dataset, dict) and dataset.get("normalize_labels"):
         energy = (float(dataset.get("target_mean", 0.0)), float(dataset.get("target_std", 1.0)))
         forces = (float(dataset.get("grad_target_mean", 0.0)), float(dataset.get("grad_target_std", 1.0)))
