@@ -14,3 +14,17 @@ settings.register_profile(
 settings.load_profile("so2nn")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run only when the marker expression selects them (``pytest -m slow``,
+    or ``-m "slow or not slow"`` for everything); a plain run skips them, deselecting nothing."""
+    import pytest
+
+    expression = config.getoption("markexpr") or ""
+    if "slow" in expression.replace("not slow", ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -14,7 +14,7 @@ import numpy as np
 from torch_geometric.data import Data
 
 from ._canonical import DataFormatError, atoms_to_data
-from ._lmdb import shared_environment
+from ._lmdb import LmdbFile
 from ._shards import ShardedDataset, natural_sorted
 
 __all__ = ["ASE_DB_SUFFIXES", "AseDBDataset"]
@@ -66,12 +66,18 @@ def _aselmdb_ids(env, path: Path) -> list[int]:
     bookkeeping keys)."""
     decode = _aselmdb_codec()
     try:
-        with env.begin() as txn:
-            nextid, deleted = txn.get(b"nextid"), txn.get(b"deleted_ids")
+        nextid = env.get(b"nextid", "the 'nextid' record")
+        deleted = env.get(b"deleted_ids", "the 'deleted_ids' record")
         nextid = 1 if nextid is None else int(decode(nextid, decompress=True, json_decode=True))
         deleted = set() if deleted is None else set(decode(deleted, decompress=True, json_decode=True))
+    except DataFormatError:
+        raise
     except Exception as error:  # zlib/JSON errors on a foreign LMDB
         raise DataFormatError(f"{path}: not an ASE-LMDB database ({type(error).__name__}: {error})") from error
+    # every row is an entry: a count beyond them is a damaged record (and would build a huge list)
+    if nextid < 1 or nextid - 1 - len(deleted) > env.entries:
+        raise DataFormatError(f"{path}: the 'nextid' record ({nextid}) does not match the file's "
+                              f"{env.entries} entries")
     return [i for i in range(1, nextid) if i not in deleted]
 
 
@@ -79,8 +85,7 @@ def _aselmdb_row(env, path: Path, row_id: int):
     from ase.calculators.calculator import all_properties
     from ase.db.row import AtomsRow
 
-    with env.begin() as txn:
-        raw = txn.get(str(row_id).encode("ascii"))
+    raw = env.get(str(row_id).encode("ascii"), f"row id {row_id}")
     if raw is None:
         raise DataFormatError(f"{path}: row id {row_id} is missing")
     try:
@@ -148,13 +153,13 @@ class AseDBDataset(ShardedDataset):
             raise DataFormatError(f"{self.path}: not an ASE database ({', '.join(ASE_DB_SUFFIXES)})")
         self.with_targets = with_targets
         self.reference_energy = reference_energy
-        # ASE-LMDB files are read through the shared LMDB environments (one per file per process,
-        # valid in forked workers), the others through ASE's connections
+        # ASE-LMDB files are read by so2nn's bounds-checked LMDB reader (valid in forked workers),
+        # the others through ASE's connections
         self._handles, self._ids, self._cached_rows = [], [], []
         for file in files:
             if file.suffix == ".aselmdb":
                 _aselmdb_codec(file)
-                handle = shared_environment(file)
+                handle = LmdbFile(file)
                 ids, rows = _aselmdb_ids(handle, file), None
             else:
                 handle = _connect(file)
@@ -171,7 +176,7 @@ class AseDBDataset(ShardedDataset):
         if self._cached_rows[shard] is not None:
             return self._cached_rows[shard][row_id]
         if self._handles is None:  # unpickled in a spawned worker
-            self._handles = [shared_environment(f) if f.suffix == ".aselmdb" else _connect(f)
+            self._handles = [LmdbFile(f) if f.suffix == ".aselmdb" else _connect(f)
                              for f in self.files]
         if file.suffix == ".aselmdb":
             return _aselmdb_row(self._handles[shard], file, row_id)

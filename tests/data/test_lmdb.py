@@ -165,7 +165,7 @@ def test_a_record_that_is_not_data(tmp_path):
 
 def test_unreadable_files(tmp_path):
     (tmp_path / "text.lmdb").write_text("this is not an LMDB file" * 200)
-    with pytest.raises(DataFormatError, match=r"text\.lmdb: cannot open as an LMDB file"):
+    with pytest.raises(DataFormatError, match=r"text\.lmdb: not an LMDB file"):
         LmdbDataset(tmp_path / "text.lmdb")
     with pytest.raises(FileNotFoundError, match="absent.lmdb"):
         LmdbDataset(tmp_path / "absent.lmdb")
@@ -200,3 +200,68 @@ def test_map_grows_past_its_initial_size(tmp_path):
                forces=torch.zeros(1, 3), blob=torch.from_numpy(np.random.default_rng(0).random(200_000)))
     write_lmdb(tmp_path / "big.lmdb", [big] * 3, commit_every=2, map_size=1 << 20)  # 4.8 MB in a 1 MiB map
     assert len(LmdbDataset(tmp_path / "big.lmdb")) == 3
+
+
+def test_lmdb_file_finds_what_lmdb_finds(tmp_path):
+    """so2nn's bounds-checked reader against the LMDB library on a tree three levels deep, with
+    values inline and on overflow pages, keys of many lengths, and absent keys; also after
+    updates and deletions in a later transaction (the second meta page current)."""
+    from so2nn.data._lmdb import LmdbFile
+
+    rng = np.random.default_rng(0)
+    records = {}
+    for k in range(3000):
+        key = (f"{k}" if k % 3 else f"key-{k:06d}-" + "x" * int(rng.integers(0, 200))).encode()
+        records[key] = rng.bytes(int(rng.choice([0, 5, 300, 2000, 9000])))
+    write_raw(tmp_path / "tree.lmdb", records)
+    env = lmdb.open(str(tmp_path / "tree.lmdb"), subdir=False, map_size=1 << 26, lock=False)
+    with env.begin(write=True) as txn:
+        for key in list(records)[::7]:
+            txn.delete(key)
+        txn.put(b"late", b"added")
+    assert env.stat()["depth"] >= 3
+    with env.begin() as txn:
+        expected = dict(txn.cursor())
+    env.close()
+    reader = LmdbFile(tmp_path / "tree.lmdb")
+    assert reader.entries == len(expected)
+    for key, value in expected.items():
+        assert reader.get(key) == value, key
+    for key in [b"", b"absent", b"0", b"key-", b"\xff" * 10, *list(records)[::7]]:
+        assert reader.get(key) == expected.get(key), key
+
+
+def test_crafted_record_does_not_run_code(tmp_path, capfd):
+    """A record whose pickle calls os.system is refused, naming what it calls; nothing runs."""
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo the record ran code",))
+
+    write_raw(tmp_path / "crafted.lmdb", {b"0": pickle.dumps(Payload()), b"length": pickle.dumps(1)})
+    dataset = LmdbDataset(tmp_path / "crafted.lmdb")
+    with pytest.raises(DataFormatError, match=r"crafted\.lmdb: record 0 cannot be unpickled .*posix\.system"):
+        dataset[0]
+    assert "ran code" not in capfd.readouterr().out
+    write_raw(tmp_path / "length.lmdb", {b"length": pickle.dumps(Payload())})
+    with pytest.raises(DataFormatError, match=r"length\.lmdb: the 'length' record .*posix\.system"):
+        LmdbDataset(tmp_path / "length.lmdb")
+    assert "ran code" not in capfd.readouterr().out
+
+
+def test_records_of_every_pickle_protocol_and_pyg_layout_are_admitted(tmp_path, canonical_items):
+    """The restricted unpickler admits what OC20 records hold: current and PyG 1.x Data, numpy
+    arrays and scalars, tensors of several dtypes, under every pickle protocol."""
+    from so2nn.data._canonical import record_fields
+    from so2nn.data._safe_pickle import restricted_loads
+
+    reference = canonical_items(1)[0]
+    old = pyg1_data(pos=reference.pos, atomic_numbers=reference.atomic_numbers.float(), y=np.float64(-1.5),
+                    force=reference.forces.numpy(), tags=reference.tags.int(), fixed=reference.fixed.to(torch.uint8))
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        for record in (reference, old):
+            loaded = restricted_loads(pickle.dumps(record, protocol=protocol))
+            assert type(loaded) is Data
+            fields = record_fields(loaded, "record")
+            assert torch.equal(fields["pos"], reference.pos) and torch.equal(fields["tags"], reference.tags.int())
