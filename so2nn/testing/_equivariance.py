@@ -16,6 +16,11 @@ kind                    tensor                                         transform
 ``CoefficientLayout``   ``[..., (lmax+1)**2, C]`` l-major features     :math:`x^{(l)} \mapsto D^l(R)\,x^{(l)}`
 ``int`` ``lmax``        same, shorthand for ``CoefficientLayout(lmax)``
 ======================  ============================================  =========================
+
+Grad mode: the function runs in the caller's grad mode, as any torch call does, so functions
+that differentiate inside (conservative forces :math:`-\partial E/\partial x`, a stress from
+the strain derivative) work as they are. The outputs are compared detached. To save memory when
+checking a function that needs no gradients, call the check inside ``torch.no_grad()``.
 """
 
 from __future__ import annotations
@@ -152,8 +157,10 @@ def equivariance_error(
             a dict for a dict output (only the keys named are checked).
         rotation: ``R[3, 3]``; default: drawn uniformly from SO(3).
 
-    The kinds are those of :func:`apply_rotation`. Returns one :class:`EquivarianceError` per
-    output; nothing is asserted (see :func:`assert_equivariant`).
+    The kinds are those of :func:`apply_rotation`. ``func`` runs in the caller's grad mode
+    (gradients on by default, so it may call :func:`torch.autograd.grad`; wrap the call in
+    ``torch.no_grad()`` when it needs none); its outputs are compared detached. Returns one
+    :class:`EquivarianceError` per output; nothing is asserted (see :func:`assert_equivariant`).
 
     Example:
         >>> from so2nn.so3 import spherical_harmonics
@@ -164,16 +171,22 @@ def equivariance_error(
     """
     rotation = random_rotation() if rotation is None else rotation
     check_rotation(rotation, "rotation")
-    with torch.no_grad():
-        reference = _as_items(_call(func, inputs), out_kinds)
-        rotated = _as_items(_call(func, _rotate_inputs(inputs, in_kinds, rotation)), out_kinds)
+    # No torch.no_grad() here: a function that differentiates inside (conservative forces,
+    # stress) needs the caller's grad mode; the outputs are detached before they are compared.
+    reference = _as_items(_call(func, inputs), out_kinds)
+    rotated = _as_items(_call(func, _rotate_inputs(inputs, in_kinds, rotation)), out_kinds)
     errors = []
     for (name, out, kind), (_, out_rot, _) in zip(reference, rotated):
+        out, out_rot = _detached(out), _detached(out_rot)
         expected = apply_rotation(out, kind, rotation)
         absolute = float((out_rot - expected).abs().max()) if out.numel() else 0.0
         scale = float(expected.abs().max()) if out.numel() else 0.0
         errors.append(EquivarianceError(name, kind, absolute, absolute / scale if scale > 0 else absolute))
     return errors
+
+
+def _detached(x: Any) -> Any:
+    return x.detach() if torch.is_tensor(x) else x
 
 
 def random_rotation(generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -229,12 +242,23 @@ def assert_equivariant(
     ``1e-10`` when every floating input is float64, else ``1e-5``. On failure the
     :class:`AssertionError` lists the error of every output. Returns the errors.
 
+    ``func`` runs in the caller's grad mode (see :func:`equivariance_error`): a function that
+    computes forces or stress by autograd is checked as it is.
+
     Example:
         >>> from so2nn.so3 import spherical_harmonics
         >>> R = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
         >>> v = torch.randn(10, 3, dtype=torch.float64)
         >>> errors = assert_equivariant(
         ...     lambda v: spherical_harmonics(2, v).unsqueeze(-1), [v], ["vector"], 2, R)
+
+        Conservative forces, by autograd inside the function:
+
+        >>> def energy_and_forces(pos):
+        ...     pos = pos.detach().requires_grad_()
+        ...     energy = (torch.pdist(pos) - 1.0).square().sum()
+        ...     return {"energy": energy, "forces": -torch.autograd.grad(energy, pos)[0]}
+        >>> errors = assert_equivariant(energy_and_forces, [v], ["vector"], {"energy": None, "forces": "vector"}, R)
     """
     tolerance = _default_tolerance(inputs) if tolerance is None else tolerance
     errors = equivariance_error(func, inputs, in_kinds, out_kinds, rotation)
