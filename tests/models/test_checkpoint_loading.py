@@ -140,6 +140,11 @@ def test_unreadable_files(tmp_path, monolithic):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=f"{name}"):
             load_checkpoint(tmp_path / name)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10  # inside a tensor: torch would load it as a different weight
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match=r"flipped\.pt: the file is damaged \(its member .* fails its CRC"):
+        load_checkpoint(tmp_path / "flipped.pt")
     with pytest.raises(ValueError, match="is a directory"):
         load_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="not found"):
