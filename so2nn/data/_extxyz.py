@@ -259,7 +259,11 @@ class S2EFExtxyzDataset(ShardedDataset):
             results = atoms.calc.results if atoms.calc is not None else {}
             if "energy" not in results or "forces" not in results:
                 raise DataFormatError(f"{where}: has no energy= in its header or no forces column")
-            energy = results["energy"] - (self._references[shard][local] if self.subtract_reference else 0.0)
+            try:  # ASE keeps a header value that is not a number as text
+                energy = float(results["energy"])
+            except (TypeError, ValueError):
+                raise DataFormatError(f"{where}: energy={results['energy']!r} is not a number") from None
+            energy -= self._references[shard][local] if self.subtract_reference else 0.0
             forces = results["forces"]
         return atoms_to_data(atoms, where, energy, forces, sid=self._sids[shard][local],
                              fid=self._fids[shard][local], with_targets=self.with_targets)

@@ -70,10 +70,8 @@ def _unsafe_globals(path: Path) -> list[str]:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not a zip checkpoint: a plain pickle, read op by op
         names = _pickle_globals(path.read_bytes())
-    allowed = set()
-    for entry in _numpy_globals():
-        obj, name = entry if isinstance(entry, tuple) else (entry, f"{entry.__module__}.{entry.__qualname__}")
-        allowed.add(name)
+    allowed = {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+               for entry in _numpy_globals()}
     return sorted(n for n in names if n not in allowed)
 
 

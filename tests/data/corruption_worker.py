@@ -6,7 +6,7 @@ each reader met it. Run as ``python corruption_worker.py``; one JSON request per
 - ``rejected``: a DataFormatError or ValueError whose message names the damaged file;
 - ``bad``: any other exception, or a message that does not name the file (``detail`` says).
 
-A signal or a hang shows up in the parent as a missing reply; the parent restarts the worker.
+The first line written, once the imports are done, is ``{"ready": true}``. A signal or a hang shows up in the parent as a missing reply; the parent restarts the worker.
 """
 
 import json
@@ -15,6 +15,15 @@ import traceback
 
 
 def read(kind: str, path: str) -> None:
+    if kind == "signal":  # the harness's own check: a reader that dies as LMDB did
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGBUS)
+    if kind == "hang":
+        import time
+
+        time.sleep(3600)
     if kind == "checkpoint":
         from so2nn.models._checkpoint import load_checkpoint
 
@@ -32,8 +41,16 @@ def read(kind: str, path: str) -> None:
 
 
 def main() -> None:
-    import so2nn.data  # noqa: F401  (imported once, before the first request)
-    import so2nn.models._fairchem  # noqa: F401
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a signal ends the worker without a core dump
+    # imported once, before the first request
+    import so2nn.data
+    import so2nn.models._fairchem
+
+    del so2nn
+    sys.stdout.write(json.dumps({"ready": True}) + "\n")
+    sys.stdout.flush()
 
     for line in sys.stdin:
         request = json.loads(line)

@@ -31,6 +31,7 @@ from so2nn.models._checkpoint import atomic_save
 CASES = 240  # per format: half truncations, half byte flips
 SLOW_CASES = 4000
 TIMEOUT_S = 20.0  # a reply slower than this is a hang
+STARTUP_TIMEOUT_S = 300.0
 WORKER = Path(__file__).with_name("corruption_worker.py")
 
 
@@ -108,26 +109,32 @@ def _damages(size: int, count: int, seed: int):
 
 
 class _Worker:
-    def __init__(self):
-        self.process = None
+    def __init__(self, timeout: float = TIMEOUT_S):
+        self.process, self.timeout = None, timeout
 
     def start(self):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
                                                             os.environ.get("PYTHONPATH", "")])}
         self.process = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True, env=env, bufsize=1)
+        # the imports (torch, ASE) are not part of any case's time
+        if not self._reply(STARTUP_TIMEOUT_S).get("ready"):
+            raise RuntimeError("the corruption worker did not start")
 
     def ask(self, request: dict) -> dict:
         """The worker's reply, or a ``signal``/``hang`` outcome (the worker is then restarted)."""
         if self.process is None or self.process.poll() is not None:
             self.start()
-        import selectors
-
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
+        return self._reply(self.timeout)
+
+    def _reply(self, timeout: float) -> dict:
+        import selectors
+
         selector = selectors.DefaultSelector()
         selector.register(self.process.stdout, selectors.EVENT_READ)
-        ready = selector.select(TIMEOUT_S)
+        ready = selector.select(timeout)
         selector.close()
         line = self.process.stdout.readline() if ready else ""
         if not line:
@@ -166,7 +173,8 @@ def run_corruption(kind: str, root: Path, frames, count: int, seed: int = 0) -> 
             outcome, detail = reply["outcome"], reply.get("detail", "")
             outcomes[outcome] += 1
             if outcome not in ("ok", "rejected"):
-                failures.append(f"{mode} at {offset} (^{value}): {outcome}: {detail}")
+                last = detail.strip().splitlines()[-1] if detail.strip() else ""
+                failures.append(f"{mode} at {offset} (^{value}): {outcome}: {last}")
             shutil.rmtree(case)
     finally:
         worker.stop()
@@ -186,6 +194,20 @@ def test_damaged_files_are_rejected_or_read(kind, tmp_path, oc20_frames, record_
 @pytest.mark.parametrize("kind", KINDS)
 def test_damaged_files_are_rejected_or_read_many(kind, tmp_path, oc20_frames):
     print(kind, dict(run_corruption(kind, tmp_path, oc20_frames(4, seed=5), SLOW_CASES, seed=1)))
+
+
+def test_the_harness_counts_signals_and_hangs_and_restarts(tmp_path):
+    """The worker dying of a signal, or not answering, is a failure outcome, and the next case
+    runs in a fresh worker."""
+    worker = _Worker(timeout=3.0)
+    (tmp_path / "frames.csv").write_text("")
+    try:
+        assert worker.ask({"kind": "signal", "path": "", "name": ""})["outcome"] == "signal"
+        assert worker.ask({"kind": "hang", "path": "", "name": ""})["outcome"] == "hang"
+        reply = worker.ask({"kind": "dataset", "path": str(tmp_path / "frames.csv"), "name": "frames.csv"})
+        assert reply["outcome"] == "rejected", reply
+    finally:
+        worker.stop()
 
 
 def test_a_truncated_lmdb_is_rejected_in_process(tmp_path, oc20_frames):
