@@ -4,6 +4,10 @@ Reads the checkpoint format only: no fairchem import. Handles the model config s
 the checkpoint, ``module.`` prefixes from DDP, EMA weights, the deprecated monolithic
 class (``equiformer_v2``) and the backbone + heads variant (``backbone.``,
 ``output_heads.energy.``, ``output_heads.forces.``).
+
+Nothing that changes the numbers is skipped: a checkpoint holding target transforms so2nn does
+not apply (fairchem's ``mean``/``rmsd`` normaliser state, element references, ``scale_dict``) or
+output heads it does not compute raises a ValueError naming them.
 """
 
 from __future__ import annotations
@@ -204,8 +208,10 @@ def _check_unapplied(checkpoint: dict) -> None:
 
 
 def _dataset_config(checkpoint: dict) -> dict:
-    """The training dataset's config (``config.dataset``, or its ``train`` entry)."""
+    """The training dataset's config (``config.dataset``, its ``train`` entry, or the first of a list)."""
     dataset = (checkpoint.get("config") or {}).get("dataset") or {}
+    if isinstance(dataset, list) and dataset and isinstance(dataset[0], dict):  # older configs: [train, val]
+        dataset = dataset[0]
     if isinstance(dataset, dict) and isinstance(dataset.get("train"), dict):
         dataset = dataset["train"]
     return dataset if isinstance(dataset, dict) else {}

@@ -219,3 +219,12 @@ def test_known_heads_load(monolithic):
 def test_unknown_heads_raise(monolithic, heads, extra, message):
     with pytest.raises(ValueError, match=message):
         EquiformerV2.from_fairchem(_hydra(monolithic, heads, extra))
+
+
+def test_dataset_list_config_normalizers(monolithic):
+    """Older configs list the datasets ``[train, val]``; the training one's normalisation is read."""
+    checkpoint = {**monolithic, "config": {**monolithic["config"], "dataset": [
+        {"normalize_labels": True, "target_mean": -0.75, "target_std": 2.5, "grad_target_mean": 0.0,
+         "grad_target_std": 2.5}, {"src": "val"}]}}
+    config, _ = load_fairchem_checkpoint(checkpoint)
+    assert (config.energy_mean, config.energy_std, config.forces_std) == (-0.75, 2.5, 2.5)
