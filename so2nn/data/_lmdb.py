@@ -232,12 +232,6 @@ class LmdbFile:
         self._map.close()
 
 
-def check_lmdb_file(path: str | os.PathLike) -> None:
-    """Raise :class:`DataFormatError` unless ``path`` starts with two valid LMDB meta pages whose
-    pages all lie inside the file (LMDB itself would read past the end of a truncated file)."""
-    _read_meta(Path(path))
-
-
 def _stored_length(env: LmdbFile, path: Path) -> int:
     raw = env.get(_LENGTH_KEY, "the 'length' record")
     if raw is None:  # fairchem's readers fall back to the entry count too
