@@ -138,7 +138,12 @@ class _Worker:
         selector.close()
         line = self.process.stdout.readline() if ready else ""
         if not line:
-            died = self.process.poll()
+            died = None
+            if ready:  # end of output: the worker is exiting; wait for its status
+                try:
+                    died = self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
             self.stop()
             return {"outcome": "hang" if died is None else "signal", "detail": f"exit status {died}"}
         return json.loads(line)
