@@ -148,8 +148,8 @@ class EquiformerV2(nn.Module):
         )
         self.blocks = nn.ModuleList(TransformerBlock(c, layout, edge_channels_list) for _ in range(c.num_layers))
         self.norm = normalization_layer(c.norm_type, layout, c.sphere_channels)
-        # Registered after the blocks and before energy_lin_ref: the parameter order of the
-        # previous layout (energy_block, force_block, energy_lin_ref), which optimiser states follow.
+        # After the norm, energy before forces: the parameter order of the earlier layout
+        # (energy_block, force_block), which optimiser states in training checkpoints follow.
         self.heads = nn.ModuleDict({"energy": EnergyHead(
             layout, sphere_channels=c.sphere_channels, hidden_channels=c.ffn_hidden_channels,
             activation=c.activation, grid_mlp=c.use_grid_mlp, grid_resolution=c.grid_resolution,

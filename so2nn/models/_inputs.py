@@ -60,7 +60,9 @@ def _check_names(data, fields: dict) -> None:
         raise ValueError(f"unknown input field(s) {unknown}: a model reads {list(INPUT_FIELDS)}")
     if data is None:
         return
-    if not callable(getattr(data, "keys", None)):
+    from torch_geometric.data.data import BaseData
+
+    if not isinstance(data, BaseData):
         raise ValueError(f"inputs must be a torch_geometric Data/Batch or keyword arguments, got {type(data).__name__}")
     unknown = sorted(set(data.keys()) - set(INPUT_FIELDS) - set(TARGET_AND_METADATA_FIELDS))
     if unknown:
