@@ -255,3 +255,16 @@ def test_gpu_gives_the_cpu_numbers(tmp_path):
     assert gpu.device.type == "cuda"  # the default for a checkpoint when a GPU is there
     assert gpu.get_potential_energy(atoms) == pytest.approx(cpu.get_potential_energy(atoms), rel=1e-10)
     assert relative(gpu.get_forces(atoms), cpu.get_forces(atoms)) <= 1e-10
+
+
+@pytest.mark.parametrize("direct_forces", [True, False])
+def test_atoms_without_neighbours(direct_forces):
+    """A single atom and atoms beyond the cutoff: the isolated atoms' energies, zero forces."""
+    calc = EquiformerV2Calculator(tiny_model(direct_forces=direct_forces))
+    single = Atoms("O", [[0.0, 0.0, 0.0]])
+    far = Atoms("OHH", [[0.0, 0, 0], [12.0, 0, 0], [0, 14.0, 0]])
+    energy_o = calc.get_potential_energy(single)
+    assert np.isfinite(energy_o) and np.array_equal(calc.get_forces(single), np.zeros((1, 3)))
+    energy_h = calc.get_potential_energy(Atoms("H", [[0.0, 0.0, 0.0]]))
+    assert calc.get_potential_energy(far) == pytest.approx(energy_o + 2 * energy_h, rel=1e-12)
+    assert np.array_equal(calc.get_forces(far), np.zeros((3, 3)))
