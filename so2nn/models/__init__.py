@@ -7,7 +7,15 @@ from ._equiformer_v2 import EquiformerV2, TransformerBlock
 from ._heads import EnergyHead, ForceHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
-from ._registry import build_model, load_model, load_weights, model_class, model_type, register_model, registered_models
+from ._registry import (
+    build_model,
+    load_model,
+    load_weights,
+    model_class,
+    model_type,
+    register_model,
+    registered_models,
+)
 
 __all__ = [
     "INPUT_FIELDS",

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from so2nn.models import (
     INPUT_FIELDS,
     EquiformerV2,

@@ -20,7 +20,7 @@ from so2nn.training import Trainer, TrainingConfig
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-import tiny_model  # noqa: E402  (registers the model type, as any user module would)
+import tiny_model  # registers the model type, as any user module would
 
 
 def frames(count, seed):
@@ -99,7 +99,7 @@ try:
     load_model({str(tmp_path / "model.pt")!r})
 except ValueError as error:
     print("refused:", error)
-import tiny_model
+import tiny_model  # registers the model type, as any user module would
 import torch
 from ase.build import add_adsorbate, fcc111
 from so2nn.calculators import So2nnCalculator
