@@ -90,7 +90,8 @@ class EnergyHead(nn.Module):
         self.energy_mean, self.energy_std = float(energy_mean), float(energy_std)
 
     def extra_repr(self) -> str:
-        return f"avg_num_nodes={self.avg_num_nodes:g}, energy_mean={self.energy_mean:g}, energy_std={self.energy_std:g}"
+        return (f"avg_num_nodes={self.avg_num_nodes:g}, energy_mean={self.energy_mean:g}, "
+                f"energy_std={self.energy_std:g}")
 
     def forward(
         self,
@@ -112,7 +113,8 @@ class EnergyHead(nn.Module):
         if element_energies is not None:
             if atomic_numbers is None:
                 raise ValueError("element_energies need the atomic_numbers they are indexed by")
-            energy = energy.index_add(0, batch, element_energies.to(energy.dtype).index_select(0, atomic_numbers))
+            per_atom = element_energies.to(energy.dtype).index_select(0, atomic_numbers)
+            energy = energy.index_add(0, batch, per_atom)
         return energy
 
 
@@ -133,11 +135,13 @@ class ForceHead(nn.Module):
 
     Args:
         layout: the node features' layout.
-        sphere_channels, hidden_channels, num_heads, attn_alpha_channels, attn_value_channels,
-        edge_channels_list, max_num_elements, activation, attn_renorm, grid_resolution,
-        recompute: as for :class:`~so2nn.layers.EquivariantGraphAttention` (no attention
-        dropout: the reference's force block has none).
         forces_std: :math:`\sigma_F` (eV/Angstrom).
+
+    The other keyword arguments (``sphere_channels``, ``hidden_channels``, ``num_heads``,
+    ``attn_alpha_channels``, ``attn_value_channels``, ``edge_channels_list``,
+    ``max_num_elements``, ``activation``, ``attn_renorm``, ``grid_resolution``, ``recompute``)
+    are those of :class:`~so2nn.layers.EquivariantGraphAttention`; there is no attention
+    dropout (the reference's force block has none).
 
     Its weights are those of ``force_block`` (the attention; the reference's name).
 
