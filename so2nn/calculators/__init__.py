@@ -8,6 +8,6 @@ try:
 except ImportError as error:  # pragma: no cover - ase is a test and example dependency
     raise ImportError("so2nn.calculators needs ASE: pip install ase") from error
 
-from ._equiformer_v2 import EquiformerV2Calculator, fixed_atoms_mask
+from ._calculator import EquiformerV2Calculator, So2nnCalculator, fixed_atoms_mask
 
-__all__ = ["EquiformerV2Calculator", "fixed_atoms_mask"]
+__all__ = ["EquiformerV2Calculator", "So2nnCalculator", "fixed_atoms_mask"]

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from .._ase import fixed_atoms_mask as fixed_mask
+
 __all__ = [
     "FIELDS",
     "DataFormatError",
@@ -191,18 +193,6 @@ def canonical_data(fields: dict, where: str, with_targets: bool = True, default_
         data.sid = _identifier(sid)
     data.fid = _identifier(fields.get("fid", 0))
     return data
-
-
-def fixed_mask(atoms) -> np.ndarray:
-    """``[N]`` bool: the atoms an ASE ``FixAtoms`` constraint holds (OC20's ``fixed``)."""
-    from ase.constraints import FixAtoms
-
-    fixed = np.zeros(len(atoms), dtype=bool)
-    for constraint in atoms.constraints:
-        # OC20 fixes whole atoms (FixAtoms; `move_mask:L:1` in its extxyz files)
-        if isinstance(constraint, FixAtoms):
-            fixed[constraint.index] = True
-    return fixed
 
 
 def atoms_to_data(atoms, where: str, energy: float | None = None, forces=None, sid=None, fid=0,

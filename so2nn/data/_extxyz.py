@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from torch_geometric.data import Data
 
+from .._files import atomic_write
 from ._canonical import DataFormatError, atoms_to_data, fixed_mask
 from ._shards import ShardedDataset, natural_sorted
 
@@ -299,14 +300,8 @@ def _frame_lines(atoms, where: str) -> list[str]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with (lzma.open(tmp, "wt") if path.name.endswith(".xz") else open(tmp, "w")) as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, (lzma.open(tmp, "wt") if path.name.endswith(".xz") else open(tmp, "w")) as f:
+        f.write(text)
 
 
 def write_s2ef_extxyz(path: str | os.PathLike, frames: Sequence, system_ids: Sequence[int | str],

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from torch_geometric.data import Data
 
+from .._files import atomic_write
 from ._canonical import DataFormatError, canonical_data, record_fields
 from ._safe_pickle import restricted_loads
 from ._shards import ShardedDataset, natural_sorted
@@ -347,28 +348,22 @@ def write_lmdb(path: str | os.PathLike, items: Iterable, commit_every: int = 100
         >>> write_lmdb(tempfile.mkdtemp() + "/one.lmdb", [Data(pos=torch.zeros(2, 3))])
         1
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    env = _lmdb().open(str(tmp), subdir=False, map_size=map_size, lock=False, meminit=False)
     count = 0
-    try:
-        pending: list[tuple[bytes, bytes]] = []
-        for item in items:
-            pending.append((str(count).encode("ascii"), pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)))
-            count += 1
-            if len(pending) >= commit_every:
-                _put(env, pending)
-                pending = []
-        pending.append((_LENGTH_KEY, pickle.dumps(count, protocol=pickle.HIGHEST_PROTOCOL)))
-        _put(env, pending)
-        env.sync(True)
-        env.close()
-        os.replace(tmp, path)
-    except BaseException:
-        env.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        env = _lmdb().open(str(tmp), subdir=False, map_size=map_size, lock=False, meminit=False)
+        try:
+            pending: list[tuple[bytes, bytes]] = []
+            for item in items:
+                pending.append((str(count).encode("ascii"), pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)))
+                count += 1
+                if len(pending) >= commit_every:
+                    _put(env, pending)
+                    pending = []
+            pending.append((_LENGTH_KEY, pickle.dumps(count, protocol=pickle.HIGHEST_PROTOCOL)))
+            _put(env, pending)
+            env.sync(True)
+        finally:
+            env.close()
     return count
 
 

@@ -1,6 +1,43 @@
-"""Reference models built from :mod:`so2nn.layers`."""
+"""Reference models built from :mod:`so2nn.layers`, their output heads, and the model protocol
+that training, checkpoints and the calculator rely on."""
 
+from ._checkpoint import upgrade_checkpoint
 from ._config import PRESETS, EquiformerV2Config, preset
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
+from ._heads import EnergyHead, ForceHead
+from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
+from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
+from ._registry import (
+    build_model,
+    load_model,
+    load_weights,
+    model_class,
+    model_type,
+    register_model,
+    registered_models,
+)
 
-__all__ = ["EquiformerV2", "EquiformerV2Config", "PRESETS", "TransformerBlock", "preset"]
+__all__ = [
+    "INPUT_FIELDS",
+    "PRESETS",
+    "TARGET_AND_METADATA_FIELDS",
+    "AtomicInputs",
+    "AtomisticModel",
+    "EnergyHead",
+    "EquiformerV2",
+    "EquiformerV2Config",
+    "ForceHead",
+    "ModelConfig",
+    "TargetStatistics",
+    "TransformerBlock",
+    "build_model",
+    "load_model",
+    "load_weights",
+    "model_class",
+    "model_type",
+    "preset",
+    "read_inputs",
+    "register_model",
+    "registered_models",
+    "upgrade_checkpoint",
+]

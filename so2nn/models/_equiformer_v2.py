@@ -19,8 +19,12 @@ from ..layers import (
     normalization_layer,
 )
 from ..so3 import CoefficientLayout, EdgeRotation
+from ._checkpoint import atomic_save, model_checkpoint
 from ._config import EquiformerV2Config
+from ._heads import EnergyHead, ForceHead
 from ._inputs import AtomicInputs, read_inputs
+from ._protocol import TargetStatistics
+from ._registry import load_model, load_weights, register_model
 
 __all__ = ["EquiformerV2", "TransformerBlock"]
 
@@ -82,21 +86,32 @@ class EquiformerV2(nn.Module):
 
     The forward reads like the paper:
 
-    1. atom embedding on :math:`l = 0` plus the edge-degree embedding;
-    2. ``num_layers`` transformer blocks (equivariant graph attention + feed-forward);
-    3. final norm; energy = :math:`\frac{1}{\bar n}\sum_i \mathrm{FFN}(x_i)^{(0)}`;
-       forces = the :math:`l = 1` output of one more attention block (direct), or
+    1. edge geometry: vectors, distances (a Gaussian expansion), edge frames;
+    2. embedding: the atom type on :math:`l = 0` plus the edge-degree embedding;
+    3. ``num_layers`` transformer blocks (equivariant graph attention + feed-forward);
+    4. final norm, then the heads: energy (:class:`~so2nn.models.EnergyHead`,
+       :math:`\frac{1}{\bar n}\sum_i \mathrm{FFN}(x_i)^{(0)}`, de-normalised) and forces, either
+       the :math:`l = 1` output of one more attention (:class:`~so2nn.models.ForceHead`) or
        :math:`-\partial E/\partial r` (``config.direct_forces = False``).
+
+    The heads are ``model.heads["energy"]`` and ``model.heads["forces"]`` (the latter only with
+    direct forces); ``energy_lin_ref`` (OC22's per-element reference energies, with
+    ``use_energy_lin_ref``) is a model weight, as in the reference, handed to the energy head.
 
     Args:
         config: :class:`EquiformerV2Config`, or the name of a preset (``"oc20-31M"``, ...).
 
     Inputs: a torch_geometric ``Data``/``Batch`` with OC20's fields (``pos [N, 3]``,
-    ``atomic_numbers [N]``, ``natoms [B]``, ``batch [N]``, ``cell [B, 3, 3]``; optional
-    ``pbc``, ``tags``, ``fixed``), or the same as keyword arguments. A precomputed graph
-    (``edge_index [2, E]`` with row 0 the source and ``cell_offsets [E, 3]``) is used as given.
+    ``atomic_numbers [N]``, ``natoms [B]``, ``batch [N]``, ``cell [B, 3, 3]``, ``pbc [B, 3]``),
+    or the same as keyword arguments (:data:`~so2nn.models.INPUT_FIELDS`; any other keyword
+    raises). A precomputed graph (``edge_index [2, E]`` with row 0 the source and
+    ``cell_offsets [E, 3]``) is used as given. A ``Data`` may also carry the targets and
+    metadata of :data:`~so2nn.models.TARGET_AND_METADATA_FIELDS` (``energy``, ``forces``,
+    ``tags``, ``fixed``, ``sid``, ...), which the model does not read.
 
     Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights).
+    An atom without neighbours within ``max_radius`` gets zero force and contributes its
+    isolated-atom energy.
 
     Example:
         >>> config = EquiformerV2Config(
@@ -108,7 +123,11 @@ class EquiformerV2(nn.Module):
         >>> out = model(pos=pos, atomic_numbers=torch.tensor([8, 1, 1]))
         >>> out["energy"].shape, out["forces"].shape
         (torch.Size([1]), torch.Size([3, 3]))
+        >>> list(model.heads)
+        ['energy', 'forces']
     """
+
+    config_class = EquiformerV2Config
 
     def __init__(self, config: EquiformerV2Config | str = "oc20-31M") -> None:
         super().__init__()
@@ -123,23 +142,77 @@ class EquiformerV2(nn.Module):
         self.distance_expansion = RadialBasis(c.num_distance_basis, c.max_radius, "gaussian", 2.0)
         edge_channels_list = [c.num_distance_basis, c.edge_channels, c.edge_channels]
         elements = c.max_num_elements if c.use_atom_edge_embedding else None
-        self.edge_degree_embedding = EdgeDegreeEmbedding(layout, c.sphere_channels, edge_channels_list, elements, c.avg_degree)
+        self.edge_degree_embedding = EdgeDegreeEmbedding(
+            layout, channels=c.sphere_channels, edge_channels_list=edge_channels_list, max_num_elements=elements,
+            rescale_factor=c.avg_degree,
+        )
         self.blocks = nn.ModuleList(TransformerBlock(c, layout, edge_channels_list) for _ in range(c.num_layers))
         self.norm = normalization_layer(c.norm_type, layout, c.sphere_channels)
-        self.energy_block = FeedForwardNetwork(
-            layout, c.sphere_channels, c.ffn_hidden_channels, 1, c.activation, c.use_grid_mlp, c.grid_resolution
-        )
-        self.force_block = None
+        # After the norm, energy before forces: the parameter order of the earlier layout
+        # (energy_block, force_block), which optimiser states in training checkpoints follow.
+        self.heads = nn.ModuleDict({"energy": EnergyHead(
+            layout, sphere_channels=c.sphere_channels, hidden_channels=c.ffn_hidden_channels,
+            activation=c.activation, grid_mlp=c.use_grid_mlp, grid_resolution=c.grid_resolution,
+            avg_num_nodes=c.avg_num_nodes, energy_mean=c.energy_mean, energy_std=c.energy_std,
+        )})
         if c.direct_forces:
-            self.force_block = EquivariantGraphAttention(
-                layout, c.sphere_channels, c.attn_hidden_channels, c.num_heads, c.attn_alpha_channels,
-                c.attn_value_channels, 1, edge_channels_list, elements, c.activation, c.use_attn_renorm, 0.0,
-                c.grid_resolution, c.recompute_edge_activations,
+            self.heads["forces"] = ForceHead(
+                layout, sphere_channels=c.sphere_channels, hidden_channels=c.attn_hidden_channels,
+                num_heads=c.num_heads, attn_alpha_channels=c.attn_alpha_channels,
+                attn_value_channels=c.attn_value_channels, edge_channels_list=edge_channels_list,
+                max_num_elements=elements, activation=c.activation, attn_renorm=c.use_attn_renorm,
+                grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, forces_std=c.forces_std,
             )
-        if c.use_energy_lin_ref:
-            self.energy_lin_ref = nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
-        else:
-            self.energy_lin_ref = None
+        self.register_parameter("energy_lin_ref", nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
+                                if c.use_energy_lin_ref else None)
+
+    # -- the model protocol (so2nn.models.AtomisticModel) --------------------------------------
+
+    @classmethod
+    def from_config(cls, config: EquiformerV2Config) -> EquiformerV2:
+        """A model with fresh weights (the same as ``EquiformerV2(config)``)."""
+        return cls(config)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("energy", "forces")
+
+    @property
+    def target_statistics(self) -> TargetStatistics:
+        c = self.config
+        references = None if self.energy_lin_ref is None else tuple(self.energy_lin_ref.tolist())
+        return TargetStatistics(c.energy_mean, c.energy_std, c.forces_std, references)
+
+    def with_target_statistics(self, stats: TargetStatistics) -> EquiformerV2:
+        """This model (changed in place), de-normalising with ``stats``: config and heads updated;
+        element references, when given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
+        changes = dict(energy_mean=stats.energy_mean, energy_std=stats.energy_std, forces_std=stats.forces_std)
+        if stats.element_references is not None:
+            references = torch.as_tensor(stats.element_references, dtype=torch.float64)
+            if references.shape != (self.config.max_num_elements,):
+                raise ValueError(f"element_references must have {self.config.max_num_elements} entries (one per "
+                                 f"atomic number), got {tuple(references.shape)}")
+            changes["use_energy_lin_ref"] = True
+            if self.energy_lin_ref is None:
+                weight = self.sphere_embedding.weight
+                self.energy_lin_ref = nn.Parameter(weight.new_zeros(self.config.max_num_elements), requires_grad=False)
+            with torch.no_grad():
+                self.energy_lin_ref.copy_(references)
+        self.config = self.config.replace(**changes)
+        self.heads["energy"].set_statistics(stats.energy_mean, stats.energy_std)
+        if "forces" in self.heads:
+            self.heads["forces"].set_statistics(stats.forces_std)
+        return self
+
+    def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Radius graph (``max_radius``, ``max_neighbors`` per atom, ``graph_mode``) of the inputs."""
+        c = self.config
+        return radius_graph(
+            inputs.pos.detach(), c.max_radius, inputs.cell if inputs.periodic else None,
+            inputs.pbc if inputs.periodic else None, inputs.batch, c.max_neighbors, strict=c.graph_mode == "reference",
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------
 
     @classmethod
     def from_fairchem(cls, checkpoint, use_ema: bool = True, **config_changes) -> EquiformerV2:
@@ -163,36 +236,22 @@ class EquiformerV2(nn.Module):
         checkpoint of ``examples/train_oc20.py``) or an official fairchem one.
 
         EMA weights are used when present and ``use_ema``; ``config_changes`` override inference
-        options (``grid_resolution``, ``graph_mode``, ...).
+        options (``grid_resolution``, ``graph_mode``, ...). :func:`~so2nn.models.load_model` does
+        the same for a checkpoint of any registered model type.
         """
-        from ._checkpoint import load_checkpoint
-
-        checkpoint = load_checkpoint(checkpoint)
-        if checkpoint.get("format") != "so2nn":
-            return cls.from_fairchem(checkpoint, use_ema, **config_changes)
-        config = EquiformerV2Config(**checkpoint["config"]).replace(**config_changes)
-        weights = checkpoint.get("ema") if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
-        model = cls(config)
-        model.load_reference_state_dict(weights)
+        model = load_model(checkpoint, use_ema, **config_changes)
+        if not isinstance(model, cls):
+            raise ValueError(f"the checkpoint holds a {type(model).__name__}, not an {cls.__name__}: "
+                             "load it with so2nn.models.load_model")
         return model
 
     def save(self, path) -> None:
-        """Write config and weights to ``path`` atomically (read back with :meth:`from_checkpoint`)."""
-        from ._checkpoint import atomic_save, model_checkpoint
-
+        """Write type, config and weights to ``path`` atomically (read back with :meth:`from_checkpoint`)."""
         atomic_save(model_checkpoint(self), path)
 
     def load_reference_state_dict(self, state_dict: dict) -> None:
         """Load mapped reference weights; raise a ValueError naming unknown/missing keys or bad shapes."""
-        own = self.state_dict()
-        unknown = sorted(set(state_dict) - set(own))
-        missing = sorted(set(own) - set(state_dict))
-        if unknown or missing:
-            raise ValueError(f"checkpoint does not match the model: unknown keys {unknown}, missing keys {missing}")
-        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items() if v.shape != own[k].shape]
-        if bad:
-            raise ValueError(f"checkpoint shapes do not match the model config: {bad}")
-        self.load_state_dict(state_dict)
+        load_weights(self, state_dict)
 
     @property
     def num_params(self) -> int:
@@ -202,62 +261,59 @@ class EquiformerV2(nn.Module):
         c = self.config
         return f"lmax={c.lmax}, mmax={c.mmax}, num_layers={c.num_layers}, sphere_channels={c.sphere_channels}"
 
-    def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Radius graph (``max_radius``, ``max_neighbors`` per atom) of the inputs."""
-        c = self.config
-        return radius_graph(
-            inputs.pos.detach(), c.max_radius, inputs.cell if inputs.periodic else None,
-            inputs.pbc if inputs.periodic else None, inputs.batch, c.max_neighbors, strict=c.graph_mode == "reference",
-        )
+    # -- forward ---------------------------------------------------------------------------------
 
     def forward(self, data=None, **fields) -> dict[str, torch.Tensor]:
         c = self.config
         inputs = read_inputs(data, fields, c)
         if inputs.edge_index is None:
             inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
+        numbers, edge_index, batch = inputs.atomic_numbers, inputs.edge_index, inputs.batch
         pos = inputs.pos
-        if not c.direct_forces and not pos.requires_grad:
+        gradient_forces = not c.direct_forces
+        if gradient_forces and not pos.requires_grad:
             pos = pos.detach().requires_grad_(True)
         # Gradient forces need a graph even under torch.no_grad(); direct forces never do.
-        with torch.enable_grad() if not c.direct_forces else contextlib.nullcontext():
-            energy, x, context = self._energy(inputs, pos)
-            if not c.direct_forces:
-                (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training)
+        with torch.enable_grad() if gradient_forces else contextlib.nullcontext():
+            # 1. edge geometry
+            vec = edge_vectors(pos, edge_index, inputs.cell_offsets if inputs.periodic else None,
+                               inputs.cell if inputs.periodic else None, batch)
+            distance = vec.norm(dim=1)
+            self._check_distances(distance, edge_index)
+            rotation = EdgeRotation(self.layout, vec)
+            edge_features = self.distance_expansion(distance)
+            # 2. embedding: atom type on l = 0, plus the edge-degree embedding
+            x = self.edge_degree_embedding(edge_features, numbers, edge_index, rotation, pos.shape[0])
+            x = torch.cat([x[:, :1] + self.sphere_embedding(numbers).unsqueeze(1), x[:, 1:]], dim=1)
+            # 3. transformer blocks
+            for block in self.blocks:
+                x = self._block(block, x, edge_features, numbers, edge_index, rotation, batch)
+            # 4. norm and heads
+            x = self.norm(x)
+            energy = self.heads["energy"](x, batch, inputs.num_systems, numbers, self.energy_lin_ref)
+            if gradient_forces:  # ---- conservative forces: F = -dE/dr ----
+                (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training, allow_unused=True,
+                                              materialize_grads=True)  # no edges: E does not depend on r
                 return {"energy": energy if self.training else energy.detach(), "forces": -grad}
-        edge_features, edge_index, rotation = context
-        forces = self.force_block(x, edge_features, inputs.atomic_numbers, edge_index, rotation)[:, 1:4, 0]
-        return {"energy": energy, "forces": forces * c.forces_std if c.forces_std != 1.0 else forces}
+        forces = self.heads["forces"](x, edge_features, numbers, edge_index, rotation)
+        return {"energy": energy, "forces": forces}
 
-    def _energy(self, inputs: AtomicInputs, pos: torch.Tensor):
-        c = self.config
-        edge_index, numbers, batch = inputs.edge_index, inputs.atomic_numbers, inputs.batch
-        vec = edge_vectors(pos, edge_index, inputs.cell_offsets if inputs.periodic else None,
-                           inputs.cell if inputs.periodic else None, batch)
-        distance = vec.norm(dim=1)
-        if distance.numel() and bool((distance < c.min_distance).any()):
-            e = int((distance < c.min_distance).nonzero()[0, 0])
+    def _check_distances(self, distance: torch.Tensor, edge_index: torch.Tensor) -> None:
+        close = distance < self.config.min_distance
+        if distance.numel() and bool(close.any()):
+            e = int(close.nonzero()[0, 0])
             raise ValueError(
-                f"atoms {int(edge_index[0, e])} and {int(edge_index[1, e])} are {float(distance[e].detach()):.3g} A apart "
-                f"(< min_distance={c.min_distance}): overlapping atoms"
+                f"atoms {int(edge_index[0, e])} and {int(edge_index[1, e])} are {float(distance[e].detach()):.3g} A "
+                f"apart (< min_distance={self.config.min_distance}): overlapping atoms"
             )
-        rotation = EdgeRotation(self.layout, vec)
-        edge_features = self.distance_expansion(distance)
-        num_atoms = pos.shape[0]
-        x = self.edge_degree_embedding(edge_features, numbers, edge_index, rotation, num_atoms)
-        x = torch.cat([x[:, :1] + self.sphere_embedding(numbers).unsqueeze(1), x[:, 1:]], dim=1)
-        recompute = c.checkpoint_activations and torch.is_grad_enabled()
-        for block in self.blocks:
-            if recompute:  # store only the block's input; rerun it in backward (same dropout masks)
-                x = torch.utils.checkpoint.checkpoint(
-                    block, x, edge_features, numbers, edge_index, rotation, batch, use_reentrant=False
-                )
-            else:
-                x = block(x, edge_features, numbers, edge_index, rotation, batch)
-        x = self.norm(x)
-        node_energy = self.energy_block(x)[:, 0, 0]
-        energy = node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) / c.avg_num_nodes
-        if c.energy_std != 1.0 or c.energy_mean != 0.0:
-            energy = energy * c.energy_std + c.energy_mean
-        if self.energy_lin_ref is not None:
-            energy = energy.index_add(0, batch, self.energy_lin_ref.to(energy.dtype).index_select(0, numbers))
-        return energy, x, (edge_features, edge_index, rotation)
+
+    def _block(self, block, x, edge_features, numbers, edge_index, rotation, batch) -> torch.Tensor:
+        if self.config.checkpoint_activations and torch.is_grad_enabled():
+            # store only the block's input; rerun it in backward (same dropout masks)
+            return torch.utils.checkpoint.checkpoint(
+                block, x, edge_features, numbers, edge_index, rotation, batch, use_reentrant=False
+            )
+        return block(x, edge_features, numbers, edge_index, rotation, batch)
+
+
+register_model("equiformer_v2", EquiformerV2)

@@ -3,7 +3,8 @@
 Reads the checkpoint format only: no fairchem import. Handles the model config stored in
 the checkpoint, ``module.`` prefixes from DDP, EMA weights, the deprecated monolithic
 class (``equiformer_v2``) and the backbone + heads variant (``backbone.``,
-``output_heads.energy.``, ``output_heads.forces.``).
+``output_heads.energy.``, ``output_heads.forces.``): head ``name``'s weights become so2nn's
+``heads.<name>.*``.
 
 Nothing that changes the numbers is skipped: a checkpoint holding target transforms so2nn does
 not apply (fairchem's ``mean``/``rmsd`` normaliser state, element references, ``scale_dict``) or
@@ -31,8 +32,10 @@ _BUFFER = re.compile(
 # reference name -> so2nn name, applied in order
 _RENAMES = [
     (r"^backbone\.", ""),
-    (r"^output_heads\.energy\.", ""),
-    (r"^output_heads\.forces\.", ""),
+    # the heads: the monolithic model's blocks, or the backbone + heads variant's output_heads.<name>
+    (r"^energy_block\.", "heads.energy.energy_block."),
+    (r"^force_block\.", "heads.forces.force_block."),
+    (r"^output_heads\.(energy|forces)\.", r"heads.\1."),
     (r"\.rad_func\.net\.", ".radial.net."),
     (r"\.so2_m_conv\.(\d+)\.fc\.", r".fc_m.\1."),
     (r"\.(source_embedding|target_embedding)\.weight$", r".atom_edge.\1.weight"),

@@ -8,11 +8,32 @@ import torch
 
 from .._checks import check_finite
 
-__all__ = ["AtomicInputs", "read_inputs"]
+__all__ = ["INPUT_FIELDS", "TARGET_AND_METADATA_FIELDS", "AtomicInputs", "read_inputs"]
+
+#: The inputs a model reads, as keyword arguments or attributes of a torch_geometric
+#: ``Data``/``Batch``: ``pos [N, 3]`` and ``atomic_numbers [N]`` (required), ``natoms [B]``,
+#: ``batch [N]``, ``cell [B, 3, 3]``, ``pbc [B, 3]``, and a precomputed graph ``edge_index
+#: [2, E]`` (row 0 the source) with ``cell_offsets [E, 3]``. Any other keyword raises.
+INPUT_FIELDS = ("pos", "atomic_numbers", "natoms", "batch", "cell", "pbc", "edge_index", "cell_offsets")
+
+#: Attributes a ``Data``/``Batch`` may carry besides :data:`INPUT_FIELDS` without being
+#: read: training targets (``energy``, ``forces``, ``stress``; OC20's older ``y``, ``force``,
+#: ``y_init``, ``y_relaxed``, ``pos_relaxed``), OC20's metadata (``tags``, ``fixed``, ``sid``,
+#: ``fid``, ``id``, ``oc22``), quantities derived from a stored graph (``distances``,
+#: ``neighbors``) and the batch pointer ``ptr``. An attribute outside both lists raises, so
+#: that a misspelled input is never silently dropped.
+TARGET_AND_METADATA_FIELDS = (
+    "energy", "forces", "stress", "y", "force", "y_init", "y_relaxed", "pos_relaxed",
+    "tags", "fixed", "sid", "fid", "id", "oc22", "distances", "neighbors", "ptr",
+)
 
 
 @dataclass
 class AtomicInputs:
+    """A model's validated inputs, as :func:`read_inputs` returns them (shapes in the comments;
+    ``cell`` is None for a system without periodic directions, ``edge_index`` and
+    ``cell_offsets`` None until a graph is given or built)."""
+
     pos: torch.Tensor  # [N, 3]
     atomic_numbers: torch.Tensor  # [N] long
     batch: torch.Tensor  # [N] long
@@ -33,8 +54,44 @@ def _get(data, fields: dict, name: str):
     return getattr(data, name, None) if data is not None else None
 
 
+def _check_names(data, fields: dict) -> None:
+    unknown = sorted(set(fields) - set(INPUT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown input field(s) {unknown}: a model reads {list(INPUT_FIELDS)}")
+    if data is None:
+        return
+    from torch_geometric.data.data import BaseData
+
+    if not isinstance(data, BaseData):
+        raise ValueError(f"inputs must be a torch_geometric Data/Batch or keyword arguments, got {type(data).__name__}")
+    unknown = sorted(set(data.keys()) - set(INPUT_FIELDS) - set(TARGET_AND_METADATA_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {unknown} in the input {type(data).__name__}: a model reads {list(INPUT_FIELDS)} "
+            f"and ignores only the targets and metadata {list(TARGET_AND_METADATA_FIELDS)}"
+        )
+
+
 def read_inputs(data, fields: dict, config) -> AtomicInputs:
-    """Collect the inputs from a torch_geometric ``Data``/``Batch`` or keyword arguments, and check them."""
+    """Collect the inputs from a torch_geometric ``Data``/``Batch`` or keyword arguments (which
+    take precedence), and check them: names (:data:`INPUT_FIELDS`, and for ``Data`` also
+    :data:`TARGET_AND_METADATA_FIELDS`), shapes, finiteness, atomic numbers against
+    ``config.max_num_elements``; periodic when ``pbc`` says so (default:
+    ``config.use_pbc`` when a cell is given).
+
+    Example:
+        >>> from so2nn.models import EquiformerV2Config
+        >>> inputs = read_inputs(None, {"pos": torch.zeros(2, 3), "atomic_numbers": torch.tensor([1, 1])},
+        ...                      EquiformerV2Config())
+        >>> inputs.num_systems, inputs.periodic
+        (1, False)
+        >>> read_inputs(None, {"pos": torch.zeros(2, 3), "atomic_numbers": torch.tensor([1, 1]), "tag": 0},
+        ...             EquiformerV2Config())
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown input field(s) ['tag']: a model reads ['pos', 'atomic_numbers', 'natoms', 'batch', 'cell', 'pbc', 'edge_index', 'cell_offsets']
+    """
+    _check_names(data, fields)
     pos = _get(data, fields, "pos")
     numbers = _get(data, fields, "atomic_numbers")
     if pos is None or numbers is None:

@@ -1,6 +1,7 @@
-"""Training EquiformerV2 on S2EF energies and forces: the loop behind ``examples/train_oc20.py``.
+"""Training so2nn models on S2EF energies and forces: the loop behind ``examples/train_oc20.py``.
 
-:class:`Trainer` runs the EquiformerV2 paper's recipe (energy MAE + per-atom force L2 loss,
+:class:`Trainer` trains any model that offers :class:`~so2nn.models.AtomisticModel` with the
+EquiformerV2 paper's recipe (energy MAE + per-atom force L2 loss,
 AdamW, warm-up + cosine schedule, gradient clipping, EMA, target normalisation), on one CPU,
 one GPU or many under ``torchrun``, with atomic checkpoints that resume exactly.
 """

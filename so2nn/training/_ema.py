@@ -1,16 +1,15 @@
-"""Exponential moving average of a model's weights."""
+"""Exponential moving average of a model's weights (torch.optim.swa_utils.AveragedModel)."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 __all__ = ["ExponentialMovingAverage"]
 
 
-class ExponentialMovingAverage(nn.Module):
+class ExponentialMovingAverage(AveragedModel):
     r"""A copy of ``model`` whose parameters follow an exponential moving average.
 
     .. math::
@@ -20,6 +19,10 @@ class ExponentialMovingAverage(nn.Module):
     where :math:`n` counts the updates: the warm-up keeps the average from being dominated
     by the random initial weights early in training. Buffers are copied, not averaged.
     Evaluate with ``ema.module``; its ``state_dict`` loads into a model of the same config.
+
+    A :class:`torch.optim.swa_utils.AveragedModel` with this warm-up as its ``multi_avg_fn``
+    (``get_ema_multi_avg_fn`` has a fixed decay); the copy made at construction counts as the
+    first average, so the first update already averages (the reference's EMA does the same).
 
     Args:
         model: the model being trained (unwrapped from DDP).
@@ -34,19 +37,26 @@ class ExponentialMovingAverage(nn.Module):
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
-        super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        super().__init__(model, multi_avg_fn=self._warmup_lerp, use_buffers=False)
         self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.num_updates = 0
+        self.module.eval().requires_grad_(False)
+        self.n_averaged.fill_(1)  # the initial copy is the first average
+
+    def _warmup_lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged) -> None:
+        # n_averaged - 1 updates so far; this is update n = n_averaged
+        n = int(n_averaged)
+        beta = min(self.decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - beta)
+
+    @property
+    def num_updates(self) -> int:
+        return int(self.n_averaged) - 1
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.num_updates += 1
-        beta = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for average, current in zip(self.module.parameters(), model.parameters()):
-            average.lerp_(current.detach(), 1.0 - beta)
+        self.update_parameters(model)
         for average, current in zip(self.module.buffers(), model.buffers()):
             average.copy_(current)
 
@@ -59,4 +69,4 @@ class ExponentialMovingAverage(nn.Module):
 
     def load_state(self, state: dict) -> None:
         self.module.load_state_dict(state["weights"])
-        self.num_updates = int(state["num_updates"])
+        self.n_averaged.fill_(int(state["num_updates"]) + 1)

@@ -1,4 +1,4 @@
-"""Training EquiformerV2 on S2EF data (energies and forces), as the paper trained it."""
+"""Training an so2nn model on S2EF data (energies and forces), as the EquiformerV2 paper trained it."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Batch
 
 from ..data import target_statistics
-from ..models import EquiformerV2, EquiformerV2Config
+from ..models import AtomisticModel, TargetStatistics, build_model, model_class, upgrade_checkpoint
 from ..models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
+from ..models._registry import config_from_dict
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._metrics import S2EFMetrics
@@ -101,7 +102,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """Trains an :class:`~so2nn.models.EquiformerV2` on S2EF data and never loses work.
+    """Trains an so2nn model (any :class:`~so2nn.models.AtomisticModel`) on S2EF data and never
+    loses work.
 
     * AdamW, linear warm-up + cosine learning rate, gradient clipping, an EMA of the weights
       (evaluated and exported), energy/force normalisation from training statistics;
@@ -112,13 +114,15 @@ class Trainer:
       state, configs) written atomically; :meth:`resume` continues exactly where it stopped, and
       SIGINT/SIGTERM stop after the current step with a checkpoint.
 
-    Outputs in ``out_dir``: ``checkpoint.pt`` (full training state), ``model.pt`` (config + raw
-    and EMA weights, for :meth:`~so2nn.models.EquiformerV2.from_checkpoint`), ``train_log.csv``,
+    Outputs in ``out_dir``: ``checkpoint.pt`` (full training state), ``model.pt`` (type, config,
+    raw and EMA weights, for :func:`~so2nn.models.load_model`), ``train_log.csv``,
     ``val_log.csv``, ``metrics.json`` and, from :meth:`plot`, ``summary.png``.
 
     Args:
-        model_config: the model to build (normalisation statistics are filled in from
-            ``train_set`` when ``config.normalize_targets``).
+        model: the model to train, or the config of a registered model type to build one from
+            (seeded with ``config.seed``). With ``config.normalize_targets`` the training set's
+            statistics are given to it (:meth:`~so2nn.models.AtomisticModel.with_target_statistics`);
+            otherwise it keeps its own.
         train_set, val_set: datasets of PyG ``Data`` with ``pos``, ``atomic_numbers``, ``cell``,
             ``energy [1]``, ``forces [N, 3]`` and optionally ``fixed``, ``tags``, ``pbc``.
         config: :class:`TrainingConfig`.
@@ -129,7 +133,7 @@ class Trainer:
     of the docs, ``docs/tutorials/train_oc20.md``, whose code the test suite runs.
     """
 
-    def __init__(self, model_config: EquiformerV2Config, train_set, val_set, config: TrainingConfig, out_dir,
+    def __init__(self, model, train_set, val_set, config: TrainingConfig, out_dir,
                  device: str = "cpu", progress: bool = True, tensorboard: bool = False,
                  _checkpoint: dict | None = None) -> None:
         self.config = config
@@ -143,27 +147,27 @@ class Trainer:
                 f"the training set has {len(train_set)} items, fewer than one batch per process "
                 f"({config.batch_size} x {self.dist.world_size})"
             )
-        references = None
+        if not isinstance(model, torch.nn.Module):
+            torch.manual_seed(config.seed)
+            model = build_model(model)
+        if not isinstance(model, AtomisticModel):
+            raise TypeError(f"{type(model).__name__} does not offer the so2nn model protocol (AtomisticModel)")
         if _checkpoint is None:
-            elements = model_config.max_num_elements if config.element_references else None
+            elements = model.config.max_num_elements if config.element_references else None
             stats = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,
                                       element_references=elements)
             # the baseline "predict the training mean" uses the raw energies
             self.train_energy_mean = stats.get("raw_energy_mean", stats["energy_mean"])
-            if config.normalize_targets:
-                model_config = model_config.replace(
-                    energy_mean=stats["energy_mean"], energy_std=stats["energy_std"], forces_std=stats["forces_rms"]
-                )
-            if config.element_references:
-                model_config = model_config.replace(use_energy_lin_ref=True)
-                references = torch.tensor(stats["element_references"])
+            own = model.target_statistics
+            if config.normalize_targets or config.element_references:
+                model = model.with_target_statistics(TargetStatistics(
+                    *((stats["energy_mean"], stats["energy_std"], stats["forces_rms"]) if config.normalize_targets
+                      else (own.energy_mean, own.energy_std, own.forces_std)),
+                    tuple(stats["element_references"]) if config.element_references else own.element_references,
+                ))
         else:
             self.train_energy_mean = _checkpoint["train_energy_mean"]
-        torch.manual_seed(config.seed)
-        self.model = EquiformerV2(model_config)
-        if references is not None:
-            self.model.energy_lin_ref.data.copy_(references)
-        self.model.to(self.device)
+        self.model = model.to(self.device)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay)
         self.ddp_model = self.model
         if self.dist.distributed:
@@ -201,9 +205,11 @@ class Trainer:
         state = load_checkpoint(checkpoint)
         if state.get("format") != "so2nn" or "optimizer" not in state:
             raise ValueError("not a so2nn training checkpoint (no optimiser state): cannot resume from it")
+        state = upgrade_checkpoint(state)
         config = dataclasses.replace(TrainingConfig(**state["training_config"]), **config_changes)
-        model_config = EquiformerV2Config(**state["config"])
-        return cls(model_config, train_set, val_set, config, out_dir, device, progress, tensorboard, _checkpoint=state)
+        model_type = model_class(state["model_type"])
+        model = model_type.from_config(config_from_dict(model_type, state["config"]))
+        return cls(model, train_set, val_set, config, out_dir, device, progress, tensorboard, _checkpoint=state)
 
     def _load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -282,7 +288,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _loss(self, out: dict, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        c = self.model.config
+        c = self.model.target_statistics
         energy_loss = (out["energy"].float() - batch.energy.view(-1).float()).abs().mean() / c.energy_std
         force_error = (out["forces"].float() - batch.forces.float()).norm(dim=1)
         fixed = getattr(batch, "fixed", None)

@@ -13,7 +13,7 @@ from ase.constraints import FixAtoms
 from hypothesis import given, settings
 
 from so2nn.calculators import EquiformerV2Calculator, fixed_atoms_mask
-from so2nn.models import EquiformerV2, EquiformerV2Config
+from so2nn.models import INPUT_FIELDS, EquiformerV2, EquiformerV2Config
 from so2nn.testing import strategies as so2st
 
 TINY = dict(
@@ -154,7 +154,7 @@ def test_a_2d_slab_without_a_third_cell_vector_is_completed():
     assert relative(flat.get_forces(), with_vacuum.get_forces()) <= 1e-12
 
 
-def test_tags_and_fixed_atoms_reach_the_model():
+def test_the_calculator_passes_exactly_what_the_model_reads():
     model = tiny_model()
     seen = []
     forward = model.forward
@@ -162,16 +162,18 @@ def test_tags_and_fixed_atoms_reach_the_model():
     atoms = oc20_slab()
     atoms.calc = EquiformerV2Calculator(model)
     atoms.get_potential_energy()
-    assert seen[-1]["tags"].tolist() == atoms.get_tags().tolist()
-    assert seen[-1]["fixed"].tolist() == [1] * 8 + [0] * 5
+    assert set(seen[-1]) == {"pos", "atomic_numbers", "natoms", "pbc", "cell", "edge_index", "cell_offsets"}
+    assert set(seen[-1]) <= set(INPUT_FIELDS)
     assert seen[-1]["pbc"].tolist() == [[True, True, True]] and seen[-1]["cell"].shape == (1, 3, 3)
-    # changing tags or constraints is a change of the inputs: the model runs again
+    # tags and constraints are not model inputs: changing them reuses the result
     atoms.set_tags(np.zeros(len(atoms), dtype=int))
-    atoms.get_potential_energy()
-    assert len(seen) == 2 and seen[-1]["tags"].tolist() == [0] * 13
     atoms.set_constraint()
     atoms.get_potential_energy()
-    assert len(seen) == 3 and seen[-1]["fixed"].sum() == 0
+    assert len(seen) == 1
+    # ASE applies FixAtoms to the forces it returns; the calculator's are those of every atom
+    atoms.set_constraint(FixAtoms(indices=[0]))
+    assert np.all(atoms.get_forces()[0] == 0) and np.any(atoms.calc.results["forces"][0] != 0)
+    assert fixed_atoms_mask(atoms).tolist() == [True] + [False] * (len(atoms) - 1)
 
 
 def test_graph_is_built_once_per_geometry_and_passed_to_the_model():
@@ -234,8 +236,10 @@ def test_bad_arguments():
         EquiformerV2Calculator(tiny_model(), grid_resolution=24)
     with pytest.raises(ValueError, match="dtype must be"):
         EquiformerV2Calculator(tiny_model(), dtype=torch.float16)
-    with pytest.raises(TypeError, match="model must be an EquiformerV2 or a checkpoint"):
+    with pytest.raises(TypeError, match="Linear does not offer the so2nn model protocol"):
         EquiformerV2Calculator(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="model must be an so2nn model or a checkpoint"):
+        EquiformerV2Calculator(42)
     with pytest.raises(ValueError, match="checkpoint file not found"):
         EquiformerV2Calculator("no/such/model.pt")
     with pytest.raises(Exception, match="stress"):
@@ -251,3 +255,16 @@ def test_gpu_gives_the_cpu_numbers(tmp_path):
     assert gpu.device.type == "cuda"  # the default for a checkpoint when a GPU is there
     assert gpu.get_potential_energy(atoms) == pytest.approx(cpu.get_potential_energy(atoms), rel=1e-10)
     assert relative(gpu.get_forces(atoms), cpu.get_forces(atoms)) <= 1e-10
+
+
+@pytest.mark.parametrize("direct_forces", [True, False])
+def test_atoms_without_neighbours(direct_forces):
+    """A single atom and atoms beyond the cutoff: the isolated atoms' energies, zero forces."""
+    calc = EquiformerV2Calculator(tiny_model(direct_forces=direct_forces))
+    single = Atoms("O", [[0.0, 0.0, 0.0]])
+    far = Atoms("OHH", [[0.0, 0, 0], [12.0, 0, 0], [0, 14.0, 0]])
+    energy_o = calc.get_potential_energy(single)
+    assert np.isfinite(energy_o) and np.array_equal(calc.get_forces(single), np.zeros((1, 3)))
+    energy_h = calc.get_potential_energy(Atoms("H", [[0.0, 0.0, 0.0]]))
+    assert calc.get_potential_energy(far) == pytest.approx(energy_o + 2 * energy_h, rel=1e-12)
+    assert np.array_equal(calc.get_forces(far), np.zeros((3, 3)))

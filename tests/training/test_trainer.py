@@ -129,3 +129,22 @@ def test_mixed_precision_training_learns_and_resumes(emt_data, tiny_model_config
         assert resumed.scaler.is_enabled() and resumed.scaler.get_scale() == scale
         resumed.fit()
         assert resumed.step == 40
+
+
+def test_a_training_step_on_a_batch_with_an_isolated_atom(emt_data, tiny_model_config, tmp_path):
+    """One system of the batch has no edges (an O atom alone): the step is finite and the
+    isolated atom's force is exactly zero."""
+    from torch_geometric.data import Data
+
+    train, val = emt_data
+    lone = Data(pos=torch.zeros(1, 3), atomic_numbers=torch.tensor([8]), cell=torch.eye(3).view(1, 3, 3) * 20.0,
+                natoms=1, energy=torch.tensor([-0.5]), forces=torch.zeros(1, 3), fixed=torch.zeros(1, dtype=torch.bool),
+                tags=torch.tensor([2]))
+    for direct_forces in (True, False):
+        trainer = Trainer(tiny_model_config.replace(direct_forces=direct_forces), train, val,
+                          TrainingConfig(batch_size=4), tmp_path / str(direct_forces), progress=False)
+        batch = Batch.from_data_list(train[:3] + [lone])
+        stats = trainer.train_step(batch)
+        assert all(torch.isfinite(torch.tensor(float(v))) for v in stats.values())
+        out = trainer.model.eval()(batch)
+        assert torch.isfinite(out["energy"]).all() and torch.equal(out["forces"][-1], torch.zeros(3))

@@ -1,4 +1,4 @@
-r"""The ASE calculator of :class:`~so2nn.models.EquiformerV2`."""
+r"""The ASE calculator of so2nn models (any :class:`~so2nn.models.AtomisticModel`)."""
 
 from __future__ import annotations
 
@@ -8,53 +8,37 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from ase.constraints import FixAtoms
 from ase.data import chemical_symbols
+from torch import nn
 
-from ..models import EquiformerV2
-from ..models._inputs import read_inputs
+from .._ase import fixed_atoms_mask
+from ..models import AtomisticModel, load_model, read_inputs
 
-__all__ = ["EquiformerV2Calculator"]
+__all__ = ["EquiformerV2Calculator", "So2nnCalculator", "fixed_atoms_mask"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def fixed_atoms_mask(atoms: Atoms) -> np.ndarray:
-    """``[N]`` bool, True for the atoms that an :class:`ase.constraints.FixAtoms` holds in place
-    (OC20's ``fixed``); other constraints do not count.
-
-    Example:
-        >>> from ase.build import molecule
-        >>> atoms = molecule("H2O")
-        >>> atoms.set_constraint(FixAtoms(indices=[0]))
-        >>> fixed_atoms_mask(atoms).tolist()
-        [True, False, False]
-    """
-    fixed = np.zeros(len(atoms), dtype=bool)
-    for constraint in atoms.constraints:
-        if isinstance(constraint, FixAtoms):
-            fixed[constraint.index] = True
-    return fixed
-
-
-class EquiformerV2Calculator(Calculator):
-    r"""ASE calculator that evaluates an :class:`~so2nn.models.EquiformerV2` on an ``Atoms``.
+class So2nnCalculator(Calculator):
+    r"""ASE calculator that evaluates an so2nn model on an ``Atoms``.
 
     .. math::
 
         E = \mathrm{model}(Z, r, A), \qquad
-        F_i = \text{the direct force head}, \ \text{or} \
-        -\partial E / \partial r_i \ \ (\texttt{config.direct\_forces = False}).
+        F_i = \text{the model's forces (a force head, or } -\partial E / \partial r_i)
 
-    Results: ``energy`` (a float; ``free_energy`` is the same) and ``forces`` (``[N, 3]``, a
-    float64 numpy array), in eV and eV/Angstrom for a model whose config carries its training-set
-    normalisation (so2nn checkpoints and imported fairchem ones do). Stress is not implemented:
-    the model does not provide it.
+    Any model that offers :class:`~so2nn.models.AtomisticModel` works (EquiformerV2 or a model
+    of your own, registered with :func:`~so2nn.models.register_model` to load it from a
+    checkpoint). Results: ``energy`` (a float; ``free_energy`` is the same) and ``forces``
+    (``[N, 3]``, a float64 numpy array), in eV and eV/Angstrom for a model that carries its
+    training-set normalisation (so2nn checkpoints and imported fairchem ones do); each is
+    offered when the model's ``output_names`` has it. ``EquiformerV2Calculator`` is the same
+    class under its earlier name.
 
     Args:
-        model: an :class:`~so2nn.models.EquiformerV2`, or a checkpoint (path or loaded dict):
-            so2nn's own (:meth:`~so2nn.models.EquiformerV2.save`, the training example's ``model.pt``) or an
-            official fairchem one, read by :meth:`~so2nn.models.EquiformerV2.from_checkpoint`.
+        model: a model, or a checkpoint (path or loaded dict) read by
+            :func:`~so2nn.models.load_model`: so2nn's own (a model's ``save``, the training
+            example's ``model.pt``) or an official fairchem EquiformerV2 one.
         device: where to run. Default: where the given model's weights are; for a checkpoint,
             ``"cuda"`` when available, else ``"cpu"``.
         dtype: ``torch.float32`` or ``torch.float64`` (or their names). Default: the given
@@ -66,24 +50,23 @@ class EquiformerV2Calculator(Calculator):
 
     The calculator moves the model to ``device`` and ``dtype`` and puts it in eval mode.
 
-    Inputs taken from the ``Atoms``:
+    The inputs taken from the ``Atoms`` are exactly what the model reads
+    (:data:`~so2nn.models.INPUT_FIELDS`):
 
     * ``numbers`` (each must have a row in the model's embedding table, ``1 <= Z < max_num_elements``);
     * ``positions``, ``pbc`` and ``cell``: a direction that is periodic needs a non-zero cell
       vector; zero vectors along non-periodic directions (ASE's 2D slabs) are completed with
       orthogonal unit vectors, which no edge uses;
-    * ``tags`` (OC20: 0 subsurface, 1 surface, 2 adsorbate) and the atoms held by
-      :class:`~ase.constraints.FixAtoms` (OC20's ``fixed``), passed to the model as ``tags`` and
-      ``fixed``. The released EquiformerV2 reads neither; they count as changes of the system so
-      that a model that does never sees stale results. The returned forces are those of every
-      atom; ASE's ``atoms.get_forces()`` then zeroes the fixed ones.
+    * the graph, see below. Tags and constraints are not model inputs: the returned forces are
+      those of every atom, and ASE's ``atoms.get_forces()`` zeroes those that
+      :class:`~ase.constraints.FixAtoms` holds.
 
-    The radius graph (the model's ``max_radius``, ``max_neighbors`` and ``graph_mode``, via
-    :meth:`~so2nn.models.EquiformerV2.build_graph`) is built once per geometry and passed to the model as
-    ``edge_index`` / ``cell_offsets``: when numbers, positions, cell and pbc are exactly those
-    of the last graph (a change of tags, fixed atoms or magnetic moments, or a :meth:`~ase.calculators.calculator.Calculator.reset`),
-    the cached graph is reused. Evaluation runs under :class:`torch.no_grad`; a conservative
-    model takes its gradient inside its own forward.
+    The radius graph (the model's own, via its ``build_graph``) is built once per geometry and
+    passed to the model as ``edge_index`` / ``cell_offsets``: when numbers, positions, cell and
+    pbc are exactly those of the last graph (a change of tags or magnetic moments, or a
+    :meth:`~ase.calculators.calculator.Calculator.reset`), the cached graph is reused. An atom
+    without neighbours is valid input (an isolated atom: zero force). Evaluation runs under
+    :class:`torch.no_grad`; a conservative model takes its gradient inside its own forward.
 
     Example:
         >>> from ase.build import molecule
@@ -93,18 +76,18 @@ class EquiformerV2Calculator(Calculator):
         ...     attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
         ...     num_distance_basis=16, max_radius=5.0))
         >>> atoms = molecule("H2O")
-        >>> atoms.calc = EquiformerV2Calculator(model, device="cpu", dtype=torch.float64)
+        >>> atoms.calc = So2nnCalculator(model, device="cpu", dtype=torch.float64)
         >>> atoms.get_forces().shape
         (3, 3)
         >>> isinstance(atoms.get_potential_energy(), float)
         True
     """
 
-    implemented_properties = ["energy", "free_energy", "forces"]
+    implemented_properties = ["energy", "free_energy", "forces"]  # narrowed per instance to the model's outputs
 
     def __init__(
         self,
-        model: EquiformerV2 | str | os.PathLike | dict,
+        model: nn.Module | str | os.PathLike | dict,
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
@@ -112,7 +95,9 @@ class EquiformerV2Calculator(Calculator):
         **config_changes,
     ) -> None:
         super().__init__()
-        if isinstance(model, EquiformerV2):
+        if isinstance(model, nn.Module):
+            if not isinstance(model, AtomisticModel):
+                raise TypeError(f"{type(model).__name__} does not offer the so2nn model protocol (AtomisticModel)")
             if config_changes:
                 raise ValueError(
                     f"config changes {sorted(config_changes)} apply when loading a checkpoint; "
@@ -121,28 +106,22 @@ class EquiformerV2Calculator(Calculator):
             weight = next(model.parameters())
             default_device, default_dtype = weight.device, weight.dtype
         elif isinstance(model, (str, os.PathLike, dict)):
-            model = EquiformerV2.from_checkpoint(model, use_ema=use_ema, **config_changes)
+            model = load_model(model, use_ema=use_ema, **config_changes)
             default_device = "cuda" if torch.cuda.is_available() else "cpu"
             default_dtype = torch.float32
         else:
             raise TypeError(
-                f"model must be an EquiformerV2 or a checkpoint path/dict, got {type(model).__name__}"
+                f"model must be an so2nn model or a checkpoint path/dict, got {type(model).__name__}"
             )
         self.device = torch.device(default_device if device is None else device)
         self.dtype = _as_dtype(default_dtype if dtype is None else dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        outputs = set(self.model.output_names)
+        if "energy" not in outputs:
+            raise ValueError(f"the model's outputs {sorted(outputs)} have no 'energy'")
+        self.implemented_properties = ["energy", "free_energy"] + [p for p in ("forces",) if p in outputs]
         self._graph_key: tuple | None = None
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
-        """ASE's system changes, plus ``"tags"`` and ``"fixed"`` (model inputs in OC20)."""
-        changes = super().check_state(atoms, tol)
-        if self.atoms is not None:
-            if not np.array_equal(self.atoms.get_tags(), atoms.get_tags()):
-                changes.append("tags")
-            if not np.array_equal(fixed_atoms_mask(self.atoms), fixed_atoms_mask(atoms)):
-                changes.append("fixed")
-        return changes
 
     def calculate(
         self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes
@@ -153,11 +132,9 @@ class EquiformerV2Calculator(Calculator):
         with torch.no_grad():
             out = self.model(**fields)
         energy = float(out["energy"][0])
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": out["forces"].detach().to("cpu", torch.float64).numpy(),
-        }
+        self.results = {"energy": energy, "free_energy": energy}
+        if "forces" in self.implemented_properties:
+            self.results["forces"] = out["forces"].detach().to("cpu", torch.float64).numpy()
 
     def _fields(self, atoms: Atoms) -> dict[str, torch.Tensor]:
         """The model's keyword inputs for one system, after checking what an ``Atoms`` can get wrong."""
@@ -186,8 +163,6 @@ class EquiformerV2Calculator(Calculator):
             "atomic_numbers": as_tensor(numbers, torch.long),
             "natoms": torch.tensor([len(atoms)], device=self.device),
             "pbc": as_tensor(atoms.pbc, torch.bool).view(1, 3),
-            "tags": as_tensor(atoms.get_tags(), torch.long),
-            "fixed": as_tensor(fixed_atoms_mask(atoms), torch.long),
         }
         cell = _periodic_cell(atoms)
         if cell is not None:
@@ -239,3 +214,7 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if dtype not in _DTYPES.values():
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     return dtype
+
+
+#: The calculator's earlier name, kept for existing code: the same class.
+EquiformerV2Calculator = So2nnCalculator

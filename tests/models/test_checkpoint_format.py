@@ -1,0 +1,94 @@
+"""so2nn's checkpoint format: the model type it records, the registry that resolves it, and
+checkpoints written before types were recorded (fixtures made by that code) loading unchanged."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from so2nn.models import (
+    INPUT_FIELDS,
+    EquiformerV2,
+    EquiformerV2Config,
+    build_model,
+    load_model,
+    model_class,
+    model_type,
+    register_model,
+    upgrade_checkpoint,
+)
+from so2nn.training import Trainer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _legacy_inputs(expected):
+    return {k: v for k, v in expected["input"].items() if k in INPUT_FIELDS}
+
+
+def test_a_format_1_checkpoint_loads_with_identical_outputs(tmp_path):
+    legacy = torch.load(FIXTURES / "legacy_model.pt", weights_only=False)
+    assert legacy["version"] == 1 and "model_type" not in legacy
+    assert any(k.startswith("energy_block.") for k in legacy["model"]) and "energy_lin_ref" in legacy["model"]
+    expected = legacy["expected"]
+    for load in (load_model, EquiformerV2.from_checkpoint):
+        model = load(FIXTURES / "legacy_model.pt").eval()
+        assert isinstance(model, EquiformerV2) and model.config.use_energy_lin_ref
+        with torch.no_grad():
+            out = model(**_legacy_inputs(expected))
+        torch.testing.assert_close(out["energy"], expected["energy"], rtol=0, atol=0)
+        torch.testing.assert_close(out["forces"], expected["forces"], rtol=0, atol=0)
+    # saved again, it is a format-2 checkpoint of the same model
+    model.save(tmp_path / "again.pt")
+    again = torch.load(tmp_path / "again.pt", weights_only=False)
+    assert (again["version"], again["model_type"]) == (2, "equiformer_v2")
+    # same weights in the same order (an optimiser's state follows the parameter order)
+    assert list(again["model"]) == list(upgrade_checkpoint(legacy)["model"])
+    assert {k.split(".")[1] for k in again["model"] if k.startswith("heads.")} == {"energy", "forces"}
+
+
+def test_a_format_1_training_checkpoint_resumes_with_its_ema(tmp_path):
+    """The fixture is a run stopped after 3 of 6 steps, with the EMA weights the code that wrote
+    it reached after all 6: resuming here must reach the same."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
+    from conftest import emt_frames
+
+    state = torch.load(FIXTURES / "legacy_training.pt", weights_only=False)
+    expected = state["expected_after_resume"]
+    trainer = Trainer.resume(FIXTURES / "legacy_training.pt", emt_frames(8, seed=0), emt_frames(2, seed=1), tmp_path,
+                             progress=False)
+    assert trainer.step == 3 and trainer.ema.num_updates == 3
+    trainer.fit()
+    assert trainer.step == expected["step"] and trainer.ema.num_updates == expected["num_updates"]
+    ema = trainer.ema.module.state_dict()
+    for key, value in upgrade_checkpoint({"version": 1, "model": expected["ema"]})["model"].items():
+        torch.testing.assert_close(ema[key], value, rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_the_registry_resolves_types_and_refuses_what_it_does_not_know(tmp_path):
+    assert model_class("equiformer_v2") is EquiformerV2 and model_type(EquiformerV2) == "equiformer_v2"
+    config = EquiformerV2Config(lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
+                                attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
+                                num_distance_basis=16, max_radius=5.0, max_num_elements=20)
+    model = build_model(config)
+    assert isinstance(model, EquiformerV2)
+    model.save(tmp_path / "model.pt")
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=False)
+    with pytest.raises(ValueError, match="unknown model type 'my_model'.*must be registered"):
+        load_model({**checkpoint, "model_type": "my_model"})
+    with pytest.raises(ValueError, match="newer than this so2nn reads"):
+        load_model({**checkpoint, "version": 99})
+    with pytest.raises(ValueError, match=r"config has keys \['not_a_field'\]"):
+        load_model({**checkpoint, "config": {**checkpoint["config"], "not_a_field": 1}})
+    with pytest.raises(ValueError, match=r"unknown keys \['extra'\]"):
+        load_model({**checkpoint, "model": {**checkpoint["model"], "extra": torch.zeros(1)}})
+    with pytest.raises(ValueError, match="already registered for EquiformerV2"):
+        register_model("equiformer_v2", type("Other", (torch.nn.Module,), {"config_class": EquiformerV2Config}))
+    with pytest.raises(ValueError, match="already registered as 'equiformer_v2'"):
+        register_model("another_name", EquiformerV2)
+    with pytest.raises(TypeError, match="no config_class"):
+        register_model("plain", torch.nn.Linear)
+    with pytest.raises(ValueError, match="not a registered model type"):
+        model_type(torch.nn.Linear(1, 1))
