@@ -1,4 +1,4 @@
-r"""Radius graphs with periodic boundary conditions, in plain torch.
+r"""Radius graphs with periodic boundary conditions: an O(N) cell-list search, so2nn's rules in torch.
 
 Convention (shared by every so2nn module): ``edge_index[0]`` is the source :math:`j` (the
 neighbour), ``edge_index[1]`` the target :math:`i` (the centre, where messages are
@@ -8,14 +8,19 @@ summed), and the edge vector is
 
 with :math:`n_{ij} \in \mathbb{Z}^3` the ``cell_offsets`` and :math:`A` the cell, rows
 being lattice vectors (ASE's convention).
+
+The search for pairs is vesin's (cell lists, linear in the number of atoms, on the CPU; it
+needs no gradient). Which pairs become edges, their order and the per-atom cap are so2nn's
+rules, applied as vectorised torch ops on the inputs' device; the edge vectors are computed
+in torch from positions, cell and the integer offsets (:func:`edge_vectors`), so forces
+and stress differentiate through them.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-
+import numpy as np
 import torch
+import vesin
 
 from .._checks import check_finite, check_last_dims
 
@@ -59,19 +64,6 @@ def edge_vectors(
     return vec + torch.einsum("ek,ekj->ej", offsets, cell.index_select(0, system))
 
 
-def _image_range(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> list[range]:
-    """Lattice translations needed per axis: ceil(cutoff / plane spacing) where periodic."""
-    # The spacing of the lattice planes spanned by the other two vectors is 1 / |b_k|,
-    # with b_k the k-th column of inv(A) (the reciprocal vectors without 2 pi).
-    inv = torch.linalg.inv(cell.to(torch.float64))
-    spacing = 1.0 / inv.norm(dim=0)
-    return [
-        range(-math.ceil(cutoff / float(spacing[k])), math.ceil(cutoff / float(spacing[k])) + 1)
-        if bool(pbc[k])
-        else range(0, 1)
-        for k in range(3)
-    ]
-
 
 def radius_graph(
     pos: torch.Tensor,
@@ -85,28 +77,73 @@ def radius_graph(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""All pairs closer than ``cutoff``, across periodic images, optionally capped per atom.
 
+    The edges are every :math:`(j, i, n)` with
+
+    .. math:: d_{ij} = \lVert (x_j + n A) - x_i \rVert < r_c, \qquad (j, n) \neq (i, 0),
+
+    :math:`d_{ij}` evaluated in the dtype of ``pos``, so float32 and float64 inputs get the
+    graphs their own arithmetic defines. An atom is never its own neighbour in the zero image,
+    but is in the others (a cell smaller than the cutoff). Systems of a batch never connect.
+
+    With ``max_num_neighbors`` :math:`k`, each target :math:`i` ranks its edges by
+    :math:`d_{ij}` (equal distances in the edge order below) and keeps
+
+    - ``strict=True``: the first :math:`k` (EquiformerV2's reference cut, fairchem's
+      ``enforce_max_neighbors_strictly``). A shell of equal distances can be split, which
+      breaks rotation equivariance on symmetric structures;
+    - default: every edge with :math:`d_{ij} \le d_i^{(k)} + \epsilon`, :math:`d_i^{(k)}` its
+      :math:`k`-th smallest distance and :math:`\epsilon` = ``tie_tolerance``: whole shells,
+      so the selection depends only on distances and commutes with rotations. Targets with at
+      most :math:`k` edges keep them all.
+
+    The pairs are found with vesin's cell lists (O(N) time and memory, on the CPU, in float64
+    with a margin that covers the rounding of ``pos``'s dtype); the rules above then run as
+    sorts and scatters in torch on the device of ``pos``. Indices and offsets carry no
+    gradient; compute the vectors with :func:`edge_vectors` to differentiate in ``pos`` and
+    ``cell``.
+
     Args:
         pos: ``[N, 3]`` Cartesian positions.
         cutoff: radius (same unit as ``pos``).
         cell: ``[3, 3]`` or ``[B, 3, 3]`` lattice vectors as rows; ``None`` for molecules.
         pbc: ``[3]`` or ``[B, 3]`` periodic flags (default: all periodic when a cell is
-            given).
+            given). A non-periodic axis of a cell gets no images (slabs: ``(True, True, False)``).
         batch: ``[N]`` system index of each atom (default: one system).
         max_num_neighbors: keep only the nearest neighbours of each target atom.
-        strict: with ``max_num_neighbors``, cut at exactly that many (EquiformerV2's
-            reference behaviour: a shell of equal distances can be split, which breaks
-            rotation equivariance on symmetric slabs). Default: keep the whole shell at
-            the cut (every neighbour within ``tie_tolerance`` of the k-th distance), so the
-            selection depends only on distances and commutes with rotations.
+        strict: with ``max_num_neighbors``, cut at exactly that many (see above).
         tie_tolerance: distances closer than this count as one shell.
 
     Returns:
-        ``(edge_index [2, E], cell_offsets [E, 3])``, edges sorted by target then source.
-        An atom is never its own neighbour in the zero image, but is in other images.
+        ``(edge_index [2, E], cell_offsets [E, 3])``, both ``long`` on the device of ``pos``;
+        edges sorted by system, then target, then source, then offset (lexicographic); with
+        no edge at all, ``[2, 0]`` and ``[0, 3]``.
 
     Example:
         >>> pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
         >>> radius_graph(pos, cutoff=1.5)[0]
+        tensor([[1, 0],
+                [0, 1]])
+
+        One atom in a 2 A cubic cell, 3 A cutoff: its 6 face images and 12 edge images;
+        with a cap of 4 the tie-stable rule keeps the whole first shell, the strict one 4:
+
+        >>> cell = 2.0 * torch.eye(3, dtype=torch.float64)
+        >>> one = torch.zeros(1, 3, dtype=torch.float64)
+        >>> edge_index, offsets = radius_graph(one, 3.0, cell)
+        >>> edge_index.shape[1], offsets[:3].tolist()
+        (18, [[-1, -1, 0], [-1, 0, -1], [-1, 0, 0]])
+        >>> radius_graph(one, 3.0, cell, max_num_neighbors=4)[0].shape[1]
+        6
+        >>> radius_graph(one, 3.0, cell, max_num_neighbors=4, strict=True)[0].shape[1]
+        4
+
+        A slab (periodic in x and y only) and a molecule in one batch:
+
+        >>> both = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [5.0, 5.0, 5.0]], dtype=torch.float64)
+        >>> cells = torch.stack([cell, torch.zeros(3, 3, dtype=torch.float64)])
+        >>> pbc = torch.tensor([[True, True, False], [False, False, False]])
+        >>> edge_index, _ = radius_graph(both, 1.5, cells, pbc, batch=torch.tensor([0, 0, 1]))
+        >>> edge_index
         tensor([[1, 0],
                 [0, 1]])
     """
@@ -114,11 +151,15 @@ def radius_graph(
     check_finite("pos", pos)
     if not cutoff > 0:
         raise ValueError(f"cutoff must be > 0, got {cutoff}")
+    if max_num_neighbors is not None and not (isinstance(max_num_neighbors, int) and max_num_neighbors >= 1):
+        raise ValueError(f"max_num_neighbors must be an int >= 1, got {max_num_neighbors!r}")
     num_atoms = pos.shape[0]
     device = pos.device
     batch = torch.zeros(num_atoms, dtype=torch.long, device=device) if batch is None else batch
     if batch.shape != (num_atoms,):
         raise ValueError(f"batch must have shape [N={num_atoms}], got {tuple(batch.shape)}")
+    if batch.is_floating_point() or batch.is_complex() or (num_atoms and int(batch.min()) < 0):
+        raise ValueError("batch must hold integer system indices >= 0")
     num_systems = int(batch.max()) + 1 if num_atoms else 0
     if cell is not None:
         cell = cell.reshape(-1, 3, 3)
@@ -126,51 +167,127 @@ def radius_graph(
             raise ValueError(f"cell must have one [3, 3] matrix per system ({num_systems}), got {cell.shape[0]}")
         check_finite("cell", cell)
         pbc = torch.ones(3, dtype=torch.bool) if pbc is None else torch.as_tensor(pbc, dtype=torch.bool)
-        pbc = pbc.reshape(-1, 3).expand(num_systems, 3).cpu()
+        pbc = pbc.cpu().reshape(-1, 3).expand(num_systems, 3)
         if bool((pbc.any(dim=1) & (torch.linalg.det(cell.detach().cpu().double()).abs() < 1e-12)).any()):
             raise ValueError("cell is singular but pbc is set: periodic directions need a non-degenerate cell")
     elif pbc is not None and bool(torch.as_tensor(pbc).any()):
         raise ValueError("pbc is set but no cell was given")
+    elif pbc is not None:
+        pbc = None  # all False and no cell: a molecule
 
-    edges, offsets = [], []
+    pos = pos.detach()
+    cell = cell.detach().to(pos.dtype) if cell is not None else None
+    # vesin measures in float64, the rule below in pos's dtype: search a little further, so
+    # that every pair the dtype's arithmetic puts inside the cutoff is a candidate.
+    scale = 2.0 * float(pos.abs().max()) + 2.0 * float(cutoff) if num_atoms else 0.0
+    if cell is not None:
+        scale += float(cell.abs().sum(dim=-1).max())
+    margin = 1e-6 * float(cutoff) + 64.0 * torch.finfo(pos.dtype).eps * scale
+    src, dst, offsets = _candidate_pairs(pos, float(cutoff) + margin, cell, pbc, batch, num_systems)
+
+    distance = _pair_distances(pos, cell, batch, src, dst, offsets)
+    keep = (distance < cutoff) & ~((src == dst) & (offsets == 0).all(dim=1))
+    src, dst, offsets, distance = src[keep], dst[keep], offsets[keep], distance[keep]
+    order = _edge_order(batch, src, dst, offsets)
+    src, dst, offsets, distance = src[order], dst[order], offsets[order], distance[order]
+    if max_num_neighbors is not None:
+        keep = _nearest(distance, dst, num_atoms, max_num_neighbors, strict, tie_tolerance)
+        src, dst, offsets = src[keep], dst[keep], offsets[keep]
+    return torch.stack([src, dst]), offsets
+
+
+def _candidate_pairs(
+    pos: torch.Tensor,
+    cutoff: float,
+    cell: torch.Tensor | None,
+    pbc: torch.Tensor | None,
+    batch: torch.Tensor,
+    num_systems: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(source, target, offset)`` of every pair closer than ``cutoff`` (in float64), any order.
+
+    One vesin call per system, on the CPU. vesin reports ``(i, j, S)`` for the vector
+    ``x_j - x_i + S A``: its ``i`` is our target, ``j`` our source, ``S`` our offset. It takes
+    any triclinic cell, per-axis periodicity, atoms outside the cell, and cells thinner than
+    the cutoff (it walks as many images as needed); a system without periodic axis needs no cell.
+    """
+    points = pos.to("cpu", torch.float64).numpy()
+    cells = cell.to("cpu", torch.float64).numpy() if cell is not None else None
+    periodic = pbc.numpy() if pbc is not None else np.zeros((num_systems, 3), dtype=bool)
+    system = batch.cpu().numpy()
+    by_system = np.argsort(system, kind="stable")
+    ends = np.cumsum(np.bincount(system, minlength=num_systems))
+    search = vesin.NeighborList(cutoff=cutoff, full_list=True)
+    sources, targets, offsets = [], [], []
     for s in range(num_systems):
-        atoms = (batch == s).nonzero()[:, 0]
-        p = pos.detach().index_select(0, atoms)
-        if cell is None or not bool(pbc[s].any()):
-            images = torch.zeros(1, 3, dtype=pos.dtype, device=device)
-        else:
-            ranges = _image_range(cell[s].detach(), pbc[s], cutoff)
-            images = torch.tensor(list(itertools.product(*ranges)), dtype=pos.dtype, device=device)
-        shift = images @ cell[s].detach() if cell is not None else images
-        # d[k, i, j] = |p_j + shift_k - p_i|
-        vec = p.unsqueeze(0).unsqueeze(1) + shift.view(-1, 1, 1, 3) - p.unsqueeze(0).unsqueeze(2)
-        dist = vec.norm(dim=-1)
-        mask = dist < cutoff
-        zero_image = (images == 0).all(dim=1)
-        mask[zero_image] &= ~torch.eye(len(atoms), dtype=torch.bool, device=device)
-        k, i, j = mask.nonzero(as_tuple=True)
-        order = torch.argsort(i * len(atoms) * len(images) + j * len(images) + k)
-        k, i, j = k[order], i[order], j[order]
-        if max_num_neighbors is not None:
-            keep = _nearest(dist[k, i, j], i, len(atoms), max_num_neighbors, strict, tie_tolerance)
-            k, i, j = k[keep], i[keep], j[keep]
-        edges.append(torch.stack([atoms[j], atoms[i]]))
-        offsets.append(images[k].round().long())
-    if not edges:
-        return torch.zeros(2, 0, dtype=torch.long, device=device), torch.zeros(0, 3, dtype=torch.long, device=device)
-    return torch.cat(edges, dim=1), torch.cat(offsets, dim=0)
+        atoms = by_system[(ends[s - 1] if s else 0) : ends[s]]
+        if len(atoms) == 0:
+            continue
+        box = cells[s] if cells is not None and periodic[s].any() else np.zeros((3, 3))
+        i, j, shift = search.compute(points[atoms], box, periodic[s].tolist(), "ijS")
+        targets.append(atoms[i.astype(np.int64)])
+        sources.append(atoms[j.astype(np.int64)])
+        offsets.append(shift.astype(np.int64).reshape(-1, 3))
+    if not targets:
+        sources, targets, offsets = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros((0, 3), np.int64)]
+    to_device = lambda parts: torch.from_numpy(np.concatenate(parts)).to(pos.device)  # noqa: E731
+    return to_device(sources), to_device(targets), to_device(offsets)
+
+
+def _pair_distances(
+    pos: torch.Tensor,
+    cell: torch.Tensor | None,
+    batch: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    offsets: torch.Tensor,
+) -> torch.Tensor:
+    """``|(x_j + n A) - x_i|`` in the dtype of ``pos``, summed in this order on purpose: it is the
+    arithmetic every so2nn graph was defined with, so shells and cuts fall where they always did."""
+    if cell is None:
+        return (pos.index_select(0, src) - pos.index_select(0, dst)).norm(dim=-1)
+    n = offsets.to(pos.dtype)
+    if cell.shape[0] == 1:
+        shift = n @ cell[0]
+    else:
+        shift = torch.einsum("ek,ekj->ej", n, cell.index_select(0, batch.index_select(0, dst)))
+    return ((pos.index_select(0, src) + shift) - pos.index_select(0, dst)).norm(dim=-1)
+
+
+def _edge_order(batch: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Permutation sorting edges by (system, target, source, offset lexicographically)."""
+    num_atoms = batch.shape[0]
+    if src.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=src.device)
+    # rank of each atom in (system, index) order: the target's position in the output
+    atoms = torch.argsort(batch, stable=True)
+    rank = torch.empty_like(atoms)
+    rank[atoms] = torch.arange(num_atoms, device=atoms.device)
+    low = offsets.min(dim=0).values
+    span = offsets.max(dim=0).values - low + 1
+    shifted = offsets - low
+    image = (shifted[:, 0] * span[1] + shifted[:, 1]) * span[2] + shifted[:, 2]
+    num_images = int(span.prod())
+    pair = rank.index_select(0, dst) * num_atoms + src
+    if num_atoms * num_atoms * num_images < 2**62:  # one int64 key, unique per edge: one sort
+        return torch.argsort(pair * num_images + image)
+    order = torch.argsort(image, stable=True)
+    return order[torch.argsort(pair[order], stable=True)]
 
 
 def _nearest(
     distance: torch.Tensor, target: torch.Tensor, num_atoms: int, k: int, strict: bool, tolerance: float
 ) -> torch.Tensor:
-    """Mask of the edges among the ``k`` nearest of their target (whole shells unless strict)."""
-    if not (isinstance(k, int) and k >= 1):
-        raise ValueError(f"max_num_neighbors must be an int >= 1, got {k!r}")
+    """Mask of the edges among the ``k`` nearest of their target (whole shells unless strict).
+
+    ``distance`` and ``target`` are in edge order; equal distances rank in that order.
+    """
+    counts = torch.bincount(target, minlength=num_atoms)
+    if target.numel() == 0 or int(counts.max()) <= k:  # nobody has more than k: both rules keep all
+        return torch.ones_like(target, dtype=torch.bool)
     # rank of each edge within its target, by distance (stable: ties keep the edge order)
     order = torch.argsort(distance, stable=True)
     order = order[torch.argsort(target[order], stable=True)]
-    counts = torch.bincount(target, minlength=num_atoms)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order), device=order.device) - starts[target[order]]
