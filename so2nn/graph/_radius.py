@@ -186,14 +186,17 @@ def radius_graph(
     src, dst, offsets = _candidate_pairs(pos, float(cutoff) + margin, cell, pbc, batch, num_systems)
 
     distance = _pair_distances(pos, cell, batch, src, dst, offsets)
-    keep = (distance < cutoff) & ~((src == dst) & (offsets == 0).all(dim=1))
+    keep = ((distance < cutoff) & ~((src == dst) & (offsets == 0).all(dim=1))).nonzero()[:, 0]
     src, dst, offsets, distance = src[keep], dst[keep], offsets[keep], distance[keep]
-    order = _edge_order(batch, src, dst, offsets)
-    src, dst, offsets, distance = src[order], dst[order], offsets[order], distance[order]
-    if max_num_neighbors is not None:
-        keep = _nearest(distance, dst, num_atoms, max_num_neighbors, strict, tie_tolerance)
-        src, dst, offsets = src[keep], dst[keep], offsets[keep]
-    return torch.stack([src, dst]), offsets
+    # position of each atom in (system, index) order: the order of the targets in the output
+    atom_rank = torch.empty_like(batch, dtype=torch.long)
+    atom_rank[torch.argsort(batch, stable=True)] = torch.arange(num_atoms, device=device)
+    group = atom_rank.index_select(0, dst)
+    if max_num_neighbors is not None:  # cap first: the final sort then orders only the edges kept
+        kept = _nearest(distance, group, src, offsets, num_atoms, max_num_neighbors, strict, tie_tolerance)
+        src, dst, offsets, group = src[kept], dst[kept], offsets[kept], group[kept]
+    order = _edge_order(group, src, offsets, num_atoms)
+    return torch.stack([src[order], dst[order]]), offsets[order]
 
 
 def _candidate_pairs(
@@ -220,17 +223,26 @@ def _candidate_pairs(
     search = vesin.NeighborList(cutoff=cutoff, full_list=True)
     sources, targets, offsets = [], [], []
     for s in range(num_systems):
-        atoms = by_system[(ends[s - 1] if s else 0) : ends[s]]
+        start = ends[s - 1] if s else 0
+        atoms = by_system[start : ends[s]]
         if len(atoms) == 0:
             continue
         box = cells[s] if cells is not None and periodic[s].any() else np.zeros((3, 3))
         i, j, shift = search.compute(points[atoms], box, periodic[s].tolist(), "ijS")
-        targets.append(atoms[i.astype(np.int64)])
-        sources.append(atoms[j.astype(np.int64)])
+        i, j = i.view(np.int64), j.view(np.int64)  # vesin's uint64, far below 2**63
+        if atoms[0] == start and atoms[-1] == ends[s] - 1:  # the system is atoms start..end-1
+            targets.append(i + start if start else i)
+            sources.append(j + start if start else j)
+        else:
+            targets.append(atoms[i])
+            sources.append(atoms[j])
         offsets.append(shift.astype(np.int64).reshape(-1, 3))
     if not targets:
         sources, targets, offsets = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros((0, 3), np.int64)]
-    to_device = lambda parts: torch.from_numpy(np.concatenate(parts)).to(pos.device)  # noqa: E731
+
+    def to_device(parts: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0]).to(pos.device)
+
     return to_device(sources), to_device(targets), to_device(offsets)
 
 
@@ -254,50 +266,69 @@ def _pair_distances(
     return ((pos.index_select(0, src) + shift) - pos.index_select(0, dst)).norm(dim=-1)
 
 
-def _edge_order(batch: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Permutation sorting edges by (system, target, source, offset lexicographically)."""
-    num_atoms = batch.shape[0]
+def _edge_order(group: torch.Tensor, src: torch.Tensor, offsets: torch.Tensor, num_atoms: int) -> torch.Tensor:
+    """Permutation sorting edges by (target's ``group``, source, offset lexicographically)."""
     if src.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=src.device)
-    # rank of each atom in (system, index) order: the target's position in the output
-    atoms = torch.argsort(batch, stable=True)
-    rank = torch.empty_like(atoms)
-    rank[atoms] = torch.arange(num_atoms, device=atoms.device)
     low = offsets.min(dim=0).values
     span = offsets.max(dim=0).values - low + 1
     shifted = offsets - low
     image = (shifted[:, 0] * span[1] + shifted[:, 1]) * span[2] + shifted[:, 2]
     num_images = int(span.prod())
-    pair = rank.index_select(0, dst) * num_atoms + src
+    pair = group * num_atoms + src
+    # stable sorts: as fast as the unstable one for int64 on the CPU, and deterministic
     if num_atoms * num_atoms * num_images < 2**62:  # one int64 key, unique per edge: one sort
-        return torch.argsort(pair * num_images + image)
+        return torch.argsort(pair * num_images + image, stable=True)
     order = torch.argsort(image, stable=True)
     return order[torch.argsort(pair[order], stable=True)]
 
 
 def _nearest(
-    distance: torch.Tensor, target: torch.Tensor, num_atoms: int, k: int, strict: bool, tolerance: float
+    distance: torch.Tensor,
+    group: torch.Tensor,
+    src: torch.Tensor,
+    offsets: torch.Tensor,
+    num_atoms: int,
+    k: int,
+    strict: bool,
+    tolerance: float,
 ) -> torch.Tensor:
-    """Mask of the edges among the ``k`` nearest of their target (whole shells unless strict).
+    r"""Indices of the edges among the ``k`` nearest of their target (whole shells unless strict).
 
-    ``distance`` and ``target`` are in edge order; equal distances rank in that order.
+    ``group`` is the target's position in the output order, edges in any order. With
+    :math:`d^{(k)}` a target's ``k``-th smallest distance (whatever the order of equal ones),
+    the tie-stable rule keeps :math:`d \le d^{(k)} + \epsilon`; the strict one keeps
+    :math:`d < d^{(k)}` and, of the edges at exactly :math:`d^{(k)}`, the first in edge order
+    until ``k`` are kept: the first ``k`` of a stable sort by distance, without sorting all
+    edges into edge order first.
     """
-    counts = torch.bincount(target, minlength=num_atoms)
-    if target.numel() == 0 or int(counts.max()) <= k:  # nobody has more than k: both rules keep all
-        return torch.ones_like(target, dtype=torch.bool)
-    # rank of each edge within its target, by distance (stable: ties keep the edge order)
-    order = torch.argsort(distance, stable=True)
-    order = order[torch.argsort(target[order], stable=True)]
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order), device=order.device) - starts[target[order]]
-    if strict:
-        return rank < k
-    # distance of the k-th nearest neighbour of each target (inf if it has fewer)
+    counts = torch.bincount(group, minlength=num_atoms)
+    if group.numel() == 0 or int(counts.max()) <= k:  # nobody has more than k: both rules keep all
+        return torch.arange(group.numel(), device=group.device)
+    # Rank of each edge within its target by distance: a sort by the (group, distance) pair.
+    # Non-negative floats order as their bit patterns read as integers, and integer sorts are
+    # several times faster than float ones on the CPU.
+    if distance.dtype == torch.float32:
+        order = torch.argsort((group << 32) | distance.view(torch.int32).long(), stable=True)
+    else:
+        order = torch.argsort(distance.double().view(torch.int64), stable=True)
+        order = order[torch.argsort(group[order], stable=True)]
+    # distance of the k-th nearest neighbour of each target (inf if it has fewer): the edge at
+    # position start + k - 1 of its target's run in that order
+    full = (counts >= k).nonzero()[:, 0]
     kth = torch.full((num_atoms,), float("inf"), dtype=distance.dtype, device=distance.device)
-    at_k = rank == k - 1
-    kth[target[at_k]] = distance[at_k]
-    return distance <= kth[target] + tolerance
+    kth[full] = distance[order[(torch.cumsum(counts, 0) - counts)[full] + k - 1]]
+    kth = kth.index_select(0, group)
+    if not strict:
+        return (distance <= kth + tolerance).nonzero()[:, 0]
+    below = distance < kth
+    tied = (distance == kth).nonzero()[:, 0]
+    tied = tied[_edge_order(group[tied], src[tied], offsets[tied], num_atoms)]  # usually one per target
+    slots = k - torch.bincount(group[below], minlength=num_atoms)
+    tied_group = group[tied]
+    tied_counts = torch.bincount(tied_group, minlength=num_atoms)
+    tied_rank = torch.arange(len(tied), device=tied.device) - (torch.cumsum(tied_counts, 0) - tied_counts)[tied_group]
+    return torch.cat([below.nonzero()[:, 0], tied[tied_rank < slots[tied_group]]])
 
 
 def segment_softmax(logits: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ def _image_range(cell, pbc, cutoff):
     return [
         range(-math.ceil(cutoff / float(spacing[k])), math.ceil(cutoff / float(spacing[k])) + 1)
         if bool(pbc[k])
-        else range(0, 1)
+        else range(1)
         for k in range(3)
     ]
 
