@@ -179,6 +179,19 @@ def test_perfect_crystal_shells_as_dense_algorithm(dtype, strict):
     assert bool((per_atom == (20 if strict else 42)).all())
 
 
+def test_float32_far_from_the_origin_as_dense_algorithm():
+    # float32 rounding at |x| ~ 1e3 A is ~6e-5 A: the float64 search must reach past the cutoff
+    # by more than that, so that the float32 rule decides every pair
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+    cu.rattle(0.2, seed=5)
+    pos = torch.tensor(cu.positions + 1000.0, dtype=torch.float32)
+    cell = torch.tensor(np.array(cu.cell), dtype=torch.float32)
+    for cutoff in (2.5, 3.6, 5.0):
+        ours = radius_graph(pos, cutoff, cell, (True, True, False))
+        dense = dense_radius_graph(pos, cutoff, cell, (True, True, False))
+        assert torch.equal(ours[0], dense[0]) and torch.equal(ours[1], dense[1])
+
+
 FIXTURES = sorted((Path(__file__).parents[1] / "models" / "fixtures").glob("eqv2_*.pt"))
 
 
