@@ -148,6 +148,8 @@ def radius_graph(
                 [0, 1]])
     """
     check_last_dims("pos", pos, (3,), "[N, 3]")
+    if not pos.is_floating_point():
+        raise ValueError(f"pos must be a floating-point tensor, got {pos.dtype}")
     check_finite("pos", pos)
     if not cutoff > 0:
         raise ValueError(f"cutoff must be > 0, got {cutoff}")

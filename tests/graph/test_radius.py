@@ -309,6 +309,8 @@ def test_bad_input():
         radius_graph(torch.zeros(2, 3), 2.0, cell=torch.zeros(3, 3))
     with pytest.raises(ValueError, match="cutoff"):
         radius_graph(torch.zeros(2, 3), 0.0)
+    with pytest.raises(ValueError, match="floating-point"):
+        radius_graph(torch.zeros(2, 3, dtype=torch.long), 1.0)
     with pytest.raises(ValueError, match="max_num_neighbors"):
         radius_graph(torch.zeros(2, 3), 1.0, max_num_neighbors=0)
     with pytest.raises(ValueError, match="batch"):
