@@ -1,4 +1,4 @@
-"""Neighbour lists with periodic boundaries and graph reductions, in plain torch."""
+"""Neighbour lists with periodic boundaries (O(N) cell lists, so2nn's cutoff and cap rules in torch) and graph reductions."""
 
 from ._radius import edge_vectors, radius_graph, segment_softmax
 
