@@ -45,6 +45,8 @@ class So2nnCalculator(Calculator):
             model's dtype; ``float32`` for a checkpoint. Use ``float64`` for finite-difference
             checks and long molecular dynamics.
         use_ema: read a checkpoint's EMA weights when it has them.
+        trust: a checkpoint file is read as data only (no code named in it runs); ``True``
+            allows a full unpickle, for a file whose origin you trust.
         **config_changes: inference options applied when loading a checkpoint
             (``grid_resolution``, ``graph_mode``, ...).
 
@@ -92,6 +94,7 @@ class So2nnCalculator(Calculator):
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         use_ema: bool = True,
+        trust: bool = False,
         **config_changes,
     ) -> None:
         super().__init__()
@@ -106,7 +109,7 @@ class So2nnCalculator(Calculator):
             weight = next(model.parameters())
             default_device, default_dtype = weight.device, weight.dtype
         elif isinstance(model, (str, os.PathLike, dict)):
-            model = load_model(model, use_ema=use_ema, **config_changes)
+            model = load_model(model, use_ema=use_ema, trust=trust, **config_changes)
             default_device = "cuda" if torch.cuda.is_available() else "cpu"
             default_dtype = torch.float32
         else:

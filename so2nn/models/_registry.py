@@ -116,7 +116,8 @@ def load_weights(model: nn.Module, state_dict: dict) -> None:
     model.load_state_dict(state_dict)
 
 
-def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, **config_changes) -> nn.Module:
+def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, *, trust: bool = False,
+               **config_changes) -> nn.Module:
     """The model of a checkpoint (path or loaded dict), of the type the checkpoint records.
 
     so2nn checkpoints (a model's ``save``, a trainer's ``model.pt`` or ``checkpoint.pt``) name
@@ -124,7 +125,9 @@ def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, **con
     the reference implementation (fairchem) is read by
     :meth:`~so2nn.models.EquiformerV2.from_fairchem`. EMA weights are used when present and
     ``use_ema``; ``config_changes`` override config entries (inference options such as
-    ``grid_resolution``).
+    ``grid_resolution``). A file is read as data only, never running code named in it;
+    ``trust=True`` lifts that for a file whose origin you trust (see
+    :func:`~so2nn.models._checkpoint.load_checkpoint`).
 
     Example:
         >>> import tempfile
@@ -134,7 +137,7 @@ def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, **con
         >>> load_model(path, grid_resolution=12).config.grid_resolution
         12
     """
-    checkpoint = load_checkpoint(checkpoint)
+    checkpoint = load_checkpoint(checkpoint, trust=trust)
     if checkpoint.get("format") != "so2nn":
         # the reference's checkpoints hold one model family: EquiformerV2
         return model_class("equiformer_v2").from_fairchem(checkpoint, use_ema, **config_changes)

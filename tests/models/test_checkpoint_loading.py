@@ -228,3 +228,24 @@ def test_dataset_list_config_normalizers(monolithic):
          "grad_target_std": 2.5}, {"src": "val"}]}}
     config, _ = load_fairchem_checkpoint(checkpoint)
     assert (config.energy_mean, config.energy_std, config.forces_std) == (-0.75, 2.5, 2.5)
+
+
+def test_trust_reaches_every_loading_entry_point(tmp_path):
+    """load_model, from_checkpoint, from_fairchem and the calculator refuse a file that needs an
+    unlisted global, and load it with ``trust=True``."""
+    from so2nn.calculators import So2nnCalculator
+    from so2nn.models import load_model
+
+    model = EquiformerV2(EquiformerV2Config(lmax=1, mmax=1, num_layers=1, sphere_channels=4, attn_hidden_channels=4,
+                                            num_heads=1, attn_alpha_channels=2, attn_value_channels=2,
+                                            ffn_hidden_channels=4, edge_channels=4, num_distance_basis=8))
+    path = tmp_path / "model.pt"
+    atomic_save(model_checkpoint(model, note=_Custom()), path)
+    for load in (load_model, EquiformerV2.from_checkpoint, So2nnCalculator):
+        with pytest.raises(ValueError, match=r"needs .*_Custom .*trust=True"):
+            load(path)
+    for load in (load_model, EquiformerV2.from_checkpoint):
+        assert load(path, trust=True).config == model.config
+    assert So2nnCalculator(path, trust=True, device="cpu").model.config == model.config
+    with pytest.raises(ValueError, match=r"needs .*_Custom .*trust=True"):
+        EquiformerV2.from_fairchem(path)
