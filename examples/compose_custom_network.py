@@ -82,10 +82,10 @@ def sample(generator: torch.Generator):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600, help="training steps (one molecule each)")
-    parser.add_argument("--lmax", type=int, default=2)
-    parser.add_argument("--mmax", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=600, help="training steps, one molecule each (default: 600)")
+    parser.add_argument("--lmax", type=int, default=2, help="largest degree of the features (default: 2)")
+    parser.add_argument("--mmax", type=int, default=1, help="largest order kept in edge frames (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the samples (default: 0)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)

@@ -264,8 +264,8 @@ class Trainer:
         if data_problems and allow_data_change:
             warnings.warn("resuming on data that differs from the run's: " + "; ".join(data_problems), stacklevel=2)
         elif data_problems:
-            problems += data_problems + ["(the same data moved or copied elsewhere: allow_data_change=True, "
-                                         "--allow-data-change on the command line)"]
+            problems += [*data_problems, ("(the same data moved or copied elsewhere: allow_data_change=True, "
+                                          "--allow-data-change on the command line)")]
         if problems:
             where = checkpoint if not isinstance(checkpoint, dict) else "the checkpoint"
             raise ValueError(
