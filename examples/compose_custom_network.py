@@ -6,7 +6,7 @@ takes the l = 1 coefficients as a vector per atom. The task: predict the pairwis
 forces on the atoms of small molecules, from random rotations and rattles of ASE's
 molecules. At the end it checks the trained model with so2nn.testing.
 
-    python examples/compose_custom_network.py        # ~30 s on a laptop CPU
+    python examples/compose_custom_network.py        # about 20 s of CPU time (one core)
 """
 
 from __future__ import annotations

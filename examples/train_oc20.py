@@ -216,7 +216,8 @@ def main(argv=None) -> dict:
         if trainer.device.type == "cuda":
             where = f"{trainer.device} ({torch.cuda.get_device_name(trainer.device)})"
         else:
-            where = f"cpu, {torch.get_num_threads()} threads ({os.cpu_count()} cores seen)"
+            threads = torch.get_num_threads()
+            where = f"cpu, {threads} thread{'s' if threads != 1 else ''} ({os.cpu_count()} cores seen)"
         print(f"so2nn {so2nn.__version__}: EquiformerV2 lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} "
               f"channels={c.sphere_channels}, {trainer.model.num_params:,} parameters, {str(dtype).removeprefix('torch.')}",
               flush=True)

@@ -43,7 +43,7 @@ def test_train_oc20_tiny_learns_and_resumes(tmp_path):
     start, end = val[0], val[-1]
     # the loss is dominated by the force term (100 vs 4): the force error must fall clearly; the
     # energy, fitted per element at the start, moves little in 160 steps (the full default run
-    # checks it against the baseline: see the issue notes)
+    # checks it against the baseline, as the README reports)
     assert float(end["forces_mae"]) < 0.8 * float(start["forces_mae"]), val
     assert float(end["forces_cos"]) > float(start["forces_cos"]) + 0.3, val
     assert float(end["energy_mae"]) < 0.7 * float(end["energy_mae_mean_baseline"]), val
