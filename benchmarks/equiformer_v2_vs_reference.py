@@ -29,9 +29,10 @@ Allocator: whatever the process runs with; ``--tcmalloc`` re-runs the script wit
 ``LD_PRELOAD`` set to a libtcmalloc found on the system (both implementations and every memory
 subprocess then use it). The allocator in use is printed.
 
-Run (the reference lives in its own venv, which also sees so2nn)::
+Run (the reference lives in an environment of its own, which also sees so2nn; set it up once
+with ``bash benchmarks/setup_reference.sh``, which creates ``.venv-reference/`` in the clone)::
 
-    PYTHONPATH=/tmp/fcshim /tmp/fcvenv/bin/python benchmarks/equiformer_v2_vs_reference.py
+    .venv-reference/bin/python benchmarks/equiformer_v2_vs_reference.py
     ... --cases 31M 31Mx4 153M --repeats 5 --threads 2          # the default
     ... --device cuda [--tf32 | --bf16] [--compile]            # GPU, fp32 / tf32 / bf16 autocast
     ... --checkpoint-activations                                # also so2nn with recomputation

@@ -4,6 +4,10 @@ Build (warnings are errors, no network needed)::
 
     python -m sphinx -W -b html docs docs/_build/html
 
+The built pages need no network either: MathJax comes from the ``sphinx-mathjax-offline``
+package and is copied into the build (``tests/docs/test_offline.py`` checks that no page
+loads a script or stylesheet from the network).
+
 The API pages are generated at build time from each package's ``__all__`` (see
 ``_ext/so2nn_docs.py``), so a new public name or a new subpackage appears without editing
 these pages; figures are drawn at build time by the scripts in ``figures/``.
@@ -38,6 +42,10 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax's files from a package, copied into the build, instead of MathJax from a CDN:
+    # formulas render offline and on machines without outbound access (tests/docs checks
+    # that no page loads a script or stylesheet from the network).
+    "sphinx-mathjax-offline",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "sphinx_autodoc_typehints",

@@ -6,7 +6,7 @@ takes the l = 1 coefficients as a vector per atom. The task: predict the pairwis
 forces on the atoms of small molecules, from random rotations and rattles of ASE's
 molecules. At the end it checks the trained model with so2nn.testing.
 
-    python examples/compose_custom_network.py        # ~30 s on a laptop CPU
+    python examples/compose_custom_network.py        # about 20 s of CPU time (one core)
 """
 
 from __future__ import annotations
@@ -82,10 +82,10 @@ def sample(generator: torch.Generator):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600, help="training steps (one molecule each)")
-    parser.add_argument("--lmax", type=int, default=2)
-    parser.add_argument("--mmax", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=600, help="training steps, one molecule each (default: 600)")
+    parser.add_argument("--lmax", type=int, default=2, help="largest degree of the features (default: 2)")
+    parser.add_argument("--mmax", type=int, default=1, help="largest order kept in edge frames (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the samples (default: 0)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)

@@ -1,10 +1,16 @@
-"""A tour of so2nn's SO(3) toolkit: the main job until the training example lands.
+"""A tour of so2nn's SO(3) toolkit, in float64, in a few seconds.
 
 Builds edge frames for a small molecule, rotates its neighbourhood features into them,
-checks the eSCN facts that make SO(2) convolutions work, and prints what it measured.
+checks the eSCN facts that make SO(2) convolutions work, and prints what it measured:
+an edge's spherical harmonics have only m = 0 components in its own frame; rotating into
+edge frames, keeping |m| <= mmax and rotating back commutes with rotations; an S2 grid round
+trip is exact on band-limited signals.
 
     python examples/so3_tour.py
+    python examples/so3_tour.py --lmax 6 --mmax 3 --seed 1
 """
+
+import argparse
 
 import torch
 
@@ -12,40 +18,52 @@ from so2nn.graph import edge_vectors, radius_graph
 from so2nn.so3 import CoefficientLayout, EdgeRotation, S2Grid, spherical_harmonics
 from so2nn.testing import assert_equivariant, random_rotation
 
-torch.set_default_dtype(torch.float64)
 
-# Ethanol-like positions (Angstrom).
-pos = torch.tensor(
-    [[0.0, 0.0, 0.0], [1.52, 0.0, 0.0], [2.0, 1.35, 0.0], [-0.4, 1.0, 0.1], [-0.4, -0.5, 0.9],
-     [-0.4, -0.5, -0.9], [1.9, -0.5, 0.9], [1.9, -0.5, -0.9], [2.95, 1.3, 0.0]]
-)
-edge_index, _ = radius_graph(pos, cutoff=2.0)
-vec = edge_vectors(pos, edge_index)
-layout = CoefficientLayout(lmax=4, mmax=2)
-print(f"{pos.shape[0]} atoms, {edge_index.shape[1]} edges, {layout}: "
-      f"{layout.dim} coefficients per node, {layout.edge_dim} kept per edge")
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lmax", type=int, default=4, help="largest degree of the features (default: 4)")
+    parser.add_argument("--mmax", type=int, default=2, help="largest order kept in edge frames (default: 2)")
+    parser.add_argument("--resolution", type=int, default=18, help="S2 grid points per angle (default: 18)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random features and rotation (default: 0)")
+    args = parser.parse_args(argv)
+    torch.set_default_dtype(torch.float64)
 
-# 1. In its own frame, an edge's spherical harmonics have only m = 0 components.
-rotation = EdgeRotation(layout, vec)
-Y = spherical_harmonics(layout.lmax, vec).unsqueeze(-1)
-Y_edge = rotation.to_edge(Y)
-off_axis = Y_edge[:, layout.m_major_orders != 0].abs().max()
-print(f"edge harmonics in edge frames: max |m != 0| = {off_axis:.1e}")
+    # Ethanol-like positions (Angstrom).
+    pos = torch.tensor(
+        [[0.0, 0.0, 0.0], [1.52, 0.0, 0.0], [2.0, 1.35, 0.0], [-0.4, 1.0, 0.1], [-0.4, -0.5, 0.9],
+         [-0.4, -0.5, -0.9], [1.9, -0.5, 0.9], [1.9, -0.5, -0.9], [2.95, 1.3, 0.0]]
+    )
+    edge_index, _ = radius_graph(pos, cutoff=2.0)
+    vec = edge_vectors(pos, edge_index)
+    layout = CoefficientLayout(lmax=args.lmax, mmax=args.mmax)
+    print(f"{pos.shape[0]} atoms, {edge_index.shape[1]} edges, {layout}: "
+          f"{layout.dim} coefficients per node, {layout.edge_dim} kept per edge")
 
-# 2. Rotating into edge frames, keeping |m| <= mmax and rotating back commutes with rotations.
-x = torch.randn(pos.shape[0], layout.dim, 8)
+    # 1. In its own frame, an edge's spherical harmonics have only m = 0 components.
+    rotation = EdgeRotation(layout, vec)
+    Y = spherical_harmonics(layout.lmax, vec).unsqueeze(-1)
+    Y_edge = rotation.to_edge(Y)
+    off_axis = Y_edge[:, layout.m_major_orders != 0].abs().max()
+    print(f"edge harmonics in edge frames: max |m != 0| = {off_axis:.1e}")
+
+    # 2. Rotating into edge frames, keeping |m| <= mmax and rotating back commutes with rotations.
+    torch.manual_seed(args.seed)
+    x = torch.randn(pos.shape[0], layout.dim, 8)
+
+    def message(pos, x):
+        rot = EdgeRotation(layout, edge_vectors(pos, edge_index))
+        return rot.from_edge(rot.to_edge(x[edge_index[0]]))
+
+    R = random_rotation(torch.Generator().manual_seed(args.seed))
+    errors = assert_equivariant(message, [pos, x], ["vector", layout], layout, R)
+    print(f"rotate -> truncate -> rotate back: {errors[0]}")
+
+    # 3. S2 grids: the round trip is exact on band-limited signals.
+    grid = S2Grid(CoefficientLayout(args.lmax), resolution=args.resolution)
+    round_trip = (grid.from_grid @ (grid.to_grid @ x[0]) - x[0]).abs().max()
+    print(f"S2 grid {grid.resolution}: round-trip error {round_trip:.1e}")
 
 
-def message(pos, x):
-    rot = EdgeRotation(layout, edge_vectors(pos, edge_index))
-    return rot.from_edge(rot.to_edge(x[edge_index[0]]))
-
-
-R = random_rotation(torch.Generator().manual_seed(0))
-errors = assert_equivariant(message, [pos, x], ["vector", layout], layout, R)
-print(f"rotate -> truncate -> rotate back: {errors[0]}")
-
-# 3. S2 grids: the round trip is exact on band-limited signals.
-grid = S2Grid(CoefficientLayout(4), resolution=18)
-round_trip = (grid.from_grid @ (grid.to_grid @ x[0]) - x[0]).abs().max()
-print(f"S2 grid {grid.resolution}: round-trip error {round_trip:.1e}")
+if __name__ == "__main__":
+    main()

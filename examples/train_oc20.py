@@ -17,18 +17,31 @@ On real OC20 data, on GPUs::
 ``checkpoint.pt`` (resume with ``--resume``), ``model.pt`` (load with
 ``EquiformerV2.from_checkpoint``), ``train_log.csv``, ``val_log.csv``, ``metrics.json`` and
 ``summary.png`` (learning curves, energy and force parity plots).
+
+``--resume`` continues the run in ``--out``: give the same command again with ``--resume``.
+The checkpoint records the run's data (paths, sizes, modification times, record counts), model
+and recipe, and a resume that would change them stops with a message naming each difference.
+A resume may change ``--max-steps`` (to extend the run), ``--eval-every``,
+``--checkpoint-every``, ``--log-every``, ``--eval-batch-size``, ``--num-workers``,
+``--stop-after``, ``--device``, ``--threads`` and the output options; for data moved or copied
+elsewhere, add ``--allow-data-change``. Anything else is a new run: use another ``--out``.
+
+Threads: on a machine of its own, torch's default (one thread per core) is fastest. When other
+jobs share the cores, use fewer threads than the cores left free, ``--threads 1`` if in doubt:
+threads that wait for each other on a busy core make every step many times slower.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+import so2nn
 from so2nn.data import open_dataset
 from so2nn.data.emt import make_dataset
 from so2nn.models import PRESETS, EquiformerV2Config, preset
@@ -48,8 +61,22 @@ TINY_TRAINING = dict(max_steps=1000, batch_size=8, lr=1e-3, warmup_steps=50, eva
                      element_references=True)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each default said once: appended as "(default: X)" unless the help text already says it,
+    or there is none to say (None: decided at run time, as the help text explains; off switches)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == [] \
+                or action.default == argparse.SUPPRESS:
+            return text
+        default = " ".join(map(str, action.default)) if isinstance(action.default, (tuple, list)) else action.default
+        return f"{text} (default: {default})".strip()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[-2:]).replace("``", ""))
     data = p.add_argument_group("data")
     data.add_argument("--data", type=Path, help="training data: S2EF LMDB file or directory of shards, extxyz+txt "
                       "directory, or ASE database (default: the embedded EMT dataset, generated once)")
@@ -65,17 +92,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                        help="override a model config entry, e.g. --set lmax=4 --set grid_resolution=24 (repeatable)")
     model.add_argument("--conservative-forces", action="store_true", help="forces = -dE/dpos instead of the direct head")
-    train = p.add_argument_group("training (defaults: the EquiformerV2 paper's recipe; the tiny run uses "
-                                 + ", ".join(f"{k}={v}" for k, v in TINY_TRAINING.items()) + ")")
+    train = p.add_argument_group("training (defaults: the EquiformerV2 paper's recipe; the tiny default run's, "
+                                 "scaled to a CPU and minutes, where they differ)")
     defaults = TrainingConfig()
-    train.add_argument("--max-steps", type=int, help=f"optimisation steps (default {defaults.max_steps})")
-    train.add_argument("--batch-size", type=int, help=f"systems per batch per process (default {defaults.batch_size})")
-    train.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
-    train.add_argument("--lr", type=float, help=f"peak learning rate of AdamW (default {defaults.lr})")
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {defaults.warmup_steps})")
-    train.add_argument("--clip-grad-norm", type=float, default=defaults.clip_grad_norm)
-    train.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
+    tiny = TINY_TRAINING
+
+    def default(name):
+        return f"(default: {getattr(defaults, name)}; the tiny run: {tiny[name]})"
+
+    train.add_argument("--max-steps", type=int, help=f"optimisation steps {default('max_steps')}")
+    train.add_argument("--batch-size", type=int, help=f"systems per batch per process {default('batch_size')}")
+    train.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="systems per validation batch")
+    train.add_argument("--lr", type=float, help=f"peak learning rate of AdamW {default('lr')}")
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    train.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps {default('warmup_steps')}")
+    train.add_argument("--clip-grad-norm", type=float, default=defaults.clip_grad_norm, help="gradient norm clip")
+    train.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the weights' moving average")
     train.add_argument("--energy-coefficient", type=float, default=defaults.energy_coefficient, help="lambda_E")
     train.add_argument("--force-coefficient", type=float, default=defaults.force_coefficient, help="lambda_F")
     train.add_argument("--all-atoms", action="store_true", help="train and evaluate forces on fixed atoms too "
@@ -84,19 +116,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--element-references", action=argparse.BooleanOptionalAction, default=None,
                        help="fit per-element linear energy references on the training set (default: on for the tiny "
                        "run, off for presets, as the paper trained OC20)")
-    train.add_argument("--eval-every", type=int, help=f"steps between validations (default {defaults.eval_every})")
-    train.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints (default {defaults.checkpoint_every})")
-    train.add_argument("--log-every", type=int, default=defaults.log_every)
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--eval-every", type=int, help=f"steps between validations {default('eval_every')}")
+    train.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints {default('checkpoint_every')}")
+    train.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between rows of train_log.csv")
+    train.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights, data order and dropout")
     run = p.add_argument_group("run")
     run.add_argument("--out", type=Path, default=Path("runs/train_oc20"), help="output directory")
-    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    run.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is available, else cpu)")
     run.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                      help="mixed precision (fp16 uses loss scaling)")
     run.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
-    run.add_argument("--threads", type=int, help="torch CPU threads")
-    run.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    run.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps of this run")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); on a "
+                     "shared machine fewer than the free cores, e.g. 1")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt "
+                     "(same command plus --resume; see below)")
+    run.add_argument("--allow-data-change", action="store_true",
+                     help="--resume on data whose files differ from the run's (moved or copied)")
+    run.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps of this process")
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plot", action="store_true", help="skip summary.png")
@@ -105,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.preset = "tiny"
     if args.data is not None and args.val_data is None:
         p.error("--data needs --val-data")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
 
 
@@ -149,6 +187,11 @@ def datasets(args):
     return train, val
 
 
+def describe(name: str, dataset) -> str:
+    source = getattr(dataset, "path", None) or getattr(getattr(dataset, "dataset", None), "path", None)
+    return f"{name} {source or type(dataset).__name__} ({len(dataset)} structures)"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -159,25 +202,36 @@ def main(argv=None) -> dict:
         checkpoint = args.out / "checkpoint.pt"
         if not checkpoint.is_file():
             raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
-        changes = {k: v for k, v in dict(max_steps=args.max_steps).items() if v is not None}
-        trainer = Trainer.resume(checkpoint, train, val, args.out, **common, **changes)
+        try:
+            trainer = Trainer.resume(checkpoint, train, val, args.out, **common, config=training_config(args),
+                                     model_config=model_config(args), allow_data_change=args.allow_data_change)
+        except ValueError as error:
+            raise SystemExit(f"--resume: {error}") from None
     else:
         trainer = Trainer(model_config(args), train, val, training_config(args), args.out, **common)
     main_process = trainer.dist.is_main
-    if main_process:
-        c = trainer.model.config
-        print(f"EquiformerV2 lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} channels={c.sphere_channels}: "
-              f"{trainer.model.num_params:,} parameters; {len(train)} training / {len(val)} validation structures; "
-              f"device {trainer.device}, {trainer.dist.world_size} process(es)", flush=True)
-    start = time.perf_counter()
+    if main_process:  # what this run runs on, before it runs
+        c, cfg = trainer.model.config, trainer.config
+        dtype = next(trainer.model.parameters()).dtype
+        if trainer.device.type == "cuda":
+            where = f"{trainer.device} ({torch.cuda.get_device_name(trainer.device)})"
+        else:
+            threads = torch.get_num_threads()
+            where = f"cpu, {threads} thread{'s' if threads != 1 else ''} ({os.cpu_count()} cores seen)"
+        print(f"so2nn {so2nn.__version__}: EquiformerV2 lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} "
+              f"channels={c.sphere_channels}, {trainer.model.num_params:,} parameters, {str(dtype).removeprefix('torch.')}",
+              flush=True)
+        print(f"device {where}, {trainer.dist.world_size} process(es), AMP {cfg.amp}", flush=True)
+        print(f"data: {describe('training', train)}; {describe('validation', val)}", flush=True)
+        print(f"{'resuming at step ' + str(trainer.step) if args.resume else 'starting'}: {cfg.max_steps} steps of "
+              f"batch {cfg.batch_size}, peak lr {cfg.lr}; output in {args.out}", flush=True)
     metrics = trainer.fit(stop_after=args.stop_after)
     if main_process:
-        elapsed = time.perf_counter() - start
         if trainer.step < trainer.config.max_steps:
-            print(f"stopped at step {trainer.step} of {trainer.config.max_steps} after {elapsed:.0f} s; "
-                  f"continue with --resume (checkpoint: {args.out / 'checkpoint.pt'})")
+            print(f"stopped at step {trainer.step} of {trainer.config.max_steps}: {trainer.summary()}; "
+                  f"continue with the same command plus --resume (checkpoint: {args.out / 'checkpoint.pt'})")
         else:
-            print(f"trained {trainer.step} steps in {elapsed:.0f} s")
+            print(f"trained {trainer.summary()}")
             print(f"validation (EMA weights): energy MAE {metrics['energy_mae']:.4f} eV "
                   f"vs {metrics['energy_mae_mean_baseline']:.4f} for predicting the training mean; "
                   f"force MAE {metrics['forces_mae']:.4f} eV/A vs {metrics['forces_mae_zero_baseline']:.4f} "

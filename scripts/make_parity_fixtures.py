@@ -1,12 +1,10 @@
 """Regenerate the golden parity fixtures from the reference implementation.
 
-Needs fairchem-core 1.10.0 (the last release shipping EquiformerV2) beside torch:
+Needs fairchem-core 1.10.0 (the last release shipping EquiformerV2) beside so2nn, in the
+reference environment that ``benchmarks/setup_reference.sh`` creates (once) in the clone:
 
-    pip install --no-deps fairchem-core==1.10.0 lmdb huggingface_hub
-    # fairchem imports torch_scatter, which has no wheel for recent torch: either build its
-    # sdist (pip install --no-build-isolation torch-scatter, ~4 min) or put a module named
-    # torch_scatter providing scatter/segment_coo/segment_csr (plain torch) on PYTHONPATH.
-    python scripts/make_parity_fixtures.py
+    bash benchmarks/setup_reference.sh
+    .venv-reference/bin/python scripts/make_parity_fixtures.py
 
 For each case (the 31M and 153M architectures with reduced widths and depth; a periodic
 Cu(111) slab with *OH and a molecule) it stores the reference's weights and config, the

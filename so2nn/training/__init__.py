@@ -3,20 +3,26 @@
 :class:`Trainer` trains any model that offers :class:`~so2nn.models.AtomisticModel` with the
 EquiformerV2 paper's recipe (energy MAE + per-atom force L2 loss,
 AdamW, warm-up + cosine schedule, gradient clipping, EMA, target normalisation), on one CPU,
-one GPU or many under ``torchrun``, with atomic checkpoints that resume exactly.
+one GPU or many under ``torchrun``, with atomic checkpoints that resume exactly; a checkpoint
+records the run's data (:func:`data_fingerprint`), model and recipe, and a resume that would
+change them is refused.
 """
 
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._metrics import S2EFMetrics
+from ._provenance import data_fingerprint, fingerprint_differences
 from ._schedule import warmup_cosine
-from ._trainer import Trainer, TrainingConfig
+from ._trainer import RESUMABLE, Trainer, TrainingConfig
 
 __all__ = [
+    "RESUMABLE",
     "DistributedContext",
     "ExponentialMovingAverage",
     "S2EFMetrics",
     "Trainer",
     "TrainingConfig",
+    "data_fingerprint",
+    "fingerprint_differences",
     "warmup_cosine",
 ]

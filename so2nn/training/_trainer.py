@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import random
 import signal
 import time
@@ -20,18 +19,26 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Batch
 
 from ..data import target_statistics
-from ..models import AtomisticModel, TargetStatistics, build_model, model_class, upgrade_checkpoint
+from ..models import AtomisticModel, ModelConfig, TargetStatistics, build_model, model_class, upgrade_checkpoint
 from ..models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from ..models._registry import config_from_dict
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._metrics import S2EFMetrics
+from ._provenance import data_fingerprint, fingerprint_differences
 from ._schedule import warmup_cosine
 
 __all__ = ["TrainingConfig", "Trainer"]
 
 TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
 CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
+
+#: Training settings a resume may change: they decide how long the run goes and what it logs,
+#: not what a step computes. (A longer ``max_steps`` stretches the cosine schedule from the
+#: current step on, as the reference's trainer does when a run is extended.)
+RESUMABLE = ("max_steps", "eval_every", "checkpoint_every", "log_every", "eval_batch_size", "num_workers")
+#: Model config entries the Trainer derives from the training set (not chosen by the user).
+_DERIVED_MODEL_FIELDS = ("energy_mean", "energy_std", "forces_std", "use_energy_lin_ref")
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,14 @@ class Trainer:
     of the docs, ``docs/tutorials/train_oc20.md``, whose code the test suite runs.
     """
 
+    #: Steps and wall-clock seconds of the last :meth:`fit` of this process.
+    fit_steps: int = 0
+    fit_seconds: float = 0.0
+    #: Wall-clock seconds of training of the whole run, over every process that ran it
+    #: (recorded in each checkpoint, so a resumed run carries its history).
+    run_seconds: float = 0.0
+    _clock: tuple[float, float] | None = None  # (fit start, run_seconds then) while fit runs
+
     def __init__(self, model, train_set, val_set, config: TrainingConfig, out_dir,
                  device: str = "cpu", progress: bool = True, tensorboard: bool = False,
                  _checkpoint: dict | None = None) -> None:
@@ -199,16 +214,71 @@ class Trainer:
 
     @classmethod
     def resume(cls, checkpoint, train_set, val_set, out_dir, device: str = "cpu", progress: bool = True,
-               tensorboard: bool = False, **config_changes) -> Trainer:
-        """Continue a run from its ``checkpoint.pt`` (path or dict). ``config_changes`` may extend
-        ``max_steps`` or change logging; changing the optimisation recipe would not be a resume."""
+               tensorboard: bool = False, config: TrainingConfig | None = None,
+               model_config: ModelConfig | None = None, allow_data_change: bool = False,
+               **config_changes) -> Trainer:
+        """Continue a run from its ``checkpoint.pt`` (path or dict): the same run, or an error.
+
+        The checkpoint records the run's data (:func:`~so2nn.training.data_fingerprint` of the
+        training and validation sets: files, sizes, modification times, record counts), its
+        :class:`TrainingConfig` and its model config. A resume on other data, or with a
+        setting that changes what a step computes, raises a ValueError naming each difference.
+
+        Args:
+            config: the training config this resume asks for (e.g. rebuilt from a command
+                line), compared with the run's; by default the run's own.
+            model_config: the model config asked for, compared with the run's (entries the
+                Trainer derives from the data, such as the normalisation, are not compared).
+            allow_data_change: accept data whose fingerprint differs (the same data moved or
+                copied elsewhere, say); the difference is then a warning.
+            config_changes: changes to the run's config; only the :data:`RESUMABLE` settings
+                (``max_steps``, ``eval_every``, ``checkpoint_every``, ``log_every``,
+                ``eval_batch_size``, ``num_workers``) may differ from the run's. To change
+                anything else, start a new run (another ``out_dir``).
+        """
         state = load_checkpoint(checkpoint)
         if state.get("format") != "so2nn" or "optimizer" not in state:
             raise ValueError("not a so2nn training checkpoint (no optimiser state): cannot resume from it")
         state = upgrade_checkpoint(state)
-        config = dataclasses.replace(TrainingConfig(**state["training_config"]), **config_changes)
+        recorded = TrainingConfig(**state["training_config"])
+        config = dataclasses.replace(config if config is not None else recorded, **config_changes)
+        problems = [
+            f"{field.name}: {getattr(recorded, field.name)!r} in the run, {getattr(config, field.name)!r} now"
+            for field in dataclasses.fields(TrainingConfig)
+            if field.name not in RESUMABLE and getattr(config, field.name) != getattr(recorded, field.name)
+        ]
+        if config.max_steps < state["step"]:
+            problems.append(f"max_steps: {config.max_steps} is before the run's step {state['step']}")
         model_type = model_class(state["model_type"])
-        model = model_type.from_config(config_from_dict(model_type, state["config"]))
+        run_model = config_from_dict(model_type, state["config"])
+        if model_config is not None:
+            problems += [
+                f"model {name}: {getattr(run_model, name)!r} in the run, {getattr(model_config, name)!r} now"
+                for name in run_model.to_dict()
+                if name not in _DERIVED_MODEL_FIELDS
+                and _plain(getattr(model_config, name)) != _plain(getattr(run_model, name))
+            ]
+        data_problems = []
+        recorded_data = state.get("data")
+        if recorded_data is None:
+            warnings.warn("the checkpoint records no data sources (written by an older so2nn): "
+                          "cannot check that the resume uses the run's data", stacklevel=2)
+        else:
+            for key, what, dataset in (("train", "training data", train_set), ("val", "validation data", val_set)):
+                data_problems += fingerprint_differences(recorded_data[key], data_fingerprint(dataset), what)
+        if data_problems and allow_data_change:
+            warnings.warn("resuming on data that differs from the run's: " + "; ".join(data_problems), stacklevel=2)
+        elif data_problems:
+            problems += [*data_problems, ("(the same data moved or copied elsewhere: allow_data_change=True, "
+                                          "--allow-data-change on the command line)")]
+        if problems:
+            where = checkpoint if not isinstance(checkpoint, dict) else "the checkpoint"
+            raise ValueError(
+                f"cannot resume {where}: this would not be the same run.\n  " + "\n  ".join(problems)
+                + f"\nA resume may change only {', '.join(RESUMABLE)} (and the device, threads, logging); "
+                "for another recipe or other data, start a new run in another output directory."
+            )
+        model = model_type.from_config(run_model)
         return cls(model, train_set, val_set, config, out_dir, device, progress, tensorboard, _checkpoint=state)
 
     def _load_state(self, state: dict) -> None:
@@ -218,6 +288,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.run_seconds = float(state.get("run_seconds", 0.0))
         rng = state["rng"]
         if len(rng) != self.dist.world_size:
             raise ValueError(f"the checkpoint was written by {len(rng)} processes, this run has {self.dist.world_size}")
@@ -257,6 +328,9 @@ class Trainer:
                 rng=rng,
                 training_config=dataclasses.asdict(self.config),
                 train_energy_mean=self.train_energy_mean,
+                data={"train": data_fingerprint(self.train_set), "val": data_fingerprint(self.val_set)},
+                run_seconds=self.run_seconds if self._clock is None else
+                self._clock[1] + time.perf_counter() - self._clock[0],
             )
             atomic_save(state, self.out_dir / CHECKPOINT)
         self.dist.barrier()
@@ -336,6 +410,7 @@ class Trainer:
 
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
         metrics: dict[str, float] = {}
+        first_step, self._clock = self.step, (time.perf_counter(), self.run_seconds)
         if self.step == 0:
             metrics = self.evaluate()  # the starting point of the learning curve
         try:
@@ -377,7 +452,19 @@ class Trainer:
             self.save_model()
             if self.dist.is_main:
                 (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        started, before = self._clock
+        self.fit_steps, self.fit_seconds = self.step - first_step, time.perf_counter() - started
+        self.run_seconds, self._clock = before + self.fit_seconds, None
         return metrics
+
+    def summary(self) -> str:
+        """What the last :meth:`fit` of this process did, and the run in total, in one line.
+
+        After a resume the two differ: e.g. ``110 steps in 14 s in this process; the run: step
+        160 of 160, 20 s of training in total``.
+        """
+        return (f"{self.fit_steps} steps in {self.fit_seconds:.0f} s in this process; the run: step {self.step} "
+                f"of {self.config.max_steps}, {self.run_seconds:.0f} s of training in total")
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
@@ -489,3 +576,7 @@ def _read_csv(path: Path) -> dict[str, list[float]]:
         rows = list(csv.DictReader(f))
     return {key: [float(r[key]) for r in rows] for key in rows[0]} if rows else {}
 
+
+def _plain(value):
+    """Config values as compared across a checkpoint round trip (tuples and lists alike)."""
+    return list(value) if isinstance(value, tuple) else value
