@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch_geometric.utils import scatter
 
 from ..so3 import CoefficientLayout, EdgeRotation
 from ..so3._wigner import prepare_couplings
-from ._common import as_layout, check_channels
-from ._gather import scatter_sum
-from ._radial import AtomEdgeEmbedding, RadialMLP
+from ._common import as_layout, check_channels, check_edge_features, check_edges, check_rotation
+from ._radial import AtomEdgeEmbedding, RadialMLP, check_atomic_numbers
 
 __all__ = ["EdgeDegreeEmbedding"]
 
@@ -61,8 +61,13 @@ class EdgeDegreeEmbedding(nn.Module):
         self.layout = as_layout(layout)
         prepare_couplings(self.layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
         check_channels(channels=channels)
+        if not (isinstance(rescale_factor, (int, float)) and not isinstance(rescale_factor, bool) and rescale_factor > 0):
+            raise ValueError(f"rescale_factor must be a number > 0, got {rescale_factor!r}")
         self.channels, self.rescale_factor = channels, float(rescale_factor)
         edge_channels_list = list(edge_channels_list)
+        if not edge_channels_list:
+            raise ValueError("edge_channels_list must be [edge_in, hidden, ...], got []")
+        self.edge_channels = edge_channels_list[0]
         self.atom_edge = None
         if max_num_elements is not None:
             self.atom_edge = AtomEdgeEmbedding(max_num_elements, edge_channels_list[-1])
@@ -80,9 +85,13 @@ class EdgeDegreeEmbedding(nn.Module):
         rotation: EdgeRotation,
         num_nodes: int,
     ) -> torch.Tensor:
+        num_edges = check_edges(edge_index)
+        check_edge_features(edge_features, num_edges, self.edge_channels)
+        check_rotation(rotation, self.layout, num_edges)
         if self.atom_edge is not None:
+            check_atomic_numbers(atomic_numbers, num_nodes)
             edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
-        m0 = self.radial(edge_features).reshape(-1, self.layout.lmax + 1, self.channels)
+        m0 = self.radial(edge_features).view(num_edges, self.layout.lmax + 1, self.channels)
         x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
         messages = rotation.from_edge(x_edge, rescale=True)
-        return scatter_sum(messages, edge_index[1], num_nodes) / self.rescale_factor
+        return scatter(messages, edge_index[1], 0, num_nodes, reduce="sum") / self.rescale_factor

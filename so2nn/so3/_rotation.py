@@ -59,8 +59,9 @@ class EdgeRotation:
         self.layout = layout
         self.frames = frames
         mmax = layout.mmax
+        # explicit sizes: with no edges (E = 0) a -1 in reshape is ambiguous
         blocks = [
-            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :].reshape(frames.shape[0], -1)
+            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :].reshape(frames.shape[0], (2 * min(l, mmax) + 1) * (2 * l + 1))
             for l, D in enumerate(_blocks(layout.lmax, frames))
         ]
         # One [edge_dim, dim] matrix per edge (rows m-major, columns l-major), so that each
@@ -70,7 +71,7 @@ class EdgeRotation:
         index = layout_index(layout, "_rotation_scatter_index", frames.device)
         entries = torch.cat(blocks, dim=1)
         self.matrix = entries.new_zeros(frames.shape[0], layout.edge_dim * layout.dim).index_copy(1, index, entries)
-        self.matrix = self.matrix.view(-1, layout.edge_dim, layout.dim)
+        self.matrix = self.matrix.view(frames.shape[0], layout.edge_dim, layout.dim)
         self._back = {}
 
     @property
