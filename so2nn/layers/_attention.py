@@ -12,6 +12,7 @@ from ..graph import segment_softmax
 from ..kernels import EDGE_CONVOLUTION, atom_edge_linear, check_kernels, edge_convolution, needs_double_backward
 from ..kernels import use_fused, use_recompute
 from ..so3 import CoefficientLayout, EdgeRotation
+from ..so3._rotation import prepare_rotation
 from ..so3._wigner import prepare_couplings
 from ._activation import SmoothLeakyReLU, activation_layer, activation_scalars
 from ._common import (
@@ -156,6 +157,7 @@ class EquivariantGraphAttention(nn.Module):
             raise ValueError(f"attn_renorm and recompute must be bools, got {attn_renorm!r} and {recompute!r}")
         self.kernels = check_kernels(kernels)
         prepare_couplings(layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
+        prepare_rotation(layout)
         self.sphere_channels, self.hidden_channels = sphere_channels, hidden_channels
         self.num_heads, self.attn_alpha_channels, self.attn_value_channels = num_heads, attn_alpha_channels, attn_value_channels
         self.output_channels, self.activation, self.recompute = output_channels, activation, recompute
