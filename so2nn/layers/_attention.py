@@ -6,7 +6,6 @@ import math
 
 import torch
 from torch import nn
-from torch_geometric.utils import scatter
 
 from ..graph import segment_softmax
 from ..kernels import EDGE_CONVOLUTION, atom_edge_linear, check_kernels, edge_convolution, needs_double_backward
@@ -17,7 +16,7 @@ from ..so3._wigner import prepare_couplings
 from ._activation import SmoothLeakyReLU, activation_layer, activation_scalars
 from ._common import (
     as_layout, check_channels, check_dtype, check_edge_features, check_edges, check_features, check_rotation,
-    maybe_recompute,
+    maybe_recompute, scatter_sum,
 )
 from ._linear import SO3Linear
 from ._radial import AtomEdgeEmbedding, check_atomic_numbers
@@ -227,7 +226,7 @@ class EquivariantGraphAttention(nn.Module):
         message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha)
         # 5. rotate back, sum over the neighbours, project
         message = rotation.from_edge(message, rescale=True)
-        return self.proj(scatter(message, target, 0, num_nodes, reduce="sum"))
+        return self.proj(scatter_sum(message, target, num_nodes))
 
     def _edge_convolution(self, x, edge_features, atomic_numbers, edge_index, rotation, recompute):
         """Steps 1-2 as the kernel :func:`~so2nn.kernels.edge_convolution`, from this block's weights."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.utils import scatter
 
 from ..so3 import CoefficientLayout, EdgeRotation
 from ..so3._rotation import prepare_rotation
 from ..so3._wigner import prepare_couplings
-from ._common import as_layout, check_channels, check_edge_features, check_edges, check_rotation
+from ._common import as_layout, check_channels, check_edge_features, check_edges, check_rotation, scatter_sum
 from ._radial import AtomEdgeEmbedding, RadialMLP, check_atomic_numbers
 
 __all__ = ["EdgeDegreeEmbedding"]
@@ -96,4 +95,4 @@ class EdgeDegreeEmbedding(nn.Module):
         m0 = self.radial(edge_features).view(num_edges, self.layout.lmax + 1, self.channels)
         x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
         messages = rotation.from_edge(x_edge, rescale=True)
-        return scatter(messages, edge_index[1], 0, num_nodes, reduce="sum") / self.rescale_factor
+        return scatter_sum(messages, edge_index[1], num_nodes) / self.rescale_factor
