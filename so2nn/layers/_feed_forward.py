@@ -67,7 +67,6 @@ class FeedForwardNetwork(ConstantsModule):
         self.activation, self.grid_mlp, self.recompute = activation, grid_mlp, bool(recompute)
         self.kernels = check_kernels(kernels)
         self.sphere_channels, self.hidden_channels, self.output_channels = sphere_channels, hidden_channels, output_channels
-        lmax = layout.lmax
 
         self.so3_linear_1 = SO3Linear(layout, sphere_channels, hidden_channels)
         self.scalar_mlp = self.gating_linear = self.act = self.mlp = None
