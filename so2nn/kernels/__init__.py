@@ -9,12 +9,14 @@ explicit tensors (node features, edge index, rotation matrices, weights), never 
 
 from ._edge_convolution import EDGE_CONVOLUTION, atom_edge_linear, complex_matrix, edge_convolution, so2_linear
 from ._grid_silu import GRID_SILU, grid_silu
+from ._scatter import SCATTER_SUM, scatter_sum
 from ._policy import KERNELS, KernelInfo, check_kernels, needs_double_backward, use_fused, use_recompute
 
 __all__ = [
     "EDGE_CONVOLUTION",
     "GRID_SILU",
     "KERNELS",
+    "SCATTER_SUM",
     "KernelInfo",
     "atom_edge_linear",
     "check_kernels",
@@ -22,6 +24,7 @@ __all__ = [
     "edge_convolution",
     "grid_silu",
     "needs_double_backward",
+    "scatter_sum",
     "so2_linear",
     "use_fused",
     "use_recompute",

@@ -23,6 +23,7 @@ kernel                                double backward  autocast
 ====================================  ===============  ========
 :func:`edge_convolution`              no               no
 :func:`grid_silu`                     yes              yes
+:func:`scatter_sum`                   yes              yes
 ====================================  ===============  ========
 """
 

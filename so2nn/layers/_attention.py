@@ -226,7 +226,7 @@ class EquivariantGraphAttention(nn.Module):
         message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha)
         # 5. rotate back, sum over the neighbours, project
         message = rotation.from_edge(message, rescale=True)
-        return self.proj(scatter_sum(message, target, num_nodes))
+        return self.proj(scatter_sum(message, target, num_nodes, self.kernels))
 
     def _edge_convolution(self, x, edge_features, atomic_numbers, edge_index, rotation, recompute):
         """Steps 1-2 as the kernel :func:`~so2nn.kernels.edge_convolution`, from this block's weights."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels import check_kernels
 from ..so3 import CoefficientLayout, EdgeRotation
 from ..so3._rotation import prepare_rotation
 from ..so3._wigner import prepare_couplings
@@ -34,6 +35,7 @@ class EdgeDegreeEmbedding(nn.Module):
         max_num_elements: size of the atom-type tables for the source/target embeddings, or
             ``None`` to use the radial features alone.
         rescale_factor: :math:`a` (EquiformerV2: the average degree, 23.395...).
+        kernels: ``"auto"`` or ``"reference"``, for the sum over neighbours (:mod:`so2nn.kernels`).
 
     Shapes:
         ``edge_features: [E, edge_in]``, ``atomic_numbers: [N]``, ``edge_index: [2, E]``
@@ -56,6 +58,8 @@ class EdgeDegreeEmbedding(nn.Module):
         edge_channels_list: list[int],
         max_num_elements: int | None,
         rescale_factor: float,
+        *,
+        kernels: str = "auto",
     ) -> None:
         super().__init__()
         self.layout = as_layout(layout)
@@ -65,6 +69,7 @@ class EdgeDegreeEmbedding(nn.Module):
         if not (isinstance(rescale_factor, (int, float)) and not isinstance(rescale_factor, bool) and rescale_factor > 0):
             raise ValueError(f"rescale_factor must be a number > 0, got {rescale_factor!r}")
         self.channels, self.rescale_factor = channels, float(rescale_factor)
+        self.kernels = check_kernels(kernels)
         edge_channels_list = list(edge_channels_list)
         if not edge_channels_list:
             raise ValueError("edge_channels_list must be [edge_in, hidden, ...], got []")
@@ -95,4 +100,4 @@ class EdgeDegreeEmbedding(nn.Module):
         m0 = self.radial(edge_features).view(num_edges, self.layout.lmax + 1, self.channels)
         x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
         messages = rotation.from_edge(x_edge, rescale=True)
-        return scatter_sum(messages, edge_index[1], num_nodes) / self.rescale_factor
+        return scatter_sum(messages, edge_index[1], num_nodes, self.kernels) / self.rescale_factor

@@ -126,7 +126,9 @@ class EquiformerV2(nn.Module):
         self.distance_expansion = RadialBasis(c.num_distance_basis, c.max_radius, "gaussian", 2.0)
         edge_channels_list = [c.num_distance_basis, c.edge_channels, c.edge_channels]
         elements = c.max_num_elements if c.use_atom_edge_embedding else None
-        self.edge_degree_embedding = EdgeDegreeEmbedding(layout, c.sphere_channels, edge_channels_list, elements, c.avg_degree)
+        self.edge_degree_embedding = EdgeDegreeEmbedding(
+            layout, c.sphere_channels, edge_channels_list, elements, c.avg_degree, kernels=c.kernels
+        )
         self.blocks = nn.ModuleList(TransformerBlock(c, layout, edge_channels_list) for _ in range(c.num_layers))
         self.norm = normalization_layer(c.norm_type, layout, c.sphere_channels)
         self.energy_block = FeedForwardNetwork(
