@@ -44,7 +44,7 @@ class KernelInfo(NamedTuple):
 
     name: str
     double_backward: bool  # passes gradgradcheck
-    autocast: bool  # gives autocast's numbers (casts as the reference does) under autocast
+    autocast: bool  # may run under autocast (its docstring says in which dtype it computes)
 
 
 def check_kernels(kernels: str) -> str:
