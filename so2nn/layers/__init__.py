@@ -4,7 +4,10 @@ Node features are ``[N, (lmax+1)**2, C]`` (l-major); edge-frame features are
 ``[E, layout.edge_dim, C]`` (m-major, ``|m| <= mmax``); see :mod:`so2nn.so3`.
 """
 
-from ._activation import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU, fine_grid_resolution
+from ._activation import (
+    GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU, activation_layer, activation_scalars,
+    fine_grid_resolution,
+)
 from ._attention import AttentionReNorm, EquivariantGraphAttention
 from ._dropout import EquivariantDropout, GraphDropPath
 from ._edge_degree import EdgeDegreeEmbedding
@@ -12,7 +15,8 @@ from ._feed_forward import FeedForwardNetwork
 from ._linear import SO3Linear
 from ._norm import EquivariantLayerNorm, EquivariantRMSNorm, SeparableLayerNorm, normalization_layer
 from ._radial import AtomEdgeEmbedding, RadialBasis, RadialMLP
-from ._so2 import SO2Convolution, SO2Linear
+from ._common import replace_scalars
+from ._so2 import SO2Convolution, SO2Linear, SO2Output
 
 __all__ = [
     "AtomEdgeEmbedding",
@@ -30,10 +34,14 @@ __all__ = [
     "S2Activation",
     "SO2Convolution",
     "SO2Linear",
+    "SO2Output",
     "SO3Linear",
     "SeparableLayerNorm",
     "SeparableS2Activation",
     "SmoothLeakyReLU",
+    "activation_layer",
+    "activation_scalars",
     "fine_grid_resolution",
     "normalization_layer",
+    "replace_scalars",
 ]

@@ -36,9 +36,18 @@ from torch import nn
 
 from ..so3 import CoefficientLayout
 from ..so3._grid import s2_grid
-from ._common import ConstantsModule, as_layout, check_channels
+from ..kernels import GRID_SILU, check_kernels, grid_silu, use_fused
+from ._common import ConstantsModule, as_layout, check_channels, replace_scalars
 
-__all__ = ["GateActivation", "S2Activation", "SeparableS2Activation", "SmoothLeakyReLU", "fine_grid_resolution"]
+__all__ = [
+    "GateActivation",
+    "S2Activation",
+    "SeparableS2Activation",
+    "SmoothLeakyReLU",
+    "activation_layer",
+    "activation_scalars",
+    "fine_grid_resolution",
+]
 
 
 def fine_grid_resolution(lmax: int) -> int:
@@ -54,83 +63,45 @@ def fine_grid_resolution(lmax: int) -> int:
     return 8 * (lmax + 2)
 
 
-# Size of the [rows, grid points] temporary per step on the CPU: small enough for the grid
-# values to stay in the core's L2 cache between the three steps (512 rows x 324 points = 0.66 MB
-# in float32), large enough for efficient matmuls and few Python steps (forward + backward of
-# the 31M model's edge activation, 2 threads: 44 ms in 512-row chunks, 61 ms in 4096-row ones).
-_CPU_CHUNK_ELEMENTS = 512 * 324
+_NAMES = ("separable_s2", "s2", "gate")
 
 
-class _GridSiLU(torch.autograd.Function):
-    r""":math:`Y = \mathrm{SiLU}(X T^\top) F^\top` for ``X [R, K]``, in row chunks, storing only ``X``.
+def activation_layer(name: str, layout: CoefficientLayout | int, channels: int,
+                     resolution: int | tuple[int, int] | None = 18, edge: bool = False,
+                     kernels: str = "auto") -> nn.Module:
+    """The equivariant activation called ``name``: ``"separable_s2"`` (:class:`SeparableS2Activation`),
+    ``"s2"`` (:class:`S2Activation`) or ``"gate"`` (:class:`GateActivation`).
 
-    The grid values :math:`G = X T^\top` (``[R, P]``, ``P`` grid points: 18x18 = 324 for
-    EquiformerV2, so 17x the size of ``X`` at ``K = 19``) are never kept: backward recomputes
-    them chunk by chunk,
-
-    .. math:: \partial X = \bigl((\partial Y\, F) \odot \mathrm{SiLU}'(G)\bigr)\, T,
-
-    which trades one extra ``R x K x P`` matmul for the memory of two grid tensors per call.
-    Backward is built from differentiable ops, so double backward (gradient forces in
-    training) works.
-    """
-
-    @staticmethod
-    def forward(ctx, x, to_grid, from_grid, chunk):
-        ctx.save_for_backward(x, to_grid, from_grid)
-        ctx.chunk = chunk
-        out = x.new_empty(x.shape[0], from_grid.shape[0])
-        with torch.autocast(x.device.type, enabled=False):
-            to_grid_t, from_grid_t = to_grid.to(x.dtype).T, from_grid.to(x.dtype).T
-            for start in range(0, x.shape[0], chunk):
-                grid = torch.nn.functional.silu(torch.mm(x[start : start + chunk], to_grid_t), inplace=True)
-                torch.mm(grid, from_grid_t, out=out[start : start + chunk])
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, to_grid, from_grid = ctx.saved_tensors
-        to_grid, from_grid = to_grid.to(x.dtype), from_grid.to(x.dtype)
-        grad_out = grad_out.to(x.dtype)
-        double_backward = torch.is_grad_enabled()
-        grad_x = [] if double_backward else x.new_empty(x.shape)
-        for start in range(0, x.shape[0], ctx.chunk):
-            grid = x[start : start + ctx.chunk] @ to_grid.T
-            grad_silu = grad_out[start : start + ctx.chunk] @ from_grid
-            if double_backward:  # differentiable ops: silu_backward has no derivative of its own
-                sigmoid = torch.sigmoid(grid)
-                grad_x.append((grad_silu * sigmoid * (1 + grid * (1 - sigmoid))) @ to_grid)
-            else:
-                torch.mm(torch.ops.aten.silu_backward(grad_silu, grid), to_grid, out=grad_x[start : start + ctx.chunk])
-        return torch.cat(grad_x) if double_backward else grad_x, None, None, None
-
-
-def grid_silu(x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
-    r"""SiLU on an S2 grid: :math:`y_b = F\,\mathrm{SiLU}(T\,x_b)` for each ``x_b [K, C]``.
-
-    Args:
-        x: ``[B, K, C]`` coefficients.
-        to_grid: ``[P, K]``, the samples of each coefficient's function on ``P`` grid points.
-        from_grid: ``[K_out, P]``, the projection back (any subset of rows).
-
-    Returns: ``[B, K_out, C]``. Memory: the ``[B, P, C]`` grid is neither stored for backward
-    nor materialised at once (on the CPU it is computed in cache-sized chunks).
+    Every one is called as ``act(x, scalars)``; :func:`activation_scalars` gives the width of
+    ``scalars`` (0 for ``"s2"``, which takes ``scalars=None``).
 
     Example:
-        >>> from so2nn.so3 import S2Grid, CoefficientLayout
-        >>> grid = S2Grid(CoefficientLayout(2), resolution=8)
-        >>> x = torch.randn(3, 9, 4, dtype=torch.float64)
-        >>> y = grid_silu(x, grid.to_grid, grid.from_grid)
-        >>> torch.allclose(y, grid.from_grid @ torch.nn.functional.silu(grid.to_grid @ x))
-        True
+        >>> act = activation_layer("gate", 2, channels=4)
+        >>> act(torch.randn(3, 9, 4), torch.randn(3, activation_scalars("gate", 2, 4))).shape
+        torch.Size([3, 9, 4])
     """
-    if torch.compiler.is_compiling():  # one fused graph: the compiler handles the temporaries
-        return from_grid.to(x.dtype) @ torch.nn.functional.silu(to_grid.to(x.dtype) @ x)
-    B, K, C = x.shape
-    rows = x.transpose(1, 2).reshape(B * C, K)  # channels into rows: one matmul per chunk
-    chunk = max(_CPU_CHUNK_ELEMENTS // to_grid.shape[0], 1) if x.device.type == "cpu" else max(rows.shape[0], 1)
-    y = _GridSiLU.apply(rows, to_grid, from_grid, chunk)
-    return y.view(B, C, -1).transpose(1, 2)
+    if name == "gate":
+        return GateActivation(layout, channels, edge)
+    if name == "separable_s2":
+        return SeparableS2Activation(layout, resolution, edge, kernels=kernels)
+    if name == "s2":
+        return S2Activation(layout, resolution, edge, kernels=kernels)
+    raise ValueError(f"unknown activation {name!r}: choose one of {_NAMES}")
+
+
+def activation_scalars(name: str, layout: CoefficientLayout | int, channels: int) -> int:
+    """Width of the invariant ``scalars`` that the activation ``name`` takes: ``channels`` for
+    ``"separable_s2"``, ``lmax * channels`` for ``"gate"``, 0 for ``"s2"``."""
+    if name not in _NAMES:
+        raise ValueError(f"unknown activation {name!r}: choose one of {_NAMES}")
+    return {"separable_s2": channels, "s2": 0, "gate": as_layout(layout).lmax * channels}[name]
+
+
+def _check_input(module: nn.Module, x: torch.Tensor, coefficients: int, channels: int | None = None) -> None:
+    if not torch.is_tensor(x) or x.dim() != 3 or x.shape[1] != coefficients or (channels is not None and x.shape[2] != channels):
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        what = "edge-frame features [E, edge_dim" if getattr(module, "edge", False) else "node features [N, (lmax+1)**2"
+        raise ValueError(f"{type(module).__name__} expects {what}={coefficients}, {channels or 'C'}], got {got}")
 
 
 class SmoothLeakyReLU(nn.Module):
@@ -173,11 +144,11 @@ class GateActivation(ConstantsModule):
             node features ``[N, (lmax+1)**2, C]``.
 
     Shapes:
-        ``gates: [N, lmax * C]`` (degree-major), ``x: [N, K, C] -> [N, K, C]``.
+        ``x: [N, K, C]``, ``scalars: [N, lmax * C]`` (the gate logits, degree-major) -> ``[N, K, C]``.
 
     Example:
         >>> gate = GateActivation(2, channels=4)
-        >>> gate(torch.randn(3, 2 * 4), torch.randn(3, 9, 4)).shape
+        >>> gate(torch.randn(3, 9, 4), torch.randn(3, 2 * 4)).shape
         torch.Size([3, 9, 4])
     """
 
@@ -191,13 +162,15 @@ class GateActivation(ConstantsModule):
     def extra_repr(self) -> str:
         return f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, channels={self.channels}, edge={self.edge}"
 
-    def forward(self, gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scalars: torch.Tensor | None = None) -> torch.Tensor:
         lmax = self.layout.lmax
-        if gates.shape[-1] != lmax * self.channels:
-            raise ValueError(f"gates must have shape [N, lmax * channels = {lmax * self.channels}], got {tuple(gates.shape)}")
-        g = torch.sigmoid(gates).reshape(-1, lmax, self.channels)
-        g = torch.cat([torch.ones_like(g[:, :1]), g], dim=1).index_select(1, self.gate_index)
-        return torch.cat([torch.nn.functional.silu(x[:, :1]), x[:, 1:] * g[:, 1:]], dim=1)
+        _check_input(self, x, self.gate_index.shape[0], self.channels)
+        if scalars is None or scalars.dim() != 2 or scalars.shape != (x.shape[0], lmax * self.channels):
+            got = None if scalars is None else tuple(scalars.shape)
+            raise ValueError(f"scalars (the gate logits) must have shape [N={x.shape[0]}, lmax * channels = {lmax * self.channels}], got {got}")
+        g = torch.sigmoid(scalars).reshape(x.shape[0], lmax, self.channels)
+        g = torch.cat([torch.ones_like(g[:, :1]), g], dim=1).index_select(1, self.gate_index)  # 1 for l = 0
+        return replace_scalars(x * g, torch.nn.functional.silu(x[:, 0]))
 
 
 class S2Activation(ConstantsModule):
@@ -214,6 +187,10 @@ class S2Activation(ConstantsModule):
         edge: ``True`` for edge-frame features ``[E, edge_dim, C]`` (m-major, ``|m| <= mmax``,
             with EquiformerV2's truncation rescale); ``False`` for node features
             ``[N, (lmax+1)**2, C]`` (all orders).
+        kernels: ``"auto"`` (the chunked :func:`~so2nn.kernels.grid_silu`, which stores only
+            ``x`` for backward, when :func:`~so2nn.kernels.use_fused` allows) or ``"reference"``.
+
+    Shapes: ``x: [N, K, C] -> [N, K, C]``; ``scalars`` must be ``None`` (the signature of every activation).
 
     Example:
         >>> act = S2Activation(CoefficientLayout(2), resolution=8)
@@ -222,9 +199,11 @@ class S2Activation(ConstantsModule):
     """
 
     def __init__(
-        self, layout: CoefficientLayout | int, resolution: int | tuple[int, int] | None = 18, edge: bool = False
+        self, layout: CoefficientLayout | int, resolution: int | tuple[int, int] | None = 18, edge: bool = False,
+        *, kernels: str = "auto",
     ) -> None:
         super().__init__()
+        self.kernels = check_kernels(kernels)
         layout = as_layout(layout)
         if not edge:  # node features carry every order: the grid must resolve m up to lmax
             layout = CoefficientLayout(layout.lmax)
@@ -238,8 +217,17 @@ class S2Activation(ConstantsModule):
     def extra_repr(self) -> str:
         return f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, resolution={self.resolution}, edge={self.edge}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grid_silu(x, self.to_grid, self.from_grid)
+    def forward(self, x: torch.Tensor, scalars: None = None) -> torch.Tensor:
+        if scalars is not None:
+            raise ValueError("S2Activation takes no scalars (use SeparableS2Activation or GateActivation)")
+        _check_input(self, x, self.to_grid.shape[1])
+        return self.silu_on_grid(x, self.from_grid)
+
+    def silu_on_grid(self, x: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
+        r""":math:`F\,\mathrm{SiLU}(T x)` with the given rows ``from_grid`` of :math:`F`, in ``x``'s dtype."""
+        if use_fused(self.kernels, GRID_SILU, device_type=x.device.type, double_backward=torch.is_grad_enabled()):
+            return grid_silu(x, self.to_grid, from_grid)
+        return from_grid.to(x.dtype) @ torch.nn.functional.silu(self.to_grid.to(x.dtype) @ x)
 
 
 class SeparableS2Activation(nn.Module):
@@ -251,25 +239,28 @@ class SeparableS2Activation(nn.Module):
     Args: as :class:`S2Activation`.
 
     Shapes:
-        ``scalars: [N, C]``, ``x: [N, K, C] -> [N, K, C]``.
+        ``x: [N, K, C]``, ``scalars: [N, C]`` -> ``[N, K, C]``.
 
     Example:
         >>> act = SeparableS2Activation(CoefficientLayout(2), resolution=8)
-        >>> scalars, x = torch.randn(4, 3), torch.randn(4, 9, 3)
-        >>> y = act(scalars, x)
+        >>> x, scalars = torch.randn(4, 9, 3), torch.randn(4, 3)
+        >>> y = act(x, scalars)
         >>> y.shape, torch.equal(y[:, 0], torch.nn.functional.silu(scalars))
         (torch.Size([4, 9, 3]), True)
     """
 
     def __init__(
-        self, layout: CoefficientLayout | int, resolution: int | tuple[int, int] | None = 18, edge: bool = False
+        self, layout: CoefficientLayout | int, resolution: int | tuple[int, int] | None = 18, edge: bool = False,
+        *, kernels: str = "auto",
     ) -> None:
         super().__init__()
-        self.s2_act = S2Activation(layout, resolution, edge)
+        self.s2_act = S2Activation(layout, resolution, edge, kernels=kernels)
 
-    def forward(self, scalars: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if scalars.dim() != 2 or scalars.shape != (x.shape[0], x.shape[2]):
-            raise ValueError(f"scalars must have shape [N={x.shape[0]}, C={x.shape[2]}], got {tuple(scalars.shape)}")
+    def forward(self, x: torch.Tensor, scalars: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(self.s2_act, x, self.s2_act.to_grid.shape[1])
+        if scalars is None or scalars.dim() != 2 or scalars.shape != (x.shape[0], x.shape[2]):
+            got = None if scalars is None else tuple(scalars.shape)
+            raise ValueError(f"scalars must have shape [N={x.shape[0]}, C={x.shape[2]}], got {got}")
         # the grid's l = 0 output is replaced by SiLU(scalars): project back onto l > 0 only
-        higher = grid_silu(x, self.s2_act.to_grid, self.s2_act.from_grid[1:])
+        higher = self.s2_act.silu_on_grid(x, self.s2_act.from_grid[1:])
         return torch.cat([torch.nn.functional.silu(scalars).unsqueeze(1).to(higher.dtype), higher], dim=1)

@@ -8,18 +8,21 @@ import torch
 from torch import nn
 
 from ..graph import segment_softmax
+from ..kernels import EDGE_CONVOLUTION, atom_edge_linear, check_kernels, edge_convolution, needs_double_backward
+from ..kernels import use_fused, use_recompute
 from ..so3 import CoefficientLayout, EdgeRotation
+from ..so3._rotation import prepare_rotation
 from ..so3._wigner import prepare_couplings
-from ._activation import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU
-from ._common import as_layout, check_channels, check_features, maybe_recompute
-from ._gather import scatter_sum
+from ._activation import SmoothLeakyReLU, activation_layer, activation_scalars
+from ._common import (
+    as_layout, check_channels, check_dtype, check_edge_features, check_edges, check_features, check_rotation,
+    maybe_recompute, scatter_sum,
+)
 from ._linear import SO3Linear
-from ._radial import AtomEdgeEmbedding
-from ._so2 import SO2Convolution, SO2Linear, edge_message_convolution
+from ._radial import AtomEdgeEmbedding, check_atomic_numbers
+from ._so2 import SO2Convolution, SO2Linear
 
 __all__ = ["AttentionReNorm", "EquivariantGraphAttention"]
-
-_ACTIVATIONS = ("separable_s2", "s2", "gate")
 
 
 class AttentionReNorm(nn.Module):
@@ -51,7 +54,10 @@ class AttentionReNorm(nn.Module):
         self.alpha_dot = nn.Parameter(torch.empty(num_heads, alpha_channels).uniform_(-bound, bound))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        f = self.alpha_act(self.alpha_norm(features.reshape(-1, self.num_heads, self.alpha_channels)))
+        if features.dim() != 2 or features.shape[1] != self.num_heads * self.alpha_channels:
+            raise ValueError(f"features must have shape [E, num_heads * alpha_channels = "
+                             f"{self.num_heads * self.alpha_channels}], got {tuple(features.shape)}")
+        f = self.alpha_act(self.alpha_norm(features.view(features.shape[0], self.num_heads, self.alpha_channels)))
         return torch.einsum("eha,ha->eh", f, self.alpha_dot)
 
 
@@ -61,9 +67,10 @@ class EquivariantGraphAttention(nn.Module):
     For each edge :math:`j \to i` with frame :math:`R_{ij}`:
 
     1. :math:`m_{ij} = D(R_{ij})\,[x_j \,\|\, x_i]` (rotate into the edge frame, keep :math:`|m| \le m_{max}`);
-    2. :math:`(v_{ij}, f_{ij}, g_{ij}) = \mathrm{SO2Conv}_1(m_{ij}; h_{ij})`, where the extra
-       :math:`m = 0` outputs :math:`f` feed the attention and :math:`g` the activation gates;
-    3. :math:`v_{ij} \leftarrow \mathrm{SO2Linear}_2(\mathrm{act}(g_{ij}, v_{ij}))` (separable S2
+    2. :math:`(v_{ij}, [f_{ij} \| g_{ij}]) = \mathrm{SO2Conv}_1(m_{ij}; h_{ij})`, where the extra
+       :math:`m = 0` outputs :math:`f` feed the attention and :math:`g` the activation's scalars,
+       and :math:`h_{ij}` are the edge features (with the atom-type embeddings of both ends);
+    3. :math:`v_{ij} \leftarrow \mathrm{SO2Linear}_2(\mathrm{act}(v_{ij}, g_{ij}))` (separable S2
        activation by default);
     4. :math:`\alpha_{ij,h} = \mathrm{softmax}_{j}\,\bigl(\mathrm{AttentionReNorm}(f_{ij})\bigr)_h`;
     5. :math:`y_i = \mathrm{SO3Linear}\bigl(\sum_j D(R_{ij})^\top (\alpha_{ij} \odot v_{ij})\bigr)`.
@@ -82,7 +89,15 @@ class EquivariantGraphAttention(nn.Module):
         grid_resolution: resolution of the edge-frame S2 grid (EquiformerV2: 18).
         recompute: in training with direct forces (edge frames without gradient), recompute
             the radial MLP's hidden layers, the attention logits and the activated, weighted
-            values in backward instead of storing them (same numbers).
+            values in backward instead of storing them (same numbers;
+            :func:`~so2nn.kernels.use_recompute`).
+        kernels: ``"auto"``: steps 1-2 run as one kernel, :func:`~so2nn.kernels.edge_convolution`
+            (no concatenated pair tensor, and backward recomputes the edge features from the
+            node features), and the activation's grid SiLU as :func:`~so2nn.kernels.grid_silu`,
+            whenever :func:`~so2nn.kernels.use_fused` allows; ``"reference"``: always the
+            composition of the public layers above. Same numbers either way.
+
+    Everything after ``hidden_channels`` is keyword-only.
 
     Shapes:
         ``x: [N, (lmax+1)**2, C]``, ``edge_features: [E, edge_in]``, ``atomic_numbers: [N]``,
@@ -106,6 +121,7 @@ class EquivariantGraphAttention(nn.Module):
         layout: CoefficientLayout | int,
         sphere_channels: int,
         hidden_channels: int,
+        *,
         num_heads: int,
         attn_alpha_channels: int,
         attn_value_channels: int,
@@ -117,40 +133,47 @@ class EquivariantGraphAttention(nn.Module):
         alpha_drop: float = 0.0,
         grid_resolution: int | tuple[int, int] | None = 18,
         recompute: bool = True,
+        kernels: str = "auto",
     ) -> None:
         super().__init__()
         self.layout = layout = as_layout(layout)
-        prepare_couplings(layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
         check_channels(
             sphere_channels=sphere_channels, hidden_channels=hidden_channels, num_heads=num_heads,
             attn_alpha_channels=attn_alpha_channels, attn_value_channels=attn_value_channels,
             output_channels=output_channels,
         )
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}: choose one of {_ACTIVATIONS}")
+        self.num_gates = activation_scalars(activation, layout, hidden_channels)  # checks the name
+        edge_channels_list = list(edge_channels_list)
+        if len(edge_channels_list) < 2 or any(isinstance(c, bool) or not (isinstance(c, int) and c >= 1)
+                                              for c in edge_channels_list):
+            raise ValueError(f"edge_channels_list must be at least two ints >= 1 ([edge_in, hidden, ...]), "
+                             f"got {edge_channels_list!r}")
+        if max_num_elements is not None:
+            check_channels(max_num_elements=max_num_elements)
+        if not (isinstance(alpha_drop, (int, float)) and 0.0 <= alpha_drop < 1.0):
+            raise ValueError(f"alpha_drop must be a probability in [0, 1), got {alpha_drop!r}")
+        if not isinstance(attn_renorm, bool) or not isinstance(recompute, bool):
+            raise ValueError(f"attn_renorm and recompute must be bools, got {attn_renorm!r} and {recompute!r}")
+        self.kernels = check_kernels(kernels)
+        prepare_couplings(layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
+        prepare_rotation(layout)
         self.sphere_channels, self.hidden_channels = sphere_channels, hidden_channels
         self.num_heads, self.attn_alpha_channels, self.attn_value_channels = num_heads, attn_alpha_channels, attn_value_channels
         self.output_channels, self.activation, self.recompute = output_channels, activation, recompute
 
-        edge_channels_list = list(edge_channels_list)
+        self.edge_channels = edge_channels_list[0]  # width of the edge features given to forward
         self.atom_edge = None
         if max_num_elements is not None:
             self.atom_edge = AtomEdgeEmbedding(max_num_elements, edge_channels_list[-1])
             edge_channels_list[0] += 2 * edge_channels_list[-1]
 
-        self.num_gates = {"separable_s2": hidden_channels, "s2": 0, "gate": layout.lmax * hidden_channels}[activation]
         self.so2_conv_1 = SO2Convolution(
             layout, 2 * sphere_channels, hidden_channels, edge_channels_list,
             extra_m0_output_channels=num_heads * attn_alpha_channels + self.num_gates,
         )
         self.attention = AttentionReNorm(num_heads, attn_alpha_channels, attn_renorm)
         self.alpha_dropout = nn.Dropout(alpha_drop) if alpha_drop > 0 else None
-        if activation == "gate":
-            self.act = GateActivation(layout, hidden_channels, edge=True)
-        elif activation == "separable_s2":
-            self.act = SeparableS2Activation(layout, grid_resolution, edge=True)
-        else:
-            self.act = S2Activation(layout, grid_resolution, edge=True)
+        self.act = activation_layer(activation, layout, hidden_channels, grid_resolution, edge=True, kernels=kernels)
         self.so2_conv_2 = SO2Linear(layout, hidden_channels, num_heads * attn_value_channels)
         self.proj = SO3Linear(layout, num_heads * attn_value_channels, output_channels)
 
@@ -158,6 +181,7 @@ class EquivariantGraphAttention(nn.Module):
         return (
             f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, sphere_channels={self.sphere_channels}, "
             f"num_heads={self.num_heads}, activation={self.activation!r}" + ("" if self.recompute else ", recompute=False")
+            + ("" if self.kernels == "auto" else f", kernels={self.kernels!r}")
         )
 
     def forward(
@@ -168,31 +192,68 @@ class EquivariantGraphAttention(nn.Module):
         edge_index: torch.Tensor,
         rotation: EdgeRotation,
     ) -> torch.Tensor:
-        check_features("x", x, None, self.layout.dim, self.sphere_channels)
-        num_nodes, num_edges = x.shape[0], edge_index.shape[1]
-        target = edge_index[1]
+        check_features("x", x, None, self.layout.dim, self.sphere_channels, self.layout)
+        check_dtype("x", x, self, self.so2_conv_1.fc_m0.weight)
+        num_nodes, num_edges = x.shape[0], check_edges(edge_index)
+        check_edge_features(edge_features, num_edges, self.edge_channels)
+        check_rotation(rotation, self.layout, num_edges)
+        if self.atom_edge is not None:
+            check_atomic_numbers(atomic_numbers, num_nodes)
+        source, target = edge_index
+        double_backward = needs_double_backward(rotation.matrix)
         # In training with direct forces, the intermediates of the radial MLP, the logits and the
         # values (a few [E, H, A] tensors, the activated messages and the [E, edge_dim, H * V]
         # values: most of a layer's stored activations) are recomputed in backward from their inputs.
-        recompute = (self.recompute and torch.is_grad_enabled() and not rotation.matrix.requires_grad
-                     and not torch.compiler.is_compiling())
-        # m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution (fused: see edge_message_convolution),
-        # its radial MLP fed with the edge features and the atom-type embeddings of the edge
-        message, extra = edge_message_convolution(
-            self.so2_conv_1, x, edge_index, rotation, edge_features, self.atom_edge, atomic_numbers, recompute,
-        )
+        recompute = use_recompute(self.recompute, double_backward=double_backward)
+        # 1-2. m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution, fed with the edge
+        # features and the atom-type embeddings of both ends
+        if use_fused(self.kernels, EDGE_CONVOLUTION, device_type=x.device.type, double_backward=double_backward):
+            message, extra = self._edge_convolution(x, edge_features, atomic_numbers, edge_index, rotation, recompute)
+        else:
+            if self.atom_edge is not None:
+                edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
+            pairs = torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
+            message, extra = self.so2_conv_1(rotation.to_edge(pairs), edge_features)
         alpha_features, gates = extra.split([extra.shape[1] - self.num_gates, self.num_gates], dim=1)
+        # 4. attention weights, the softmax in at least float32 (under bf16 autocast the logits are bf16)
         logits = maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
-        # softmax in at least float32 (under bf16 autocast the logits are bf16)
+        # so2nn's segment softmax, not torch_geometric.utils.softmax: same numbers, 1.07 vs 1.46 ms
+        # forward + backward (0.59 vs 0.94 ms without autograd) at E = 12320, H = 8, one CPU thread
         alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_nodes)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
+        # 3. the activated values of every head, times their attention weights
         message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha)
+        # 5. rotate back, sum over the neighbours, project
         message = rotation.from_edge(message, rescale=True)
-        return self.proj(scatter_sum(message, target, num_nodes))
+        return self.proj(scatter_sum(message, target, num_nodes, self.kernels))
+
+    def _edge_convolution(self, x, edge_features, atomic_numbers, edge_index, rotation, recompute):
+        """Steps 1-2 as the kernel :func:`~so2nn.kernels.edge_convolution`, from this block's weights."""
+        conv, radial = self.so2_conv_1, self.so2_conv_1.radial
+        # the radial MLP's last layer ([E, radial_size], the largest radial tensor) is recomputed
+        # inside the kernel; with recompute its hidden layers too (a few [E, hidden] tensors)
+        hidden = maybe_recompute(recompute, self._radial_hidden, edge_features, atomic_numbers, edge_index)
+        return edge_convolution(
+            x, edge_index, rotation.matrix, hidden, radial.last.weight, radial.last.bias, conv.fc_m0.weight,
+            conv.fc_m0.bias, [fc.weight for fc in conv.fc_m], layout=self.layout,
+            extra_channels=conv.extra_m0_output_channels,
+        )
+
+    def _radial_hidden(self, edge_features, atomic_numbers, edge_index):
+        """The radial MLP of ``so2_conv_1`` up to its last layer, on the atom-type edge features."""
+        radial = self.so2_conv_1.radial
+        if self.atom_edge is None:
+            hidden = radial.first(edge_features)
+        else:
+            hidden = atom_edge_linear(
+                edge_features, radial.first.weight, radial.first.bias, self.atom_edge.source_embedding.weight,
+                self.atom_edge.target_embedding.weight, atomic_numbers, edge_index,
+            )
+        return radial.hidden_layers(hidden)
 
     def _weighted_values(self, message: torch.Tensor, gates: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """Values of every head, ``SO2Linear_2(act(gates, message))``, times its attention weight: ``[E, edge_dim, H * V]``."""
-        values = self.so2_conv_2(self.act(message) if self.activation == "s2" else self.act(gates, message))
+        """Values of every head, ``SO2Linear_2(act(message, gates))``, times its attention weight: ``[E, edge_dim, H * V]``."""
+        values = self.so2_conv_2(self.act(message, gates if self.num_gates else None)).y
         E, H, V = values.shape[0], self.num_heads, self.attn_value_channels
-        return (values.view(E, -1, H, V) * alpha[:, None, :, None]).view(E, -1, H * V)
+        return (values.view(E, self.layout.edge_dim, H, V) * alpha[:, None, :, None]).view(E, self.layout.edge_dim, H * V)

@@ -7,6 +7,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .._checks import check_degree
+from ..kernels import SCATTER_SUM, use_fused
+from ..kernels import scatter_sum as kernel_scatter_sum
 from ..so3 import CoefficientLayout
 
 
@@ -53,14 +55,91 @@ class ConstantsModule(nn.Module):
         return self
 
 
-def check_features(name: str, x: torch.Tensor, rows: int | None, coefficients: int, channels: int) -> None:
-    """Raise unless ``x`` is ``[rows, coefficients, channels]`` (``rows=None``: any)."""
+def check_features(name: str, x: torch.Tensor, rows: int | None, coefficients: int, channels: int,
+                   layout: CoefficientLayout | None = None, edge: bool = False) -> None:
+    """Raise unless ``x`` is ``[rows, coefficients, channels]`` (``rows=None``: any).
+
+    With ``layout``, a mismatch of the coefficient axis that matches the other layout (node
+    features where edge-frame features are expected, or the reverse) says so."""
     what = f"[{'N' if rows is None else rows}, {coefficients}, {channels}]"
-    if not torch.is_tensor(x) or x.dim() != 3 or x.shape[1:] != (coefficients, channels) or (
-        rows is not None and x.shape[0] != rows
-    ):
-        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"{name} must have shape {what}, got {got}")
+    if not torch.is_tensor(x):
+        raise ValueError(f"{name} must be a tensor of shape {what}, got {type(x).__name__}")
+    if x.dim() != 3 or x.shape[1:] != (coefficients, channels) or (rows is not None and x.shape[0] != rows):
+        hint = ""
+        if layout is not None and x.dim() == 3 and layout.dim != layout.edge_dim:
+            if edge and x.shape[1] == layout.dim:
+                hint = (f" (node features, {layout.dim} = (lmax+1)**2 coefficients, where edge-frame features "
+                        f"[E, edge_dim={layout.edge_dim}, C] are expected: rotate them with EdgeRotation.to_edge)")
+            elif not edge and x.shape[1] == layout.edge_dim:
+                hint = (f" (edge-frame features, edge_dim={layout.edge_dim} coefficients, where node features "
+                        f"[N, (lmax+1)**2={layout.dim}, C] are expected: rotate them back with EdgeRotation.from_edge)")
+        raise ValueError(f"{name} must have shape {what}, got {tuple(x.shape)}{hint}")
+
+
+def check_dtype(name: str, x: torch.Tensor, module: nn.Module, weight: torch.Tensor) -> None:
+    """Raise unless ``x`` has the dtype of ``weight`` (skipped under autocast, which casts itself)."""
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(
+            f"{name} is {x.dtype} but the weights of {type(module).__name__} are {weight.dtype}: "
+            f"convert the input (x.to({weight.dtype})) or the module (module.to({x.dtype}))"
+        )
+
+
+def check_edges(edge_index: torch.Tensor, num_nodes: int | None = None) -> int:
+    """Raise unless ``edge_index`` is an integer ``[2, E]`` tensor; return ``E``."""
+    if not torch.is_tensor(edge_index) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        got = tuple(edge_index.shape) if torch.is_tensor(edge_index) else type(edge_index).__name__
+        raise ValueError(f"edge_index must have shape [2, E] (row 0 the source, row 1 the target), got {got}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"edge_index must be an integer tensor (torch.int64), got {edge_index.dtype}")
+    return edge_index.shape[1]
+
+
+def check_rotation(rotation, layout: CoefficientLayout, num_edges: int) -> None:
+    """Raise unless ``rotation`` is an :class:`~so2nn.so3.EdgeRotation` of ``layout`` with one frame per edge."""
+    from ..so3 import EdgeRotation
+
+    if not isinstance(rotation, EdgeRotation):
+        raise ValueError(f"rotation must be an EdgeRotation, got {type(rotation).__name__}")
+    if rotation.layout != layout:
+        raise ValueError(f"rotation is built for {rotation.layout}, the layer for {layout}")
+    if rotation.num_edges != num_edges:
+        raise ValueError(f"rotation has {rotation.num_edges} edge frames, edge_index {num_edges} edges")
+
+
+def check_edge_features(edge_features: torch.Tensor, num_edges: int, width: int) -> None:
+    """Raise unless ``edge_features`` is ``[num_edges, width]``."""
+    if not torch.is_tensor(edge_features) or edge_features.dim() != 2 or edge_features.shape != (num_edges, width):
+        got = tuple(edge_features.shape) if torch.is_tensor(edge_features) else type(edge_features).__name__
+        raise ValueError(f"edge_features must have shape [E={num_edges}, {width}] (the radial MLP's input width), got {got}")
+
+
+def scatter_sum(x: torch.Tensor, index: torch.Tensor, num_nodes: int, kernels: str = "auto") -> torch.Tensor:
+    r"""Sum of the rows of ``x`` that share an index, :math:`y_i = \sum_{e: \mathrm{index}(e) = i} x_e`:
+    ``[E, ...] -> [num_nodes, ...]`` (the kernel :func:`~so2nn.kernels.scatter_sum` when
+    :func:`~so2nn.kernels.use_fused` allows).
+
+    Example:
+        >>> scatter_sum(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 2, 0]), 3)
+        tensor([4., 0., 2.])
+    """
+    if use_fused(kernels, SCATTER_SUM, device_type=x.device.type, double_backward=torch.is_grad_enabled()):
+        return kernel_scatter_sum(x, index, num_nodes)
+    return x.new_zeros((num_nodes,) + tuple(x.shape[1:])).index_add(0, index, x)
+
+
+def replace_scalars(x: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+    r"""``x`` with its :math:`l = 0` coefficient (row 0, in the node and the edge-frame layout)
+    replaced by ``scalars``: ``[N, K, C]`` and ``[N, C]`` (or ``[N, 1, C]``) -> ``[N, K, C]``.
+
+    Example:
+        >>> replace_scalars(torch.zeros(2, 4, 3), torch.ones(2, 3))[:, :, 0]
+        tensor([[1., 0., 0., 0.],
+                [1., 0., 0., 0.]])
+    """
+    if scalars.dim() == 2:
+        scalars = scalars.unsqueeze(1)
+    return torch.cat([scalars, x[:, 1:]], dim=1)
 
 
 def maybe_recompute(recompute: bool, function, *args):

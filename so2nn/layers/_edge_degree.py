@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels import check_kernels
 from ..so3 import CoefficientLayout, EdgeRotation
+from ..so3._rotation import prepare_rotation
 from ..so3._wigner import prepare_couplings
-from ._common import as_layout, check_channels
-from ._gather import scatter_sum
-from ._radial import AtomEdgeEmbedding, RadialMLP
+from ._common import as_layout, check_channels, check_edge_features, check_edges, check_rotation, scatter_sum
+from ._radial import AtomEdgeEmbedding, RadialMLP, check_atomic_numbers
 
 __all__ = ["EdgeDegreeEmbedding"]
 
@@ -34,6 +35,7 @@ class EdgeDegreeEmbedding(nn.Module):
         max_num_elements: size of the atom-type tables for the source/target embeddings, or
             ``None`` to use the radial features alone.
         rescale_factor: :math:`a` (EquiformerV2: the average degree, 23.395...).
+        kernels: ``"auto"`` or ``"reference"``, for the sum over neighbours (:mod:`so2nn.kernels`).
 
     Shapes:
         ``edge_features: [E, edge_in]``, ``atomic_numbers: [N]``, ``edge_index: [2, E]``
@@ -56,13 +58,22 @@ class EdgeDegreeEmbedding(nn.Module):
         edge_channels_list: list[int],
         max_num_elements: int | None,
         rescale_factor: float,
+        *,
+        kernels: str = "auto",
     ) -> None:
         super().__init__()
         self.layout = as_layout(layout)
         prepare_couplings(self.layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
+        prepare_rotation(self.layout)
         check_channels(channels=channels)
+        if not (isinstance(rescale_factor, (int, float)) and not isinstance(rescale_factor, bool) and rescale_factor > 0):
+            raise ValueError(f"rescale_factor must be a number > 0, got {rescale_factor!r}")
         self.channels, self.rescale_factor = channels, float(rescale_factor)
+        self.kernels = check_kernels(kernels)
         edge_channels_list = list(edge_channels_list)
+        if not edge_channels_list:
+            raise ValueError("edge_channels_list must be [edge_in, hidden, ...], got []")
+        self.edge_channels = edge_channels_list[0]
         self.atom_edge = None
         if max_num_elements is not None:
             self.atom_edge = AtomEdgeEmbedding(max_num_elements, edge_channels_list[-1])
@@ -80,9 +91,13 @@ class EdgeDegreeEmbedding(nn.Module):
         rotation: EdgeRotation,
         num_nodes: int,
     ) -> torch.Tensor:
+        num_edges = check_edges(edge_index)
+        check_edge_features(edge_features, num_edges, self.edge_channels)
+        check_rotation(rotation, self.layout, num_edges)
         if self.atom_edge is not None:
+            check_atomic_numbers(atomic_numbers, num_nodes)
             edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
-        m0 = self.radial(edge_features).reshape(-1, self.layout.lmax + 1, self.channels)
+        m0 = self.radial(edge_features).view(num_edges, self.layout.lmax + 1, self.channels)
         x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
         messages = rotation.from_edge(x_edge, rescale=True)
-        return scatter_sum(messages, edge_index[1], num_nodes) / self.rescale_factor
+        return scatter_sum(messages, edge_index[1], num_nodes, self.kernels) / self.rescale_factor

@@ -7,13 +7,12 @@ from torch import nn
 
 from ..so3 import CoefficientLayout
 from ..so3._grid import s2_grid
-from ._activation import GateActivation, S2Activation, SeparableS2Activation
-from ._common import ConstantsModule, as_layout, check_channels, maybe_recompute
+from ..kernels import check_kernels
+from ._activation import activation_layer, activation_scalars
+from ._common import ConstantsModule, as_layout, check_channels, check_dtype, check_features, maybe_recompute, replace_scalars
 from ._linear import SO3Linear
 
 __all__ = ["FeedForwardNetwork"]
-
-_ACTIVATIONS = ("separable_s2", "s2", "gate")
 
 
 class FeedForwardNetwork(ConstantsModule):
@@ -33,6 +32,10 @@ class FeedForwardNetwork(ConstantsModule):
         grid_mlp: use the grid MLP (not with ``"gate"``).
         grid_resolution: S2 grid resolution (EquiformerV2: 18; the equivariance error this
             gives is measured on the performance page of the docs).
+        recompute: with the grid MLP, whenever autograd records, recompute its grid tensors
+            (``[N, P, hidden]`` per MLP layer, ``P = 324`` points at resolution 18: most of a
+            training step's memory) in backward instead of storing them (same numbers).
+        kernels: ``"auto"`` or ``"reference"``, for the activation (see :mod:`so2nn.kernels`).
 
     Shapes: ``x: [N, (lmax+1)**2, sphere_channels] -> [N, (lmax+1)**2, output_channels]``.
 
@@ -51,17 +54,19 @@ class FeedForwardNetwork(ConstantsModule):
         activation: str = "separable_s2",
         grid_mlp: bool = True,
         grid_resolution: int | tuple[int, int] | None = 18,
+        *,
+        recompute: bool = True,
+        kernels: str = "auto",
     ) -> None:
         super().__init__()
         self.layout = layout = CoefficientLayout(as_layout(layout).lmax)
         check_channels(sphere_channels=sphere_channels, hidden_channels=hidden_channels, output_channels=output_channels)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}: choose one of {_ACTIVATIONS}")
+        num_scalars = activation_scalars(activation, layout, hidden_channels)  # checks the name
         if grid_mlp and activation == "gate":
             raise ValueError("grid_mlp=True uses the S2 grid: it cannot be combined with activation='gate'")
-        self.activation, self.grid_mlp = activation, grid_mlp
+        self.activation, self.grid_mlp, self.recompute = activation, grid_mlp, bool(recompute)
+        self.kernels = check_kernels(kernels)
         self.sphere_channels, self.hidden_channels, self.output_channels = sphere_channels, hidden_channels, output_channels
-        lmax = layout.lmax
 
         self.so3_linear_1 = SO3Linear(layout, sphere_channels, hidden_channels)
         self.scalar_mlp = self.gating_linear = self.act = self.mlp = None
@@ -77,33 +82,28 @@ class FeedForwardNetwork(ConstantsModule):
             self.resolution = grid.resolution
             self.register_constant("to_grid", grid.to_grid)
             self.register_constant("from_grid", grid.from_grid)
-        elif activation == "gate":
-            self.gating_linear = nn.Linear(sphere_channels, lmax * hidden_channels)
-            self.act = GateActivation(layout, hidden_channels)
-        elif activation == "separable_s2":
-            self.gating_linear = nn.Linear(sphere_channels, hidden_channels)
-            self.act = SeparableS2Activation(layout, grid_resolution)
         else:
-            self.act = S2Activation(layout, grid_resolution)
+            if num_scalars:  # the activation's scalars (gates, or the l = 0 output) from the input's
+                self.gating_linear = nn.Linear(sphere_channels, num_scalars)
+            self.act = activation_layer(activation, layout, hidden_channels, grid_resolution, kernels=kernels)
         self.so3_linear_2 = SO3Linear(layout, hidden_channels, output_channels)
 
     def extra_repr(self) -> str:
-        return f"lmax={self.layout.lmax}, activation={self.activation!r}, grid_mlp={self.grid_mlp}"
+        return f"lmax={self.layout.lmax}, activation={self.activation!r}, grid_mlp={self.grid_mlp}" + (
+            "" if self.recompute else ", recompute=False")
 
     def _grid_mlp(self, h: torch.Tensor) -> torch.Tensor:
         return self.from_grid @ self.mlp(self.to_grid @ h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_features("x", x, None, self.layout.dim, self.sphere_channels)
+        check_dtype("x", x, self, self.so3_linear_1.weight)
         scalars = x[:, 0]
         h = self.so3_linear_1(x)
         if self.grid_mlp:
-            # The grid tensors ([N, P, hidden] per MLP layer, P = 324 points at resolution 18)
-            # are most of a training step's memory: recompute them in backward instead.
-            h = maybe_recompute(torch.is_grad_enabled() and h.requires_grad, self._grid_mlp, h)
+            h = maybe_recompute(self.recompute and torch.is_grad_enabled(), self._grid_mlp, h)
             if self.scalar_mlp is not None:
-                h = torch.cat([self.scalar_mlp(scalars).unsqueeze(1), h[:, 1:]], dim=1)
-        elif self.gating_linear is not None:
-            h = self.act(self.gating_linear(scalars), h)
+                h = replace_scalars(h, self.scalar_mlp(scalars))
         else:
-            h = self.act(h)
+            h = self.act(h, None if self.gating_linear is None else self.gating_linear(scalars))
         return self.so3_linear_2(h)

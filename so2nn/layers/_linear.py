@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..so3 import CoefficientLayout
-from ._common import as_layout, check_channels, check_features
+from ._common import as_layout, check_channels, check_dtype, check_features
 
 __all__ = ["SO3Linear"]
 
@@ -47,7 +47,8 @@ class SO3Linear(nn.Module):
         return f"lmax={self.layout.lmax}, in_channels={self.in_channels}, out_channels={self.out_channels}, bias={self.bias is not None}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_features("x", x, None, self.layout.dim, self.in_channels)
+        check_features("x", x, None, self.layout.dim, self.in_channels, self.layout)
+        check_dtype("x", x, self, self.weight)
         # one matmul per degree, on the 2l+1 orders of that degree (the weights are never
         # expanded to one copy per coefficient, which backward would have to keep)
         return torch.cat([

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..so3 import CoefficientLayout
-from ._common import ConstantsModule, as_layout, check_channels, check_features
+from ._common import ConstantsModule, as_layout, check_channels, check_dtype, check_features, replace_scalars
 
 __all__ = ["EquivariantLayerNorm", "EquivariantRMSNorm", "SeparableLayerNorm", "normalization_layer"]
 
@@ -40,7 +40,8 @@ class _Norm(ConstantsModule):
             return torch.einsum("nic,i->n", x.pow(2), balance.to(x.dtype)) / self.channels
 
     def _check(self, x: torch.Tensor) -> None:
-        check_features("x", x, None, self.layout.dim, self.channels)
+        check_features("x", x, None, self.layout.dim, self.channels, self.layout)
+        check_dtype("x", x, self, next(self.parameters()))
 
 
 class _CenteredNorm(_Norm):
@@ -53,10 +54,10 @@ class _CenteredNorm(_Norm):
 
     def _center(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        return torch.cat([x[:, :1] - x[:, :1].mean(dim=2, keepdim=True), x[:, 1:]], dim=1)
+        return replace_scalars(x, x[:, 0] - x[:, 0].mean(dim=1, keepdim=True))
 
     def _shift(self, out: torch.Tensor) -> torch.Tensor:
-        return torch.cat([out[:, :1] + self.affine_bias, out[:, 1:]], dim=1)
+        return replace_scalars(out, out[:, 0] + self.affine_bias)
 
 
 class EquivariantLayerNorm(_CenteredNorm):

@@ -109,7 +109,28 @@ class RadialMLP(nn.Module):
                 modules += [nn.LayerNorm(n_out), nn.SiLU()]
         self.net = nn.Sequential(*modules)
 
+    @property
+    def first(self) -> nn.Linear:
+        """The first linear layer (``net[0]``)."""
+        return self.net[0]
+
+    @property
+    def hidden_layers(self) -> nn.Sequential:
+        """The layers between the first and the last linear layer (``net[1:-1]``)."""
+        return self.net[1:-1]
+
+    @property
+    def last(self) -> nn.Linear:
+        """The last linear layer (``net[-1]``)."""
+        return self.net[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != self.channels[0]:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"RadialMLP expects [E, {self.channels[0]}] edge features, got {got}")
+        if x.dtype != self.first.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"x is {x.dtype} but the weights of RadialMLP are {self.first.weight.dtype}: "
+                             f"convert the input (x.to({self.first.weight.dtype})) or the module (module.to({x.dtype}))")
         return self.net(x)
 
 
@@ -133,6 +154,9 @@ class AtomEdgeEmbedding(nn.Module):
 
     def __init__(self, max_num_elements: int, channels: int) -> None:
         super().__init__()
+        for name, value in (("max_num_elements", max_num_elements), ("channels", channels)):
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.max_num_elements = max_num_elements
         self.source_embedding = nn.Embedding(max_num_elements, channels)
         self.target_embedding = nn.Embedding(max_num_elements, channels)
@@ -140,27 +164,19 @@ class AtomEdgeEmbedding(nn.Module):
         nn.init.uniform_(self.target_embedding.weight, -0.001, 0.001)
 
     def forward(self, edge_features: torch.Tensor, atomic_numbers: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(edge_features) or edge_features.dim() != 2 or edge_features.shape[0] != edge_index.shape[-1]:
+            got = tuple(edge_features.shape) if torch.is_tensor(edge_features) else type(edge_features).__name__
+            raise ValueError(f"edge_features must have shape [E={edge_index.shape[-1]}, F], got {got}")
+        check_atomic_numbers(atomic_numbers)
         source = self.source_embedding(atomic_numbers.index_select(0, edge_index[0]))
         target = self.target_embedding(atomic_numbers.index_select(0, edge_index[1]))
         return torch.cat([edge_features, source, target], dim=-1)
 
-    def linear(self, layer: nn.Linear, edge_features: torch.Tensor, atomic_numbers: torch.Tensor,
-               edge_index: torch.Tensor) -> torch.Tensor:
-        r"""``layer(self(edge_features, atomic_numbers, edge_index))``, without forming the concatenation.
 
-        .. math:: W [h_e \,\|\, s_{z_j} \,\|\, t_{z_i}] + b = W_h h_e + b + (W_s s)_{z_j} + (W_t t)_{z_i}
-
-        The columns of ``layer.weight`` that act on the embeddings are applied to the tables
-        (one row per element) and the products gathered per edge; backward then keeps only
-        ``edge_features`` (shared by every layer of a model) instead of an ``[E, F + 2C]``
-        copy per layer.
-        """
-        channels = self.source_embedding.embedding_dim
-        w_edge, w_source, w_target = layer.weight.split([layer.in_features - 2 * channels, channels, channels], dim=1)
-        source = nn.functional.linear(self.source_embedding.weight, w_source)  # [elements, out]
-        target = nn.functional.linear(self.target_embedding.weight, w_target)
-        return (
-            nn.functional.linear(edge_features, w_edge, layer.bias)
-            + source.index_select(0, atomic_numbers.index_select(0, edge_index[0]))
-            + target.index_select(0, atomic_numbers.index_select(0, edge_index[1]))
-        )
+def check_atomic_numbers(atomic_numbers: torch.Tensor, num_nodes: int | None = None) -> None:
+    """Raise unless ``atomic_numbers`` is an integer ``[N]`` tensor (``N = num_nodes`` when given)."""
+    if not torch.is_tensor(atomic_numbers) or atomic_numbers.dim() != 1 or atomic_numbers.is_floating_point() or (
+        num_nodes is not None and atomic_numbers.shape[0] != num_nodes
+    ):
+        got = f"{tuple(atomic_numbers.shape)} {atomic_numbers.dtype}" if torch.is_tensor(atomic_numbers) else type(atomic_numbers).__name__
+        raise ValueError(f"atomic_numbers must be an integer tensor of shape [N={'N' if num_nodes is None else num_nodes}], got {got}")

@@ -71,6 +71,9 @@ class EquiformerV2Config:
             edge activation and weighted values) in backward instead of storing them: 2.5x
             fewer stored activations for about 10% more time per step on the 31M model
             (``False`` for small models, where the bookkeeping costs more than it saves).
+        kernels: ``"auto"`` (the fast kernels of :mod:`so2nn.kernels` wherever
+            :func:`~so2nn.kernels.use_fused` allows them) or ``"reference"`` (every layer as its
+            plain equation). Same numbers; not part of the weights.
 
     Example:
         >>> config = EquiformerV2Config(lmax=4, mmax=2, num_layers=8)
@@ -120,6 +123,8 @@ class EquiformerV2Config:
     checkpoint_activations: bool = False
     # Recompute the cheap per-edge activations of each attention block in backward (see above).
     recompute_edge_activations: bool = True
+    # "auto" | "reference": which implementation of the layers runs (same numbers)
+    kernels: str = "auto"
 
     def __post_init__(self) -> None:
         check_layout(self.lmax, self.mmax)
@@ -133,6 +138,8 @@ class EquiformerV2Config:
             raise ValueError(f"activation must be 'separable_s2', 's2' or 'gate', got {self.activation!r}")
         if self.use_grid_mlp and self.activation == "gate":
             raise ValueError("use_grid_mlp=True needs an S2 activation: set use_grid_mlp=False with activation='gate'")
+        if self.kernels not in ("auto", "reference"):
+            raise ValueError(f"kernels must be 'auto' or 'reference', got {self.kernels!r}")
         if self.graph_mode not in ("tie_stable", "reference"):
             raise ValueError(f"graph_mode must be 'tie_stable' or 'reference', got {self.graph_mode!r}")
         if self.norm_type not in ("layer_norm", "layer_norm_sh", "rms_norm_sh"):

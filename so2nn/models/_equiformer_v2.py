@@ -57,14 +57,17 @@ class TransformerBlock(nn.Module):
         elements = c.max_num_elements if c.use_atom_edge_embedding else None
         self.norm_1 = normalization_layer(c.norm_type, layout, c.sphere_channels)
         self.ga = EquivariantGraphAttention(
-            layout, c.sphere_channels, c.attn_hidden_channels, c.num_heads, c.attn_alpha_channels,
-            c.attn_value_channels, c.sphere_channels, edge_channels_list, elements, c.activation,
-            c.use_attn_renorm, c.alpha_drop, c.grid_resolution, c.recompute_edge_activations,
+            layout, sphere_channels=c.sphere_channels, hidden_channels=c.attn_hidden_channels, num_heads=c.num_heads,
+            attn_alpha_channels=c.attn_alpha_channels, attn_value_channels=c.attn_value_channels,
+            output_channels=c.sphere_channels, edge_channels_list=edge_channels_list, max_num_elements=elements,
+            activation=c.activation, attn_renorm=c.use_attn_renorm, alpha_drop=c.alpha_drop,
+            grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, kernels=c.kernels,
         )
         self.norm_2 = normalization_layer(c.norm_type, layout, c.sphere_channels)
         self.ffn = FeedForwardNetwork(
-            layout, c.sphere_channels, c.ffn_hidden_channels, c.sphere_channels, c.activation, c.use_grid_mlp,
-            c.grid_resolution,
+            layout, sphere_channels=c.sphere_channels, hidden_channels=c.ffn_hidden_channels,
+            output_channels=c.sphere_channels, activation=c.activation, grid_mlp=c.use_grid_mlp,
+            grid_resolution=c.grid_resolution, kernels=c.kernels,
         )
         self.drop_path = GraphDropPath(c.drop_path_rate) if c.drop_path_rate > 0 else None
         self.proj_drop = EquivariantDropout(c.proj_drop) if c.proj_drop > 0 else None
@@ -144,7 +147,7 @@ class EquiformerV2(nn.Module):
         elements = c.max_num_elements if c.use_atom_edge_embedding else None
         self.edge_degree_embedding = EdgeDegreeEmbedding(
             layout, channels=c.sphere_channels, edge_channels_list=edge_channels_list, max_num_elements=elements,
-            rescale_factor=c.avg_degree,
+            rescale_factor=c.avg_degree, kernels=c.kernels,
         )
         self.blocks = nn.ModuleList(TransformerBlock(c, layout, edge_channels_list) for _ in range(c.num_layers))
         self.norm = normalization_layer(c.norm_type, layout, c.sphere_channels)
@@ -153,7 +156,7 @@ class EquiformerV2(nn.Module):
         self.heads = nn.ModuleDict({"energy": EnergyHead(
             layout, sphere_channels=c.sphere_channels, hidden_channels=c.ffn_hidden_channels,
             activation=c.activation, grid_mlp=c.use_grid_mlp, grid_resolution=c.grid_resolution,
-            avg_num_nodes=c.avg_num_nodes, energy_mean=c.energy_mean, energy_std=c.energy_std,
+            avg_num_nodes=c.avg_num_nodes, energy_mean=c.energy_mean, energy_std=c.energy_std, kernels=c.kernels,
         )})
         if c.direct_forces:
             self.heads["forces"] = ForceHead(
@@ -162,6 +165,7 @@ class EquiformerV2(nn.Module):
                 attn_value_channels=c.attn_value_channels, edge_channels_list=edge_channels_list,
                 max_num_elements=elements, activation=c.activation, attn_renorm=c.use_attn_renorm,
                 grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, forces_std=c.forces_std,
+                kernels=c.kernels,
             )
         self.register_parameter("energy_lin_ref", nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
                                 if c.use_energy_lin_ref else None)

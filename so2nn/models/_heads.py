@@ -41,7 +41,7 @@ class EnergyHead(nn.Module):
         layout: the node features' layout.
         sphere_channels: channels :math:`C` of the node features.
         hidden_channels: hidden channels of the feed-forward network.
-        activation, grid_mlp, grid_resolution: as for :class:`~so2nn.layers.FeedForwardNetwork`.
+        activation, grid_mlp, grid_resolution, kernels: as for :class:`~so2nn.layers.FeedForwardNetwork`.
         avg_num_nodes: :math:`\bar n`.
         energy_mean, energy_std: :math:`\mu_E`, :math:`\sigma_E` (eV).
 
@@ -71,6 +71,7 @@ class EnergyHead(nn.Module):
         avg_num_nodes: float = 1.0,
         energy_mean: float = 0.0,
         energy_std: float = 1.0,
+        kernels: str = "auto",
     ) -> None:
         super().__init__()
         if not avg_num_nodes > 0:
@@ -78,7 +79,7 @@ class EnergyHead(nn.Module):
         self.layout = layout
         self.energy_block = FeedForwardNetwork(
             layout, sphere_channels=sphere_channels, hidden_channels=hidden_channels, output_channels=1,
-            activation=activation, grid_mlp=grid_mlp, grid_resolution=grid_resolution,
+            activation=activation, grid_mlp=grid_mlp, grid_resolution=grid_resolution, kernels=kernels,
         )
         self.avg_num_nodes = float(avg_num_nodes)
         self.set_statistics(energy_mean, energy_std)
@@ -139,7 +140,7 @@ class ForceHead(nn.Module):
 
     The other keyword arguments (``sphere_channels``, ``hidden_channels``, ``num_heads``,
     ``attn_alpha_channels``, ``attn_value_channels``, ``edge_channels_list``,
-    ``max_num_elements``, ``activation``, ``attn_renorm``, ``grid_resolution``, ``recompute``)
+    ``max_num_elements``, ``activation``, ``attn_renorm``, ``grid_resolution``, ``recompute``, ``kernels``)
     are those of :class:`~so2nn.layers.EquivariantGraphAttention`; there is no attention
     dropout (the reference's force block has none).
 
@@ -174,6 +175,7 @@ class ForceHead(nn.Module):
         grid_resolution: int | None = 18,
         recompute: bool = True,
         forces_std: float = 1.0,
+        kernels: str = "auto",
     ) -> None:
         super().__init__()
         self.layout = layout
@@ -182,6 +184,7 @@ class ForceHead(nn.Module):
             attn_alpha_channels=attn_alpha_channels, attn_value_channels=attn_value_channels, output_channels=1,
             edge_channels_list=edge_channels_list, max_num_elements=max_num_elements, activation=activation,
             attn_renorm=attn_renorm, alpha_drop=0.0, grid_resolution=grid_resolution, recompute=recompute,
+            kernels=kernels,
         )
         self.set_statistics(forces_std)
 

@@ -11,6 +11,19 @@ from ._wigner import _blocks, check_rotation
 
 __all__ = ["EdgeRotation"]
 
+# the index maps of a layout that EdgeRotation reads in a forward pass
+_FORWARD_INDICES = ("_rotation_scatter_index", "truncation_rescale", "degrees")
+
+
+def prepare_rotation(layout: CoefficientLayout) -> None:
+    """Build now, on this layout instance, the index maps :class:`EdgeRotation` reads in forward.
+
+    Layers call it at construction: under ``torch.compile`` the maps are read from the instance,
+    and a first build there (a ``functools.cached_property``, whose lock Python 3.11's
+    ``cached_property`` takes) would break the graph."""
+    for name in _FORWARD_INDICES:
+        getattr(layout, name)
+
 
 class EdgeRotation:
     r"""Per-edge Wigner-D blocks, truncated to :math:`|m| \le m_{max}`, built once per forward.
@@ -59,8 +72,9 @@ class EdgeRotation:
         self.layout = layout
         self.frames = frames
         mmax = layout.mmax
+        # explicit sizes: with no edges (E = 0) a -1 in reshape is ambiguous
         blocks = [
-            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :].reshape(frames.shape[0], -1)
+            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :].reshape(frames.shape[0], (2 * min(l, mmax) + 1) * (2 * l + 1))
             for l, D in enumerate(_blocks(layout.lmax, frames))
         ]
         # One [edge_dim, dim] matrix per edge (rows m-major, columns l-major), so that each
@@ -70,7 +84,7 @@ class EdgeRotation:
         index = layout_index(layout, "_rotation_scatter_index", frames.device)
         entries = torch.cat(blocks, dim=1)
         self.matrix = entries.new_zeros(frames.shape[0], layout.edge_dim * layout.dim).index_copy(1, index, entries)
-        self.matrix = self.matrix.view(-1, layout.edge_dim, layout.dim)
+        self.matrix = self.matrix.view(frames.shape[0], layout.edge_dim, layout.dim)
         self._back = {}
 
     @property

@@ -3,7 +3,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from so2nn.layers import GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU, fine_grid_resolution
+from so2nn.layers import (
+    GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU, activation_layer, activation_scalars,
+    fine_grid_resolution,
+)
 from so2nn.so3 import CoefficientLayout
 from so2nn.testing import assert_equivariant, equivariance_error, random_rotation
 from so2nn.testing import strategies as so2st
@@ -22,7 +25,7 @@ def test_gate_is_exactly_equivariant(dtype, tolerance, layout, R):
     gate = GateActivation(layout, 3).to(dtype)
     x = torch.randn(5, layout.dim, 3, dtype=dtype)
     g = torch.randn(5, layout.lmax * 3, dtype=dtype)
-    assert_equivariant(gate, [g, x], [None, layout], layout, R.to(dtype), tolerance=tolerance)
+    assert_equivariant(gate, [x, g], [layout, None], layout, R.to(dtype), tolerance=tolerance)
 
 
 @given(layout=st.sampled_from(LAYOUTS), angle=st.floats(0, 6.3))
@@ -33,7 +36,7 @@ def test_edge_gate_commutes_with_rolls(layout, angle):
     D = _roll_action(layout, Ry)
     gate = GateActivation(layout, 2, edge=True).double()
     x, g = torch.randn(3, layout.edge_dim, 2, dtype=torch.float64), torch.randn(3, layout.lmax * 2, dtype=torch.float64)
-    assert (gate(g, D @ x) - D @ gate(g, x)).abs().max() <= 1e-10
+    assert (gate(D @ x, g) - D @ gate(x, g)).abs().max() <= 1e-10
 
 
 @given(layout=st.sampled_from(LAYOUTS))
@@ -71,7 +74,7 @@ def test_separable_activation_and_smooth_leaky_relu():
     act = SeparableS2Activation(layout, 8).double()
     x = torch.randn(4, 9, 3, dtype=torch.float64)
     s = torch.randn(4, 3, dtype=torch.float64)
-    y = act(s, x)
+    y = act(x, s)
     assert torch.allclose(y[:, 0], torch.nn.functional.silu(s))
     assert torch.allclose(y[:, 1:], act.s2_act(x)[:, 1:])
     t = torch.linspace(-5, 5, 11, dtype=torch.float64)
@@ -90,7 +93,29 @@ def test_bad_configuration():
         S2Activation(CoefficientLayout(6), 12)
     with pytest.raises(ValueError, match="res_alpha"):
         S2Activation(CoefficientLayout(6, 2), (14, 4), edge=True)
-    with pytest.raises(ValueError, match="gates must have shape"):
-        GateActivation(2, 3)(torch.randn(4, 5), torch.randn(4, 9, 3))
+    with pytest.raises(ValueError, match=r"scalars \(the gate logits\) must have shape"):
+        GateActivation(2, 3)(torch.randn(4, 9, 3), torch.randn(4, 5))
     with pytest.raises(ValueError, match="scalars must have shape"):
-        SeparableS2Activation(2, 8)(torch.randn(4, 2), torch.randn(4, 9, 3))
+        SeparableS2Activation(2, 8)(torch.randn(4, 9, 3), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="scalars must have shape"):
+        SeparableS2Activation(2, 8)(torch.randn(4, 9, 3))
+    with pytest.raises(ValueError, match="takes no scalars"):
+        S2Activation(2, 8)(torch.randn(4, 9, 3), torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"expects node features \[N, \(lmax\+1\)\*\*2=9"):
+        S2Activation(2, 8)(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="unknown activation 'relu'"):
+        activation_layer("relu", 2, 3)
+
+
+@pytest.mark.parametrize("name", ["separable_s2", "s2", "gate"])
+def test_activation_factory_one_signature(name):
+    """Every activation from the factory is called as act(x, scalars), with activation_scalars(...) scalars."""
+    layout = CoefficientLayout(3, 1)
+    for edge, rows in ((False, layout.dim), (True, layout.edge_dim)):
+        act = activation_layer(name, layout, 4, resolution=10, edge=edge).double()
+        width = activation_scalars(name, layout, 4)
+        x = torch.randn(5, rows, 4, dtype=torch.float64)
+        y = act(x, torch.randn(5, width, dtype=torch.float64) if width else None)
+        assert y.shape == x.shape and torch.isfinite(y).all()
+        empty = act(x[:0], torch.zeros(0, width, dtype=torch.float64) if width else None)  # no rows
+        assert empty.shape == (0, rows, 4)

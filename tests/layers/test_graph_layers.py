@@ -12,12 +12,12 @@ from so2nn.testing import strategies as so2st
 LAYOUTS = [CoefficientLayout(1, 0), CoefficientLayout(2, 2), CoefficientLayout(3, 1), CoefficientLayout(4, 2)]
 
 
-def _attention(layout, activation, resolution=18, dtype=torch.float64):
+def _attention(layout, activation, resolution=18, dtype=torch.float64, kernels="auto"):
     torch.manual_seed(0)
     return EquivariantGraphAttention(
         layout, sphere_channels=4, hidden_channels=6, num_heads=2, attn_alpha_channels=3, attn_value_channels=2,
         output_channels=4, edge_channels_list=[NUM_BASIS, 8, 8], max_num_elements=11, activation=activation,
-        grid_resolution=resolution,
+        grid_resolution=resolution, kernels=kernels,
     ).to(dtype)
 
 
@@ -27,23 +27,25 @@ def _run(layer, layout, graph, pos, cell, x):
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-@given(layout=st.sampled_from(LAYOUTS), graph=so2st.atomic_graphs(), R=so2st.rotations())
-def test_gate_attention_is_exactly_equivariant(dtype, tolerance, layout, graph, R):
-    attention = _attention(layout, "gate", dtype=dtype)
+@given(layout=st.sampled_from(LAYOUTS), graph=so2st.atomic_graphs(), R=so2st.rotations(),
+       kernels=st.sampled_from(["auto", "reference"]))
+def test_gate_attention_is_exactly_equivariant(dtype, tolerance, layout, graph, R, kernels):
+    attention = _attention(layout, "gate", dtype=dtype, kernels=kernels)
     pos, cell = graph.pos.to(dtype), None if graph.cell is None else graph.cell.to(dtype)
     x = torch.randn(graph.num_atoms, layout.dim, 4, dtype=dtype)
     kinds = ["vector", None if cell is None else "vector", layout]
     assert_equivariant(lambda p, c, x: _run(attention, layout, graph, p, c, x), [pos, cell, x], kinds, layout, R.to(dtype), tolerance)
 
 
-@given(layout=st.sampled_from(LAYOUTS), graph=so2st.atomic_graphs(), R=so2st.rotations(), activation=st.sampled_from(["separable_s2", "s2"]))
-def test_grid_attention_equivariance(layout, graph, R, activation):
+@given(layout=st.sampled_from(LAYOUTS), graph=so2st.atomic_graphs(), R=so2st.rotations(),
+       activation=st.sampled_from(["separable_s2", "s2"]), kernels=st.sampled_from(["auto", "reference"]))
+def test_grid_attention_equivariance(layout, graph, R, activation, kernels):
     # Edge-frame grids alias only through the roll about the edge: at the released
     # resolution 18 the error is small, and at the fine resolution it is below 1e-10 here.
     x = torch.randn(graph.num_atoms, layout.dim, 4, dtype=torch.float64)
     kinds = ["vector", None if graph.cell is None else "vector", layout]
     for resolution, tolerance in [(18, 1e-3), (fine_grid_resolution(layout.lmax), 1e-10)]:
-        attention = _attention(layout, activation, resolution)
+        attention = _attention(layout, activation, resolution, kernels=kernels)
         run = lambda p, c, x: _run(attention, layout, graph, p, c, x)  # noqa: E731
         assert_equivariant(run, [graph.pos, graph.cell, x], kinds, layout, R, tolerance)
 

@@ -36,21 +36,6 @@ def test_radial_mlp_structure():
     assert mlp(torch.randn(2, 6)).shape == (2, 3)
 
 
-def test_atom_edge_embedding_linear_is_the_linear_of_the_concatenation():
-    torch.manual_seed(0)
-    embedding = AtomEdgeEmbedding(max_num_elements=10, channels=4).double()
-    nn_layer = torch.nn.Linear(6 + 2 * 4, 5).double()
-    edge_index = torch.tensor([[1, 2, 0, 2], [0, 0, 1, 1]])
-    numbers, features = torch.tensor([1, 6, 8]), torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
-    expected = nn_layer(embedding(features, numbers, edge_index))
-    got = embedding.linear(nn_layer, features, numbers, edge_index)
-    assert (got - expected).abs().max() < 1e-14
-    params = [features, nn_layer.weight, nn_layer.bias, *embedding.parameters()]
-    weight = torch.randn_like(got)
-    for a, b in zip(torch.autograd.grad((got * weight).sum(), params), torch.autograd.grad((expected * weight).sum(), params)):
-        assert (a - b).abs().max() < 1e-14
-
-
 def test_dropout_keeps_equivariance_and_eval_identity():
     layout = CoefficientLayout(2)
     drop = EquivariantDropout(0.5)

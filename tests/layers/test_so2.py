@@ -43,7 +43,7 @@ def test_commutes_with_roll_about_the_edge(layout, roll):
     Ry = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=torch.float64)
     D = layout.D_from_matrix(Ry)[layout.m_major_index][:, layout.m_major_index]
     x = torch.randn(4, layout.edge_dim, 2, dtype=torch.float64)
-    assert (lin(D @ x) - D @ lin(x)).abs().max() <= 1e-10
+    assert (lin(D @ x).y - D @ lin(x).y).abs().max() <= 1e-10
 
 
 def test_escn_identity_against_e3nn_tensor_product():
@@ -80,7 +80,7 @@ def test_escn_identity_against_e3nn_tensor_product():
     rot = EdgeRotation(layout, v)
     with e3nn_reference.float64_default():
         expected = tp(x[..., 0], o3.spherical_harmonics(list(range(2 * lmax + 1)), v, True)).detach()
-    ours = rot.from_edge(lin(rot.to_edge(x)))[..., 0]
+    ours = rot.from_edge(lin(rot.to_edge(x)).y)[..., 0]
     assert (ours - expected).abs().max() <= 1e-10
     assert lin.fc_m0.weight.abs().max() > 0.01  # the map is not trivially zero
 
@@ -108,8 +108,35 @@ def test_bad_input():
     with pytest.raises(ValueError, match="in_channels must be >= 1"):
         SO2Linear(2, 0, 2)
     lin = SO2Linear(CoefficientLayout(2, 1), 2, 2)
-    with pytest.raises(ValueError, match=r"x must have shape \[N, 7, 2\]"):
+    with pytest.raises(ValueError, match=r"x must have shape \[N, 7, 2\], got \(3, 9, 2\) \(node features.*EdgeRotation.to_edge"):
         lin(torch.randn(3, 9, 2))
+    with pytest.raises(ValueError, match=r"x is torch.float64 but the weights of SO2Linear are torch.float32"):
+        lin(torch.randn(3, 7, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="extra_m0_output_channels must be an int >= 0"):
+        SO2Linear(2, 2, 2, extra_m0_output_channels=-1)
     conv = SO2Convolution(CoefficientLayout(2, 1), 2, 2, edge_channels_list=[3, 4])
-    with pytest.raises(ValueError, match="edge_features must have shape"):
+    with pytest.raises(ValueError, match=r"edge_features must have shape \[E=3, 3\]"):
         conv(torch.randn(3, 7, 2), torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"edge_features must have shape \[E=3, 3\] \(the radial MLP's input width\), got \(3, 5\)"):
+        conv(torch.randn(3, 7, 2), torch.randn(3, 5))
+
+
+def test_one_return_type():
+    """SO2Linear and SO2Convolution always return SO2Output(y, extra), extra [E, 0] without extra outputs."""
+    from so2nn.layers import SO2Output
+
+    layout = CoefficientLayout(2, 1)
+    out = SO2Linear(layout, 2, 3)(torch.randn(4, layout.edge_dim, 2))
+    assert isinstance(out, SO2Output) and out.y.shape == (4, 7, 3) and out.extra.shape == (4, 0)
+    out = SO2Convolution(layout, 2, 3, [3, 4], extra_m0_output_channels=5)(torch.randn(4, 7, 2), torch.randn(4, 3))
+    assert isinstance(out, SO2Output) and out.extra.shape == (4, 5)
+
+
+@pytest.mark.parametrize("layout", [CoefficientLayout(2, 1), CoefficientLayout(2, 2), CoefficientLayout(3, 0)])
+def test_no_edges(layout):
+    conv = SO2Convolution(layout, 2, 3, [3, 4], extra_m0_output_channels=2).double()
+    x = torch.zeros(0, layout.edge_dim, 2, dtype=torch.float64, requires_grad=True)
+    y, extra = conv(x, torch.zeros(0, 3, dtype=torch.float64))
+    assert y.shape == (0, layout.edge_dim, 3) and extra.shape == (0, 2)
+    (y.sum() + extra.sum()).backward()
+    assert x.grad.shape == x.shape and all(torch.isfinite(p.grad).all() for p in conv.parameters())

@@ -28,8 +28,8 @@ def _relative(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _ours(fixture, dtype):
-    model = EquiformerV2.from_fairchem(fixture["checkpoint"], graph_mode="reference").to(dtype).eval()
+def _ours(fixture, dtype, kernels="auto"):
+    model = EquiformerV2.from_fairchem(fixture["checkpoint"], graph_mode="reference", kernels=kernels).to(dtype).eval()
     x = fixture["inputs"]
     fields = dict(pos=x["pos"].to(dtype), atomic_numbers=x["atomic_numbers"], natoms=x["natoms"], edge_index=x["edge_index"])
     if x["periodic"]:
@@ -43,18 +43,24 @@ def fixture(request):
     return torch.load(request.param, weights_only=False)
 
 
+@pytest.fixture(params=["auto", "reference"])
+def kernels(request):
+    """Both kernel policies: the fast kernels and the plain equations of the layers give the same numbers."""
+    return request.param
+
+
 def test_fixtures_present():
     assert len(FIXTURES) == 4, "run scripts/make_parity_fixtures.py"
 
 
-def test_same_frames_float64(fixture):
-    ours, ref = _ours(fixture, torch.float64), fixture["reference_same_frames"]["torch.float64"]
+def test_same_frames_float64(fixture, kernels):
+    ours, ref = _ours(fixture, torch.float64, kernels), fixture["reference_same_frames"]["torch.float64"]
     for key in ("energy", "forces"):
         assert _relative(ours[key], ref[key]) <= 1e-12, key
 
 
-def test_same_frames_float32(fixture):
-    ours, ref = _ours(fixture, torch.float32), fixture["reference_same_frames"]["torch.float32"]
+def test_same_frames_float32(fixture, kernels):
+    ours, ref = _ours(fixture, torch.float32, kernels), fixture["reference_same_frames"]["torch.float32"]
     truth = fixture["reference_same_frames"]["torch.float64"]
     for key in ("energy", "forces"):
         floor = 2 * _relative(ref[key].double(), truth[key])  # the reference's own float32 rounding
@@ -119,12 +125,12 @@ def test_checkpoint_variants(tmp_path):
         EquiformerV2.from_fairchem(tmp_path / "corrupt.pt")
 
 
-def test_never_less_equivariant_than_the_reference(fixture):
+def test_never_less_equivariant_than_the_reference(fixture, kernels):
     """Same weights, same rotation (float64): so2nn's equivariance error is at most the
     reference's (whose random rolls add call-to-call noise to the grid aliasing)."""
     R = fixture["rotation"]
     x = fixture["inputs"]
-    model = EquiformerV2.from_fairchem(fixture["checkpoint"], graph_mode="reference").double().eval()
+    model = EquiformerV2.from_fairchem(fixture["checkpoint"], graph_mode="reference", kernels=kernels).double().eval()
 
     def run(pos, cell):
         fields = dict(pos=pos, atomic_numbers=x["atomic_numbers"], edge_index=x["edge_index"])

@@ -1,0 +1,31 @@
+r"""Fast paths of the layers, behind one policy.
+
+Each kernel computes the same numbers as a composition of public layers (its *reference*,
+named in its docstring) with less memory or time; :func:`use_fused` decides, by one rule,
+when a layer or block runs it (the rule and the table of kernels are in
+:mod:`so2nn.kernels._policy` and on the architecture page of the docs). Kernels take
+explicit tensors (node features, edge index, rotation matrices, weights), never a module.
+"""
+
+from ._edge_convolution import EDGE_CONVOLUTION, atom_edge_linear, complex_matrix, edge_convolution, so2_linear
+from ._grid_silu import GRID_SILU, grid_silu
+from ._scatter import SCATTER_SUM, scatter_sum
+from ._policy import KERNELS, KernelInfo, check_kernels, needs_double_backward, use_fused, use_recompute
+
+__all__ = [
+    "EDGE_CONVOLUTION",
+    "GRID_SILU",
+    "KERNELS",
+    "SCATTER_SUM",
+    "KernelInfo",
+    "atom_edge_linear",
+    "check_kernels",
+    "complex_matrix",
+    "edge_convolution",
+    "grid_silu",
+    "needs_double_backward",
+    "scatter_sum",
+    "so2_linear",
+    "use_fused",
+    "use_recompute",
+]
