@@ -17,6 +17,7 @@ from ..layers import (
     GraphDropPath,
     RadialBasis,
     normalization_layer,
+    replace_scalars,
 )
 from ..so3 import CoefficientLayout, EdgeRotation
 from ._checkpoint import atomic_save, model_checkpoint
@@ -290,7 +291,7 @@ class EquiformerV2(nn.Module):
             edge_features = self.distance_expansion(distance)
             # 2. embedding: atom type on l = 0, plus the edge-degree embedding
             x = self.edge_degree_embedding(edge_features, numbers, edge_index, rotation, pos.shape[0])
-            x = torch.cat([x[:, :1] + self.sphere_embedding(numbers).unsqueeze(1), x[:, 1:]], dim=1)
+            x = replace_scalars(x, x[:, 0] + self.sphere_embedding(numbers))
             # 3. transformer blocks
             for block in self.blocks:
                 x = self._block(block, x, edge_features, numbers, edge_index, rotation, batch)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from so2nn.layers import AtomEdgeEmbedding, EquivariantDropout, GraphDropPath, RadialBasis, RadialMLP
+from so2nn.layers import EquivariantDropout, GraphDropPath, RadialBasis, RadialMLP
 from so2nn.so3 import CoefficientLayout
 from so2nn.testing import apply_rotation, random_rotation
 
