@@ -41,11 +41,12 @@ def test_presets_have_the_reference_parameter_counts(name):
     assert EquiformerV2(name).num_params == expected[name]
 
 
+@pytest.mark.parametrize("kernels", ["auto", "reference"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
 @given(R=so2st.rotations(), periodic=st.booleans())
 @settings(max_examples=6)
-def test_gate_model_is_exactly_equivariant(dtype, tolerance, R, periodic):
-    model = small_model(dtype, lmax=3, mmax=2, **GATE)
+def test_gate_model_is_exactly_equivariant(dtype, tolerance, R, periodic, kernels):
+    model = small_model(dtype, lmax=3, mmax=2, kernels=kernels, **GATE)
     if periodic:  # an ideal slab: degenerate neighbour shells everywhere
         pos, cell, numbers = slab()
         kinds = ["vector", "vector"]
@@ -58,11 +59,12 @@ def test_gate_model_is_exactly_equivariant(dtype, tolerance, R, periodic):
                        {"energy": None, "forces": "vector"}, R.to(dtype), tolerance)
 
 
-def test_grid_error_falls_with_inference_resolution():
+@pytest.mark.parametrize("kernels", ["auto", "reference"])
+def test_grid_error_falls_with_inference_resolution(kernels):
     pos, cell, numbers = slab()
     R = random_rotation(torch.Generator().manual_seed(1))
-    coarse = small_model(lmax=4, mmax=2)
-    fine = small_model(lmax=4, mmax=2, grid_resolution=fine_grid_resolution(4))
+    coarse = small_model(lmax=4, mmax=2, kernels=kernels)
+    fine = small_model(lmax=4, mmax=2, grid_resolution=fine_grid_resolution(4), kernels=kernels)
     fine.load_state_dict(coarse.state_dict())  # same weights: the resolution is not learned
     kinds, outs = ["vector", "vector"], {"energy": None, "forces": "vector"}
     err_coarse = equivariance_error(lambda p, c: call(coarse, p, c, numbers), [pos, cell], kinds, outs, R)
