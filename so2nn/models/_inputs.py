@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_finite
+from ..layers._common import check_edges
 
 __all__ = ["INPUT_FIELDS", "TARGET_AND_METADATA_FIELDS", "AtomicInputs", "read_inputs"]
 
@@ -144,8 +145,7 @@ def read_inputs(data, fields: dict, config) -> AtomicInputs:
     edge_index = _get(data, fields, "edge_index")
     offsets = _get(data, fields, "cell_offsets")
     if edge_index is not None:
-        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
+        check_edges(edge_index)
         if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= pos.shape[0]):
             raise ValueError("edge_index refers to atoms that do not exist")
         if offsets is None:
