@@ -37,6 +37,10 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 # ... and what `import fairchem.core.models.equiformer_v2` needs of them: fairchem.core.common
 # imports yaml, huggingface_hub (a 0.x release, as in fairchem 1.10's time) and pydantic.
 "${PIP[@]}" pyyaml "huggingface_hub>=0.27.1,<1" "pydantic>=2.10"
+# ... and what its trainer and ASE calculator (OCPCalculator, used by `python -m so2nn.verify` and
+# scripts/make_parity_fixtures.py) import: every model of its registry is imported, hence numba,
+# and scipy before 1.17 (which removed scipy.special.sph_harm, imported by its DimeNet++ basis).
+"${PIP[@]}" wandb tensorboard submitit numba "scipy<1.17"
 # so2nn from this clone, editable (its dependencies are all installed above).
 "${PIP[@]}" -e "$ROOT"
 
@@ -46,6 +50,9 @@ echo "$ROOT/benchmarks/reference_shims" > "$SITE/so2nn_reference_shims.pth"
 
 "$VENV/bin/python" - <<'PY'
 import torch, fairchem.core, so2nn, torch_scatter
+from fairchem.core.common.relaxation.ase_utils import OCPCalculator  # noqa: F401
+from fairchem.core.common.utils import setup_imports
+setup_imports()  # what OCPCalculator does first: import every registered model
 from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbone  # noqa: F401
 from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2  # noqa: F401
 print(f"reference environment ready: torch {torch.__version__}, fairchem-core {fairchem.core.__version__}, "
