@@ -43,6 +43,7 @@ from torch_geometric.data import Batch, Data  # noqa: E402
 from so2nn.graph import radius_graph  # noqa: E402
 from so2nn.so3 import edge_frames  # noqa: E402
 from so2nn.testing import random_rotation  # noqa: E402
+from so2nn.verify import _as_float32_numbers  # noqa: E402
 
 OUT = ROOT / "tests" / "models" / "fixtures"
 NUM_ROLLS = 8
@@ -109,7 +110,7 @@ def reference_call(model, inputs, dtype):
 FAMILY_BACKBONE = dict(
     use_pbc=True, regress_forces=True, otf_graph=True, max_neighbors=20, max_radius=6.0, max_num_elements=96,
     num_layers=2, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
-    attn_value_channels=4, ffn_hidden_channels=8, norm_type="layer_norm_sh", lmax_list=[3], mmax_list=[1],
+    attn_value_channels=4, ffn_hidden_channels=8, norm_type="layer_norm_sh", lmax_list=[3], mmax_list=[1], grid_resolution=8,
     edge_channels=8, num_distance_basis=32, use_grid_mlp=True, alpha_drop=0.0, drop_path_rate=0.0,
     weight_init="uniform", avg_num_nodes=31.17, avg_degree=61.95,
     enforce_max_neighbors_strictly=False,  # OC22's and OMat24's rule: the cap keeps near-ties
@@ -176,6 +177,9 @@ def family_systems():
     out = {"cu_strained": cu, "nacl_triclinic": nacl, "mgo_slab_oh": mgo}
     for atoms in out.values():
         atoms.wrap()
+        # float32 numbers: the reference makes the periodic images' offsets in float32 even in
+        # float64 (exact only for such a cell and such positions)
+        _as_float32_numbers(atoms)
     return out
 
 

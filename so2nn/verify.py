@@ -77,7 +77,17 @@ def structures(periodic: bool = True) -> dict:
     for atoms in (slab, crystal, ethanol):
         if atoms.pbc.all():
             atoms.wrap()  # the reference's calculator wraps positions into the cell
+        _as_float32_numbers(atoms)
     return {"slab+OH": slab, "bulk Cu": crystal, "ethanol": ethanol}
+
+
+def _as_float32_numbers(atoms) -> None:
+    """Round the cell to multiples of 2^-10 A and the positions to float32 numbers (kept in
+    float64). The reference computes the periodic images' offsets (integer cell offsets times the
+    cell) in float32 whatever its dtype; for such a cell that product is exact, so a float64
+    comparison compares the models, not that rounding."""
+    atoms.set_cell(np.round(np.array(atoms.cell) * 1024) / 1024)
+    atoms.positions = atoms.positions.astype(np.float32).astype(np.float64)
 
 
 def so2nn_outputs(calculator, atoms) -> dict[str, np.ndarray]:
@@ -95,7 +105,8 @@ def so2nn_outputs(calculator, atoms) -> dict[str, np.ndarray]:
 class FairchemReference:
     """The reference (fairchem-core 1.10) built from a checkpoint file as its ``OCPCalculator``
     builds it, called through its trainer's ``predict`` (de-normalised, element references added,
-    stress recombined from its parts) on inputs in ``dtype``.
+    stress recombined from its parts) on inputs in ``dtype``. In float64 its constant buffers
+    (grids, Wigner helpers) are made in float64 too, not taken from the checkpoint's float32 ones.
 
     ``frames="so2nn"`` in :meth:`predict` replaces the reference's random edge frames by so2nn's
     (:func:`so2nn.so3.edge_frames`), so that the two give the same numbers to rounding;
@@ -118,6 +129,8 @@ class FairchemReference:
                 logging.disable(logging.NOTSET)
         self.trainer = calculator.trainer
         model = self.trainer.model
+        if dtype != torch.float32:
+            self._rebuild_constants(dtype)
         # the module that builds the graph and the edge frames: the backbone of a backbone + heads model
         self.graph_module = getattr(model, "backbone", model)
         # OCPCalculator's trainer loads the raw weights (inference-only trainers build no EMA);
@@ -130,6 +143,23 @@ class FairchemReference:
             ema = ExponentialMovingAverage([p for p in model.parameters() if p.requires_grad], decay=0.999)
             ema.load_state_dict(state["ema"])
             ema.copy_to()
+
+    def _rebuild_constants(self, dtype: torch.dtype) -> None:
+        # The checkpoint's buffers (grids, Wigner helpers, index maps, Gaussian centres) were made
+        # in float32 when it was trained; loaded into a float64 model they keep their float32
+        # rounding (1e-6 relative on forces). Constants of a model built in float64 replace them;
+        # the weights stay the checkpoint's.
+        import copy
+
+        from fairchem.core.common.registry import registry
+
+        config = copy.deepcopy(self.trainer.config["model"])
+        with _default_dtype(dtype):
+            fresh = registry.get_model_class(config.pop("name"))(**config)
+        buffers = dict(fresh.named_buffers())
+        for name, buffer in self.trainer.model.named_buffers():
+            if name in buffers and buffer.is_floating_point():
+                buffer.data = buffers[name].to(buffer.device)
 
     def batch(self, atoms, dtype: torch.dtype | None = None):
         """The reference's input batch for one ``Atoms`` (its calculator's fields, in ``dtype``,
