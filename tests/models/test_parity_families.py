@@ -67,8 +67,8 @@ def case(request, loaded):
 
 
 def _fields(system, dtype):
-    return dict(pos=system["positions"].to(dtype), atomic_numbers=system["numbers"], natoms=torch.tensor([len(system["numbers"])]),
-                cell=system["cell"].to(dtype).view(1, 3, 3), pbc=system["pbc"].view(1, 3))
+    return {"pos": system["positions"].to(dtype), "atomic_numbers": system["numbers"], "natoms": torch.tensor([len(system["numbers"])]),
+                "cell": system["cell"].to(dtype).view(1, 3, 3), "pbc": system["pbc"].view(1, 3)}
 
 
 def _ours(fixture, system, dtype):
