@@ -147,7 +147,7 @@ class FairchemReference:
         if use_ema and self.has_ema:
             from fairchem.core.modules.exponential_moving_average import ExponentialMovingAverage
 
-            ema = ExponentialMovingAverage([p for p in model.parameters() if p.requires_grad], decay=0.999)
+            ema = ExponentialMovingAverage(model.parameters(), decay=0.999)  # as its trainer builds it
             ema.load_state_dict(state["ema"])
             ema.copy_to()
 
@@ -265,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="an EquiformerV2 checkpoint file (fairchem's or so2nn's)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--device", default="cpu", help="torch device for so2nn and the reference (default: cpu)")
-    parser.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
-                        help="use the checkpoint's EMA weights where it has them (default: yes)")
+    ema = parser.add_mutually_exclusive_group()
+    ema.add_argument("--use-ema", dest="use_ema", action="store_true", default=True,
+                     help="use the checkpoint's EMA weights where it has them (the default)")
+    ema.add_argument("--no-ema", dest="use_ema", action="store_false", help="use its raw weights")
     parser.add_argument("--trust", action="store_true",
                         help="allow arbitrary Python objects when reading the file (only for files you trust)")
     parser.add_argument("--rolls", type=int, default=4, help="calls of the reference per structure (default: 4)")
