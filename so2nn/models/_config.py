@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from .._checks import check_layout
+from ..graph import GRAPH_MODES
 
 __all__ = ["EquiformerV2Config", "PRESETS", "preset"]
 
@@ -54,8 +55,12 @@ class EquiformerV2Config:
         avg_num_nodes: the energy is the sum of per-atom terms divided by this.
         avg_degree: the edge-degree embedding is divided by this.
         use_pbc: periodic boundaries when the input has a cell and no ``pbc`` flags.
-        graph_mode: ``"tie_stable"`` (whole shells of equal distances at the neighbour cut,
-            rotation invariant) or ``"reference"`` (the reference's strict cut).
+        graph_mode: the rule of the neighbour cap (:func:`~so2nn.graph.radius_graph`'s ``mode``):
+            ``"tie_stable"`` (whole shells of equal distances at the cut, rotation invariant),
+            ``"reference"`` (the reference's strict cut at ``max_neighbors``) or
+            ``"reference_nonstrict"`` (the reference's ``enforce_max_neighbors_strictly: False``:
+            every neighbour with :math:`d^2 \le d_{(k+1)}^2 + 0.01` Å²; chosen on import for the
+            checkpoints trained with it).
         direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`.
         use_energy_lin_ref: add per-element reference energies (OC22 models).
         min_distance: atoms closer than this (Angstrom) are rejected as overlapping.
@@ -107,7 +112,7 @@ class EquiformerV2Config:
     avg_num_nodes: float = AVG_NUM_NODES
     avg_degree: float = AVG_DEGREE
     use_pbc: bool = True
-    graph_mode: str = "tie_stable"  # "tie_stable" | "reference" (strict cut, as the reference)
+    graph_mode: str = "tie_stable"  # "tie_stable" | "reference" (strict cut) | "reference_nonstrict"
     direct_forces: bool = True  # False: forces = -dE/dpos through autograd
     use_energy_lin_ref: bool = False
     min_distance: float = 0.1  # atoms closer than this (Angstrom) are rejected as overlapping
@@ -140,8 +145,8 @@ class EquiformerV2Config:
             raise ValueError("use_grid_mlp=True needs an S2 activation: set use_grid_mlp=False with activation='gate'")
         if self.kernels not in ("auto", "reference"):
             raise ValueError(f"kernels must be 'auto' or 'reference', got {self.kernels!r}")
-        if self.graph_mode not in ("tie_stable", "reference"):
-            raise ValueError(f"graph_mode must be 'tie_stable' or 'reference', got {self.graph_mode!r}")
+        if self.graph_mode not in GRAPH_MODES:
+            raise ValueError(f"graph_mode must be one of {', '.join(map(repr, GRAPH_MODES))}, got {self.graph_mode!r}")
         if self.norm_type not in ("layer_norm", "layer_norm_sh", "rms_norm_sh"):
             raise ValueError(f"unknown norm_type {self.norm_type!r}")
         if not (self.energy_std > 0 and self.forces_std > 0):

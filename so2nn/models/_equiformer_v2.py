@@ -214,7 +214,7 @@ class EquiformerV2(nn.Module):
         c = self.config
         return radius_graph(
             inputs.pos.detach(), c.max_radius, inputs.cell if inputs.periodic else None,
-            inputs.pbc if inputs.periodic else None, inputs.batch, c.max_neighbors, strict=c.graph_mode == "reference",
+            inputs.pbc if inputs.periodic else None, inputs.batch, c.max_neighbors, mode=c.graph_mode,
         )
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -47,7 +47,7 @@ _RENAMES = [
 _IGNORED_CONFIG = {
     "name", "use_pbc", "use_pbc_single", "regress_forces", "otf_graph", "num_sphere_samples", "attn_activation",
     "ffn_activation", "weight_init", "num_atoms", "bond_feat_dim", "num_targets", "share_atom_edge_embedding",
-    "use_m_share_rad", "use_s2_act_attn", "distance_function", "load_energy_lin_ref", "enforce_max_neighbors_strictly",
+    "use_m_share_rad", "use_s2_act_attn", "distance_function", "load_energy_lin_ref",
     "direct_forces", "num_distance_basis", "backbone", "heads", "pass_through_head_outputs", "model",
 }
 
@@ -78,6 +78,7 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
     use_gate, use_sep = cfg.pop("use_gate_act", False), cfg.pop("use_sep_s2_act", True)
     activation = "gate" if use_gate else ("separable_s2" if use_sep else "s2")
     out = {"lmax": int(lmax[0]), "mmax": int(mmax[0]), "activation": activation}
+    out.update(_graph_mode_from_fairchem(cfg))
     fields = set(EquiformerV2Config.__dataclass_fields__)
     unknown = []
     for key, value in cfg.items():
@@ -92,6 +93,24 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
     out["num_distance_basis"] = 600
     out.update(changes)
     return EquiformerV2Config(**out)
+
+
+def _graph_mode_from_fairchem(cfg: dict) -> dict:
+    """``graph_mode`` for the reference's neighbour rule, popped from ``cfg``: its
+    ``enforce_max_neighbors_strictly`` (a key of the monolithic model's config and of the
+    backbone's), ``True`` when absent as in the reference's model classes.
+
+    ``False`` trained the model on the non-strict rule, which so2nn reproduces
+    (``"reference_nonstrict"``) so that the numbers match. The strict cut splits shells of equal
+    distances arbitrarily; so2nn keeps its tie-stable default for those checkpoints (no
+    change: ``graph_mode="reference"`` as a config change selects the strict cut).
+    """
+    strict = cfg.pop("enforce_max_neighbors_strictly", True)
+    if strict is None:  # the reference passes it on, and its `if enforce_max_strictly:` reads None as False
+        strict = False
+    if not isinstance(strict, bool):
+        raise ValueError(f"enforce_max_neighbors_strictly must be true or false, got {strict!r}")
+    return {} if strict else {"graph_mode": "reference_nonstrict"}
 
 
 def state_dict_from_fairchem(state_dict: dict, ema: dict | None = None) -> dict[str, torch.Tensor]:

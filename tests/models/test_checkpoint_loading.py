@@ -221,6 +221,41 @@ def test_unknown_heads_raise(monolithic, heads, extra, message):
         EquiformerV2.from_fairchem(_hydra(monolithic, heads, extra))
 
 
+def test_graph_mode_from_enforce_max_neighbors_strictly(monolithic, tmp_path):
+    """Checkpoints trained with the reference's non-strict neighbour rule load with it (monolithic
+    and backbone configs, every entry point); strict or unset ones keep the tie-stable default;
+    a graph_mode given by the user wins."""
+    from so2nn.calculators import So2nnCalculator
+    from so2nn.models import load_model
+
+    def with_flag(checkpoint, value, hydra=False):
+        checkpoint = _hydra(checkpoint) if hydra else checkpoint
+        model = dict(checkpoint["config"]["model"])
+        if hydra:
+            model["backbone"] = {**model["backbone"], "enforce_max_neighbors_strictly": value}
+        else:
+            model["enforce_max_neighbors_strictly"] = value
+        return {**checkpoint, "config": {**checkpoint["config"], "model": model}}
+
+    assert "enforce_max_neighbors_strictly" not in monolithic["config"]["model"]
+    assert load_fairchem_checkpoint(monolithic)[0].graph_mode == "tie_stable"  # the reference's default: strict
+    for hydra in (False, True):
+        assert load_fairchem_checkpoint(with_flag(monolithic, True, hydra))[0].graph_mode == "tie_stable"
+        nonstrict = with_flag(monolithic, False, hydra)
+        assert load_fairchem_checkpoint(nonstrict)[0].graph_mode == "reference_nonstrict"
+        assert load_fairchem_checkpoint(nonstrict, graph_mode="tie_stable")[0].graph_mode == "tie_stable"
+        assert load_fairchem_checkpoint(with_flag(monolithic, True, hydra),
+                                        graph_mode="reference")[0].graph_mode == "reference"
+    path = tmp_path / "nonstrict.pt"
+    torch.save(with_flag(monolithic, False, hydra=True), path)
+    assert EquiformerV2.from_fairchem(path).config.graph_mode == "reference_nonstrict"
+    assert EquiformerV2.from_checkpoint(path).config.graph_mode == "reference_nonstrict"
+    assert load_model(path, graph_mode="reference").config.graph_mode == "reference"
+    assert So2nnCalculator(path, device="cpu").model.config.graph_mode == "reference_nonstrict"
+    with pytest.raises(ValueError, match="enforce_max_neighbors_strictly must be true or false, got 'no'"):
+        load_fairchem_checkpoint(with_flag(monolithic, "no"))
+
+
 def test_dataset_list_config_normalizers(monolithic):
     """Older configs list the datasets ``[train, val]``; the training one's normalisation is read."""
     checkpoint = {**monolithic, "config": {**monolithic["config"], "dataset": [
