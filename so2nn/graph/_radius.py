@@ -96,6 +96,10 @@ def radius_graph(
     :math:`d_{ij}` evaluated in the dtype of ``pos``, so float32 and float64 inputs get the
     graphs their own arithmetic defines. An atom is never its own neighbour in the zero image,
     but is in the others (a cell smaller than the cutoff). Systems of a batch never connect.
+    The two reference modes measure as the reference (fairchem's ``radius_graph_pbc``) does:
+    squared distances :math:`d_{ij}^2` (summed squares of the components), pairs with
+    :math:`d_{ij}^2 \le r_c^2` (the cutoff included), and every pair with
+    :math:`d_{ij}^2 \le 10^{-4}` Å² dropped as an atom with itself.
 
     With ``max_num_neighbors`` :math:`k`, each target :math:`i` ranks its edges by distance
     (equal distances in the edge order below) and ``mode`` says which it keeps:
@@ -105,20 +109,20 @@ def radius_graph(
       ``tie_tolerance``: whole shells, so the selection depends only on distances and commutes
       with rotations. Targets with at most :math:`k` edges keep them all.
     - ``"reference"``: the first :math:`k` (EquiformerV2's strict cut, fairchem's
-      ``enforce_max_neighbors_strictly: True``). A shell of equal distances can be split,
-      which breaks rotation equivariance on symmetric structures: on an OC20 slab with a
-      20-neighbour cap, a :math:`10^{-5}` Å nudge of the positions moves the reference's
-      forces by 20 to 39% of the largest force (``"tie_stable"``: by :math:`3 \cdot 10^{-4}`).
-    - ``"reference_nonstrict"``: fairchem's ``enforce_max_neighbors_strictly: False`` (OC22 and
-      OMat24 models), exactly as it computes it, in **squared** distances: the pairs are
-      those with :math:`\delta_{ij} = d_{ij}^2 \le r_c^2` and :math:`\delta_{ij} > 10^{-4}`
-      Å² (closer pairs count as an atom with itself), and a target with more than :math:`k`
-      of them keeps every edge with
+      ``enforce_max_neighbors_strictly: True``, the OC20 models). A shell of equal distances
+      can be split, which breaks rotation equivariance on symmetric structures: on an OC20
+      slab with the released 20-neighbour cut, a :math:`10^{-5}` Å nudge of the positions
+      moves the reference's forces by 20 to 39% of the largest force (``"tie_stable"``: by
+      :math:`3 \cdot 10^{-4}`). Which of the equal distances the reference keeps is up to its
+      unstable sort; so2nn keeps the first in edge order, so the two agree up to that choice.
+    - ``"reference_nonstrict"``: fairchem's ``enforce_max_neighbors_strictly: False`` (the OC22
+      and OMat24 models), exactly: a target with more than :math:`k` edges keeps every edge with
 
       .. math:: d_{ij}^2 \le \bigl(d_i^{(k+1)}\bigr)^2 + 0.01\ \text{Å}^2,
 
-      :math:`d_i^{(k+1)}` its :math:`(k+1)`-th smallest distance: so at least :math:`k + 1`
-      edges, whole shells within the tolerance (rotation invariant too).
+      :math:`d_i^{(k+1)}` its :math:`(k+1)`-th smallest distance (the tolerance added to the
+      *squared* distance, in the dtype of ``pos``): at least :math:`k + 1` edges, and whole
+      shells, so rotation invariant too.
 
     The pairs are found with vesin's cell lists (O(N) time and memory, on the CPU, in float64
     with a margin that covers the rounding of ``pos``'s dtype); the rules above then run as
@@ -134,8 +138,7 @@ def radius_graph(
             given). A non-periodic axis of a cell gets no images (slabs: ``(True, True, False)``).
         batch: ``[N]`` system index of each atom (default: one system).
         max_num_neighbors: keep only the nearest neighbours of each target atom.
-        mode: ``"tie_stable"``, ``"reference"`` or ``"reference_nonstrict"``: the cap's rule
-            (see above); the cutoff and self-pair rules of the last are the reference's too.
+        mode: ``"tie_stable"``, ``"reference"`` or ``"reference_nonstrict"`` (see above).
         tie_tolerance: in ``"tie_stable"`` mode, distances closer than this count as one shell.
         strict: deprecated; ``strict=True`` is ``mode="reference"``.
 
@@ -224,7 +227,7 @@ def radius_graph(
     margin = 1e-6 * float(cutoff) + 64.0 * torch.finfo(pos.dtype).eps * scale
     src, dst, offsets = _candidate_pairs(pos, float(cutoff) + margin, cell, pbc, batch, num_systems)
 
-    if mode == "reference_nonstrict":
+    if mode != "tie_stable":
         # the reference's arithmetic and rules: squared distances, the cutoff included, and any
         # pair closer than 0.01 A (not only an atom with itself) dropped as a self-pair
         distance = _pair_distances(pos, cell, batch, src, dst, offsets, squared=True)

@@ -54,8 +54,8 @@ def _dense_nearest(distance, target, num_atoms, k, mode, tolerance):
 
 def dense_radius_graph(pos, cutoff, cell=None, pbc=None, batch=None, max_num_neighbors=None, mode="tie_stable",
                        tie_tolerance=1e-4):
-    """The previous dense algorithm (same signature and rules as radius_graph, no input checks), with
-    the reference's non-strict rule (squared distances, cutoff included, d^2 <= 1e-4 dropped)."""
+    """The previous dense algorithm (same signature and rules as radius_graph, no input checks); the
+    reference modes measure as the reference (squared distances, cutoff included, d^2 <= 1e-4 dropped)."""
     num_atoms = pos.shape[0]
     batch = torch.zeros(num_atoms, dtype=torch.long) if batch is None else batch
     num_systems = int(batch.max()) + 1 if num_atoms else 0
@@ -74,7 +74,7 @@ def dense_radius_graph(pos, cutoff, cell=None, pbc=None, batch=None, max_num_nei
             images = torch.tensor(list(itertools.product(*ranges)), dtype=pos.dtype)
         shift = images @ cell[s].detach() if cell is not None else images
         vec = p.unsqueeze(0).unsqueeze(1) + shift.view(-1, 1, 1, 3) - p.unsqueeze(0).unsqueeze(2)
-        if mode == "reference_nonstrict":
+        if mode != "tie_stable":
             dist = vec.pow(2).sum(dim=-1)
             mask = (dist <= cutoff * cutoff) & (dist > 1e-4)
         else:
@@ -154,7 +154,7 @@ def test_same_graph_as_dense_algorithm_and_ase(system):
         # assumed atoms in the cell: outside it, it missed pairs; see the test below)
         dense = dense_radius_graph(pos, cutoff, cell, pbc, batch, cap, mode)
         assert torch.equal(ours[0], dense[0]) and torch.equal(ours[1], dense[1])
-    if cap is None and mode != "reference_nonstrict":  # (ASE cuts at d < cutoff and keeps close pairs)
+    if cap is None and mode == "tie_stable":  # (ASE cuts at d < cutoff and keeps close pairs, as tie_stable)
         truth = set()
         for s in range(len(cell)):
             atoms = (batch == s).nonzero()[:, 0]
@@ -198,10 +198,11 @@ def test_nonstrict_rule_in_squared_distances():
     for mode in ("tie_stable", "reference"):
         edge_index, _ = radius_graph(pos, 1.5, max_num_neighbors=1, mode=mode)
         assert edge_index[0][edge_index[1] == 0].tolist() == [1]
-    # the cutoff is included (d^2 <= r^2), and pairs within 0.01 A are self-pairs: dropped
+    # in both reference modes the cutoff is included (d^2 <= r^2), and pairs within 0.01 A are
+    # self-pairs: dropped; the tie-stable mode cuts at d < r and drops only (i, i, 0)
     pair = torch.tensor([[0.0, 0, 0], [1.5, 0, 0], [1.5, 0.009, 0]], dtype=torch.float64)
-    edge_index, _ = radius_graph(pair, 1.5, mode="reference_nonstrict")
-    assert edge_index.tolist() == [[1, 0], [0, 1]]
+    for mode in ("reference", "reference_nonstrict"):
+        assert radius_graph(pair, 1.5, mode=mode)[0].tolist() == [[1, 0], [0, 1]]
     assert radius_graph(pair, 1.5)[0].tolist() == [[2, 1], [1, 2]]
 
 
