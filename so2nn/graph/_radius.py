@@ -194,7 +194,7 @@ def radius_graph(
                       FutureWarning, stacklevel=2)
         mode = "reference" if strict else "tie_stable"
     if mode not in GRAPH_MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, GRAPH_MODES))}, got {mode!r}")
+        raise ValueError(f"mode must be one of 'tie_stable', 'reference', 'reference_nonstrict', got {mode!r}")
     num_atoms = pos.shape[0]
     device = pos.device
     batch = torch.zeros(num_atoms, dtype=torch.long, device=device) if batch is None else batch

@@ -146,7 +146,8 @@ class EquiformerV2Config:
         if self.kernels not in ("auto", "reference"):
             raise ValueError(f"kernels must be 'auto' or 'reference', got {self.kernels!r}")
         if self.graph_mode not in GRAPH_MODES:
-            raise ValueError(f"graph_mode must be one of {', '.join(map(repr, GRAPH_MODES))}, got {self.graph_mode!r}")
+            raise ValueError("graph_mode must be one of 'tie_stable', 'reference', 'reference_nonstrict', "
+                             f"got {self.graph_mode!r}")
         if self.norm_type not in ("layer_norm", "layer_norm_sh", "rms_norm_sh"):
             raise ValueError(f"unknown norm_type {self.norm_type!r}")
         if not (self.energy_std > 0 and self.forces_std > 0):
