@@ -350,7 +350,7 @@ def _nearest(
     r"""Indices of the edges the cap of ``k`` per target keeps under ``mode`` (see :func:`radius_graph`).
 
     ``group`` is the target's position in the output order, edges in any order; ``distance``
-    is squared in ``"reference_nonstrict"`` mode. With :math:`d^{(m)}` a target's ``m``-th
+    is squared in the two reference modes. With :math:`d^{(m)}` a target's ``m``-th
     smallest distance (whatever the order of equal ones), the tie-stable rule keeps
     :math:`d \le d^{(k)} + \epsilon`; the non-strict one :math:`d^2 \le (d^{(k+1)})^2 + 0.01`;
     the strict one keeps :math:`d < d^{(k)}` and, of the edges at exactly :math:`d^{(k)}`,
