@@ -138,7 +138,8 @@ def main() -> None:
             reference.backbone._init_edge_rot_mat = lambda data, edge_index, vec: edge_frames(vec)
             patched[str(dtype)] = reference_call(reference, inputs, dtype)
         cases[system] = {"inputs": inputs, "reference_same_frames": patched, "reference_random_rolls_float64": rolls}
-        print(f"{system}: {inputs['edge_index'].shape[1]} edges, energy {float(patched['torch.float64']['energy']):.6f}")
+        energy = float(patched["torch.float64"]["energy"])
+        print(f"{system}: {inputs['edge_index'].shape[1]} edges, energy {energy:.6f}")
     checkpoint = {
         "state_dict": {"module." + k: v for k, v in weights.items()},
         "config": {"model": MODEL, "optim": OPTIM, "trainer": "equiformerv2_dens"},

@@ -42,9 +42,9 @@ class DenoisingEmbedding(nn.Module):
 
     .. math:: x_i^{(0)} \mathrel{+}= b_F + b_\sigma
 
-    :meth:`forward` returns that vector. :math:`W_l` and :math:`w_\sigma` are kept as weights (a
-    checkpoint holds them, fine-tuning with denoising would use them) but do not act at
-    prediction.
+    :meth:`forward` returns that vector, computed as the encoding of a zero input (one row), so
+    that :math:`W_l` and :math:`w_\sigma`, which a checkpoint holds, get a zero gradient in
+    training as in the reference (not none: weight decay and DDP then treat them alike).
 
     Args:
         layout: the node features' layout (``lmax`` of :math:`W_l`).
@@ -63,15 +63,17 @@ class DenoisingEmbedding(nn.Module):
 
     def __init__(self, layout: CoefficientLayout, channels: int, sigma: bool = False) -> None:
         super().__init__()
+        self.layout = layout
         self.force_embedding = SO3Linear(layout, 1, channels)
         self.sigma_embedding = nn.Linear(1, channels) if sigma else None
 
     def forward(self) -> torch.Tensor:
         """The prediction-time term :math:`b_F + b_\\sigma` ``[C]``, added to every atom's scalars."""
-        # The encoding of f = 0 and sigma = 0: W_l 0 = 0 and w_sigma 0 = 0 exactly, so only the biases remain.
-        term = self.force_embedding.bias
+        # The encoding of f = 0 and sigma = 0: W_l 0 = 0 and w_sigma 0 = 0 exactly, so the result is the biases.
+        zero = self.force_embedding.bias.new_zeros(1, self.layout.dim, 1)
+        term = self.force_embedding(zero)[0, 0]
         if self.sigma_embedding is not None:
-            term = term + self.sigma_embedding.bias
+            term = term + self.sigma_embedding(zero[:, 0])[0]
         return term
 
 
@@ -84,14 +86,16 @@ class DenoisingForceHead(ForceHead):
         F_i = \sigma_F\,\bigl[\mathrm{Attn}(x)_i\bigr]^{(l=1)}
               + 0\cdot\bigl[\mathrm{Attn}_\text{denoise}(x)_i\bigr]^{(l=1)}
 
-    The reference computes both attentions and, at prediction, multiplies the second one's output
-    (the predicted noise of a corrupted structure) by zero. :meth:`forward` does not evaluate it:
-    for a finite output the product is exactly zero and the sum exactly the first term (a
-    non-finite denoising output, which would turn the reference's forces into NaN, is the one
-    case not reproduced). Its weights are ``denoising_pos_block`` (the reference's name);
+    The reference computes both attentions and, outside denoising, multiplies the second one's
+    output (the predicted noise of a corrupted structure) by zero. At prediction (``eval()`` or
+    no gradient) :meth:`forward` does not evaluate it: for a finite output the product is
+    exactly zero and the sum exactly the first term (a non-finite denoising output, which would
+    turn the reference's forces into NaN, is the one case not reproduced). In training it adds
+    the zero product as the reference does, so that the block's weights get a zero gradient. Its weights are ``denoising_pos_block`` (the reference's name);
     :meth:`denoising_positions` evaluates it.
 
-    Args: those of :class:`~so2nn.models.ForceHead`; the denoising attention has the same shape.
+    The arguments are those of :class:`~so2nn.models.ForceHead`; the denoising attention has the
+    same shape as the force attention.
 
     Example:
         >>> from so2nn.so3 import EdgeRotation
@@ -110,6 +114,20 @@ class DenoisingForceHead(ForceHead):
     def __init__(self, layout: CoefficientLayout, *, forces_std: float = 1.0, **attention) -> None:
         super().__init__(layout, forces_std=forces_std, **attention)
         self.denoising_pos_block = EquivariantGraphAttention(layout, output_channels=1, alpha_drop=0.0, **attention)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        edge_features: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        rotation: EdgeRotation,
+    ) -> torch.Tensor:
+        """``x [N, (lmax+1)**2, C]`` and the graph (as for the attention) -> forces ``[N, 3]``."""
+        forces = super().forward(x, edge_features, atomic_numbers, edge_index, rotation)
+        if self.training and torch.is_grad_enabled():  # a zero gradient for the denoising block, as the reference's
+            forces = forces + 0.0 * self.denoising_positions(x, edge_features, atomic_numbers, edge_index, rotation)
+        return forces
 
     def denoising_positions(
         self,

@@ -32,8 +32,8 @@ def _relative(a, b):
 
 
 def _fields(inputs, dtype):
-    fields = dict(pos=inputs["pos"].to(dtype), atomic_numbers=inputs["atomic_numbers"], natoms=inputs["natoms"],
-                  edge_index=inputs["edge_index"])
+    fields = dict(pos=inputs["pos"].to(dtype), atomic_numbers=inputs["atomic_numbers"],
+                  natoms=inputs["natoms"], edge_index=inputs["edge_index"])
     if inputs["periodic"]:
         fields.update(cell=inputs["cell"].to(dtype), cell_offsets=inputs["cell_offsets"])
     return fields
@@ -82,7 +82,7 @@ def test_same_frames_float64(fixture, case, kernels):
 def test_same_frames_float32(fixture, case):
     data = fixture["cases"][case]
     ours = _run(_ours(fixture["checkpoint"], torch.float32), data["inputs"], torch.float32)
-    ref, truth = data["reference_same_frames"]["torch.float32"], data["reference_same_frames"]["torch.float64"]
+    ref, truth = (data["reference_same_frames"][str(dtype)] for dtype in (torch.float32, torch.float64))
     for key in KEYS:
         floor = 2 * _relative(ref[key].double(), truth[key])  # the reference's own float32 rounding
         assert _relative(ours[key], ref[key]) <= max(1e-5, floor), key
@@ -106,7 +106,8 @@ def test_encoding_biases_act_at_prediction(fixture, weight):
     still add to the features: a loader that dropped either would miss the reference's numbers."""
     checkpoint = fixture["checkpoint"]
     key = f"module.backbone.{weight}.bias"
-    changed = {**checkpoint, "state_dict": {**checkpoint["state_dict"], key: torch.zeros_like(checkpoint["state_dict"][key])}}
+    weights = checkpoint["state_dict"]
+    changed = {**checkpoint, "state_dict": {**weights, key: torch.zeros_like(weights[key])}}
     data = fixture["cases"]["bulk"]
     ours = _run(_ours(changed, torch.float64), data["inputs"], torch.float64)
     ref = data["reference_same_frames"]["torch.float64"]
@@ -118,14 +119,17 @@ def test_dens_checkpoint_from_file(fixture, tmp_path):
     path = tmp_path / "dens.pt"
     torch.save(fixture["checkpoint"], path)
     a, b = EquiformerV2.from_checkpoint(path), EquiformerV2.from_fairchem(fixture["checkpoint"])
-    assert a.config == b.config
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), name
+    b.save(tmp_path / "so2nn.pt")  # and so2nn's own format keeps the DeNS parts
+    c = EquiformerV2.from_checkpoint(tmp_path / "so2nn.pt")
+    assert a.config == b.config == c.config
+    for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(x, y) and torch.equal(x, z), name
 
 
 def _with_model_config(checkpoint, backbone=None, heads=None, drop=()):
     model = checkpoint["config"]["model"]
-    model = {**model, "backbone": {**model["backbone"], **(backbone or {})}, "heads": {**model["heads"], **(heads or {})}}
+    model = {**model, "backbone": {**model["backbone"], **(backbone or {})},
+             "heads": {**model["heads"], **(heads or {})}}
     state = {k: v for k, v in checkpoint["state_dict"].items() if not any(d in k for d in drop)}
     return {**checkpoint, "state_dict": state, "config": {**checkpoint["config"], "model": model}}
 
@@ -135,11 +139,13 @@ def test_dens_checkpoint_errors(fixture):
     with pytest.raises(ValueError, match="unknown backbone model 'escn_backbone'"):
         EquiformerV2.from_fairchem(_with_model_config(checkpoint, backbone={"model": "escn_backbone"}))
     # a plain backbone knows no DeNS settings, and has no place for the encodings' weights
+    plain = _with_model_config(checkpoint, backbone={"model": "equiformer_v2_backbone"})
     with pytest.raises(ValueError, match=r"unknown keys in the reference model config: \['use_force_encoding'"):
-        EquiformerV2.from_fairchem(_with_model_config(checkpoint, backbone={"model": "equiformer_v2_backbone"}))
+        EquiformerV2.from_fairchem(plain)
     # the noise-scale encoding switched off: its weights are not expected
     with pytest.raises(ValueError, match="unknown keys .*sigma_embedding"):
-        EquiformerV2.from_fairchem(_with_model_config(checkpoint, backbone={"use_noise_schedule_sigma_encoding": False}))
+        EquiformerV2.from_fairchem(
+            _with_model_config(checkpoint, backbone={"use_noise_schedule_sigma_encoding": False}))
     with pytest.raises(ValueError, match="missing keys .*denoising_pos_block"):
         EquiformerV2.from_fairchem(_with_model_config(checkpoint, drop=("denoising_pos_block",)))
     with pytest.raises(ValueError, match=r"head 'forces' with options \{'output_name': 'other'\}"):
@@ -188,4 +194,25 @@ def test_dens_gate_model_is_exactly_equivariant(gate_model, R):
     pos, cell = torch.tensor(crystal.positions), torch.tensor(crystal.cell.array)[None]
     numbers = torch.tensor(crystal.numbers)
     f = lambda pos, cell: gate_model(pos=pos, cell=cell, atomic_numbers=numbers)  # noqa: E731
-    assert_equivariant(f, [pos, cell], ["vector", "vector"], {"energy": None, "forces": "vector"}, R.double(), 1e-9)
+    outputs = {"energy": None, "forces": "vector"}
+    assert_equivariant(f, [pos, cell], ["vector", "vector"], outputs, R.double(), 1e-9)
+
+
+def test_training_gives_every_weight_a_gradient_and_the_unused_ones_zero():
+    """In training the reference still applies the encodings to zero inputs and adds 0 x the
+    denoising output: those weights get a zero gradient (not none), as DDP and weight decay expect."""
+    torch.manual_seed(1)
+    model = EquiformerV2(EquiformerV2Config(**{**SMALL, "lmax": 2, "mmax": 1})).double().train()
+    crystal = bulk("NaCl", "rocksalt", a=5.64)
+    crystal.rattle(0.1, seed=6)
+    out = model(pos=torch.tensor(crystal.positions), cell=torch.tensor(crystal.cell.array)[None],
+                atomic_numbers=torch.tensor(crystal.numbers))
+    (out["energy"].sum() + out["forces"].square().sum()).backward()
+    unused = ("denoising_embedding.force_embedding.weight", "denoising_embedding.sigma_embedding.weight",
+              "heads.forces.denoising_pos_block.")
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        if name.startswith(unused):
+            assert not p.grad.any(), name
+    assert model.denoising_embedding.force_embedding.bias.grad.any()
+    assert model.heads["forces"].force_block.proj.weight.grad.any()
