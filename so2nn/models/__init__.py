@@ -3,6 +3,7 @@ that training, checkpoints and the calculator rely on."""
 
 from ._checkpoint import upgrade_checkpoint
 from ._config import PRESETS, EquiformerV2Config, preset
+from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
 from ._heads import EnergyHead, ForceHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
@@ -23,6 +24,8 @@ __all__ = [
     "TARGET_AND_METADATA_FIELDS",
     "AtomicInputs",
     "AtomisticModel",
+    "DenoisingEmbedding",
+    "DenoisingForceHead",
     "EnergyHead",
     "EquiformerV2",
     "EquiformerV2Config",

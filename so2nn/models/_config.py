@@ -79,6 +79,17 @@ class EquiformerV2Config:
         kernels: ``"auto"`` (the fast kernels of :mod:`so2nn.kernels` wherever
             :func:`~so2nn.kernels.use_fused` allows them) or ``"reference"`` (every layer as its
             plain equation). Same numbers; not part of the weights.
+        dens_force_embedding: the DeNS model's force encoding (Liao et al., 2024, the
+            OMat24 ``eqV2_dens`` checkpoints): a :class:`~so2nn.models.DenoisingEmbedding`
+            whose weights are the checkpoint's ``force_embedding``. At prediction its force input
+            is zero and only its bias adds to every atom's scalars (see
+            :class:`~so2nn.models.EquiformerV2`).
+        dens_sigma_embedding: the DeNS noise-level encoding (the reference's
+            ``use_noise_schedule_sigma_encoding``; weights ``noise_schedule_sigma_embedding``): at
+            prediction the noise level is 0 and its bias adds to every atom's scalars.
+        dens_denoising_head: the force head also holds DeNS's position-denoising attention
+            (``heads.forces.denoising_pos_block``, a :class:`~so2nn.models.DenoisingForceHead`),
+            whose output the reference multiplies by zero at prediction: kept for its weights.
 
     Example:
         >>> config = EquiformerV2Config(lmax=4, mmax=2, num_layers=8)
@@ -130,6 +141,11 @@ class EquiformerV2Config:
     recompute_edge_activations: bool = True
     # "auto" | "reference": which implementation of the layers runs (same numbers)
     kernels: str = "auto"
+    # DeNS (denoising non-equilibrium structures) models: the extra embedding terms and the
+    # force head's denoising block (see the docstring above and EquiformerV2's)
+    dens_force_embedding: bool = False
+    dens_sigma_embedding: bool = False
+    dens_denoising_head: bool = False
 
     def __post_init__(self) -> None:
         check_layout(self.lmax, self.mmax)
@@ -154,6 +170,10 @@ class EquiformerV2Config:
             raise ValueError(f"energy_std and forces_std must be > 0, got {self.energy_std}, {self.forces_std}")
         if not self.max_radius > 0:
             raise ValueError(f"max_radius must be > 0, got {self.max_radius}")
+        if self.dens_sigma_embedding and not self.dens_force_embedding:
+            raise ValueError("dens_sigma_embedding=True is part of the DeNS embedding: set dens_force_embedding=True")
+        if self.dens_denoising_head and not self.direct_forces:
+            raise ValueError("dens_denoising_head=True needs a force head: set direct_forces=True")
 
     def replace(self, **changes) -> EquiformerV2Config:
         """A copy with ``changes`` applied (validated)."""

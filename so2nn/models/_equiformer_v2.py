@@ -22,6 +22,7 @@ from ..layers import (
 from ..so3 import CoefficientLayout, EdgeRotation
 from ._checkpoint import atomic_save, model_checkpoint
 from ._config import EquiformerV2Config
+from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._heads import EnergyHead, ForceHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
@@ -102,6 +103,27 @@ class EquiformerV2(nn.Module):
     direct forces); ``energy_lin_ref`` (OC22's per-element reference energies, with
     ``use_energy_lin_ref``) is a model weight, as in the reference, handed to the energy head.
 
+    **DeNS models** (trained with denoising of non-equilibrium structures, Liao et al. 2024: the
+    OMat24 ``eqV2_dens`` checkpoints, fairchem's ``equiformer_v2_dens_backbone`` with the
+    ``eqV2_DeNS_*`` heads) are this model with one more embedding term. In training, each atom's
+    force and the noise scale :math:`\sigma` of a corrupted structure are encoded into the
+    features; at prediction both are zero and the encoding is the constant
+    (:class:`~so2nn.models.DenoisingEmbedding`)
+
+    .. math::
+
+        x_i^{(0)} = e_{Z_i} + \underbrace{b_F + b_\sigma}_{\text{DeNS}}
+                    + \mathrm{EdgeDegree}(i)^{(0)}
+
+    with :math:`e_Z` the atom-type embedding, :math:`b_F` the bias of the force encoding
+    (``dens_force_embedding``) and :math:`b_\sigma` that of the noise-scale encoding
+    (``dens_sigma_embedding``, the reference's ``use_noise_schedule_sigma_encoding``). The DeNS
+    force head (``dens_denoising_head``, :class:`~so2nn.models.DenoisingForceHead`) holds a second,
+    position-denoising attention, whose output the reference multiplies by zero at prediction.
+    The DeNS energy head is :class:`~so2nn.models.EnergyHead` (same weights, renamed). Training
+    with denoising (noisy positions with force inputs) is not implemented: these models predict,
+    and fine-tune as plain EquiformerV2 models.
+
     Args:
         config: :class:`EquiformerV2Config`, or the name of a preset (``"oc20-31M"``, ...).
 
@@ -152,6 +174,8 @@ class EquiformerV2(nn.Module):
         )
         self.blocks = nn.ModuleList(TransformerBlock(c, layout, edge_channels_list) for _ in range(c.num_layers))
         self.norm = normalization_layer(c.norm_type, layout, c.sphere_channels)
+        self.denoising_embedding = (DenoisingEmbedding(layout, c.sphere_channels, sigma=c.dens_sigma_embedding)
+                                    if c.dens_force_embedding else None)
         # After the norm, energy before forces: the parameter order of the earlier layout
         # (energy_block, force_block), which optimiser states in training checkpoints follow.
         self.heads = nn.ModuleDict({"energy": EnergyHead(
@@ -160,7 +184,7 @@ class EquiformerV2(nn.Module):
             avg_num_nodes=c.avg_num_nodes, energy_mean=c.energy_mean, energy_std=c.energy_std, kernels=c.kernels,
         )})
         if c.direct_forces:
-            self.heads["forces"] = ForceHead(
+            self.heads["forces"] = (DenoisingForceHead if c.dens_denoising_head else ForceHead)(
                 layout, sphere_channels=c.sphere_channels, hidden_channels=c.attn_hidden_channels,
                 num_heads=c.num_heads, attn_alpha_channels=c.attn_alpha_channels,
                 attn_value_channels=c.attn_value_channels, edge_channels_list=edge_channels_list,
@@ -291,7 +315,10 @@ class EquiformerV2(nn.Module):
             edge_features = self.distance_expansion(distance)
             # 2. embedding: atom type on l = 0, plus the edge-degree embedding
             x = self.edge_degree_embedding(edge_features, numbers, edge_index, rotation, pos.shape[0])
-            x = replace_scalars(x, x[:, 0] + self.sphere_embedding(numbers))
+            scalars = x[:, 0] + self.sphere_embedding(numbers)
+            if self.denoising_embedding is not None:  # DeNS: the encoding of "no noise", a constant
+                scalars = scalars + self.denoising_embedding()
+            x = replace_scalars(x, scalars)
             # 3. transformer blocks
             for block in self.blocks:
                 x = self._block(block, x, edge_features, numbers, edge_index, rotation, batch)

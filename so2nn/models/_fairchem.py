@@ -4,7 +4,10 @@ Reads the checkpoint format only: no fairchem import. Handles the model config s
 the checkpoint, ``module.`` prefixes from DDP, EMA weights, the deprecated monolithic
 class (``equiformer_v2``) and the backbone + heads variant (``backbone.``,
 ``output_heads.energy.``, ``output_heads.forces.``): head ``name``'s weights become so2nn's
-``heads.<name>.*``.
+``heads.<name>.*``; and the DeNS models (``equiformer_v2_dens_backbone`` with the
+``eqV2_DeNS_scalar_head`` / ``eqV2_DeNS_vector_head`` heads), whose force and noise-scale
+encodings and denoising attention load into so2nn's DeNS parts (see ``DENS_TRAINING_ONLY`` for
+the DeNS settings that act only in training).
 
 Nothing that changes the numbers is skipped: a checkpoint holding target transforms so2nn does
 not apply (fairchem's ``mean``/``rmsd`` normaliser state, element references, ``scale_dict``) or
@@ -32,6 +35,11 @@ _BUFFER = re.compile(
 # reference name -> so2nn name, applied in order
 _RENAMES = [
     (r"^backbone\.", ""),
+    # DeNS: the backbone's encodings of forces and noise scale, the heads' inner names
+    (r"^force_embedding\.", "denoising_embedding.force_embedding."),
+    (r"^noise_schedule_sigma_embedding\.", "denoising_embedding.sigma_embedding."),
+    (r"^output_heads\.energy\.scalar_block\.", "heads.energy.energy_block."),
+    (r"^output_heads\.forces\.vector_block\.", "heads.forces.force_block."),
     # the heads: the monolithic model's blocks, or the backbone + heads variant's output_heads.<name>
     (r"^energy_block\.", "heads.energy.energy_block."),
     (r"^force_block\.", "heads.forces.force_block."),
@@ -52,6 +60,26 @@ _IGNORED_CONFIG = {
 }
 
 
+# DeNS (the equiformer_v2_dens_backbone and the eqV2_DeNS_* heads). What the DeNS checkpoints hold
+# beyond a plain model is applied (the force and noise-scale encodings, the denoising attention:
+# config_from_fairchem, _RENAMES) or concerns only training with denoising, where positions are
+# corrupted and forces are an input; at prediction neither happens, so these are ignored:
+DENS_BACKBONE = "equiformer_v2_dens_backbone"
+DENS_TRAINING_ONLY = {
+    # backbone: whether the force input is encoded (at prediction it is zero either way; the
+    # encoding's bias, which does act, is added in both cases)
+    "backbone": {"use_force_encoding"},
+    # head options: whether a head predicts the clean structure's target from a corrupted one
+    "heads": {"use_denoising"},
+    # trainer (config['optim']): noise scale, schedule, corrupted fraction, loss weight
+    "optim": {"use_denoising_pos", "denoising_pos_params", "denoising_pos_coefficient"},
+    # trainer normaliser of the denoising target (the predicted noise, multiplied by zero at prediction)
+    "normalizers": {"denoising_pos_target"},
+}
+# backbone names of the backbone + heads layout
+_BACKBONES = {"equiformer_v2_backbone", DENS_BACKBONE}
+
+
 def _strip(key: str) -> str:
     while key.startswith("module."):
         key = key[len("module."):]
@@ -67,8 +95,13 @@ def _rename(key: str) -> str:
 def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
     """Translate the reference's model config (a checkpoint's ``config['model']``) to so2nn's."""
     cfg = dict(model_config)
+    dens = {}
     if isinstance(cfg.get("backbone"), dict):  # backbone + heads variant
-        cfg = {**cfg["backbone"], **{k: v for k, v in cfg.items() if k not in ("backbone", "heads")}}
+        dens = _dens_config(cfg["backbone"], cfg.get("heads"))
+        applied = DENS_TRAINING_ONLY["backbone"] | {"use_noise_schedule_sigma_encoding"}  # read by _dens_config
+        backbone = {k: v for k, v in cfg["backbone"].items()
+                    if not (cfg["backbone"].get("model") == DENS_BACKBONE and k in applied)}
+        cfg = {**backbone, **{k: v for k, v in cfg.items() if k not in ("backbone", "heads")}}
     lmax, mmax = cfg.pop("lmax_list", [6]), cfg.pop("mmax_list", [2])
     if len(lmax) != 1 or len(mmax) != 1:
         raise ValueError(f"only single-resolution models are supported, got lmax_list={lmax}, mmax_list={mmax}")
@@ -91,6 +124,7 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
         raise ValueError(f"unknown keys in the reference model config: {sorted(unknown)}")
     # The reference hard-codes 600 Gaussians whatever num_distance_basis says.
     out["num_distance_basis"] = 600
+    out.update(dens)
     out.update(changes)
     return EquiformerV2Config(**out)
 
@@ -111,6 +145,21 @@ def _graph_mode_from_fairchem(cfg: dict) -> dict:
     if not isinstance(strict, bool):
         raise ValueError(f"enforce_max_neighbors_strictly must be true or false, got {strict!r}")
     return {} if strict else {"graph_mode": "reference_nonstrict"}
+
+
+def _dens_config(backbone: dict, heads) -> dict:
+    """The DeNS config fields of a backbone + heads config (empty for a plain model)."""
+    name = backbone.get("model")
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone model {name!r} in the reference model config (known: {sorted(_BACKBONES)})")
+    out = {}
+    if name == DENS_BACKBONE:
+        out["dens_force_embedding"] = True
+        out["dens_sigma_embedding"] = bool(backbone.get("use_noise_schedule_sigma_encoding", False))
+    forces = heads.get("forces") if isinstance(heads, dict) else None
+    if isinstance(forces, dict) and forces.get("module") == "eqV2_DeNS_vector_head":
+        out["dens_denoising_head"] = True
+    return out
 
 
 def state_dict_from_fairchem(state_dict: dict, ema: dict | None = None) -> dict[str, torch.Tensor]:
@@ -161,9 +210,12 @@ def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, trust: bool = Fal
 # The heads of the backbone + heads layout that so2nn's EquiformerV2 is: a head name, the
 # registered module names fairchem has given that head, and the options that keep its numbers.
 _KNOWN_HEADS = {
-    "energy": ({"equiformer_v2_energy_head", "equiformerV2_scalar_head"}, {"reduce": "sum"}),
-    "forces": ({"equiformer_v2_force_head", "equiformerV2_vector_head", "equiformerV2_rank1_head"}, {}),
+    "energy": ({"equiformer_v2_energy_head", "equiformerV2_scalar_head", "eqV2_DeNS_scalar_head"}, {"reduce": "sum"}),
+    "forces": ({"equiformer_v2_force_head", "equiformerV2_vector_head", "equiformerV2_rank1_head",
+                "eqV2_DeNS_vector_head"}, {}),
 }
+# the DeNS heads (and the options of theirs that only act in training with denoising)
+_DENS_HEADS = {"eqV2_DeNS_scalar_head", "eqV2_DeNS_vector_head", "dens_rank2_symmetric_head"}
 
 
 def _check_heads(model_config: dict, state_dict: dict) -> None:
@@ -182,7 +234,9 @@ def _check_heads(model_config: dict, state_dict: dict) -> None:
             if module not in modules:
                 problems.append(f"head '{name}' (module {module!r})")
                 continue
-            extra = {k: v for k, v in head.items() if k != "module" and options.get(k, object()) != v}
+            training_only = DENS_TRAINING_ONLY["heads"] if module in _DENS_HEADS else set()
+            extra = {k: v for k, v in head.items()
+                     if k != "module" and k not in training_only and options.get(k, object()) != v}
             if extra:
                 problems.append(f"head '{name}' with options {extra}")
     weight_heads = sorted({m.group(1) for key in state_dict if (m := re.match(r"^output_heads\.([^.]+)\.", _strip(key)))})
@@ -208,6 +262,8 @@ def _check_unapplied(checkpoint: dict) -> None:
     if not isinstance(normalizers, dict):
         raise ValueError(f"the checkpoint's 'normalizers' is a {type(normalizers).__name__}, not a dict")
     for name, state in normalizers.items():
+        if name in DENS_TRAINING_ONLY["normalizers"]:
+            continue
         if name not in ("target", "grad_target", "energy", "forces"):
             problems.append(f"normalizers['{name}'] (a target so2nn does not predict)")
         elif not isinstance(state, dict) or set(state) != {"mean", "std"}:
