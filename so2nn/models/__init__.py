@@ -4,7 +4,7 @@ that training, checkpoints and the calculator rely on."""
 from ._checkpoint import upgrade_checkpoint
 from ._config import PRESETS, EquiformerV2Config, preset
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
-from ._heads import EnergyHead, ForceHead
+from ._heads import STRESS_BASIS, EnergyHead, ForceHead, StressHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
 from ._registry import (
@@ -20,6 +20,7 @@ from ._registry import (
 __all__ = [
     "INPUT_FIELDS",
     "PRESETS",
+    "STRESS_BASIS",
     "TARGET_AND_METADATA_FIELDS",
     "AtomicInputs",
     "AtomisticModel",
@@ -28,6 +29,7 @@ __all__ = [
     "EquiformerV2Config",
     "ForceHead",
     "ModelConfig",
+    "StressHead",
     "TargetStatistics",
     "TransformerBlock",
     "build_model",
