@@ -170,7 +170,8 @@ def main() -> None:
         shared = {k: v for k, v in weights.items() if not k.startswith("output_heads.stress.")}
         if "shared_state_dict" not in fixture:
             fixture["shared_state_dict"] = {"module." + k: v for k, v in shared.items()}
-        assert not (bad := [k for k, v in shared.items() if not torch.equal(fixture["shared_state_dict"]["module." + k], v)]), bad[:5]
+        stored = fixture["shared_state_dict"]
+        assert not (bad := [k for k, v in shared.items() if not torch.equal(stored["module." + k], v)]), bad[:5]
         statistics = {}
         for key, (mean, std) in norms.items():
             mean_field, std_field = FIELDS[key]

@@ -22,7 +22,8 @@ import torch
 from ._checkpoint import load_checkpoint
 from ._config import EquiformerV2Config
 
-__all__ = ["config_from_fairchem", "state_dict_from_fairchem", "load_fairchem_checkpoint", "stress_config_from_fairchem"]
+__all__ = ["config_from_fairchem", "state_dict_from_fairchem", "load_fairchem_checkpoint",
+           "stress_config_from_fairchem"]
 
 # Constants the reference stores as buffers (Wigner helpers, grids, index maps, radial
 # centres); so2nn derives them, so they are dropped on import.

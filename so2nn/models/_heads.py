@@ -252,7 +252,8 @@ def _mlp(channels: int, num_layers: int) -> nn.Sequential:
 def _mean_at(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """Mean of ``values`` over the rows with the same ``index`` (0 where there are none)."""
     total = values.new_zeros((size, *values.shape[1:])).index_add(0, index, values)
-    count = torch.zeros(size, dtype=values.dtype, device=values.device).index_add(0, index, torch.ones_like(index, dtype=values.dtype))
+    ones = torch.ones_like(index, dtype=values.dtype)
+    count = torch.zeros(size, dtype=values.dtype, device=values.device).index_add(0, index, ones)
     return total / count.clamp(min=1).view(-1, *([1] * (values.dim() - 1)))
 
 
@@ -402,8 +403,8 @@ class StressHead(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "decomposed" if self.decompose else "rank2"
-        return (f"{kind}, edge_level_mlp={self.edge_level_mlp}, source_target_embedding={self.source_target_embedding}, "
-                f"extensive={self.extensive}")
+        return (f"{kind}, edge_level_mlp={self.edge_level_mlp}, "
+                f"source_target_embedding={self.source_target_embedding}, extensive={self.extensive}")
 
     def _edge_features(self, x: torch.Tensor, edge_vec: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """:math:`h_e [E, C']`: node features contracted with the normalised harmonics of the edge."""

@@ -43,7 +43,8 @@ def tiny(seed=0, **changes):
 def crystal():
     """A triclinic cell with three atoms (no degenerate neighbour shells)."""
     cell = np.array([[3.1, 0.0, 0.0], [0.7, 2.9, 0.0], [-0.5, 0.4, 3.3]])
-    atoms = Atoms("MgO2", scaled_positions=[[0.0, 0.0, 0.0], [0.48, 0.52, 0.45], [0.27, 0.71, 0.12]], cell=cell, pbc=True)
+    atoms = Atoms("MgO2", scaled_positions=[[0.0, 0.0, 0.0], [0.48, 0.52, 0.45], [0.27, 0.71, 0.12]], cell=cell,
+                  pbc=True)
     return torch.tensor(atoms.positions), torch.tensor(np.array(atoms.cell))[None], torch.tensor(atoms.numbers)
 
 
@@ -81,7 +82,8 @@ def test_decomposed_head_is_its_equation():
     iso, aniso = head.isotropic_mlp(node_h)[:, 0], head.anisotropic_mlp(node_a)[..., 0]
     iso = torch.stack([iso[:2].mean(), iso[2]]) * 3.0 + 0.2
     aniso = torch.stack([aniso[:2].mean(0), aniso[2]]) * 0.5 + 0.01
-    expected = iso[:, None, None] * torch.eye(3, dtype=torch.float64) / 3 ** 0.5 + torch.einsum("bk,kij->bij", aniso, STRESS_BASIS[1:])
+    expected = (iso[:, None, None] * torch.eye(3, dtype=torch.float64) / 3 ** 0.5
+                + torch.einsum("bk,kij->bij", aniso, STRESS_BASIS[1:]))
     torch.testing.assert_close(head(x, vec, edge_index, batch, 2), expected, rtol=1e-12, atol=1e-12)
     # the trace is the isotropic part alone
     torch.testing.assert_close(expected.diagonal(dim1=1, dim2=2).sum(1), 3 ** 0.5 * iso, rtol=1e-12, atol=1e-12)

@@ -40,8 +40,8 @@ def ours(fixture, variant, kernels="auto", dtype=torch.float64):
                                            **statistics).to(dtype).eval()
     x = fixture["inputs"]
     with torch.no_grad():
-        return model(pos=x["pos"].to(dtype), atomic_numbers=x["atomic_numbers"], natoms=x["natoms"], cell=x["cell"].to(dtype),
-                     edge_index=x["edge_index"], cell_offsets=x["cell_offsets"])
+        return model(pos=x["pos"].to(dtype), atomic_numbers=x["atomic_numbers"], natoms=x["natoms"],
+                     cell=x["cell"].to(dtype), edge_index=x["edge_index"], cell_offsets=x["cell_offsets"])
 
 
 VARIANTS = ["decomposed_source_target", "decomposed_edge_extensive", "rank2_edge", "rank2_node_extensive"]
