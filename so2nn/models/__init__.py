@@ -5,7 +5,7 @@ from ._checkpoint import upgrade_checkpoint
 from ._config import PRESETS, EquiformerV2Config, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
-from ._heads import EnergyHead, ForceHead
+from ._heads import STRESS_BASIS, EnergyHead, ForceHead, StressHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
 from ._registry import (
@@ -21,6 +21,7 @@ from ._registry import (
 __all__ = [
     "INPUT_FIELDS",
     "PRESETS",
+    "STRESS_BASIS",
     "TARGET_AND_METADATA_FIELDS",
     "AtomicInputs",
     "AtomisticModel",
@@ -31,6 +32,7 @@ __all__ = [
     "EquiformerV2Config",
     "ForceHead",
     "ModelConfig",
+    "StressHead",
     "TargetStatistics",
     "TransformerBlock",
     "build_model",

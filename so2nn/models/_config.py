@@ -69,6 +69,23 @@ class EquiformerV2Config:
         energy_std: the training set's energy standard deviation (eV).
         forces_std: the training set's force scale (eV/Angstrom): direct forces are
             ``raw * forces_std``.
+        stress_head: ``None`` (no stress output), ``"decomposed"`` (a
+            :class:`~so2nn.models.StressHead` with isotropic :math:`l = 0` and anisotropic
+            :math:`l = 2` parts, OMat24's) or ``"rank2"`` (the plain rank-2 block). Needs
+            ``direct_forces``.
+        stress_edge_level_mlp: the stress head's MLPs act on each edge, before the mean over edges.
+        stress_num_mlp_layers: linear maps in each of the stress head's MLPs.
+        stress_source_target_embedding: the stress head reads source and target features of each edge.
+        stress_extensive: the stress head sums over the atoms of a system instead of averaging.
+        stress_avg_num_nodes: divides that sum for the decomposed head (the reference head's own
+            ``avg_num_nodes``, not the energy's).
+        stress_isotropic_mean, stress_isotropic_std: de-normalisation of the isotropic part
+            (eV/Angstrom^3).
+        stress_anisotropic_mean, stress_anisotropic_std: de-normalisation of the anisotropic
+            part (eV/Angstrom^3); a non-zero mean is added to each of its five components, as
+            fairchem's trainer does (not rotation equivariant: the head warns).
+        stress_mean, stress_std: de-normalisation of the whole tensor (eV/Angstrom^3): of the
+            plain block's output, and of the decomposed head's rebuilt tensor.
         checkpoint_activations: recompute each block's activations in backward instead of
             storing them (memory for large systems; same numbers, about 1/3 more compute).
         recompute_edge_activations: in training with direct forces, recompute the cheap
@@ -134,6 +151,20 @@ class EquiformerV2Config:
     energy_mean: float = 0.0
     energy_std: float = 1.0
     forces_std: float = 1.0
+    # Direct stress (StressHead, model.heads["stress"]): None | "decomposed" | "rank2", its options
+    # (the reference's rank2_symmetric_head) and its de-normalisation (eV/A^3).
+    stress_head: str | None = None
+    stress_edge_level_mlp: bool = False
+    stress_num_mlp_layers: int = 2
+    stress_source_target_embedding: bool = False
+    stress_extensive: bool = False
+    stress_avg_num_nodes: float = 1.0
+    stress_isotropic_mean: float = 0.0
+    stress_isotropic_std: float = 1.0
+    stress_anisotropic_mean: float = 0.0
+    stress_anisotropic_std: float = 1.0
+    stress_mean: float = 0.0
+    stress_std: float = 1.0
     # Memory for large systems: recompute each transformer block's activations in backward
     # (torch.utils.checkpoint) instead of storing them; same numbers, ~1/3 more compute.
     checkpoint_activations: bool = False
@@ -174,6 +205,31 @@ class EquiformerV2Config:
             raise ValueError("dens_sigma_embedding=True is part of the DeNS embedding: set dens_force_embedding=True")
         if self.dens_denoising_head and not self.direct_forces:
             raise ValueError("dens_denoising_head=True needs a force head: set direct_forces=True")
+        self._check_stress()
+
+    def _check_stress(self) -> None:
+        if self.stress_head not in (None, "decomposed", "rank2"):
+            raise ValueError(f"stress_head must be None, 'decomposed' or 'rank2', got {self.stress_head!r}")
+        for name in ("stress_edge_level_mlp", "stress_source_target_embedding", "stress_extensive"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        layers = self.stress_num_mlp_layers
+        if not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1):
+            raise ValueError(f"stress_num_mlp_layers must be an int >= 1, got {layers!r}")
+        for name in ("stress_avg_num_nodes", "stress_isotropic_std", "stress_anisotropic_std", "stress_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        parts = ("stress_isotropic_mean", "stress_isotropic_std", "stress_anisotropic_mean", "stress_anisotropic_std")
+        defaults = {name: f.default for f in fields(self) if (name := f.name).startswith("stress_")}
+        changed = [name for name in (*parts, "stress_mean", "stress_std") if getattr(self, name) != defaults[name]]
+        if self.stress_head is None and changed:
+            raise ValueError(f"stress statistics {changed} are set but the model has no stress head (stress_head=None)")
+        if self.stress_head == "rank2" and any(name in parts for name in changed):
+            raise ValueError(f"{[n for n in changed if n in parts]} apply to stress_head='decomposed' only: the plain "
+                             "rank-2 head is de-normalised with stress_mean and stress_std")
+        if self.stress_head is not None and not self.direct_forces:
+            raise ValueError("stress_head needs direct_forces=True: a conservative model's stress is the virial, "
+                             "not a head")
 
     def replace(self, **changes) -> EquiformerV2Config:
         """A copy with ``changes`` applied (validated)."""

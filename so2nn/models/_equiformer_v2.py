@@ -24,6 +24,7 @@ from ._checkpoint import atomic_save, model_checkpoint
 from ._config import EquiformerV2Config
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._heads import EnergyHead, ForceHead
+from ._heads import EnergyHead, ForceHead, StressHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
 from ._registry import load_model, load_weights, register_model
@@ -99,8 +100,9 @@ class EquiformerV2(nn.Module):
        the :math:`l = 1` output of one more attention (:class:`~so2nn.models.ForceHead`) or
        :math:`-\partial E/\partial r` (``config.direct_forces = False``).
 
-    The heads are ``model.heads["energy"]`` and ``model.heads["forces"]`` (the latter only with
-    direct forces); ``energy_lin_ref`` (OC22's per-element reference energies, with
+    The heads are ``model.heads["energy"]``, ``model.heads["forces"]`` (only with direct
+    forces) and ``model.heads["stress"]`` (:class:`~so2nn.models.StressHead`, only with
+    ``config.stress_head``); ``energy_lin_ref`` (OC22's per-element reference energies, with
     ``use_energy_lin_ref``) is a model weight, as in the reference, handed to the energy head.
 
     **DeNS models** (trained with denoising of non-equilibrium structures, Liao et al. 2024: the
@@ -135,7 +137,9 @@ class EquiformerV2(nn.Module):
     metadata of :data:`~so2nn.models.TARGET_AND_METADATA_FIELDS` (``energy``, ``forces``,
     ``tags``, ``fixed``, ``sid``, ...), which the model does not read.
 
-    Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights).
+    Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights),
+    and ``"stress": [B, 3, 3]`` (eV/Angstrom^3, :class:`~so2nn.models.StressHead`, ASE's sign:
+    positive is tensile) when ``config.stress_head`` is set.
     An atom without neighbours within ``max_radius`` gets zero force and contributes its
     isolated-atom energy.
 
@@ -192,6 +196,14 @@ class EquiformerV2(nn.Module):
                 grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, forces_std=c.forces_std,
                 kernels=c.kernels,
             )
+        if c.stress_head is not None:  # after energy and forces (the parameter order of the heads)
+            self.heads["stress"] = StressHead(
+                layout, sphere_channels=c.sphere_channels, norm_type=c.norm_type,
+                decompose=c.stress_head == "decomposed", edge_level_mlp=c.stress_edge_level_mlp,
+                num_mlp_layers=c.stress_num_mlp_layers, source_target_embedding=c.stress_source_target_embedding,
+                extensive=c.stress_extensive, avg_num_nodes=c.stress_avg_num_nodes,
+                **self._stress_statistics(c),
+            )
         self.register_parameter("energy_lin_ref", nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
                                 if c.use_energy_lin_ref else None)
 
@@ -202,9 +214,17 @@ class EquiformerV2(nn.Module):
         """A model with fresh weights (the same as ``EquiformerV2(config)``)."""
         return cls(config)
 
+    @staticmethod
+    def _stress_statistics(c: EquiformerV2Config) -> dict[str, float]:
+        if c.stress_head == "rank2":
+            return dict(stress_mean=c.stress_mean, stress_std=c.stress_std)
+        return dict(isotropic_mean=c.stress_isotropic_mean, isotropic_std=c.stress_isotropic_std,
+                    anisotropic_mean=c.stress_anisotropic_mean, anisotropic_std=c.stress_anisotropic_std,
+                    stress_mean=c.stress_mean, stress_std=c.stress_std)
+
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("energy", "forces")
+        return ("energy", "forces", "stress") if "stress" in self.heads else ("energy", "forces")
 
     @property
     def target_statistics(self) -> TargetStatistics:
@@ -329,8 +349,10 @@ class EquiformerV2(nn.Module):
                 (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training, allow_unused=True,
                                               materialize_grads=True)  # no edges: E does not depend on r
                 return {"energy": energy if self.training else energy.detach(), "forces": -grad}
-        forces = self.heads["forces"](x, edge_features, numbers, edge_index, rotation)
-        return {"energy": energy, "forces": forces}
+        out = {"energy": energy, "forces": self.heads["forces"](x, edge_features, numbers, edge_index, rotation)}
+        if "stress" in self.heads:
+            out["stress"] = self.heads["stress"](x, vec, edge_index, batch, inputs.num_systems)
+        return out
 
     def _check_distances(self, distance: torch.Tensor, edge_index: torch.Tensor) -> None:
         close = distance < self.config.min_distance

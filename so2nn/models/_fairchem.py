@@ -3,11 +3,13 @@
 Reads the checkpoint format only: no fairchem import. Handles the model config stored in
 the checkpoint, ``module.`` prefixes from DDP, EMA weights, the deprecated monolithic
 class (``equiformer_v2``) and the backbone + heads variant (``backbone.``,
-``output_heads.energy.``, ``output_heads.forces.``): head ``name``'s weights become so2nn's
-``heads.<name>.*``; and the DeNS models (``equiformer_v2_dens_backbone`` with the
-``eqV2_DeNS_scalar_head`` / ``eqV2_DeNS_vector_head`` heads), whose force and noise-scale
-encodings and denoising attention load into so2nn's DeNS parts (see ``DENS_TRAINING_ONLY`` for
-the DeNS settings that act only in training).
+``output_heads.energy.``, ``output_heads.forces.``, ``output_heads.stress.``): head ``name``'s
+weights become so2nn's ``heads.<name>.*``. The rank-2 stress head's options
+(``rank2_symmetric_head``) become the config's ``stress_*`` fields, and the trainer's
+``outputs.stress`` (its decomposition) is checked against the head. The DeNS models
+(``equiformer_v2_dens_backbone`` with the ``eqV2_DeNS_*`` heads) load their force and
+noise-scale encodings and denoising attention into so2nn's DeNS parts (see
+``DENS_TRAINING_ONLY`` for the DeNS settings that act only in training).
 
 Nothing that changes the numbers is skipped: a checkpoint holding target transforms so2nn does
 not apply (fairchem's ``mean``/``rmsd`` normaliser state, element references, ``scale_dict``) or
@@ -23,7 +25,8 @@ import torch
 from ._checkpoint import load_checkpoint
 from ._config import EquiformerV2Config
 
-__all__ = ["config_from_fairchem", "state_dict_from_fairchem", "load_fairchem_checkpoint"]
+__all__ = ["config_from_fairchem", "state_dict_from_fairchem", "load_fairchem_checkpoint",
+           "stress_config_from_fairchem"]
 
 # Constants the reference stores as buffers (Wigner helpers, grids, index maps, radial
 # centres); so2nn derives them, so they are dropped on import.
@@ -44,6 +47,13 @@ _RENAMES = [
     (r"^energy_block\.", "heads.energy.energy_block."),
     (r"^force_block\.", "heads.forces.force_block."),
     (r"^output_heads\.(energy|forces)\.", r"heads.\1."),
+    # the rank-2 stress head: output_heads.stress.{sphharm_norm, xedge_layer_norm, block.*_MLP}
+    (r"^output_heads\.stress\.", "heads.stress."),
+    (r"^heads\.stress\.sphharm_norm\.", "heads.stress.harmonics_norm."),
+    (r"^heads\.stress\.xedge_layer_norm\.", "heads.stress.edge_norm."),
+    (r"^heads\.stress\.block\.scalar_MLP\.", "heads.stress.isotropic_mlp."),
+    (r"^heads\.stress\.block\.irrep2_MLP\.", "heads.stress.anisotropic_mlp."),
+    (r"^heads\.stress\.block\.r2tensor_MLP\.", "heads.stress.tensor_mlp."),
     (r"\.rad_func\.net\.", ".radial.net."),
     (r"\.so2_m_conv\.(\d+)\.fc\.", r".fc_m.\1."),
     (r"\.(source_embedding|target_embedding)\.weight$", r".atom_edge.\1.weight"),
@@ -125,6 +135,9 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
     # The reference hard-codes 600 Gaussians whatever num_distance_basis says.
     out["num_distance_basis"] = 600
     out.update(dens)
+    heads = model_config.get("heads")
+    if isinstance(heads, dict) and isinstance(heads.get("stress"), dict):
+        out.update(stress_config_from_fairchem(heads["stress"]))
     out.update(changes)
     return EquiformerV2Config(**out)
 
@@ -202,6 +215,7 @@ def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, trust: bool = Fal
     if model_config is None:
         raise ValueError("the checkpoint has no model config ('config.model' or 'config.model_attributes')")
     _check_heads(model_config, checkpoint["state_dict"])
+    _check_stress_outputs(config.get("outputs"), model_config)
     ema = checkpoint.get("ema") if use_ema else None
     changes = {**normalizers_from_fairchem(checkpoint), **config_changes}
     return config_from_fairchem(model_config, **changes), state_dict_from_fairchem(checkpoint["state_dict"], ema)
@@ -213,6 +227,8 @@ _KNOWN_HEADS = {
     "energy": ({"equiformer_v2_energy_head", "equiformerV2_scalar_head", "eqV2_DeNS_scalar_head"}, {"reduce": "sum"}),
     "forces": ({"equiformer_v2_force_head", "equiformerV2_vector_head", "equiformerV2_rank1_head",
                 "eqV2_DeNS_vector_head"}, {}),
+    # options mapped onto the config by stress_config_from_fairchem (None: not a fixed set)
+    "stress": ({"rank2_symmetric_head", "dens_rank2_symmetric_head"}, None),
 }
 # the DeNS heads (and the options of theirs that only act in training with denoising)
 _DENS_HEADS = {"eqV2_DeNS_scalar_head", "eqV2_DeNS_vector_head", "dens_rank2_symmetric_head"}
@@ -234,6 +250,8 @@ def _check_heads(model_config: dict, state_dict: dict) -> None:
             if module not in modules:
                 problems.append(f"head '{name}' (module {module!r})")
                 continue
+            if options is None:  # checked where they are mapped
+                continue
             training_only = DENS_TRAINING_ONLY["heads"] if module in _DENS_HEADS else set()
             extra = {k: v for k, v in head.items()
                      if k != "module" and k not in training_only and options.get(k, object()) != v}
@@ -246,7 +264,7 @@ def _check_heads(model_config: dict, state_dict: dict) -> None:
         raise ValueError(
             f"the checkpoint has output heads so2nn does not compute: {'; '.join(problems)} "
             f"(known: 'energy' {sorted(_KNOWN_HEADS['energy'][0])} with reduce='sum', "
-            f"'forces' {sorted(_KNOWN_HEADS['forces'][0])})"
+            f"'forces' {sorted(_KNOWN_HEADS['forces'][0])}, 'stress' {sorted(_KNOWN_HEADS['stress'][0])})"
         )
 
 
@@ -334,3 +352,91 @@ def normalizers_from_fairchem(checkpoint: dict) -> dict:
             raise ValueError(f"a force normaliser with non-zero mean ({forces[0]}) is not rotation equivariant")
         found["forces_std"] = forces[1]
     return found
+
+
+# -- the rank-2 stress head ----------------------------------------------------------------------
+
+# rank2_symmetric_head option -> so2nn config field
+_STRESS_OPTIONS = {
+    "edge_level_mlp": "stress_edge_level_mlp",
+    "num_mlp_layers": "stress_num_mlp_layers",
+    "use_source_target_embedding": "stress_source_target_embedding",
+    "extensive": "stress_extensive",
+    "avg_num_nodes": "stress_avg_num_nodes",
+}
+# Options without effect on the numbers: the head's norm is the backbone's ``norm_type`` whenever
+# the backbone has one (EquiformerV2's always does), and the DeNS head's ``use_denoising`` only
+# zeroes its output in denoising training steps.
+_STRESS_IGNORED = {"module", "default_norm_type", "use_denoising"}
+# keys of the trainer's ``outputs.stress`` (and of its decomposition entries, where the trainer
+# adds ``parent``, ``level`` and the free-atom flags before it saves the config) that do not
+# change the predicted stress (loss bookkeeping, the precision of saved prediction files;
+# ``property`` only names the entry of a head's output dict)
+_STRESS_OUTPUT_KEYS = {"level", "irrep_dim", "decomposition", "train_on_free_atoms", "eval_on_free_atoms",
+                       "prediction_dtype", "shape", "property", "parent"}
+_STRESS_PARTS = {"stress_isotropic": 0, "stress_anisotropic": 2}
+
+
+def stress_config_from_fairchem(head: dict) -> dict:
+    """so2nn config fields (``stress_head``, ``stress_*``) from the reference's
+    ``rank2_symmetric_head`` (or ``dens_rank2_symmetric_head``) entry of ``heads``.
+
+    Raises:
+        ValueError: an option so2nn does not know, ``output_name`` other than ``"stress"``, or
+            ``use_denoising`` on the plain (non-DeNS) head.
+    """
+    unknown = sorted(set(head) - set(_STRESS_OPTIONS) - _STRESS_IGNORED - {"decompose", "output_name"})
+    if unknown:
+        raise ValueError(f"unknown options of the stress head (rank2_symmetric_head): {unknown}")
+    if "use_denoising" in head and head.get("module") != "dens_rank2_symmetric_head":
+        raise ValueError("the stress head option 'use_denoising' belongs to dens_rank2_symmetric_head, "
+                         f"not {head.get('module')!r}")
+    if head.get("output_name", "stress") != "stress":
+        raise ValueError(f"the stress head predicts output_name={head['output_name']!r}: so2nn's rank-2 head "
+                         "returns 'stress' only")
+    out = {"stress_head": "decomposed" if head.get("decompose", False) else "rank2"}
+    out.update({field: head[option] for option, field in _STRESS_OPTIONS.items() if option in head})
+    if "stress_avg_num_nodes" in out:
+        out["stress_avg_num_nodes"] = float(out["stress_avg_num_nodes"])
+    return out
+
+
+def _check_stress_outputs(outputs, model_config: dict) -> None:
+    """Raise unless the trainer's ``outputs.stress`` is rebuilt the way so2nn's stress head
+    rebuilds it: from ``stress_isotropic`` (``irrep_dim`` 0) and ``stress_anisotropic``
+    (``irrep_dim`` 2) for the decomposed head, as the head's own output for the plain one."""
+    heads = model_config.get("heads") if isinstance(model_config.get("heads"), dict) else {}
+    if not isinstance(outputs, dict) or "stress" not in outputs or not isinstance(heads.get("stress"), dict):
+        return
+    entry = outputs["stress"]
+    if not isinstance(entry, dict):
+        raise ValueError(f"the checkpoint's outputs['stress'] is a {type(entry).__name__}, not a dict")
+    unknown = sorted(set(entry) - _STRESS_OUTPUT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys in the checkpoint's outputs['stress']: {unknown}")
+    if entry.get("level", "system") != "system":
+        raise ValueError(f"outputs['stress'] has level={entry['level']!r}: so2nn's stress is per system")
+    decomposition = entry.get("decomposition")
+    if not heads["stress"].get("decompose", False):
+        if decomposition is not None:
+            raise ValueError("outputs['stress'] has a decomposition but the stress head is the plain rank-2 "
+                             "block (decompose=False), which predicts the whole tensor")
+        return
+    if not isinstance(decomposition, dict) or set(decomposition) != set(_STRESS_PARTS):
+        found = sorted(decomposition) if isinstance(decomposition, dict) else decomposition
+        raise ValueError(f"outputs['stress'] must be decomposed into {sorted(_STRESS_PARTS)} for the decomposed "
+                         f"stress head, got decomposition={found}")
+    for name, dim in _STRESS_PARTS.items():
+        part = decomposition[name] if isinstance(decomposition[name], dict) else {}
+        unknown = sorted(set(part) - _STRESS_OUTPUT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown keys in outputs['stress']['decomposition']['{name}']: {unknown}")
+        if part.get("parent", "stress") != "stress" or part.get("level", "system") != "system":
+            raise ValueError(f"outputs['stress']['decomposition']['{name}'] must be a per-system part of 'stress', "
+                             f"got parent={part.get('parent')!r}, level={part.get('level')!r}")
+        if part.get("irrep_dim") != dim:
+            raise ValueError(f"outputs['stress']['decomposition']['{name}'] has irrep_dim={part.get('irrep_dim')!r}, "
+                             f"expected {dim}")
+    if not model_config.get("pass_through_head_outputs", False):
+        raise ValueError("the decomposed stress head needs pass_through_head_outputs=True in the model config: "
+                         "otherwise the reference's trainer does not rebuild stress from its parts")

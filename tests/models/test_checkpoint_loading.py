@@ -208,14 +208,14 @@ def test_known_heads_load(monolithic):
 
 
 @pytest.mark.parametrize("heads, extra, message", [
-    ({"energy": {"module": "equiformer_v2_energy_head"}, "stress": {"module": "rank2_symmetric_head"}}, (),
-     r"head 'stress' \(module 'rank2_symmetric_head'\)"),
+    ({"energy": {"module": "equiformer_v2_energy_head"}, "dielectric": {"module": "rank2_symmetric_head"}}, (),
+     r"head 'dielectric' \(module 'rank2_symmetric_head'\)"),
     ({"energy": {"module": "equiformer_v2_energy_head", "reduce": "mean"}}, (),
      r"head 'energy' with options \{'reduce': 'mean'\}"),
     ({"energy": {"module": "dens_energy_head"}}, (), r"head 'energy' \(module 'dens_energy_head'\)"),
     ({"energy": {"module": "equiformer_v2_energy_head"}}, ("module.output_heads.efs.linear.weight",),
      r"weights of head 'efs'"),
-], ids=["stress-head", "mean-reduce", "foreign-energy-head", "unlisted-head-weights"])
+], ids=["rank2-head-not-stress", "mean-reduce", "foreign-energy-head", "unlisted-head-weights"])
 def test_unknown_heads_raise(monolithic, heads, extra, message):
     with pytest.raises(ValueError, match=message):
         EquiformerV2.from_fairchem(_hydra(monolithic, heads, extra))
