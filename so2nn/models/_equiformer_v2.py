@@ -158,6 +158,7 @@ class EquiformerV2(nn.Module):
             layout, sphere_channels=c.sphere_channels, hidden_channels=c.ffn_hidden_channels,
             activation=c.activation, grid_mlp=c.use_grid_mlp, grid_resolution=c.grid_resolution,
             avg_num_nodes=c.avg_num_nodes, energy_mean=c.energy_mean, energy_std=c.energy_std, kernels=c.kernels,
+            reduce=c.energy_reduce,
         )})
         if c.direct_forces:
             self.heads["forces"] = ForceHead(
@@ -166,7 +167,7 @@ class EquiformerV2(nn.Module):
                 attn_value_channels=c.attn_value_channels, edge_channels_list=edge_channels_list,
                 max_num_elements=elements, activation=c.activation, attn_renorm=c.use_attn_renorm,
                 grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, forces_std=c.forces_std,
-                kernels=c.kernels,
+                kernels=c.kernels, forces_mean=c.forces_mean,
             )
         self.register_parameter("energy_lin_ref", nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
                                 if c.use_energy_lin_ref else None)
@@ -206,7 +207,7 @@ class EquiformerV2(nn.Module):
         self.config = self.config.replace(**changes)
         self.heads["energy"].set_statistics(stats.energy_mean, stats.energy_std)
         if "forces" in self.heads:
-            self.heads["forces"].set_statistics(stats.forces_std)
+            self.heads["forces"].set_statistics(stats.forces_std, self.config.forces_mean)
         return self
 
     def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:
