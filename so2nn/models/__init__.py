@@ -4,6 +4,7 @@ that training, checkpoints and the calculator rely on."""
 from ._checkpoint import upgrade_checkpoint
 from ._config import PRESETS, EquiformerV2Config, preset
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
+from ._fairchem import FAIRCHEM_IGNORED_KEYS
 from ._heads import EnergyHead, ForceHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
@@ -18,6 +19,7 @@ from ._registry import (
 )
 
 __all__ = [
+    "FAIRCHEM_IGNORED_KEYS",
     "INPUT_FIELDS",
     "PRESETS",
     "TARGET_AND_METADATA_FIELDS",

@@ -99,8 +99,9 @@ class EquiformerV2(nn.Module):
        :math:`-\partial E/\partial r` (``config.direct_forces = False``).
 
     The heads are ``model.heads["energy"]`` and ``model.heads["forces"]`` (the latter only with
-    direct forces); ``energy_lin_ref`` (OC22's per-element reference energies, with
-    ``use_energy_lin_ref``) is a model weight, as in the reference, handed to the energy head.
+    direct forces); ``energy_lin_ref`` (per-element reference energies in eV, added after
+    de-normalisation, with ``use_energy_lin_ref``: OC22's and fairchem's element references) is
+    a model weight, handed to the energy head.
 
     Args:
         config: :class:`EquiformerV2Config`, or the name of a preset (``"oc20-31M"``, ...).
@@ -229,6 +230,19 @@ class EquiformerV2(nn.Module):
         ``graph_mode``, ...). Unknown or missing weights raise a ValueError listing them.
         fairchem itself is not needed. The file is read as data only; ``trust=True`` allows a
         full unpickle of a file whose origin you trust.
+
+        What fairchem's trainer does around its model at prediction becomes part of this one,
+        so that it returns eV and eV/A as the reference does: the target normalisers (the
+        checkpoint's ``normalizers``, else those of its training dataset config) become
+        ``energy_mean``, ``energy_std``, ``forces_mean``, ``forces_std``; the element references
+        (``elementrefs``) and OC22's ``energy_lin_ref`` become ``energy_lin_ref`` (eV); the
+        scalar head's ``reduce`` becomes ``energy_reduce``. OC22's total energies need its
+        ``energy_lin_ref`` on: the released monolithic OC22 model has ``use_energy_lin_ref``
+        set and gets it; ``use_energy_lin_ref=False`` here leaves it out (the energy less its
+        linear composition fit), ``True`` adds it where the reference would not (a backbone +
+        heads checkpoint, whose heads never add it). Every key of the checkpoint and its
+        configs is applied, ignored as training-only (:data:`~so2nn.models.FAIRCHEM_IGNORED_KEYS`)
+        or raises a ValueError naming it.
         """
         from ._fairchem import load_fairchem_checkpoint
 

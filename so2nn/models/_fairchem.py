@@ -57,6 +57,17 @@ _RENAMES = [
 #: (that dataset's ``transforms``, applied to the training data). Every other key is
 #: either applied (weights, model config, normalisers, element references, ``outputs``) or
 #: raises a ValueError naming it: nothing that changes the numbers is skipped.
+#:
+#: The groups: at the top level of the checkpoint, the optimiser's and scheduler's state, the
+#: position in training, validation metrics and the mixed-precision scaler; in its config, the
+#: training recipe (optimiser, losses, metrics, the old ``task`` section), the trainer class
+#: (all of EquiformerV2's de-normalise predictions alike), the validation/test/relaxation
+#: datasets, logging and run bookkeeping, hardware and cluster settings; in the model config,
+#: how the reference batches and builds its graph (same graph), initialisation and memory
+#: options, arguments the reference accepts without using, ``regress_forces``, the head output
+#: naming and a fine-tune's starting checkpoint; in the dataset config, where and how the
+#: training data is read (and OC22's ``oc20_ref``, read only by a setting that raises); in its
+#: transforms, the training data's stress decomposition.
 FAIRCHEM_IGNORED_KEYS: dict[str, frozenset[str]] = {
     "checkpoint": frozenset({
         # the optimiser's and scheduler's state and the position in training

@@ -95,3 +95,20 @@ def test_hydra_energy_lin_ref_only_on_request(fixture):
     forced = EquiformerV2.from_fairchem(checkpoint, use_energy_lin_ref=True)
     lin = checkpoint["state_dict"]["module.backbone.energy_lin_ref"].double()
     assert torch.allclose(forced.energy_lin_ref.double() - default.energy_lin_ref.double(), 2.7 * lin, atol=1e-6)
+
+
+def test_the_override_reaches_every_loading_entry_point(fixture, tmp_path):
+    """``use_energy_lin_ref`` is a keyword of from_fairchem, from_checkpoint, load_model and the calculator."""
+    from so2nn.calculators import So2nnCalculator
+    from so2nn.models import load_model
+
+    path = tmp_path / "oc22.pt"
+    checkpoint = _checkpoint(fixture, "oc22")
+    torch.save(checkpoint, path)
+    # without OC22's energy_lin_ref, fairchem's elementrefs alone remain (so2nn's flag stays on)
+    elementrefs = checkpoint["elementrefs"]["energy"]["element_references"][:90]
+    for load in (EquiformerV2.from_fairchem, EquiformerV2.from_checkpoint, load_model):
+        assert not torch.equal(load(path).energy_lin_ref.double(), elementrefs)
+        assert torch.equal(load(path, use_energy_lin_ref=False).energy_lin_ref.double(), elementrefs)
+    calculator = So2nnCalculator(path, device="cpu", use_energy_lin_ref=False)
+    assert torch.equal(calculator.model.energy_lin_ref.double(), elementrefs)
