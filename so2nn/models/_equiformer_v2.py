@@ -191,9 +191,11 @@ class EquiformerV2(nn.Module):
         return TargetStatistics(c.energy_mean, c.energy_std, c.forces_std, references)
 
     def with_target_statistics(self, stats: TargetStatistics) -> EquiformerV2:
-        """This model (changed in place), de-normalising with ``stats``: config and heads updated;
-        element references, when given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
-        changes = dict(energy_mean=stats.energy_mean, energy_std=stats.energy_std, forces_std=stats.forces_std)
+        """This model (changed in place), de-normalising with ``stats``: config and heads updated
+        (``forces_mean`` back to zero: ``stats`` scale forces only); element references, when
+        given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
+        changes = dict(energy_mean=stats.energy_mean, energy_std=stats.energy_std, forces_std=stats.forces_std,
+                       forces_mean=0.0)
         if stats.element_references is not None:
             references = torch.as_tensor(stats.element_references, dtype=torch.float64)
             if references.shape != (self.config.max_num_elements,):
@@ -208,7 +210,7 @@ class EquiformerV2(nn.Module):
         self.config = self.config.replace(**changes)
         self.heads["energy"].set_statistics(stats.energy_mean, stats.energy_std)
         if "forces" in self.heads:
-            self.heads["forces"].set_statistics(stats.forces_std, self.config.forces_mean)
+            self.heads["forces"].set_statistics(stats.forces_std)
         return self
 
     def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:

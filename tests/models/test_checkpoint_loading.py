@@ -200,6 +200,9 @@ def test_force_mean_is_reproduced_with_a_warning(monolithic):
     with torch.no_grad():
         shifted, forces = (m.eval()(pos=pos, atomic_numbers=torch.tensor([6, 8, 1]))["forces"] for m in (model, plain))
     assert torch.allclose(shifted - forces, torch.full_like(forces, 0.125))
+    # a trainer's statistics (a force scale, no mean) replace it: training starts equivariant
+    model.with_target_statistics(model.target_statistics)
+    assert model.config.forces_mean == 0.0 and model.heads["forces"].forces_mean == 0.0
 
 
 @pytest.mark.filterwarnings("ignore:the checkpoint's 'forces' normaliser has mean")
