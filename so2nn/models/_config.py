@@ -126,8 +126,9 @@ class EquiformerV2Config:
     min_distance: float = 0.1  # atoms closer than this (Angstrom) are rejected as overlapping
     # Output normalisation (training-set statistics): the network predicts normalised targets,
     # and the model returns energy = raw * energy_std + energy_mean, direct forces
-    # = raw * forces_std + forces_mean (gradient forces follow the de-normalised energy). fairchem keeps these in its trainer;
-    # so2nn keeps them with the weights, so a loaded model returns eV and eV/A.
+    # = raw * forces_std + forces_mean (gradient forces follow the de-normalised energy).
+    # fairchem keeps these in its trainer; so2nn keeps them with the weights, so a loaded model
+    # returns eV and eV/A.
     energy_mean: float = 0.0
     energy_std: float = 1.0
     forces_std: float = 1.0

@@ -533,7 +533,9 @@ def element_references_from_fairchem(checkpoint: dict, energy_lin_ref: torch.Ten
     ``use_energy_lin_ref`` (and ``load_energy_lin_ref``): :math:`(\hat E + \sum_i l_{Z_i})\sigma_E
     + \mu_E = \hat E\sigma_E + \mu_E + \sum_i \sigma_E l_{Z_i}`, so it is imported as
     :math:`\sigma_E l`. The backbone + heads layout has the weight but no head adds it.
-    ``use_energy_lin_ref`` (not None) overrides the config's flag.
+    ``use_energy_lin_ref`` (not None) overrides the config's flag. The model holds the result in
+    its own dtype (float32 unless cast): :math:`\sigma_E l` rounds there, where the reference
+    adds :math:`l` before multiplying.
 
     Raises:
         ValueError: references of a target other than the energy; a dataset config's
@@ -547,21 +549,25 @@ def element_references_from_fairchem(checkpoint: dict, energy_lin_ref: torch.Ten
     stored = checkpoint.get("elementrefs") or {}
     if not isinstance(stored, dict):
         raise ValueError(f"the checkpoint's 'elementrefs' is a {type(stored).__name__}, not a dict")
-    for name, state in stored.items():
-        if name != "energy":
-            raise ValueError(f"element references 'elementrefs' for '{name}': the reference adds them to the energy "
-                             "only (so2nn reads elementrefs['energy'])")
-        if not isinstance(state, dict) or set(state) != {"element_references"}:
-            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"elementrefs['energy'] has fields {keys}; so2nn reads fairchem's LinearReferences "
-                             "state ('element_references')")
-        references = torch.as_tensor(state["element_references"], dtype=torch.float64).reshape(-1)
     dataset = _dataset_config(checkpoint)
     in_config = (dataset.get("transforms") or {}).get("element_references") or {}
+    if not isinstance(in_config, dict):
+        raise ValueError(f"the dataset transforms element_references = {in_config!r} is not a dict")
+    # as the reference's trainer: the dataset config's references given by value, then the checkpoint's
+    by_value = {name: entry["state_dict"] for name, entry in in_config.items()
+                if name not in ("file", "fit") and isinstance(entry, dict) and "state_dict" in entry}
+    for where, name, state in [*(("the dataset transforms element_references", n, v) for n, v in by_value.items()),
+                               *(("elementrefs", n, v) for n, v in stored.items())]:
+        if name != "energy":
+            raise ValueError(f"element references '{where}' for '{name}': the reference adds them to the energy "
+                             "only (so2nn reads the energy's)")
+        if not isinstance(state, dict) or set(state) != {"element_references"}:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{where}['energy'] has fields {keys}; so2nn reads fairchem's LinearReferences "
+                             "state ('element_references')")
+        references = torch.as_tensor(state["element_references"], dtype=torch.float64).reshape(-1)
     if in_config:
-        if not isinstance(in_config, dict):
-            raise ValueError(f"the dataset transforms element_references = {in_config!r} is not a dict")
-        named = set(in_config) - {"file", "fit"}
+        named = set(in_config) - {"file", "fit"} - set(by_value)
         fitted = in_config.get("fit", {}).get("targets", []) if isinstance(in_config.get("fit"), dict) else []
         missing = sorted((named | set(fitted)) - set(stored))
         if "file" in in_config and not stored:  # a file's references are among those the trainer saved

@@ -183,8 +183,10 @@ def test_checkpoint_normalizers_override_the_dataset_config(monolithic):
 
 
 def test_bad_normalizers_raise(monolithic):
-    for state, message in [({"mean": torch.tensor(0.0), "scale": torch.tensor(1.0)}, r"has fields \['mean', 'scale'\]"),
-                           ({"mean": torch.zeros(3), "rmsd": torch.ones(3)}, r"has shape \(3,\); so2nn reads one number")]:
+    for state, message in [
+        ({"mean": torch.tensor(0.0), "scale": torch.tensor(1.0)}, r"has fields \['mean', 'scale'\]"),
+        ({"mean": torch.zeros(3), "rmsd": torch.ones(3)}, r"has shape \(3,\); so2nn reads one number"),
+    ]:
         with pytest.raises(ValueError, match=message):
             normalizers_from_fairchem({**monolithic, "normalizers": {"energy": state}})
     with pytest.raises(ValueError, match=r"a normaliser of 'dipole', a target so2nn does not predict"):
@@ -195,7 +197,8 @@ def test_force_mean_is_reproduced_with_a_warning(monolithic):
     checkpoint = {**monolithic, "normalizers": {"forces": {"mean": torch.tensor(0.125), "rmsd": torch.tensor(2.0)}}}
     with pytest.warns(UserWarning, match="'forces' normaliser has mean 0.125"):
         model = EquiformerV2.from_fairchem(checkpoint)
-    plain = EquiformerV2.from_fairchem({**monolithic, "normalizers": {"forces": {"mean": 0.0, "rmsd": torch.tensor(2.0)}}})
+    plain = EquiformerV2.from_fairchem({**monolithic, "normalizers": {"forces": {"mean": 0.0,
+                                                                                 "rmsd": torch.tensor(2.0)}}})
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.0, 1.2, 0.3]])
     with torch.no_grad():
         shifted, forces = (m.eval()(pos=pos, atomic_numbers=torch.tensor([6, 8, 1]))["forces"] for m in (model, plain))
@@ -232,6 +235,11 @@ def test_element_references(monolithic):
         with pytest.raises(ValueError, match="element_references of .* whose values the checkpoint does not hold"):
             load_fairchem_checkpoint(in_config)
         assert load_fairchem_checkpoint({**in_config, "elementrefs": refs})[0] == config
+    by_value = {**monolithic, "config": {**monolithic["config"], "dataset": {"transforms": {"element_references": {
+        "energy": {"state_dict": {"element_references": torch.linspace(1, 2, 119)}}}}}}}
+    assert torch.equal(load_fairchem_checkpoint(by_value)[1]["energy_lin_ref"], torch.linspace(1, 2, 119).double()[:90])
+    assert torch.equal(load_fairchem_checkpoint({**by_value, "elementrefs": refs})[1]["energy_lin_ref"],
+                       state["energy_lin_ref"])  # the checkpoint's replace the config's
     with pytest.raises(ValueError, match=r"elementrefs' for 'forces'"):
         load_fairchem_checkpoint({**monolithic, "elementrefs": {"forces": refs["energy"]}})
     assert load_fairchem_checkpoint({**monolithic, "elementrefs": {}})[0] == load_fairchem_checkpoint(monolithic)[0]
