@@ -5,6 +5,7 @@ from ._checkpoint import upgrade_checkpoint
 from ._config import PRESETS, EquiformerV2Config, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
+from ._fairchem import FAIRCHEM_IGNORED_KEYS
 from ._heads import STRESS_BASIS, EnergyHead, ForceHead, StressHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
@@ -19,6 +20,7 @@ from ._registry import (
 )
 
 __all__ = [
+    "FAIRCHEM_IGNORED_KEYS",
     "INPUT_FIELDS",
     "PRESETS",
     "STRESS_BASIS",

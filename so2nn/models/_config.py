@@ -62,13 +62,26 @@ class EquiformerV2Config:
             every neighbour with :math:`d^2 \le d_{(k+1)}^2 + 0.01` Å²; chosen on import for the
             checkpoints trained with it).
         direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`.
-        use_energy_lin_ref: add per-element reference energies (OC22 models).
+        use_energy_lin_ref: add per-element reference energies (the model weight
+            ``energy_lin_ref``, eV, added after de-normalisation). OC22's total energies need
+            it on: its released model predicts the energy minus a linear fit of the
+            composition; :meth:`EquiformerV2.from_fairchem` turns it on wherever the reference
+            adds references (OC22's ``energy_lin_ref``, fairchem's ``elementrefs``).
         min_distance: atoms closer than this (Angstrom) are rejected as overlapping.
         energy_mean: the training set's mean energy (eV): the model returns
             ``energy = raw * energy_std + energy_mean``, so a loaded model returns eV.
         energy_std: the training set's energy standard deviation (eV).
         forces_std: the training set's force scale (eV/Angstrom): direct forces are
-            ``raw * forces_std``.
+            ``raw * forces_std + forces_mean``.
+        forces_mean: a constant vector component added to every direct force (eV/Angstrom).
+            Zero for every model trained with so2nn; non-zero only where a fairchem checkpoint
+            stores a force normaliser with a mean (reproduced for parity: a constant added to
+            every component is not rotation equivariant, and loading such a checkpoint warns).
+            Gradient forces (``direct_forces=False``) need it zero.
+        energy_reduce: how the per-atom energies become the system's: ``"sum"`` (the sum
+            divided by ``avg_num_nodes``, an extensive energy; the released OC20 models) or
+            ``"mean"`` (divided by the system's atom count: a per-atom energy, fairchem's scalar
+            head with ``reduce: mean``).
         stress_head: ``None`` (no stress output), ``"decomposed"`` (a
             :class:`~so2nn.models.StressHead` with isotropic :math:`l = 0` and anisotropic
             :math:`l = 2` parts, OMat24's) or ``"rank2"`` (the plain rank-2 block). Needs
@@ -145,12 +158,15 @@ class EquiformerV2Config:
     use_energy_lin_ref: bool = False
     min_distance: float = 0.1  # atoms closer than this (Angstrom) are rejected as overlapping
     # Output normalisation (training-set statistics): the network predicts normalised targets,
-    # and the model returns energy = raw * energy_std + energy_mean, direct forces = raw * forces_std
-    # (gradient forces follow the de-normalised energy). fairchem keeps these in its trainer;
-    # so2nn keeps them with the weights, so a loaded model returns eV and eV/A.
+    # and the model returns energy = raw * energy_std + energy_mean, direct forces
+    # = raw * forces_std + forces_mean (gradient forces follow the de-normalised energy).
+    # fairchem keeps these in its trainer; so2nn keeps them with the weights, so a loaded model
+    # returns eV and eV/A.
     energy_mean: float = 0.0
     energy_std: float = 1.0
     forces_std: float = 1.0
+    forces_mean: float = 0.0  # non-zero only for a fairchem checkpoint with one (breaks equivariance)
+    energy_reduce: str = "sum"  # "sum": divide the sum by avg_num_nodes; "mean": by the atom count
     # Direct stress (StressHead, model.heads["stress"]): None | "decomposed" | "rank2", its options
     # (the reference's rank2_symmetric_head) and its de-normalisation (eV/A^3).
     stress_head: str | None = None
@@ -199,6 +215,11 @@ class EquiformerV2Config:
             raise ValueError(f"unknown norm_type {self.norm_type!r}")
         if not (self.energy_std > 0 and self.forces_std > 0):
             raise ValueError(f"energy_std and forces_std must be > 0, got {self.energy_std}, {self.forces_std}")
+        if self.energy_reduce not in ("sum", "mean"):
+            raise ValueError(f"energy_reduce must be 'sum' or 'mean', got {self.energy_reduce!r}")
+        if self.forces_mean != 0.0 and not self.direct_forces:
+            raise ValueError(f"forces_mean={self.forces_mean} needs direct forces: gradient forces are -dE/dpos, "
+                             "with no constant to add")
         if not self.max_radius > 0:
             raise ValueError(f"max_radius must be > 0, got {self.max_radius}")
         if self.dens_sigma_embedding and not self.dens_force_embedding:

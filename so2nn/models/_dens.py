@@ -91,7 +91,8 @@ class DenoisingForceHead(ForceHead):
     no gradient) :meth:`forward` does not evaluate it: for a finite output the product is
     exactly zero and the sum exactly the first term (a non-finite denoising output, which would
     turn the reference's forces into NaN, is the one case not reproduced). In training it adds
-    the zero product as the reference does, so that the block's weights get a zero gradient. Its weights are ``denoising_pos_block`` (the reference's name);
+    the zero product as the reference does, so that the block's weights get a zero gradient.
+    Its weights are ``denoising_pos_block`` (the reference's name);
     :meth:`denoising_positions` evaluates it.
 
     The arguments are those of :class:`~so2nn.models.ForceHead`; the denoising attention has the
@@ -111,8 +112,9 @@ class DenoisingForceHead(ForceHead):
         (torch.Size([3, 3]), torch.Size([3, 3]))
     """
 
-    def __init__(self, layout: CoefficientLayout, *, forces_std: float = 1.0, **attention) -> None:
-        super().__init__(layout, forces_std=forces_std, **attention)
+    def __init__(self, layout: CoefficientLayout, *, forces_std: float = 1.0, forces_mean: float = 0.0,
+                 **attention) -> None:
+        super().__init__(layout, forces_std=forces_std, forces_mean=forces_mean, **attention)
         self.denoising_pos_block = EquivariantGraphAttention(layout, output_channels=1, alpha_drop=0.0, **attention)
 
     def forward(

@@ -102,8 +102,9 @@ class EquiformerV2(nn.Module):
 
     The heads are ``model.heads["energy"]``, ``model.heads["forces"]`` (only with direct
     forces) and ``model.heads["stress"]`` (:class:`~so2nn.models.StressHead`, only with
-    ``config.stress_head``); ``energy_lin_ref`` (OC22's per-element reference energies, with
-    ``use_energy_lin_ref``) is a model weight, as in the reference, handed to the energy head.
+    ``config.stress_head``); ``energy_lin_ref`` (per-element reference energies in eV, added after
+    de-normalisation, with ``use_energy_lin_ref``: OC22's and fairchem's element references) is
+    a model weight, handed to the energy head.
 
     **DeNS models** (trained with denoising of non-equilibrium structures, Liao et al. 2024: the
     OMat24 ``eqV2_dens`` checkpoints, fairchem's ``equiformer_v2_dens_backbone`` with the
@@ -186,6 +187,7 @@ class EquiformerV2(nn.Module):
             layout, sphere_channels=c.sphere_channels, hidden_channels=c.ffn_hidden_channels,
             activation=c.activation, grid_mlp=c.use_grid_mlp, grid_resolution=c.grid_resolution,
             avg_num_nodes=c.avg_num_nodes, energy_mean=c.energy_mean, energy_std=c.energy_std, kernels=c.kernels,
+            reduce=c.energy_reduce,
         )})
         if c.direct_forces:
             self.heads["forces"] = (DenoisingForceHead if c.dens_denoising_head else ForceHead)(
@@ -194,7 +196,7 @@ class EquiformerV2(nn.Module):
                 attn_value_channels=c.attn_value_channels, edge_channels_list=edge_channels_list,
                 max_num_elements=elements, activation=c.activation, attn_renorm=c.use_attn_renorm,
                 grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, forces_std=c.forces_std,
-                kernels=c.kernels,
+                kernels=c.kernels, forces_mean=c.forces_mean,
             )
         if c.stress_head is not None:  # after energy and forces (the parameter order of the heads)
             self.heads["stress"] = StressHead(
@@ -233,9 +235,11 @@ class EquiformerV2(nn.Module):
         return TargetStatistics(c.energy_mean, c.energy_std, c.forces_std, references)
 
     def with_target_statistics(self, stats: TargetStatistics) -> EquiformerV2:
-        """This model (changed in place), de-normalising with ``stats``: config and heads updated;
-        element references, when given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
-        changes = dict(energy_mean=stats.energy_mean, energy_std=stats.energy_std, forces_std=stats.forces_std)
+        """This model (changed in place), de-normalising with ``stats``: config and heads updated
+        (``forces_mean`` back to zero: ``stats`` scale forces only); element references, when
+        given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
+        changes = dict(energy_mean=stats.energy_mean, energy_std=stats.energy_std, forces_std=stats.forces_std,
+                       forces_mean=0.0)
         if stats.element_references is not None:
             references = torch.as_tensor(stats.element_references, dtype=torch.float64)
             if references.shape != (self.config.max_num_elements,):
@@ -272,6 +276,19 @@ class EquiformerV2(nn.Module):
         ``graph_mode``, ...). Unknown or missing weights raise a ValueError listing them.
         fairchem itself is not needed. The file is read as data only; ``trust=True`` allows a
         full unpickle of a file whose origin you trust.
+
+        What fairchem's trainer does around its model at prediction becomes part of this one,
+        so that it returns eV and eV/A as the reference does: the target normalisers (the
+        checkpoint's ``normalizers``, else those of its training dataset config) become
+        ``energy_mean``, ``energy_std``, ``forces_mean``, ``forces_std``; the element references
+        (``elementrefs``) and OC22's ``energy_lin_ref`` become ``energy_lin_ref`` (eV); the
+        scalar head's ``reduce`` becomes ``energy_reduce``. OC22's total energies need its
+        ``energy_lin_ref`` on: the released monolithic OC22 model has ``use_energy_lin_ref``
+        set and gets it; ``use_energy_lin_ref=False`` here leaves it out (the energy less its
+        linear composition fit), ``True`` adds it where the reference would not (a backbone +
+        heads checkpoint, whose heads never add it). Every key of the checkpoint and its
+        configs is applied, ignored as training-only (:data:`~so2nn.models.FAIRCHEM_IGNORED_KEYS`)
+        or raises a ValueError naming it.
         """
         from ._fairchem import load_fairchem_checkpoint
 

@@ -31,13 +31,15 @@ class EnergyHead(nn.Module):
 
     .. math::
 
-        E_b = \sigma_E\,\frac{1}{\bar n} \sum_{i \in b} \mathrm{FFN}(x_i)^{(l=0)}
+        E_b = \sigma_E\,\frac{1}{\bar n_b} \sum_{i \in b} \mathrm{FFN}(x_i)^{(l=0)}
               + \mu_E + \sum_{i \in b} \varepsilon_{Z_i}
 
     where :math:`\mathrm{FFN}` is a :class:`~so2nn.layers.FeedForwardNetwork` with one output
-    channel (only its :math:`l = 0` coefficient, an invariant, is read), :math:`\bar n` is
-    ``avg_num_nodes`` (the reference divides the sum by the training set's mean atom count
-    instead of averaging, so the energy stays extensive), :math:`(\mu_E, \sigma_E)` the
+    channel (only its :math:`l = 0` coefficient, an invariant, is read), :math:`\bar n_b` is
+    ``avg_num_nodes`` with ``reduce="sum"`` (the reference divides the sum by the training
+    set's mean atom count instead of averaging, so the energy stays extensive) or the atom
+    count of system :math:`b` with ``reduce="mean"`` (a per-atom energy, as fairchem's scalar
+    head with ``reduce: mean``), :math:`(\mu_E, \sigma_E)` the
     training set's energy mean and standard deviation, and :math:`\varepsilon_Z` optional
     per-element reference energies (OC22's linear references), given to :meth:`forward`.
 
@@ -46,8 +48,9 @@ class EnergyHead(nn.Module):
         sphere_channels: channels :math:`C` of the node features.
         hidden_channels: hidden channels of the feed-forward network.
         activation, grid_mlp, grid_resolution, kernels: as for :class:`~so2nn.layers.FeedForwardNetwork`.
-        avg_num_nodes: :math:`\bar n`.
+        avg_num_nodes: :math:`\bar n` of ``reduce="sum"``.
         energy_mean, energy_std: :math:`\mu_E`, :math:`\sigma_E` (eV).
+        reduce: ``"sum"`` or ``"mean"`` (above).
 
     Its weights are those of ``energy_block`` (the feed-forward network; the reference's name).
 
@@ -76,10 +79,14 @@ class EnergyHead(nn.Module):
         energy_mean: float = 0.0,
         energy_std: float = 1.0,
         kernels: str = "auto",
+        reduce: str = "sum",
     ) -> None:
         super().__init__()
         if not avg_num_nodes > 0:
             raise ValueError(f"avg_num_nodes must be > 0, got {avg_num_nodes}")
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        self.reduce = reduce
         self.layout = layout
         self.energy_block = FeedForwardNetwork(
             layout, sphere_channels=sphere_channels, hidden_channels=hidden_channels, output_channels=1,
@@ -95,7 +102,7 @@ class EnergyHead(nn.Module):
         self.energy_mean, self.energy_std = float(energy_mean), float(energy_std)
 
     def extra_repr(self) -> str:
-        return (f"avg_num_nodes={self.avg_num_nodes:g}, energy_mean={self.energy_mean:g}, "
+        return (f"reduce={self.reduce}, avg_num_nodes={self.avg_num_nodes:g}, energy_mean={self.energy_mean:g}, "
                 f"energy_std={self.energy_std:g}")
 
     def forward(
@@ -112,7 +119,11 @@ class EnergyHead(nn.Module):
         ``atomic_numbers [N]``) are added when given.
         """
         node_energy = self.energy_block(x)[:, 0, 0]  # l = 0, the only invariant coefficient
-        energy = node_energy.new_zeros(num_systems).index_add(0, batch, node_energy) / self.avg_num_nodes
+        energy = node_energy.new_zeros(num_systems).index_add(0, batch, node_energy)
+        if self.reduce == "sum":
+            energy = energy / self.avg_num_nodes
+        else:  # "mean": the per-atom energy of each system
+            energy = energy / torch.bincount(batch, minlength=num_systems).to(energy.dtype)
         if self.energy_std != 1.0 or self.energy_mean != 0.0:
             energy = energy * self.energy_std + self.energy_mean
         if element_energies is not None:
@@ -128,10 +139,12 @@ class ForceHead(nn.Module):
 
     .. math::
 
-        F_i = \sigma_F\,\bigl[\mathrm{Attn}(x; \text{edges})_i\bigr]^{(l=1)}
+        F_i = \sigma_F\,\bigl[\mathrm{Attn}(x; \text{edges})_i\bigr]^{(l=1)} + \mu_F
 
     where :math:`\mathrm{Attn}` is an :class:`~so2nn.layers.EquivariantGraphAttention` with
-    one output channel and :math:`\sigma_F` the training set's force scale. The three
+    one output channel, :math:`\sigma_F` the training set's force scale and :math:`\mu_F` a
+    constant added to every component (zero, except where a fairchem checkpoint's force
+    normaliser has a mean: reproduced for parity, it is not rotation equivariant). The three
     :math:`l = 1` coefficients, orders :math:`m = -1, 0, 1`, are the Cartesian components
     :math:`(x, y, z)` of a vector in so2nn's real spherical-harmonic basis (the conventions
     page shows it), so they are read as they are: no change of basis. An :math:`l = 1`
@@ -141,6 +154,7 @@ class ForceHead(nn.Module):
     Args:
         layout: the node features' layout.
         forces_std: :math:`\sigma_F` (eV/Angstrom).
+        forces_mean: :math:`\mu_F` (eV/Angstrom).
 
     The other keyword arguments (``sphere_channels``, ``hidden_channels``, ``num_heads``,
     ``attn_alpha_channels``, ``attn_value_channels``, ``edge_channels_list``,
@@ -180,6 +194,7 @@ class ForceHead(nn.Module):
         recompute: bool = True,
         forces_std: float = 1.0,
         kernels: str = "auto",
+        forces_mean: float = 0.0,
     ) -> None:
         super().__init__()
         self.layout = layout
@@ -190,16 +205,16 @@ class ForceHead(nn.Module):
             attn_renorm=attn_renorm, alpha_drop=0.0, grid_resolution=grid_resolution, recompute=recompute,
             kernels=kernels,
         )
-        self.set_statistics(forces_std)
+        self.set_statistics(forces_std, forces_mean)
 
-    def set_statistics(self, forces_std: float) -> None:
-        """Set :math:`\\sigma_F` (eV/Angstrom)."""
+    def set_statistics(self, forces_std: float, forces_mean: float = 0.0) -> None:
+        """Set :math:`\\sigma_F` and :math:`\\mu_F` (eV/Angstrom)."""
         if not forces_std > 0:
             raise ValueError(f"forces_std must be > 0, got {forces_std}")
-        self.forces_std = float(forces_std)
+        self.forces_std, self.forces_mean = float(forces_std), float(forces_mean)
 
     def extra_repr(self) -> str:
-        return f"forces_std={self.forces_std:g}"
+        return f"forces_std={self.forces_std:g}" + (f", forces_mean={self.forces_mean:g}" if self.forces_mean else "")
 
     def forward(
         self,
@@ -212,7 +227,9 @@ class ForceHead(nn.Module):
         """``x [N, (lmax+1)**2, C]`` and the graph (as for the attention) -> forces ``[N, 3]``."""
         out = self.force_block(x, edge_features, atomic_numbers, edge_index, rotation)
         forces = out[:, self.layout.degree_slice(1), 0]  # (m = -1, 0, 1) = (x, y, z)
-        return forces * self.forces_std if self.forces_std != 1.0 else forces
+        if self.forces_std != 1.0:
+            forces = forces * self.forces_std
+        return forces + self.forces_mean if self.forces_mean != 0.0 else forces
 
 
 def _rank2_basis() -> torch.Tensor:
