@@ -56,7 +56,9 @@ class EquiformerV2Config:
         use_pbc: periodic boundaries when the input has a cell and no ``pbc`` flags.
         graph_mode: ``"tie_stable"`` (whole shells of equal distances at the neighbour cut,
             rotation invariant) or ``"reference"`` (the reference's strict cut).
-        direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`.
+        direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`
+            (``False``: a conservative model, which also returns the stress
+            :math:`\frac{1}{V}\,\partial E/\partial\varepsilon` of periodic inputs).
         use_energy_lin_ref: add per-element reference energies (OC22 models).
         min_distance: atoms closer than this (Angstrom) are rejected as overlapping.
         energy_mean: the training set's mean energy (eV): the model returns

@@ -97,7 +97,11 @@ class EquiformerV2(nn.Module):
     4. final norm, then the heads: energy (:class:`~so2nn.models.EnergyHead`,
        :math:`\frac{1}{\bar n}\sum_i \mathrm{FFN}(x_i)^{(0)}`, de-normalised) and forces, either
        the :math:`l = 1` output of one more attention (:class:`~so2nn.models.ForceHead`) or
-       :math:`-\partial E/\partial r` (``config.direct_forces = False``).
+       :math:`-\partial E/\partial r` (``config.direct_forces = False``), with then the stress
+       :math:`\sigma = \frac{1}{V}\,\partial E/\partial\varepsilon` of a symmetric strain
+       :math:`\varepsilon` of positions and cell, :math:`x \mapsto x(I + \varepsilon)`,
+       :math:`A \mapsto A(I + \varepsilon)`, taken at :math:`\varepsilon = 0` in the same
+       gradient as the forces.
 
     The heads are ``model.heads["energy"]`` and ``model.heads["forces"]`` (the latter only with
     direct forces); ``energy_lin_ref`` (OC22's per-element reference energies, with
@@ -116,7 +120,13 @@ class EquiformerV2(nn.Module):
 
     Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights).
     An atom without neighbours within ``max_radius`` gets zero force and contributes its
-    isolated-atom energy.
+    isolated-atom energy. A conservative model (``direct_forces=False``) given a periodic input
+    also returns ``"stress" [B, 3, 3]`` (eV/Angstrom^3, ASE's sign: positive is tensile, the
+    pressure is :math:`-\operatorname{tr}\sigma/3`; symmetric, finite for any cell). An input
+    without a cell (a molecule) has no volume and gets no ``"stress"`` key; in a batch that mixes
+    periodic systems with systems without a periodic direction, the latter's rows are NaN.
+    Under :func:`torch.no_grad` the outputs carry no graph; in training mode forces and stress
+    keep theirs (``create_graph``), so that a loss on them trains the weights.
 
     Example:
         >>> config = EquiformerV2Config(
