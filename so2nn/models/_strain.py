@@ -61,7 +61,7 @@ def stress_from_strain_gradient(grad: torch.Tensor, cell: torch.Tensor, pbc: tor
     zero that would look like a relaxed crystal).
 
     Example:
-        >>> grad = -torch.eye(3)[None]                 # expanding lowers the energy: compressed
+        >>> grad = torch.diag(torch.tensor([-1.0, -1.0, -1.0]))[None]   # expanding lowers the energy: compressed
         >>> stress_from_strain_gradient(grad, 2.0 * torch.eye(3)[None], torch.ones(1, 3, dtype=torch.bool))[0, 0]
         tensor([-0.1250,  0.0000,  0.0000])
     """
