@@ -40,8 +40,8 @@ from ase.optimize import BFGS, FIRE
 from ase.units import GPa
 
 from so2nn.calculators import So2nnCalculator
+from so2nn.data import atoms_to_data
 from so2nn.data.emt import METALS
-from so2nn.data._canonical import atoms_to_data
 from so2nn.models import EquiformerV2Config
 from so2nn.training import Trainer, TrainingConfig
 
@@ -50,7 +50,7 @@ OPTIMIZERS = {"BFGS": BFGS, "FIRE": FIRE}
 
 
 def tiny_model_config(metal: str, repeat: int) -> EquiformerV2Config:
-    """The tiny conservative model trained when no checkpoint is given (a few thousand parameters).
+    r"""The tiny conservative model trained when no checkpoint is given (a few thousand parameters).
 
     EquiformerV2 has no smooth cutoff: its energy jumps when a neighbour crosses
     ``max_radius``. The cutoff is therefore put between the second (:math:`a`) and third
@@ -163,7 +163,7 @@ def train_tiny_model(args) -> Path:
 
 
 def pressure(atoms: Atoms) -> float:
-    """:math:`P = -\\operatorname{tr}\\sigma / 3`, in GPa (positive: the crystal wants to expand)."""
+    r""":math:`P = -\operatorname{tr}\sigma / 3`, in GPa (positive: the crystal wants to expand)."""
     return float(-atoms.get_stress()[:3].mean() / GPa)
 
 

@@ -25,8 +25,8 @@ from ._config import EquiformerV2Config
 from ._heads import EnergyHead, ForceHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
-from ._strain import apply_strain, stress_from_strain_gradient
 from ._registry import load_model, load_weights, register_model
+from ._strain import apply_strain, stress_from_strain_gradient
 
 __all__ = ["EquiformerV2", "TransformerBlock"]
 
