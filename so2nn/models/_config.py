@@ -61,7 +61,9 @@ class EquiformerV2Config:
             ``"reference_nonstrict"`` (the reference's ``enforce_max_neighbors_strictly: False``:
             every neighbour with :math:`d^2 \le d_{(k+1)}^2 + 0.01` Å²; chosen on import for the
             checkpoints trained with it).
-        direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`.
+        direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`
+            (``False``: a conservative model, which also returns the stress
+            :math:`\frac{1}{V}\,\partial E/\partial\varepsilon` of periodic inputs).
         use_energy_lin_ref: add per-element reference energies (the model weight
             ``energy_lin_ref``, eV, added after de-normalisation). OC22's total energies need
             it on: its released model predicts the energy minus a linear fit of the

@@ -28,6 +28,7 @@ from ._heads import EnergyHead, ForceHead, StressHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
 from ._registry import load_model, load_weights, register_model
+from ._strain import apply_strain, stress_from_strain_gradient
 
 __all__ = ["EquiformerV2", "TransformerBlock"]
 
@@ -98,7 +99,11 @@ class EquiformerV2(nn.Module):
     4. final norm, then the heads: energy (:class:`~so2nn.models.EnergyHead`,
        :math:`\frac{1}{\bar n}\sum_i \mathrm{FFN}(x_i)^{(0)}`, de-normalised) and forces, either
        the :math:`l = 1` output of one more attention (:class:`~so2nn.models.ForceHead`) or
-       :math:`-\partial E/\partial r` (``config.direct_forces = False``).
+       :math:`-\partial E/\partial r` (``config.direct_forces = False``), with then the stress
+       :math:`\sigma = \frac{1}{V}\,\partial E/\partial\varepsilon` of a symmetric strain
+       :math:`\varepsilon` of positions and cell, :math:`x \mapsto x(I + \varepsilon)`,
+       :math:`A \mapsto A(I + \varepsilon)`, taken at :math:`\varepsilon = 0` in the same
+       gradient as the forces.
 
     The heads are ``model.heads["energy"]``, ``model.heads["forces"]`` (only with direct
     forces) and ``model.heads["stress"]`` (:class:`~so2nn.models.StressHead`, only with
@@ -142,7 +147,13 @@ class EquiformerV2(nn.Module):
     and ``"stress": [B, 3, 3]`` (eV/Angstrom^3, :class:`~so2nn.models.StressHead`, ASE's sign:
     positive is tensile) when ``config.stress_head`` is set.
     An atom without neighbours within ``max_radius`` gets zero force and contributes its
-    isolated-atom energy.
+    isolated-atom energy. A conservative model (``direct_forces=False``) given a periodic input
+    also returns ``"stress" [B, 3, 3]`` (eV/Angstrom^3, ASE's sign: positive is tensile, the
+    pressure is :math:`-\operatorname{tr}\sigma/3`; symmetric, finite for any cell). An input
+    without a cell (a molecule) has no volume and gets no ``"stress"`` key; in a batch that mixes
+    periodic systems with systems without a periodic direction, the latter's rows are NaN.
+    Under :func:`torch.no_grad` the outputs carry no graph; in training mode forces and stress
+    keep theirs (``create_graph``), so that a loss on them trains the weights.
 
     Example:
         >>> config = EquiformerV2Config(
@@ -226,7 +237,9 @@ class EquiformerV2(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("energy", "forces", "stress") if "stress" in self.heads else ("energy", "forces")
+        # the stress: a stress head's, or (conservative models) the strain derivative of the energy
+        stress = "stress" in self.heads or not self.config.direct_forces
+        return ("energy", "forces", "stress") if stress else ("energy", "forces")
 
     @property
     def target_statistics(self) -> TargetStatistics:
@@ -337,15 +350,19 @@ class EquiformerV2(nn.Module):
         if inputs.edge_index is None:
             inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
         numbers, edge_index, batch = inputs.atomic_numbers, inputs.edge_index, inputs.batch
-        pos = inputs.pos
+        pos, cell = inputs.pos, inputs.cell if inputs.periodic else None
         gradient_forces = not c.direct_forces
-        if gradient_forces and not pos.requires_grad:
-            pos = pos.detach().requires_grad_(True)
-        # Gradient forces need a graph even under torch.no_grad(); direct forces never do.
+        # Gradient forces (and stress) need a graph even under torch.no_grad(); direct forces never do.
         with torch.enable_grad() if gradient_forces else contextlib.nullcontext():
+            strain, r = None, pos
+            if gradient_forces:
+                if not pos.requires_grad:
+                    pos = r = pos.detach().requires_grad_(True)
+                if cell is not None:  # a zero symmetric strain of positions and cell: dE/d(strain) = V stress
+                    strain = pos.new_zeros(inputs.num_systems, 3, 3, requires_grad=True)
+                    r, cell = apply_strain(pos, cell, strain, batch)
             # 1. edge geometry
-            vec = edge_vectors(pos, edge_index, inputs.cell_offsets if inputs.periodic else None,
-                               inputs.cell if inputs.periodic else None, batch)
+            vec = edge_vectors(r, edge_index, inputs.cell_offsets if cell is not None else None, cell, batch)
             distance = vec.norm(dim=1)
             self._check_distances(distance, edge_index)
             rotation = EdgeRotation(self.layout, vec)
@@ -362,10 +379,15 @@ class EquiformerV2(nn.Module):
             # 4. norm and heads
             x = self.norm(x)
             energy = self.heads["energy"](x, batch, inputs.num_systems, numbers, self.energy_lin_ref)
-            if gradient_forces:  # ---- conservative forces: F = -dE/dr ----
-                (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training, allow_unused=True,
-                                              materialize_grads=True)  # no edges: E does not depend on r
-                return {"energy": energy if self.training else energy.detach(), "forces": -grad}
+            if gradient_forces:  # ---- conservative forces F = -dE/dr and stress (1/V) dE/d(strain) ----
+                grads = torch.autograd.grad(energy.sum(), (pos,) if strain is None else (pos, strain),
+                                            create_graph=self.training, allow_unused=True,
+                                            materialize_grads=True)  # no edges: E does not depend on r
+                keep = (lambda t: t) if self.training else torch.Tensor.detach
+                out = {"energy": keep(energy), "forces": -grads[0]}
+                if strain is not None:
+                    out["stress"] = keep(stress_from_strain_gradient(grads[1], inputs.cell, inputs.pbc))
+                return out
         out = {"energy": energy, "forces": self.heads["forces"](x, edge_features, numbers, edge_index, rotation)}
         if "stress" in self.heads:
             out["stress"] = self.heads["stress"](x, vec, edge_index, batch, inputs.num_systems)
