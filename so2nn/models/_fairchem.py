@@ -162,10 +162,44 @@ DENS_TRAINING_ONLY = {
     # trainer normaliser of the denoising target (the predicted noise, multiplied by zero at prediction)
     "normalizers": {"denoising_pos_target"},
 }
-_MONOLITHIC = {"equiformer_v2", "fairchem.core.models.equiformer_v2.equiformer_v2_deprecated.EquiformerV2"}
-_BACKBONES = {"equiformer_v2_backbone", "fairchem.core.models.equiformer_v2.equiformer_v2.EquiformerV2Backbone",
-              DENS_BACKBONE, "fairchem.core.models.equiformer_v2.equiformer_v2_dens.EqV2DeNSBackbone"}
-_DENS_BACKBONES = {DENS_BACKBONE, "fairchem.core.models.equiformer_v2.equiformer_v2_dens.EqV2DeNSBackbone"}
+# fairchem's configs name a module by its registered name or by its class path (the OMat24 and
+# DeNS configs use both); so2nn compares registered names.
+_FAIRCHEM_EQV2 = "fairchem.core.models.equiformer_v2."
+_REGISTERED_NAMES = {
+    _FAIRCHEM_EQV2 + "equiformer_v2_deprecated.EquiformerV2": "equiformer_v2",
+    _FAIRCHEM_EQV2 + "equiformer_v2.EquiformerV2Backbone": "equiformer_v2_backbone",
+    _FAIRCHEM_EQV2 + "equiformer_v2.EquiformerV2EnergyHead": "equiformer_v2_energy_head",
+    _FAIRCHEM_EQV2 + "equiformer_v2.EquiformerV2ForceHead": "equiformer_v2_force_head",
+    _FAIRCHEM_EQV2 + "heads.scalar.EqV2ScalarHead": "equiformerV2_scalar_head",
+    _FAIRCHEM_EQV2 + "heads.vector.EqV2VectorHead": "equiformerV2_vector_head",
+    _FAIRCHEM_EQV2 + "heads.rank2.Rank2SymmetricTensorHead": "rank2_symmetric_head",
+    _FAIRCHEM_EQV2 + "equiformer_v2_dens.EqV2DeNSBackbone": "equiformer_v2_dens_backbone",
+    _FAIRCHEM_EQV2 + "equiformer_v2_dens.DeNSScalarHead": "eqV2_DeNS_scalar_head",
+    _FAIRCHEM_EQV2 + "equiformer_v2_dens.DeNSVectorHead": "eqV2_DeNS_vector_head",
+    _FAIRCHEM_EQV2 + "equiformer_v2_dens.DeNSRank2Head": "dens_rank2_symmetric_head",
+}
+
+
+def _with_registered_names(model_config: dict) -> dict:
+    """A copy of a model config whose model, backbone and head modules are named by their
+    registered names (a class path such as ``fairchem.core.models.equiformer_v2.equiformer_v2_dens.
+    DeNSScalarHead`` becomes ``eqV2_DeNS_scalar_head``); other names are kept, to be checked."""
+    def registered(name):
+        return _REGISTERED_NAMES.get(name, name) if isinstance(name, str) else name
+
+    cfg = dict(model_config)
+    if "name" in cfg:
+        cfg["name"] = registered(cfg["name"])
+    if isinstance(cfg.get("backbone"), dict):
+        cfg["backbone"] = {**cfg["backbone"], "model": registered(cfg["backbone"].get("model"))}
+    if isinstance(cfg.get("heads"), dict):
+        cfg["heads"] = {name: {**head, "module": registered(head.get("module"))} if isinstance(head, dict) else head
+                        for name, head in cfg["heads"].items()}
+    return cfg
+
+
+_MONOLITHIC = {"equiformer_v2"}
+_BACKBONES = {"equiformer_v2_backbone", DENS_BACKBONE}
 
 # The normalisers the reference's trainer applies at prediction: its target name (after the
 # renames of old checkpoints) -> the so2nn config fields of (mean, std). Stress targets are
@@ -212,7 +246,7 @@ def _backbone_config(model_config: dict) -> tuple[dict, bool]:
             raise ValueError(f"unknown backbone model {name!r} in the reference model config: not one of "
                              f"so2nn's EquiformerV2 backbones ({sorted(_BACKBONES)})")
         # the DeNS settings read by _dens_config, or acting only in training with denoising
-        dens = DENS_TRAINING_ONLY["backbone"] | {"use_noise_schedule_sigma_encoding"} if name in _DENS_BACKBONES \
+        dens = DENS_TRAINING_ONLY["backbone"] | {"use_noise_schedule_sigma_encoding"} if name == DENS_BACKBONE \
             else set()
         return {**{k: v for k, v in backbone.items() if k != "model" and k not in dens},
                 **{k: v for k, v in cfg.items() if k not in ("backbone", "heads", "name")}}, True
@@ -233,6 +267,7 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
         ValueError: a key that is neither a so2nn field, nor handled here, nor in
             :data:`FAIRCHEM_IGNORED_KEYS` ``["model"]``; options no released model uses.
     """
+    model_config = _with_registered_names(model_config)
     cfg, _ = _backbone_config(model_config)
     cfg.pop("use_energy_lin_ref", None), cfg.pop("load_energy_lin_ref", None)
     lmax, mmax = cfg.pop("lmax_list", [6]), cfg.pop("mmax_list", [2])
@@ -291,7 +326,7 @@ def _dens_config(backbone: dict, heads) -> dict:
     """The DeNS config fields of a backbone + heads config (empty for a plain model)."""
     name = backbone.get("model")
     out = {}
-    if name in _DENS_BACKBONES:
+    if name == DENS_BACKBONE:
         out["dens_force_embedding"] = True
         out["dens_sigma_embedding"] = bool(backbone.get("use_noise_schedule_sigma_encoding", False))
     forces = heads.get("forces") if isinstance(heads, dict) else None
@@ -344,8 +379,9 @@ def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, trust: bool = Fal
     check_fairchem_keys(checkpoint)
     config = checkpoint.get("config") or {}
     model_config = config.get("model") if isinstance(config.get("model"), dict) else config.get("model_attributes")
-    if model_config is None:
+    if not isinstance(model_config, dict):
         raise ValueError("the checkpoint has no model config ('config.model' or 'config.model_attributes')")
+    model_config = _with_registered_names(model_config)
     changes = _check_heads(model_config, checkpoint["state_dict"])
     _check_outputs(config.get("outputs"), model_config)
     _check_stress_outputs(config.get("outputs"), model_config)
@@ -631,7 +667,7 @@ def element_references_from_fairchem(checkpoint: dict, energy_lin_ref: torch.Ten
     """
     config = checkpoint.get("config") or {}
     model_config = config.get("model") if isinstance(config.get("model"), dict) else config.get("model_attributes")
-    cfg, hydra = _backbone_config(model_config or {})
+    cfg, hydra = _backbone_config(_with_registered_names(model_config or {}))
     references = None
     stored = checkpoint.get("elementrefs") or {}
     if not isinstance(stored, dict):

@@ -126,6 +126,23 @@ def test_dens_checkpoint_from_file(fixture, tmp_path):
         assert torch.equal(x, y) and torch.equal(x, z), name
 
 
+def test_class_path_module_names_load_as_registered_names(fixture):
+    """The released DeNS configs name the backbone and heads by class path
+    (``fairchem.core.models.equiformer_v2.equiformer_v2_dens.DeNSScalarHead``, ...): the same
+    model as under the registered names."""
+    path = "fairchem.core.models.equiformer_v2.equiformer_v2_dens."
+    checkpoint = fixture["checkpoint"]
+    heads = checkpoint["config"]["model"]["heads"]
+    classes = {"eqV2_DeNS_scalar_head": "DeNSScalarHead", "eqV2_DeNS_vector_head": "DeNSVectorHead"}
+    renamed = _with_model_config(checkpoint, backbone={"model": path + "EqV2DeNSBackbone"},
+                                 heads={name: {**head, "module": path + classes[head["module"]]}
+                                        for name, head in heads.items()})
+    a, b = EquiformerV2.from_fairchem(checkpoint), EquiformerV2.from_fairchem(renamed)
+    assert a.config == b.config and a.config.dens_denoising_head
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
 def _with_model_config(checkpoint, backbone=None, heads=None, drop=()):
     model = checkpoint["config"]["model"]
     model = {**model, "backbone": {**model["backbone"], **(backbone or {})},
