@@ -112,6 +112,9 @@ def test_batched_relaxation_reaches_the_minima_of_relaxing_each_alone():
     together = relax_batch(sim, atoms, fmax=0.01, max_steps=300)
     two = relax_batch(sim, atoms, fmax=0.01, max_steps=300, batch_size=2)
     alone = [relax_batch(sim, [a], fmax=0.01, max_steps=300)[0] for a in atoms]
+    unmoved = relax_batch(sim, atoms, max_steps=0, batch_size=2)  # every batch leaves at once
+    assert [r.steps for r in unmoved] == [0, 0, 0] and not any(r.converged for r in unmoved)
+    assert all(np.array_equal(r.atoms.positions, a.positions) for r, a in zip(unmoved, atoms))
     assert all(r.converged for r in together + two + alone)
     for a, b, c, start in zip(together, two, alone, atoms):
         assert a.max_force <= 0.01 and a.steps > 5

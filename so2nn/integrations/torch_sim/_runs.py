@@ -153,7 +153,8 @@ def relax_batch(
                 # take theirs on their own, so that each trajectory is the one it has alone
                 if arrivals.ids:
                     batch = batch.join(advance(arrivals))
-            batch = retire(batch)
+            if batch.ids:
+                batch = retire(batch)
             if batch.ids:
                 batch = advance(batch)
     finally:
