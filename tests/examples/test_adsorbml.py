@@ -33,7 +33,7 @@ def test_tiny_adsorbml_run_reports_every_k(tmp_path):
         num_distance_basis=16, max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0, forces_std=0.05,
     )).save(tmp_path / "tiny.pt")
     result = run(tmp_path, "--checkpoint", "tiny.pt", "--metals", "Cu", "--adsorbates", "O", "CO",
-                 "--placements", "4", "--k-max", "2", "--steps", "5", "--emt-steps", "20", "--batch-size", "3",
+                 "--placements", "4", "--k-max", "2", "--steps", "5", "--fmax", "0.01", "--emt-steps", "20", "--batch-size", "3",
                  "--out", "out")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
