@@ -25,6 +25,7 @@ from ._config import EquiformerV2Config
 from ._heads import EnergyHead, ForceHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
+from ._strain import apply_strain, stress_from_strain_gradient
 from ._registry import load_model, load_weights, register_model
 
 __all__ = ["EquiformerV2", "TransformerBlock"]
@@ -180,7 +181,8 @@ class EquiformerV2(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("energy", "forces")
+        # Conservative models: stress through the strain derivative of the energy.
+        return ("energy", "forces") + (("stress",) if not self.config.direct_forces else ())
 
     @property
     def target_statistics(self) -> TargetStatistics:
@@ -276,15 +278,19 @@ class EquiformerV2(nn.Module):
         if inputs.edge_index is None:
             inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
         numbers, edge_index, batch = inputs.atomic_numbers, inputs.edge_index, inputs.batch
-        pos = inputs.pos
+        pos, cell = inputs.pos, inputs.cell if inputs.periodic else None
         gradient_forces = not c.direct_forces
-        if gradient_forces and not pos.requires_grad:
-            pos = pos.detach().requires_grad_(True)
-        # Gradient forces need a graph even under torch.no_grad(); direct forces never do.
+        # Gradient forces (and stress) need a graph even under torch.no_grad(); direct forces never do.
         with torch.enable_grad() if gradient_forces else contextlib.nullcontext():
+            strain, r = None, pos
+            if gradient_forces:
+                if not pos.requires_grad:
+                    pos = r = pos.detach().requires_grad_(True)
+                if cell is not None:  # a zero symmetric strain of positions and cell: dE/d(strain) = V stress
+                    strain = pos.new_zeros(inputs.num_systems, 3, 3, requires_grad=True)
+                    r, cell = apply_strain(pos, cell, strain, batch)
             # 1. edge geometry
-            vec = edge_vectors(pos, edge_index, inputs.cell_offsets if inputs.periodic else None,
-                               inputs.cell if inputs.periodic else None, batch)
+            vec = edge_vectors(r, edge_index, inputs.cell_offsets if cell is not None else None, cell, batch)
             distance = vec.norm(dim=1)
             self._check_distances(distance, edge_index)
             rotation = EdgeRotation(self.layout, vec)
@@ -298,10 +304,15 @@ class EquiformerV2(nn.Module):
             # 4. norm and heads
             x = self.norm(x)
             energy = self.heads["energy"](x, batch, inputs.num_systems, numbers, self.energy_lin_ref)
-            if gradient_forces:  # ---- conservative forces: F = -dE/dr ----
-                (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training, allow_unused=True,
-                                              materialize_grads=True)  # no edges: E does not depend on r
-                return {"energy": energy if self.training else energy.detach(), "forces": -grad}
+            if gradient_forces:  # ---- conservative forces F = -dE/dr and stress (1/V) dE/d(strain) ----
+                grads = torch.autograd.grad(energy.sum(), (pos,) if strain is None else (pos, strain),
+                                            create_graph=self.training, allow_unused=True,
+                                            materialize_grads=True)  # no edges: E does not depend on r
+                keep = (lambda t: t) if self.training else torch.Tensor.detach
+                out = {"energy": keep(energy), "forces": -grads[0]}
+                if strain is not None:
+                    out["stress"] = keep(stress_from_strain_gradient(grads[1], inputs.cell, inputs.pbc))
+                return out
         forces = self.heads["forces"](x, edge_features, numbers, edge_index, rotation)
         return {"energy": energy, "forces": forces}
 

@@ -26,8 +26,8 @@ class TorchSimModel(ModelInterface):
 
     for every system :math:`b` of a torch-sim ``SimState``, evaluated in one forward over the
     whole batch. Outputs: ``"energy" [n_systems]`` (eV), ``"forces" [n_atoms, 3]`` (eV/A) and,
-    when ``"stress"`` is in the model's ``output_names``, ``"stress" [n_systems, 3, 3]``
-    (eV/A^3, ASE's sign), all detached (torch-sim's optimisers and integrators never
+    when ``"stress"`` is in the model's ``output_names`` and the systems are periodic,
+    ``"stress" [n_systems, 3, 3]`` (eV/A^3, ASE's sign), all detached (torch-sim's optimisers and integrators never
     differentiate through the model).
 
     **Graph.** Every call builds the neighbour graph of the state with the model's own
@@ -147,7 +147,7 @@ class TorchSimModel(ModelInterface):
         with torch.no_grad():
             out = self.model(**fields)
         result = {"energy": out["energy"].detach(), "forces": out["forces"].detach()}
-        if self._compute_stress:
+        if self._compute_stress and "stress" in out:  # a model's stress needs periodic systems
             result["stress"] = out["stress"].detach()
         if self._fixed is not None:
             if self._fixed.shape[0] != state.n_atoms:
