@@ -163,3 +163,32 @@ def test_bad_inputs_raise_errors_that_name_the_problem():
         relax_batch(sim, [systems()[0], molecule("H2O")])
     with pytest.raises(ValueError, match="ensemble must be 'nve' or 'nvt_langevin'"):
         run_md(sim, systems()[:1], steps=1, timestep_fs=1.0, temperature_K=300.0, ensemble="npt")
+
+
+def test_stress_of_a_conservative_model_and_cell_relaxation():
+    """A conservative model has a stress: per system what the calculator gives, and the cell
+    relaxes with it, batched as alone, to zero stress."""
+    from ase.build import bulk
+
+    model = smooth_model()
+    sim = TorchSimModel(model, dtype=torch.float64)
+    assert sim.compute_stress
+    validate_model_outputs(sim, sim.device, sim.dtype)
+    crystals = [bulk("Cu", cubic=True), bulk("Al", "fcc", a=4.1) * (2, 1, 1), bulk("Pt", cubic=True)]
+    crystals[2].cell *= 1.03
+    out = sim(ts.io.atoms_to_state(crystals, sim.device, sim.dtype))
+    for b, crystal in enumerate(crystals):
+        one = crystal.copy()
+        one.calc = So2nnCalculator(model, dtype=torch.float64)
+        np.testing.assert_allclose(out["stress"][b].numpy(), one.get_stress(voigt=False), atol=1e-10)
+    assert out["stress"].abs().max() > 1e-4
+    together = relax_batch(sim, crystals, fmax=1e-4, max_steps=300, relax_cell=True)
+    alone = [relax_batch(sim, [c], fmax=1e-4, max_steps=300, relax_cell=True)[0] for c in crystals]
+    for a, c, start in zip(together, alone, crystals):
+        assert a.converged and a.steps == c.steps
+        np.testing.assert_allclose(np.array(a.atoms.cell), np.array(c.atoms.cell), atol=1e-6)
+        assert np.abs(np.array(a.atoms.cell) - np.array(start.cell)).max() > 1e-3  # the cell moved
+        check = a.atoms.copy()
+        check.calc = So2nnCalculator(model, dtype=torch.float64)
+        # FIRE's cell force is the virial per atom: below fmax at the end
+        assert np.abs(check.get_stress(voigt=False) * check.get_volume() / len(check)).max() < 1e-4
