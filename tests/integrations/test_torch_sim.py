@@ -112,7 +112,7 @@ def test_batched_relaxation_reaches_the_minima_of_relaxing_each_alone():
     together = relax_batch(sim, atoms, fmax=0.01, max_steps=300)
     two = relax_batch(sim, atoms, fmax=0.01, max_steps=300, batch_size=2)
     alone = [relax_batch(sim, [a], fmax=0.01, max_steps=300)[0] for a in atoms]
-    unmoved = relax_batch(sim, atoms, max_steps=0, batch_size=2)  # every batch leaves at once
+    unmoved = relax_batch(sim, atoms, fmax=1e-6, max_steps=0, batch_size=2)  # every batch leaves at once
     assert [r.steps for r in unmoved] == [0, 0, 0] and not any(r.converged for r in unmoved)
     assert all(np.array_equal(r.atoms.positions, a.positions) for r, a in zip(unmoved, atoms))
     assert all(r.converged for r in together + two + alone)
@@ -192,3 +192,14 @@ def test_stress_of_a_conservative_model_and_cell_relaxation():
         check.calc = So2nnCalculator(model, dtype=torch.float64)
         # FIRE's cell force is the virial per atom: below fmax at the end
         assert np.abs(check.get_stress(voigt=False) * check.get_volume() / len(check)).max() < 1e-4
+
+
+def test_without_torch_sim_the_import_says_how_to_install_it(monkeypatch):
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("so2nn.integrations.torch_sim")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torch_sim", None)  # what an environment without it imports
+    with pytest.raises(ImportError, match="needs torch-sim: pip install torch-sim-atomistic"):
+        importlib.import_module("so2nn.integrations.torch_sim")
