@@ -93,7 +93,7 @@ def batch_inputs(size, copies, config):
     cell = torch.tensor(np.stack([np.array(a.cell) for a in systems]), dtype=torch.float32)
     natoms = torch.tensor([len(a) for a in systems])
     batch = torch.repeat_interleave(torch.arange(copies), natoms)
-    edge_index, offsets = radius_graph(pos, config.max_radius, cell, None, batch, config.max_neighbors, strict=True)
+    edge_index, offsets = radius_graph(pos, config.max_radius, cell, None, batch, config.max_neighbors, mode="reference")
     return dict(pos=pos, atomic_numbers=numbers, cell=cell, natoms=natoms, batch=batch,
                 edge_index=edge_index, cell_offsets=offsets)
 

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from .._ase import fixed_atoms_mask
@@ -29,11 +30,21 @@ class So2nnCalculator(Calculator):
 
     Any model that offers :class:`~so2nn.models.AtomisticModel` works (EquiformerV2 or a model
     of your own, registered with :func:`~so2nn.models.register_model` to load it from a
-    checkpoint). Results: ``energy`` (a float; ``free_energy`` is the same) and ``forces``
-    (``[N, 3]``, a float64 numpy array), in eV and eV/Angstrom for a model that carries its
-    training-set normalisation (so2nn checkpoints and imported fairchem ones do); each is
-    offered when the model's ``output_names`` has it. ``EquiformerV2Calculator`` is the same
-    class under its earlier name.
+    checkpoint). Results: ``energy`` (a float; ``free_energy`` is the same), ``forces``
+    (``[N, 3]``, a float64 numpy array) and ``stress`` (see below), in eV, eV/Angstrom and
+    eV/Angstrom^3 for a model that carries its training-set normalisation (so2nn checkpoints
+    and imported fairchem ones do); each is in ``implemented_properties`` when the model's
+    ``output_names`` has it.
+    ``EquiformerV2Calculator`` is the same class under its earlier name.
+
+    Stress follows ASE's conventions: :math:`\sigma = \frac{1}{V}\,\partial E/\partial\varepsilon`
+    (positive = tensile; the pressure is :math:`-\operatorname{tr}\sigma/3`), stored in Voigt
+    order ``xx yy zz yz xz xy``; ``atoms.get_stress(voigt=False)`` gives the ``3 x 3`` matrix.
+    Conservative EquiformerV2 models (``direct_forces=False``) provide it through the strain
+    derivative of the energy. As for ASE's own calculators, it needs a volume: ``Atoms`` with
+    three cell vectors and a periodic direction; otherwise (a molecule, a 2D cell) asking for
+    it raises :class:`~ase.calculators.calculator.PropertyNotImplementedError`, as
+    ``get_stress`` does for a model without stress.
 
     Args:
         model: a model, or a checkpoint (path or loaded dict) read by
@@ -122,7 +133,7 @@ class So2nnCalculator(Calculator):
         outputs = set(self.model.output_names)
         if "energy" not in outputs:
             raise ValueError(f"the model's outputs {sorted(outputs)} have no 'energy'")
-        self.implemented_properties = ["energy", "free_energy"] + [p for p in ("forces",) if p in outputs]
+        self.implemented_properties = ["energy", "free_energy"] + [p for p in ("forces", "stress") if p in outputs]
         self._graph_key: tuple | None = None
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -130,6 +141,13 @@ class So2nnCalculator(Calculator):
         self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes
     ) -> None:
         super().calculate(atoms, properties, system_changes)
+        # ASE's rule (its EMT's too): a stress needs a volume, three cell vectors.
+        has_volume = bool(self.atoms.pbc.any()) and self.atoms.cell.rank == 3
+        if "stress" in properties and "stress" in self.implemented_properties and not has_volume:
+            raise PropertyNotImplementedError(
+                f"stress needs a periodic cell with three vectors (a volume); these Atoms have "
+                f"pbc={self.atoms.pbc.tolist()} and a cell of rank {self.atoms.cell.rank}"
+            )
         fields = self._fields(self.atoms)
         fields["edge_index"], fields["cell_offsets"] = self._cached_graph(fields)
         with torch.no_grad():
@@ -138,6 +156,9 @@ class So2nnCalculator(Calculator):
         self.results = {"energy": energy, "free_energy": energy}
         if "forces" in self.implemented_properties:
             self.results["forces"] = out["forces"].detach().to("cpu", torch.float64).numpy()
+        if "stress" in self.implemented_properties and has_volume:
+            stress = out["stress"][0].detach().to("cpu", torch.float64).numpy()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
 
     def _fields(self, atoms: Atoms) -> dict[str, torch.Tensor]:
         """The model's keyword inputs for one system, after checking what an ``Atoms`` can get wrong."""

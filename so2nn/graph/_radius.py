@@ -18,13 +18,23 @@ and stress differentiate through them.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import vesin
 
 from .._checks import check_finite, check_last_dims
 
-__all__ = ["edge_vectors", "radius_graph", "segment_softmax"]
+__all__ = ["GRAPH_MODES", "edge_vectors", "radius_graph", "segment_softmax"]
+
+#: The rules of :func:`radius_graph`'s neighbour cap (its ``mode``; a model's ``graph_mode``).
+GRAPH_MODES = ("tie_stable", "reference", "reference_nonstrict")
+
+# fairchem's radius_graph_pbc: pairs with d^2 <= 1e-4 A^2 are an atom and itself
+_SELF_PAIR_SQUARED = 1e-4
+# fairchem's get_max_neighbors_mask: degeneracy_tolerance, added to a squared distance (A^2)
+_NONSTRICT_TOLERANCE = 0.01
 
 
 def edge_vectors(
@@ -72,8 +82,10 @@ def radius_graph(
     pbc: torch.Tensor | tuple[bool, bool, bool] | None = None,
     batch: torch.Tensor | None = None,
     max_num_neighbors: int | None = None,
-    strict: bool = False,
+    mode: str = "tie_stable",
     tie_tolerance: float = 1e-4,
+    *,
+    strict: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""All pairs closer than ``cutoff``, across periodic images, optionally capped per atom.
 
@@ -84,17 +96,33 @@ def radius_graph(
     :math:`d_{ij}` evaluated in the dtype of ``pos``, so float32 and float64 inputs get the
     graphs their own arithmetic defines. An atom is never its own neighbour in the zero image,
     but is in the others (a cell smaller than the cutoff). Systems of a batch never connect.
+    The two reference modes measure as the reference (fairchem's ``radius_graph_pbc``) does:
+    squared distances :math:`d_{ij}^2` (summed squares of the components), pairs with
+    :math:`d_{ij}^2 \le r_c^2` (the cutoff included), and every pair with
+    :math:`d_{ij}^2 \le 10^{-4}` Å² dropped as an atom with itself.
 
-    With ``max_num_neighbors`` :math:`k`, each target :math:`i` ranks its edges by
-    :math:`d_{ij}` (equal distances in the edge order below) and keeps
+    With ``max_num_neighbors`` :math:`k`, each target :math:`i` ranks its edges by distance
+    (equal distances in the edge order below) and ``mode`` says which it keeps:
 
-    - ``strict=True``: the first :math:`k` (EquiformerV2's reference cut, fairchem's
-      ``enforce_max_neighbors_strictly``). A shell of equal distances can be split, which
-      breaks rotation equivariance on symmetric structures;
-    - default: every edge with :math:`d_{ij} \le d_i^{(k)} + \epsilon`, :math:`d_i^{(k)}` its
-      :math:`k`-th smallest distance and :math:`\epsilon` = ``tie_tolerance``: whole shells,
-      so the selection depends only on distances and commutes with rotations. Targets with at
-      most :math:`k` edges keep them all.
+    - ``"tie_stable"`` (default): every edge with :math:`d_{ij} \le d_i^{(k)} + \epsilon`,
+      :math:`d_i^{(k)}` its :math:`k`-th smallest distance and :math:`\epsilon` =
+      ``tie_tolerance``: whole shells, so the selection depends only on distances and commutes
+      with rotations. Targets with at most :math:`k` edges keep them all.
+    - ``"reference"``: the first :math:`k` (EquiformerV2's strict cut, fairchem's
+      ``enforce_max_neighbors_strictly: True``, the OC20 models). A shell of equal distances
+      can be split, which breaks rotation equivariance on symmetric structures: on an OC20
+      slab with the released 20-neighbour cut, a :math:`10^{-5}` Å nudge of the positions
+      moves the reference's forces by 20 to 39% of the largest force (``"tie_stable"``: by
+      :math:`3 \cdot 10^{-4}`). Which of the equal distances the reference keeps is up to its
+      unstable sort; so2nn keeps the first in edge order, so the two agree up to that choice.
+    - ``"reference_nonstrict"``: fairchem's ``enforce_max_neighbors_strictly: False`` (the OC22
+      and OMat24 models), exactly: a target with more than :math:`k` edges keeps every edge with
+
+      .. math:: d_{ij}^2 \le \bigl(d_i^{(k+1)}\bigr)^2 + 0.01\ \text{Å}^2,
+
+      :math:`d_i^{(k+1)}` its :math:`(k+1)`-th smallest distance (the tolerance added to the
+      *squared* distance, in the dtype of ``pos``): at least :math:`k + 1` edges, and whole
+      shells, so rotation invariant too.
 
     The pairs are found with vesin's cell lists (O(N) time and memory, on the CPU, in float64
     with a margin that covers the rounding of ``pos``'s dtype); the rules above then run as
@@ -110,8 +138,9 @@ def radius_graph(
             given). A non-periodic axis of a cell gets no images (slabs: ``(True, True, False)``).
         batch: ``[N]`` system index of each atom (default: one system).
         max_num_neighbors: keep only the nearest neighbours of each target atom.
-        strict: with ``max_num_neighbors``, cut at exactly that many (see above).
-        tie_tolerance: distances closer than this count as one shell.
+        mode: ``"tie_stable"``, ``"reference"`` or ``"reference_nonstrict"`` (see above).
+        tie_tolerance: in ``"tie_stable"`` mode, distances closer than this count as one shell.
+        strict: deprecated; ``strict=True`` is ``mode="reference"``.
 
     Returns:
         ``(edge_index [2, E], cell_offsets [E, 3])``, both ``long`` on the device of ``pos``;
@@ -125,7 +154,8 @@ def radius_graph(
                 [0, 1]])
 
         One atom in a 2 A cubic cell, 3 A cutoff: its 6 face images and 12 edge images;
-        with a cap of 4 the tie-stable rule keeps the whole first shell, the strict one 4:
+        with a cap of 4 the tie-stable rule keeps the whole first shell, the strict one 4; with
+        a cap of 6, the non-strict rule also keeps the shell of the 7th neighbour:
 
         >>> cell = 2.0 * torch.eye(3, dtype=torch.float64)
         >>> one = torch.zeros(1, 3, dtype=torch.float64)
@@ -134,8 +164,12 @@ def radius_graph(
         (18, [[-1, -1, 0], [-1, 0, -1], [-1, 0, 0]])
         >>> radius_graph(one, 3.0, cell, max_num_neighbors=4)[0].shape[1]
         6
-        >>> radius_graph(one, 3.0, cell, max_num_neighbors=4, strict=True)[0].shape[1]
+        >>> radius_graph(one, 3.0, cell, max_num_neighbors=4, mode="reference")[0].shape[1]
         4
+        >>> radius_graph(one, 3.0, cell, max_num_neighbors=6)[0].shape[1]
+        6
+        >>> radius_graph(one, 3.0, cell, max_num_neighbors=6, mode="reference_nonstrict")[0].shape[1]
+        18
 
         A slab (periodic in x and y only) and a molecule in one batch:
 
@@ -155,6 +189,12 @@ def radius_graph(
         raise ValueError(f"cutoff must be > 0, got {cutoff}")
     if max_num_neighbors is not None and not (isinstance(max_num_neighbors, int) and max_num_neighbors >= 1):
         raise ValueError(f"max_num_neighbors must be an int >= 1, got {max_num_neighbors!r}")
+    if strict is not None:
+        warnings.warn("radius_graph(strict=...) is deprecated: pass mode='reference' (strict) or 'tie_stable'",
+                      FutureWarning, stacklevel=2)
+        mode = "reference" if strict else "tie_stable"
+    if mode not in GRAPH_MODES:
+        raise ValueError(f"mode must be one of 'tie_stable', 'reference', 'reference_nonstrict', got {mode!r}")
     num_atoms = pos.shape[0]
     device = pos.device
     batch = torch.zeros(num_atoms, dtype=torch.long, device=device) if batch is None else batch
@@ -187,15 +227,21 @@ def radius_graph(
     margin = 1e-6 * float(cutoff) + 64.0 * torch.finfo(pos.dtype).eps * scale
     src, dst, offsets = _candidate_pairs(pos, float(cutoff) + margin, cell, pbc, batch, num_systems)
 
-    distance = _pair_distances(pos, cell, batch, src, dst, offsets)
-    keep = ((distance < cutoff) & ~((src == dst) & (offsets == 0).all(dim=1))).nonzero()[:, 0]
+    if mode != "tie_stable":
+        # the reference's arithmetic and rules: squared distances, the cutoff included, and any
+        # pair closer than 0.01 A (not only an atom with itself) dropped as a self-pair
+        distance = _pair_distances(pos, cell, batch, src, dst, offsets, squared=True)
+        keep = ((distance <= cutoff * cutoff) & (distance > _SELF_PAIR_SQUARED)).nonzero()[:, 0]
+    else:
+        distance = _pair_distances(pos, cell, batch, src, dst, offsets)
+        keep = ((distance < cutoff) & ~((src == dst) & (offsets == 0).all(dim=1))).nonzero()[:, 0]
     src, dst, offsets, distance = src[keep], dst[keep], offsets[keep], distance[keep]
     # position of each atom in (system, index) order: the order of the targets in the output
     atom_rank = torch.empty_like(batch, dtype=torch.long)
     atom_rank[torch.argsort(batch, stable=True)] = torch.arange(num_atoms, device=device)
     group = atom_rank.index_select(0, dst)
     if max_num_neighbors is not None:  # cap first: the final sort then orders only the edges kept
-        kept = _nearest(distance, group, src, offsets, num_atoms, max_num_neighbors, strict, tie_tolerance)
+        kept = _nearest(distance, group, src, offsets, num_atoms, max_num_neighbors, mode, tie_tolerance)
         src, dst, offsets, group = src[kept], dst[kept], offsets[kept], group[kept]
     order = _edge_order(group, src, offsets, num_atoms)
     return torch.stack([src[order], dst[order]]), offsets[order]
@@ -255,17 +301,23 @@ def _pair_distances(
     src: torch.Tensor,
     dst: torch.Tensor,
     offsets: torch.Tensor,
+    squared: bool = False,
 ) -> torch.Tensor:
     """``|(x_j + n A) - x_i|`` in the dtype of ``pos``, summed in this order on purpose: it is the
-    arithmetic every so2nn graph was defined with, so shells and cuts fall where they always did."""
+    arithmetic every so2nn graph was defined with, so shells and cuts fall where they always did.
+
+    ``squared``: the sum of the squared components instead, the reference's measure (its
+    ``radius_graph_pbc`` compares these with the squared cutoff and its tolerance)."""
     if cell is None:
-        return (pos.index_select(0, src) - pos.index_select(0, dst)).norm(dim=-1)
-    n = offsets.to(pos.dtype)
-    if cell.shape[0] == 1:
-        shift = n @ cell[0]
+        vec = pos.index_select(0, src) - pos.index_select(0, dst)
     else:
-        shift = torch.einsum("ek,ekj->ej", n, cell.index_select(0, batch.index_select(0, dst)))
-    return ((pos.index_select(0, src) + shift) - pos.index_select(0, dst)).norm(dim=-1)
+        n = offsets.to(pos.dtype)
+        if cell.shape[0] == 1:
+            shift = n @ cell[0]
+        else:
+            shift = torch.einsum("ek,ekj->ej", n, cell.index_select(0, batch.index_select(0, dst)))
+        vec = (pos.index_select(0, src) + shift) - pos.index_select(0, dst)
+    return vec.pow(2).sum(dim=-1) if squared else vec.norm(dim=-1)
 
 
 def _edge_order(group: torch.Tensor, src: torch.Tensor, offsets: torch.Tensor, num_atoms: int) -> torch.Tensor:
@@ -292,20 +344,21 @@ def _nearest(
     offsets: torch.Tensor,
     num_atoms: int,
     k: int,
-    strict: bool,
+    mode: str,
     tolerance: float,
 ) -> torch.Tensor:
-    r"""Indices of the edges among the ``k`` nearest of their target (whole shells unless strict).
+    r"""Indices of the edges the cap of ``k`` per target keeps under ``mode`` (see :func:`radius_graph`).
 
-    ``group`` is the target's position in the output order, edges in any order. With
-    :math:`d^{(k)}` a target's ``k``-th smallest distance (whatever the order of equal ones),
-    the tie-stable rule keeps :math:`d \le d^{(k)} + \epsilon`; the strict one keeps
-    :math:`d < d^{(k)}` and, of the edges at exactly :math:`d^{(k)}`, the first in edge order
-    until ``k`` are kept: the first ``k`` of a stable sort by distance, without sorting all
-    edges into edge order first.
+    ``group`` is the target's position in the output order, edges in any order; ``distance``
+    is squared in the two reference modes. With :math:`d^{(m)}` a target's ``m``-th
+    smallest distance (whatever the order of equal ones), the tie-stable rule keeps
+    :math:`d \le d^{(k)} + \epsilon`; the non-strict one :math:`d^2 \le (d^{(k+1)})^2 + 0.01`;
+    the strict one keeps :math:`d < d^{(k)}` and, of the edges at exactly :math:`d^{(k)}`,
+    the first in edge order until ``k`` are kept: the first ``k`` of a stable sort by
+    distance, without sorting all edges into edge order first.
     """
     counts = torch.bincount(group, minlength=num_atoms)
-    if group.numel() == 0 or int(counts.max()) <= k:  # nobody has more than k: both rules keep all
+    if group.numel() == 0 or int(counts.max()) <= k:  # nobody has more than k: every rule keeps all
         return torch.arange(group.numel(), device=group.device)
     # Rank of each edge within its target by distance: a sort by the (group, distance) pair.
     # Non-negative floats order as their bit patterns read as integers, and integer sorts are
@@ -315,16 +368,19 @@ def _nearest(
     else:
         order = torch.argsort(distance.double().view(torch.int64), stable=True)
         order = order[torch.argsort(group[order], stable=True)]
-    # distance of the k-th nearest neighbour of each target (inf if it has fewer): the edge at
-    # position start + k - 1 of its target's run in that order
-    full = (counts >= k).nonzero()[:, 0]
-    kth = torch.full((num_atoms,), float("inf"), dtype=distance.dtype, device=distance.device)
-    kth[full] = distance[order[(torch.cumsum(counts, 0) - counts)[full] + k - 1]]
-    kth = kth.index_select(0, group)
-    if not strict:
-        return (distance <= kth + tolerance).nonzero()[:, 0]
-    below = distance < kth
-    tied = (distance == kth).nonzero()[:, 0]
+    # distance of the m-th nearest neighbour of each target (inf if it has fewer): the edge at
+    # position start + m - 1 of its target's run in that order
+    m = k + 1 if mode == "reference_nonstrict" else k
+    full = (counts >= m).nonzero()[:, 0]
+    mth = torch.full((num_atoms,), float("inf"), dtype=distance.dtype, device=distance.device)
+    mth[full] = distance[order[(torch.cumsum(counts, 0) - counts)[full] + m - 1]]
+    mth = mth.index_select(0, group)
+    if mode == "tie_stable":
+        return (distance <= mth + tolerance).nonzero()[:, 0]
+    if mode == "reference_nonstrict":  # (the sum rounded in the distances' dtype, as the reference's)
+        return (distance <= mth + _NONSTRICT_TOLERANCE).nonzero()[:, 0]
+    below = distance < mth
+    tied = (distance == mth).nonzero()[:, 0]
     tied = tied[_edge_order(group[tied], src[tied], offsets[tied], num_atoms)]  # usually one per target
     slots = k - torch.bincount(group[below], minlength=num_atoms)
     tied_group = group[tied]

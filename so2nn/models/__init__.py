@@ -3,8 +3,10 @@ that training, checkpoints and the calculator rely on."""
 
 from ._checkpoint import upgrade_checkpoint
 from ._config import PRESETS, EquiformerV2Config, preset
+from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
-from ._heads import EnergyHead, ForceHead
+from ._fairchem import FAIRCHEM_IGNORED_KEYS
+from ._heads import STRESS_BASIS, EnergyHead, ForceHead, StressHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
 from ._registry import (
@@ -18,16 +20,21 @@ from ._registry import (
 )
 
 __all__ = [
+    "FAIRCHEM_IGNORED_KEYS",
     "INPUT_FIELDS",
     "PRESETS",
+    "STRESS_BASIS",
     "TARGET_AND_METADATA_FIELDS",
     "AtomicInputs",
     "AtomisticModel",
+    "DenoisingEmbedding",
+    "DenoisingForceHead",
     "EnergyHead",
     "EquiformerV2",
     "EquiformerV2Config",
     "ForceHead",
     "ModelConfig",
+    "StressHead",
     "TargetStatistics",
     "TransformerBlock",
     "build_model",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from .._checks import check_layout
+from ..graph import GRAPH_MODES
 
 __all__ = ["EquiformerV2Config", "PRESETS", "preset"]
 
@@ -54,16 +55,52 @@ class EquiformerV2Config:
         avg_num_nodes: the energy is the sum of per-atom terms divided by this.
         avg_degree: the edge-degree embedding is divided by this.
         use_pbc: periodic boundaries when the input has a cell and no ``pbc`` flags.
-        graph_mode: ``"tie_stable"`` (whole shells of equal distances at the neighbour cut,
-            rotation invariant) or ``"reference"`` (the reference's strict cut).
-        direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`.
-        use_energy_lin_ref: add per-element reference energies (OC22 models).
+        graph_mode: the rule of the neighbour cap (:func:`~so2nn.graph.radius_graph`'s ``mode``):
+            ``"tie_stable"`` (whole shells of equal distances at the cut, rotation invariant),
+            ``"reference"`` (the reference's strict cut at ``max_neighbors``) or
+            ``"reference_nonstrict"`` (the reference's ``enforce_max_neighbors_strictly: False``:
+            every neighbour with :math:`d^2 \le d_{(k+1)}^2 + 0.01` Å²; chosen on import for the
+            checkpoints trained with it).
+        direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`
+            (``False``: a conservative model, which also returns the stress
+            :math:`\frac{1}{V}\,\partial E/\partial\varepsilon` of periodic inputs).
+        use_energy_lin_ref: add per-element reference energies (the model weight
+            ``energy_lin_ref``, eV, added after de-normalisation). OC22's total energies need
+            it on: its released model predicts the energy minus a linear fit of the
+            composition; :meth:`EquiformerV2.from_fairchem` turns it on wherever the reference
+            adds references (OC22's ``energy_lin_ref``, fairchem's ``elementrefs``).
         min_distance: atoms closer than this (Angstrom) are rejected as overlapping.
         energy_mean: the training set's mean energy (eV): the model returns
             ``energy = raw * energy_std + energy_mean``, so a loaded model returns eV.
         energy_std: the training set's energy standard deviation (eV).
         forces_std: the training set's force scale (eV/Angstrom): direct forces are
-            ``raw * forces_std``.
+            ``raw * forces_std + forces_mean``.
+        forces_mean: a constant vector component added to every direct force (eV/Angstrom).
+            Zero for every model trained with so2nn; non-zero only where a fairchem checkpoint
+            stores a force normaliser with a mean (reproduced for parity: a constant added to
+            every component is not rotation equivariant, and loading such a checkpoint warns).
+            Gradient forces (``direct_forces=False``) need it zero.
+        energy_reduce: how the per-atom energies become the system's: ``"sum"`` (the sum
+            divided by ``avg_num_nodes``, an extensive energy; the released OC20 models) or
+            ``"mean"`` (divided by the system's atom count: a per-atom energy, fairchem's scalar
+            head with ``reduce: mean``).
+        stress_head: ``None`` (no stress output), ``"decomposed"`` (a
+            :class:`~so2nn.models.StressHead` with isotropic :math:`l = 0` and anisotropic
+            :math:`l = 2` parts, OMat24's) or ``"rank2"`` (the plain rank-2 block). Needs
+            ``direct_forces``.
+        stress_edge_level_mlp: the stress head's MLPs act on each edge, before the mean over edges.
+        stress_num_mlp_layers: linear maps in each of the stress head's MLPs.
+        stress_source_target_embedding: the stress head reads source and target features of each edge.
+        stress_extensive: the stress head sums over the atoms of a system instead of averaging.
+        stress_avg_num_nodes: divides that sum for the decomposed head (the reference head's own
+            ``avg_num_nodes``, not the energy's).
+        stress_isotropic_mean, stress_isotropic_std: de-normalisation of the isotropic part
+            (eV/Angstrom^3).
+        stress_anisotropic_mean, stress_anisotropic_std: de-normalisation of the anisotropic
+            part (eV/Angstrom^3); a non-zero mean is added to each of its five components, as
+            fairchem's trainer does (not rotation equivariant: the head warns).
+        stress_mean, stress_std: de-normalisation of the whole tensor (eV/Angstrom^3): of the
+            plain block's output, and of the decomposed head's rebuilt tensor.
         checkpoint_activations: recompute each block's activations in backward instead of
             storing them (memory for large systems; same numbers, about 1/3 more compute).
         recompute_edge_activations: in training with direct forces, recompute the cheap
@@ -74,6 +111,17 @@ class EquiformerV2Config:
         kernels: ``"auto"`` (the fast kernels of :mod:`so2nn.kernels` wherever
             :func:`~so2nn.kernels.use_fused` allows them) or ``"reference"`` (every layer as its
             plain equation). Same numbers; not part of the weights.
+        dens_force_embedding: the DeNS model's force encoding (Liao et al., 2024, the
+            OMat24 ``eqV2_dens`` checkpoints): a :class:`~so2nn.models.DenoisingEmbedding`
+            whose weights are the checkpoint's ``force_embedding``. At prediction its force input
+            is zero and only its bias adds to every atom's scalars (see
+            :class:`~so2nn.models.EquiformerV2`).
+        dens_sigma_embedding: the DeNS noise-level encoding (the reference's
+            ``use_noise_schedule_sigma_encoding``; weights ``noise_schedule_sigma_embedding``): at
+            prediction the noise level is 0 and its bias adds to every atom's scalars.
+        dens_denoising_head: the force head also holds DeNS's position-denoising attention
+            (``heads.forces.denoising_pos_block``, a :class:`~so2nn.models.DenoisingForceHead`),
+            whose output the reference multiplies by zero at prediction: kept for its weights.
 
     Example:
         >>> config = EquiformerV2Config(lmax=4, mmax=2, num_layers=8)
@@ -107,17 +155,34 @@ class EquiformerV2Config:
     avg_num_nodes: float = AVG_NUM_NODES
     avg_degree: float = AVG_DEGREE
     use_pbc: bool = True
-    graph_mode: str = "tie_stable"  # "tie_stable" | "reference" (strict cut, as the reference)
+    graph_mode: str = "tie_stable"  # "tie_stable" | "reference" (strict cut) | "reference_nonstrict"
     direct_forces: bool = True  # False: forces = -dE/dpos through autograd
     use_energy_lin_ref: bool = False
     min_distance: float = 0.1  # atoms closer than this (Angstrom) are rejected as overlapping
     # Output normalisation (training-set statistics): the network predicts normalised targets,
-    # and the model returns energy = raw * energy_std + energy_mean, direct forces = raw * forces_std
-    # (gradient forces follow the de-normalised energy). fairchem keeps these in its trainer;
-    # so2nn keeps them with the weights, so a loaded model returns eV and eV/A.
+    # and the model returns energy = raw * energy_std + energy_mean, direct forces
+    # = raw * forces_std + forces_mean (gradient forces follow the de-normalised energy).
+    # fairchem keeps these in its trainer; so2nn keeps them with the weights, so a loaded model
+    # returns eV and eV/A.
     energy_mean: float = 0.0
     energy_std: float = 1.0
     forces_std: float = 1.0
+    forces_mean: float = 0.0  # non-zero only for a fairchem checkpoint with one (breaks equivariance)
+    energy_reduce: str = "sum"  # "sum": divide the sum by avg_num_nodes; "mean": by the atom count
+    # Direct stress (StressHead, model.heads["stress"]): None | "decomposed" | "rank2", its options
+    # (the reference's rank2_symmetric_head) and its de-normalisation (eV/A^3).
+    stress_head: str | None = None
+    stress_edge_level_mlp: bool = False
+    stress_num_mlp_layers: int = 2
+    stress_source_target_embedding: bool = False
+    stress_extensive: bool = False
+    stress_avg_num_nodes: float = 1.0
+    stress_isotropic_mean: float = 0.0
+    stress_isotropic_std: float = 1.0
+    stress_anisotropic_mean: float = 0.0
+    stress_anisotropic_std: float = 1.0
+    stress_mean: float = 0.0
+    stress_std: float = 1.0
     # Memory for large systems: recompute each transformer block's activations in backward
     # (torch.utils.checkpoint) instead of storing them; same numbers, ~1/3 more compute.
     checkpoint_activations: bool = False
@@ -125,6 +190,11 @@ class EquiformerV2Config:
     recompute_edge_activations: bool = True
     # "auto" | "reference": which implementation of the layers runs (same numbers)
     kernels: str = "auto"
+    # DeNS (denoising non-equilibrium structures) models: the extra embedding terms and the
+    # force head's denoising block (see the docstring above and EquiformerV2's)
+    dens_force_embedding: bool = False
+    dens_sigma_embedding: bool = False
+    dens_denoising_head: bool = False
 
     def __post_init__(self) -> None:
         check_layout(self.lmax, self.mmax)
@@ -140,14 +210,49 @@ class EquiformerV2Config:
             raise ValueError("use_grid_mlp=True needs an S2 activation: set use_grid_mlp=False with activation='gate'")
         if self.kernels not in ("auto", "reference"):
             raise ValueError(f"kernels must be 'auto' or 'reference', got {self.kernels!r}")
-        if self.graph_mode not in ("tie_stable", "reference"):
-            raise ValueError(f"graph_mode must be 'tie_stable' or 'reference', got {self.graph_mode!r}")
+        if self.graph_mode not in GRAPH_MODES:
+            raise ValueError("graph_mode must be one of 'tie_stable', 'reference', 'reference_nonstrict', "
+                             f"got {self.graph_mode!r}")
         if self.norm_type not in ("layer_norm", "layer_norm_sh", "rms_norm_sh"):
             raise ValueError(f"unknown norm_type {self.norm_type!r}")
         if not (self.energy_std > 0 and self.forces_std > 0):
             raise ValueError(f"energy_std and forces_std must be > 0, got {self.energy_std}, {self.forces_std}")
+        if self.energy_reduce not in ("sum", "mean"):
+            raise ValueError(f"energy_reduce must be 'sum' or 'mean', got {self.energy_reduce!r}")
+        if self.forces_mean != 0.0 and not self.direct_forces:
+            raise ValueError(f"forces_mean={self.forces_mean} needs direct forces: gradient forces are -dE/dpos, "
+                             "with no constant to add")
         if not self.max_radius > 0:
             raise ValueError(f"max_radius must be > 0, got {self.max_radius}")
+        if self.dens_sigma_embedding and not self.dens_force_embedding:
+            raise ValueError("dens_sigma_embedding=True is part of the DeNS embedding: set dens_force_embedding=True")
+        if self.dens_denoising_head and not self.direct_forces:
+            raise ValueError("dens_denoising_head=True needs a force head: set direct_forces=True")
+        self._check_stress()
+
+    def _check_stress(self) -> None:
+        if self.stress_head not in (None, "decomposed", "rank2"):
+            raise ValueError(f"stress_head must be None, 'decomposed' or 'rank2', got {self.stress_head!r}")
+        for name in ("stress_edge_level_mlp", "stress_source_target_embedding", "stress_extensive"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        layers = self.stress_num_mlp_layers
+        if not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1):
+            raise ValueError(f"stress_num_mlp_layers must be an int >= 1, got {layers!r}")
+        for name in ("stress_avg_num_nodes", "stress_isotropic_std", "stress_anisotropic_std", "stress_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        parts = ("stress_isotropic_mean", "stress_isotropic_std", "stress_anisotropic_mean", "stress_anisotropic_std")
+        defaults = {name: f.default for f in fields(self) if (name := f.name).startswith("stress_")}
+        changed = [name for name in (*parts, "stress_mean", "stress_std") if getattr(self, name) != defaults[name]]
+        if self.stress_head is None and changed:
+            raise ValueError(f"stress statistics {changed} are set but the model has no stress head (stress_head=None)")
+        if self.stress_head == "rank2" and any(name in parts for name in changed):
+            raise ValueError(f"{[n for n in changed if n in parts]} apply to stress_head='decomposed' only: the plain "
+                             "rank-2 head is de-normalised with stress_mean and stress_std")
+        if self.stress_head is not None and not self.direct_forces:
+            raise ValueError("stress_head needs direct_forces=True: a conservative model's stress is the virial, "
+                             "not a head")
 
     def replace(self, **changes) -> EquiformerV2Config:
         """A copy with ``changes`` applied (validated)."""

@@ -22,10 +22,13 @@ from ..layers import (
 from ..so3 import CoefficientLayout, EdgeRotation
 from ._checkpoint import atomic_save, model_checkpoint
 from ._config import EquiformerV2Config
+from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._heads import EnergyHead, ForceHead
+from ._heads import EnergyHead, ForceHead, StressHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
 from ._registry import load_model, load_weights, register_model
+from ._strain import apply_strain, stress_from_strain_gradient
 
 __all__ = ["EquiformerV2", "TransformerBlock"]
 
@@ -96,11 +99,38 @@ class EquiformerV2(nn.Module):
     4. final norm, then the heads: energy (:class:`~so2nn.models.EnergyHead`,
        :math:`\frac{1}{\bar n}\sum_i \mathrm{FFN}(x_i)^{(0)}`, de-normalised) and forces, either
        the :math:`l = 1` output of one more attention (:class:`~so2nn.models.ForceHead`) or
-       :math:`-\partial E/\partial r` (``config.direct_forces = False``).
+       :math:`-\partial E/\partial r` (``config.direct_forces = False``), with then the stress
+       :math:`\sigma = \frac{1}{V}\,\partial E/\partial\varepsilon` of a symmetric strain
+       :math:`\varepsilon` of positions and cell, :math:`x \mapsto x(I + \varepsilon)`,
+       :math:`A \mapsto A(I + \varepsilon)`, taken at :math:`\varepsilon = 0` in the same
+       gradient as the forces.
 
-    The heads are ``model.heads["energy"]`` and ``model.heads["forces"]`` (the latter only with
-    direct forces); ``energy_lin_ref`` (OC22's per-element reference energies, with
-    ``use_energy_lin_ref``) is a model weight, as in the reference, handed to the energy head.
+    The heads are ``model.heads["energy"]``, ``model.heads["forces"]`` (only with direct
+    forces) and ``model.heads["stress"]`` (:class:`~so2nn.models.StressHead`, only with
+    ``config.stress_head``); ``energy_lin_ref`` (per-element reference energies in eV, added after
+    de-normalisation, with ``use_energy_lin_ref``: OC22's and fairchem's element references) is
+    a model weight, handed to the energy head.
+
+    **DeNS models** (trained with denoising of non-equilibrium structures, Liao et al. 2024: the
+    OMat24 ``eqV2_dens`` checkpoints, fairchem's ``equiformer_v2_dens_backbone`` with the
+    ``eqV2_DeNS_*`` heads) are this model with one more embedding term. In training, each atom's
+    force and the noise scale :math:`\sigma` of a corrupted structure are encoded into the
+    features; at prediction both are zero and the encoding is the constant
+    (:class:`~so2nn.models.DenoisingEmbedding`)
+
+    .. math::
+
+        x_i^{(0)} = e_{Z_i} + \underbrace{b_F + b_\sigma}_{\text{DeNS}}
+                    + \mathrm{EdgeDegree}(i)^{(0)}
+
+    with :math:`e_Z` the atom-type embedding, :math:`b_F` the bias of the force encoding
+    (``dens_force_embedding``) and :math:`b_\sigma` that of the noise-scale encoding
+    (``dens_sigma_embedding``, the reference's ``use_noise_schedule_sigma_encoding``). The DeNS
+    force head (``dens_denoising_head``, :class:`~so2nn.models.DenoisingForceHead`) holds a second,
+    position-denoising attention, whose output the reference multiplies by zero at prediction.
+    The DeNS energy head is :class:`~so2nn.models.EnergyHead` (same weights, renamed). Training
+    with denoising (noisy positions with force inputs) is not implemented: these models predict,
+    and fine-tune as plain EquiformerV2 models.
 
     Args:
         config: :class:`EquiformerV2Config`, or the name of a preset (``"oc20-31M"``, ...).
@@ -113,9 +143,17 @@ class EquiformerV2(nn.Module):
     metadata of :data:`~so2nn.models.TARGET_AND_METADATA_FIELDS` (``energy``, ``forces``,
     ``tags``, ``fixed``, ``sid``, ...), which the model does not read.
 
-    Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights).
+    Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights),
+    and ``"stress": [B, 3, 3]`` (eV/Angstrom^3, :class:`~so2nn.models.StressHead`, ASE's sign:
+    positive is tensile) when ``config.stress_head`` is set.
     An atom without neighbours within ``max_radius`` gets zero force and contributes its
-    isolated-atom energy.
+    isolated-atom energy. A conservative model (``direct_forces=False``) given a periodic input
+    also returns ``"stress" [B, 3, 3]`` (eV/Angstrom^3, ASE's sign: positive is tensile, the
+    pressure is :math:`-\operatorname{tr}\sigma/3`; symmetric, finite for any cell). An input
+    without a cell (a molecule) has no volume and gets no ``"stress"`` key; in a batch that mixes
+    periodic systems with systems without a periodic direction, the latter's rows are NaN.
+    Under :func:`torch.no_grad` the outputs carry no graph; in training mode forces and stress
+    keep theirs (``create_graph``), so that a loss on them trains the weights.
 
     Example:
         >>> config = EquiformerV2Config(
@@ -152,21 +190,32 @@ class EquiformerV2(nn.Module):
         )
         self.blocks = nn.ModuleList(TransformerBlock(c, layout, edge_channels_list) for _ in range(c.num_layers))
         self.norm = normalization_layer(c.norm_type, layout, c.sphere_channels)
+        self.denoising_embedding = (DenoisingEmbedding(layout, c.sphere_channels, sigma=c.dens_sigma_embedding)
+                                    if c.dens_force_embedding else None)
         # After the norm, energy before forces: the parameter order of the earlier layout
         # (energy_block, force_block), which optimiser states in training checkpoints follow.
         self.heads = nn.ModuleDict({"energy": EnergyHead(
             layout, sphere_channels=c.sphere_channels, hidden_channels=c.ffn_hidden_channels,
             activation=c.activation, grid_mlp=c.use_grid_mlp, grid_resolution=c.grid_resolution,
             avg_num_nodes=c.avg_num_nodes, energy_mean=c.energy_mean, energy_std=c.energy_std, kernels=c.kernels,
+            reduce=c.energy_reduce,
         )})
         if c.direct_forces:
-            self.heads["forces"] = ForceHead(
+            self.heads["forces"] = (DenoisingForceHead if c.dens_denoising_head else ForceHead)(
                 layout, sphere_channels=c.sphere_channels, hidden_channels=c.attn_hidden_channels,
                 num_heads=c.num_heads, attn_alpha_channels=c.attn_alpha_channels,
                 attn_value_channels=c.attn_value_channels, edge_channels_list=edge_channels_list,
                 max_num_elements=elements, activation=c.activation, attn_renorm=c.use_attn_renorm,
                 grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, forces_std=c.forces_std,
-                kernels=c.kernels,
+                kernels=c.kernels, forces_mean=c.forces_mean,
+            )
+        if c.stress_head is not None:  # after energy and forces (the parameter order of the heads)
+            self.heads["stress"] = StressHead(
+                layout, sphere_channels=c.sphere_channels, norm_type=c.norm_type,
+                decompose=c.stress_head == "decomposed", edge_level_mlp=c.stress_edge_level_mlp,
+                num_mlp_layers=c.stress_num_mlp_layers, source_target_embedding=c.stress_source_target_embedding,
+                extensive=c.stress_extensive, avg_num_nodes=c.stress_avg_num_nodes,
+                **self._stress_statistics(c),
             )
         self.register_parameter("energy_lin_ref", nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
                                 if c.use_energy_lin_ref else None)
@@ -178,9 +227,19 @@ class EquiformerV2(nn.Module):
         """A model with fresh weights (the same as ``EquiformerV2(config)``)."""
         return cls(config)
 
+    @staticmethod
+    def _stress_statistics(c: EquiformerV2Config) -> dict[str, float]:
+        if c.stress_head == "rank2":
+            return dict(stress_mean=c.stress_mean, stress_std=c.stress_std)
+        return dict(isotropic_mean=c.stress_isotropic_mean, isotropic_std=c.stress_isotropic_std,
+                    anisotropic_mean=c.stress_anisotropic_mean, anisotropic_std=c.stress_anisotropic_std,
+                    stress_mean=c.stress_mean, stress_std=c.stress_std)
+
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("energy", "forces")
+        # the stress: a stress head's, or (conservative models) the strain derivative of the energy
+        stress = "stress" in self.heads or not self.config.direct_forces
+        return ("energy", "forces", "stress") if stress else ("energy", "forces")
 
     @property
     def target_statistics(self) -> TargetStatistics:
@@ -189,9 +248,11 @@ class EquiformerV2(nn.Module):
         return TargetStatistics(c.energy_mean, c.energy_std, c.forces_std, references)
 
     def with_target_statistics(self, stats: TargetStatistics) -> EquiformerV2:
-        """This model (changed in place), de-normalising with ``stats``: config and heads updated;
-        element references, when given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
-        changes = dict(energy_mean=stats.energy_mean, energy_std=stats.energy_std, forces_std=stats.forces_std)
+        """This model (changed in place), de-normalising with ``stats``: config and heads updated
+        (``forces_mean`` back to zero: ``stats`` scale forces only); element references, when
+        given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
+        changes = dict(energy_mean=stats.energy_mean, energy_std=stats.energy_std, forces_std=stats.forces_std,
+                       forces_mean=0.0)
         if stats.element_references is not None:
             references = torch.as_tensor(stats.element_references, dtype=torch.float64)
             if references.shape != (self.config.max_num_elements,):
@@ -214,7 +275,7 @@ class EquiformerV2(nn.Module):
         c = self.config
         return radius_graph(
             inputs.pos.detach(), c.max_radius, inputs.cell if inputs.periodic else None,
-            inputs.pbc if inputs.periodic else None, inputs.batch, c.max_neighbors, strict=c.graph_mode == "reference",
+            inputs.pbc if inputs.periodic else None, inputs.batch, c.max_neighbors, mode=c.graph_mode,
         )
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -228,6 +289,19 @@ class EquiformerV2(nn.Module):
         ``graph_mode``, ...). Unknown or missing weights raise a ValueError listing them.
         fairchem itself is not needed. The file is read as data only; ``trust=True`` allows a
         full unpickle of a file whose origin you trust.
+
+        What fairchem's trainer does around its model at prediction becomes part of this one,
+        so that it returns eV and eV/A as the reference does: the target normalisers (the
+        checkpoint's ``normalizers``, else those of its training dataset config) become
+        ``energy_mean``, ``energy_std``, ``forces_mean``, ``forces_std``; the element references
+        (``elementrefs``) and OC22's ``energy_lin_ref`` become ``energy_lin_ref`` (eV); the
+        scalar head's ``reduce`` becomes ``energy_reduce``. OC22's total energies need its
+        ``energy_lin_ref`` on: the released monolithic OC22 model has ``use_energy_lin_ref``
+        set and gets it; ``use_energy_lin_ref=False`` here leaves it out (the energy less its
+        linear composition fit), ``True`` adds it where the reference would not (a backbone +
+        heads checkpoint, whose heads never add it). Every key of the checkpoint and its
+        configs is applied, ignored as training-only (:data:`~so2nn.models.FAIRCHEM_IGNORED_KEYS`)
+        or raises a ValueError naming it.
         """
         from ._fairchem import load_fairchem_checkpoint
 
@@ -276,34 +350,48 @@ class EquiformerV2(nn.Module):
         if inputs.edge_index is None:
             inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
         numbers, edge_index, batch = inputs.atomic_numbers, inputs.edge_index, inputs.batch
-        pos = inputs.pos
+        pos, cell = inputs.pos, inputs.cell if inputs.periodic else None
         gradient_forces = not c.direct_forces
-        if gradient_forces and not pos.requires_grad:
-            pos = pos.detach().requires_grad_(True)
-        # Gradient forces need a graph even under torch.no_grad(); direct forces never do.
+        # Gradient forces (and stress) need a graph even under torch.no_grad(); direct forces never do.
         with torch.enable_grad() if gradient_forces else contextlib.nullcontext():
+            strain, r = None, pos
+            if gradient_forces:
+                if not pos.requires_grad:
+                    pos = r = pos.detach().requires_grad_(True)
+                if cell is not None:  # a zero symmetric strain of positions and cell: dE/d(strain) = V stress
+                    strain = pos.new_zeros(inputs.num_systems, 3, 3, requires_grad=True)
+                    r, cell = apply_strain(pos, cell, strain, batch)
             # 1. edge geometry
-            vec = edge_vectors(pos, edge_index, inputs.cell_offsets if inputs.periodic else None,
-                               inputs.cell if inputs.periodic else None, batch)
+            vec = edge_vectors(r, edge_index, inputs.cell_offsets if cell is not None else None, cell, batch)
             distance = vec.norm(dim=1)
             self._check_distances(distance, edge_index)
             rotation = EdgeRotation(self.layout, vec)
             edge_features = self.distance_expansion(distance)
             # 2. embedding: atom type on l = 0, plus the edge-degree embedding
             x = self.edge_degree_embedding(edge_features, numbers, edge_index, rotation, pos.shape[0])
-            x = replace_scalars(x, x[:, 0] + self.sphere_embedding(numbers))
+            scalars = x[:, 0] + self.sphere_embedding(numbers)
+            if self.denoising_embedding is not None:  # DeNS: the encoding of "no noise", a constant
+                scalars = scalars + self.denoising_embedding()
+            x = replace_scalars(x, scalars)
             # 3. transformer blocks
             for block in self.blocks:
                 x = self._block(block, x, edge_features, numbers, edge_index, rotation, batch)
             # 4. norm and heads
             x = self.norm(x)
             energy = self.heads["energy"](x, batch, inputs.num_systems, numbers, self.energy_lin_ref)
-            if gradient_forces:  # ---- conservative forces: F = -dE/dr ----
-                (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training, allow_unused=True,
-                                              materialize_grads=True)  # no edges: E does not depend on r
-                return {"energy": energy if self.training else energy.detach(), "forces": -grad}
-        forces = self.heads["forces"](x, edge_features, numbers, edge_index, rotation)
-        return {"energy": energy, "forces": forces}
+            if gradient_forces:  # ---- conservative forces F = -dE/dr and stress (1/V) dE/d(strain) ----
+                grads = torch.autograd.grad(energy.sum(), (pos,) if strain is None else (pos, strain),
+                                            create_graph=self.training, allow_unused=True,
+                                            materialize_grads=True)  # no edges: E does not depend on r
+                keep = (lambda t: t) if self.training else torch.Tensor.detach
+                out = {"energy": keep(energy), "forces": -grads[0]}
+                if strain is not None:
+                    out["stress"] = keep(stress_from_strain_gradient(grads[1], inputs.cell, inputs.pbc))
+                return out
+        out = {"energy": energy, "forces": self.heads["forces"](x, edge_features, numbers, edge_index, rotation)}
+        if "stress" in self.heads:
+            out["stress"] = self.heads["stress"](x, vec, edge_index, batch, inputs.num_systems)
+        return out
 
     def _check_distances(self, distance: torch.Tensor, edge_index: torch.Tensor) -> None:
         close = distance < self.config.min_distance

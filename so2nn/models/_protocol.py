@@ -76,9 +76,14 @@ class AtomisticModel(Protocol):
     and checks them with :func:`~so2nn.models.read_inputs` (an unknown field raises a
     ValueError naming it), and returns a dict with one tensor per name in
     :attr:`output_names`: ``"energy" [B]`` (eV) and ``"forces" [N, 3]`` (eV/Angstrom), in
-    physical units. A model with gradient forces takes its gradient inside ``forward``, also
-    under :func:`torch.no_grad` (the calculator evaluates that way), and returns tensors with a
-    graph only in training mode. A graph without edges is valid input (an isolated atom).
+    physical units, and, for a model that lists it, ``"stress" [B, 3, 3]`` (eV/Angstrom^3,
+    ASE's convention :math:`\sigma = \frac{1}{V}\,\partial E/\partial\varepsilon`, positive =
+    tensile) when the input is periodic: an input without a cell has no volume and its dict
+    has no ``"stress"`` (rows of systems without a periodic direction in a mixed batch are
+    NaN, never zero). A model with gradient forces (and stress) takes its gradient inside
+    ``forward``, also under :func:`torch.no_grad` (the calculator evaluates that way), and
+    returns tensors with a graph only in training mode. A graph without edges is valid input
+    (an isolated atom).
 
     **Graph.** ``build_graph(inputs)`` returns ``(edge_index [2, E], cell_offsets [E, 3])``
     of :class:`~so2nn.models.AtomicInputs` with the model's own cutoff and neighbour rule;

@@ -38,7 +38,7 @@ CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
 #: current step on, as the reference's trainer does when a run is extended.)
 RESUMABLE = ("max_steps", "eval_every", "checkpoint_every", "log_every", "eval_batch_size", "num_workers")
 #: Model config entries the Trainer derives from the training set (not chosen by the user).
-_DERIVED_MODEL_FIELDS = ("energy_mean", "energy_std", "forces_std", "use_energy_lin_ref")
+_DERIVED_MODEL_FIELDS = ("energy_mean", "energy_std", "forces_std", "forces_mean", "use_energy_lin_ref")
 
 
 @dataclass(frozen=True)

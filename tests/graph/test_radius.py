@@ -13,7 +13,7 @@ from ase.neighborlist import neighbor_list
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from so2nn.graph import edge_vectors, radius_graph
+from so2nn.graph import GRAPH_MODES, edge_vectors, radius_graph
 
 # ---------------------------------------------------------------------------------------------
 # The independent reference: so2nn's previous dense algorithm, kept here (and only here).
@@ -34,24 +34,28 @@ def _image_range(cell, pbc, cutoff):
     ]
 
 
-def _dense_nearest(distance, target, num_atoms, k, strict, tolerance):
+def _dense_nearest(distance, target, num_atoms, k, mode, tolerance):
     order = torch.argsort(distance, stable=True)
     order = order[torch.argsort(target[order], stable=True)]
     counts = torch.bincount(target, minlength=num_atoms)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order)) - starts[target[order]]
-    if strict:
+    if mode == "reference":
         return rank < k
-    kth = torch.full((num_atoms,), float("inf"), dtype=distance.dtype)
-    at_k = rank == k - 1
-    kth[target[at_k]] = distance[at_k]
-    return distance <= kth[target] + tolerance
+    # tie_stable: within tolerance of the k-th distance; reference_nonstrict (squared
+    # distances): within 0.01 of the (k+1)-th, which is itself kept
+    m, tolerance = (k + 1, 0.01) if mode == "reference_nonstrict" else (k, tolerance)
+    mth = torch.full((num_atoms,), float("inf"), dtype=distance.dtype)
+    at_m = rank == m - 1
+    mth[target[at_m]] = distance[at_m]
+    return distance <= mth[target] + tolerance
 
 
-def dense_radius_graph(pos, cutoff, cell=None, pbc=None, batch=None, max_num_neighbors=None, strict=False,
+def dense_radius_graph(pos, cutoff, cell=None, pbc=None, batch=None, max_num_neighbors=None, mode="tie_stable",
                        tie_tolerance=1e-4):
-    """The previous dense algorithm (same signature and rules as radius_graph, no input checks)."""
+    """The previous dense algorithm (same signature and rules as radius_graph, no input checks); the
+    reference modes measure as the reference (squared distances, cutoff included, d^2 <= 1e-4 dropped)."""
     num_atoms = pos.shape[0]
     batch = torch.zeros(num_atoms, dtype=torch.long) if batch is None else batch
     num_systems = int(batch.max()) + 1 if num_atoms else 0
@@ -70,15 +74,19 @@ def dense_radius_graph(pos, cutoff, cell=None, pbc=None, batch=None, max_num_nei
             images = torch.tensor(list(itertools.product(*ranges)), dtype=pos.dtype)
         shift = images @ cell[s].detach() if cell is not None else images
         vec = p.unsqueeze(0).unsqueeze(1) + shift.view(-1, 1, 1, 3) - p.unsqueeze(0).unsqueeze(2)
-        dist = vec.norm(dim=-1)
-        mask = dist < cutoff
-        zero_image = (images == 0).all(dim=1)
-        mask[zero_image] &= ~torch.eye(len(atoms), dtype=torch.bool)
+        if mode != "tie_stable":
+            dist = vec.pow(2).sum(dim=-1)
+            mask = (dist <= cutoff * cutoff) & (dist > 1e-4)
+        else:
+            dist = vec.norm(dim=-1)
+            mask = dist < cutoff
+            zero_image = (images == 0).all(dim=1)
+            mask[zero_image] &= ~torch.eye(len(atoms), dtype=torch.bool)
         k, i, j = mask.nonzero(as_tuple=True)
         order = torch.argsort(i * len(atoms) * len(images) + j * len(images) + k)
         k, i, j = k[order], i[order], j[order]
         if max_num_neighbors is not None:
-            keep = _dense_nearest(dist[k, i, j], i, len(atoms), max_num_neighbors, strict, tie_tolerance)
+            keep = _dense_nearest(dist[k, i, j], i, len(atoms), max_num_neighbors, mode, tie_tolerance)
             k, i, j = k[keep], i[keep], j[keep]
         edges.append(torch.stack([atoms[j], atoms[i]]))
         offsets.append(images[k].round().long())
@@ -133,20 +141,20 @@ def batches(draw):
     cell = torch.tensor(np.stack(cells), dtype=dtype)
     cutoff = float(rng.uniform(0.5, 4.0))
     cap = draw(st.one_of(st.none(), st.integers(1, 30)))
-    return pos, cell, torch.tensor(pbcs), batch, cutoff, cap, draw(st.booleans()), inside
+    return pos, cell, torch.tensor(pbcs), batch, cutoff, cap, draw(st.sampled_from(GRAPH_MODES)), inside
 
 
 @settings(max_examples=60)
 @given(batches())
 def test_same_graph_as_dense_algorithm_and_ase(system):
-    pos, cell, pbc, batch, cutoff, cap, strict, inside = system
-    ours = radius_graph(pos, cutoff, cell, pbc, batch, cap, strict)
+    pos, cell, pbc, batch, cutoff, cap, mode, inside = system
+    ours = radius_graph(pos, cutoff, cell, pbc, batch, cap, mode)
     assert ours[0].dtype == ours[1].dtype == torch.long
     if inside:  # same edges, same offsets, same order (the dense algorithm's image range
         # assumed atoms in the cell: outside it, it missed pairs; see the test below)
-        dense = dense_radius_graph(pos, cutoff, cell, pbc, batch, cap, strict)
+        dense = dense_radius_graph(pos, cutoff, cell, pbc, batch, cap, mode)
         assert torch.equal(ours[0], dense[0]) and torch.equal(ours[1], dense[1])
-    if cap is None:
+    if cap is None and mode == "tie_stable":  # (ASE cuts at d < cutoff and keeps close pairs, as tie_stable)
         truth = set()
         for s in range(len(cell)):
             atoms = (batch == s).nonzero()[:, 0]
@@ -159,24 +167,50 @@ def test_same_graph_as_dense_algorithm_and_ase(system):
 @settings(max_examples=20)
 @given(batches())
 def test_molecules_without_cell(system):
-    pos, _, _, batch, cutoff, cap, strict, _ = system
-    ours = radius_graph(pos, cutoff, None, None, batch, cap, strict)
-    dense = dense_radius_graph(pos, cutoff, None, None, batch, cap, strict)
+    pos, _, _, batch, cutoff, cap, mode, _ = system
+    ours = radius_graph(pos, cutoff, None, None, batch, cap, mode)
+    dense = dense_radius_graph(pos, cutoff, None, None, batch, cap, mode)
     assert torch.equal(ours[0], dense[0]) and torch.equal(ours[1], dense[1])
     assert not ours[1].any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("strict", [False, True])
-def test_perfect_crystal_shells_as_dense_algorithm(dtype, strict):
-    # Exact ties everywhere: the cap at 20 falls inside the third fcc shell (12 + 6 + 24).
+@pytest.mark.parametrize("mode, per_atom", [("tie_stable", 42), ("reference", 20), ("reference_nonstrict", 42)])
+def test_perfect_crystal_shells_as_dense_algorithm(dtype, mode, per_atom):
+    # Exact ties everywhere: the cap at 20 falls inside the third fcc shell (12 + 6 + 24), and so
+    # does the 21st neighbour of the non-strict rule.
     cu = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
     pos, cell = torch.tensor(cu.positions, dtype=dtype), torch.tensor(np.array(cu.cell), dtype=dtype)
-    ours = radius_graph(pos, 6.0, cell, max_num_neighbors=20, strict=strict)
-    dense = dense_radius_graph(pos, 6.0, cell, max_num_neighbors=20, strict=strict)
+    ours = radius_graph(pos, 6.0, cell, max_num_neighbors=20, mode=mode)
+    dense = dense_radius_graph(pos, 6.0, cell, max_num_neighbors=20, mode=mode)
     assert torch.equal(ours[0], dense[0]) and torch.equal(ours[1], dense[1])
-    per_atom = torch.bincount(ours[0][1], minlength=len(pos))
-    assert bool((per_atom == (20 if strict else 42)).all())
+    assert bool((torch.bincount(ours[0][1], minlength=len(pos)) == per_atom).all())
+
+
+def test_nonstrict_rule_in_squared_distances():
+    # Neighbours of atom 0 on a line at 1.0, 1.004, 1.006 and 1.2 A, cap 1. The squared
+    # tolerance 0.01 A^2 is 0.005 A at 1 A: the 2nd nearest (1.004, the (k+1)-th) is always
+    # kept, and 1.006^2 = 1.012 <= 1.004^2 + 0.01 = 1.018 too; 1.2^2 = 1.44 is not.
+    pos = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0, 1.004, 0], [0, 0, 1.006], [-1.2, 0, 0]], dtype=torch.float64)
+    edge_index, _ = radius_graph(pos, 1.5, max_num_neighbors=1, mode="reference_nonstrict")
+    assert edge_index[0][edge_index[1] == 0].tolist() == [1, 2, 3]
+    # the tie-stable rule keeps the nearest only, the strict one too
+    for mode in ("tie_stable", "reference"):
+        edge_index, _ = radius_graph(pos, 1.5, max_num_neighbors=1, mode=mode)
+        assert edge_index[0][edge_index[1] == 0].tolist() == [1]
+    # in both reference modes the cutoff is included (d^2 <= r^2), and pairs within 0.01 A are
+    # self-pairs: dropped; the tie-stable mode cuts at d < r and drops only (i, i, 0)
+    pair = torch.tensor([[0.0, 0, 0], [1.5, 0, 0], [1.5, 0.009, 0]], dtype=torch.float64)
+    for mode in ("reference", "reference_nonstrict"):
+        assert radius_graph(pair, 1.5, mode=mode)[0].tolist() == [[1, 0], [0, 1]]
+    assert radius_graph(pair, 1.5)[0].tolist() == [[2, 1], [1, 2]]
+
+
+def test_strict_keyword_is_deprecated():
+    pos = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])
+    with pytest.warns(FutureWarning, match="mode='reference'"):
+        old = radius_graph(pos, 1.5, max_num_neighbors=1, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(old, radius_graph(pos, 1.5, max_num_neighbors=1, mode="reference")))
 
 
 def test_float32_far_from_the_origin_as_dense_algorithm():
@@ -200,7 +234,7 @@ def test_parity_fixture_graphs_reproduced(path):
     # the graphs fed to the reference model for the parity fixtures (strict cut, 6 A, 20)
     x = torch.load(path, weights_only=False)["inputs"]
     edge_index, offsets = radius_graph(x["pos"], 6.0, x["cell"] if x["periodic"] else None, None, None, 20,
-                                       strict=True)
+                                       mode="reference")
     assert torch.equal(edge_index, x["edge_index"]) and torch.equal(offsets, x["cell_offsets"])
 
 
@@ -313,6 +347,8 @@ def test_bad_input():
         radius_graph(torch.zeros(2, 3, dtype=torch.long), 1.0)
     with pytest.raises(ValueError, match="max_num_neighbors"):
         radius_graph(torch.zeros(2, 3), 1.0, max_num_neighbors=0)
+    with pytest.raises(ValueError, match="mode must be one of 'tie_stable', 'reference', 'reference_nonstrict'"):
+        radius_graph(torch.zeros(2, 3), 1.0, max_num_neighbors=4, mode="strict")
     with pytest.raises(ValueError, match="batch"):
         radius_graph(torch.zeros(2, 3), 1.0, batch=torch.tensor([0, -1]))
     with pytest.raises(ValueError, match="one \\[3, 3\\] matrix per system"):

@@ -17,7 +17,7 @@ import torch
 
 from so2nn.models import EquiformerV2, EquiformerV2Config
 from so2nn.models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
-from so2nn.models._fairchem import load_fairchem_checkpoint, normalizers_from_fairchem
+from so2nn.models._fairchem import FAIRCHEM_IGNORED_KEYS, load_fairchem_checkpoint, normalizers_from_fairchem
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("eqv2_*.pt"))
 
@@ -157,41 +157,110 @@ def test_unreadable_files(tmp_path, monolithic):
 # -- nothing that changes the numbers skipped ---------------------------------------------------
 
 
-def test_current_normalizer_form_raises(monolithic):
-    """fairchem's Normalizer state is ``{mean, rmsd}`` since its normalisation rewrite; so2nn
-    does not apply it yet, so it refuses rather than return normalised units."""
-    checkpoint = {**_hydra(monolithic), "normalizers": {"energy": {"mean": torch.tensor(0.0),
-                                                                   "rmsd": torch.tensor(1.5)}}}
-    with pytest.raises(ValueError, match=r"normalizers\['energy'\] with fields \['mean', 'rmsd'\]"):
-        EquiformerV2.from_fairchem(checkpoint)
-    with pytest.raises(ValueError, match="rmsd"):
-        normalizers_from_fairchem(checkpoint)
+@pytest.mark.parametrize("normalizers, expected", [
+    ({"energy": {"mean": torch.tensor(-0.5), "rmsd": torch.tensor(1.5)},
+      "forces": {"mean": torch.tensor(0.0), "rmsd": torch.tensor(0.25)}}, (-0.5, 1.5, 0.0, 0.25)),
+    ({"target": {"mean": -0.5, "std": torch.tensor(1.5)}, "grad_target": {"mean": 0.0, "std": torch.tensor(0.25)}},
+     (-0.5, 1.5, 0.0, 0.25)),
+    ({"energy": {"mean": torch.tensor([-0.5]), "rmsd": torch.tensor([1.5])},
+      "denoising_pos_target": {"mean": torch.tensor(0.0), "rmsd": torch.tensor(0.1)}}, (-0.5, 1.5, 0.0, 1.0)),
+], ids=["mean-rmsd", "legacy-mean-std", "shape-1-and-denoising-target"])
+def test_normalizer_forms_load(monolithic, normalizers, expected):
+    """fairchem's Normalizer state (``mean``/``rmsd``, scalars or one-element tensors), the legacy
+    ``mean``/``std`` under the old names, and the DeNS trainer's denoising normaliser (training
+    only: it scales the noise targets, never a prediction)."""
+    config, _ = load_fairchem_checkpoint({**_hydra(monolithic), "normalizers": normalizers})
+    assert (config.energy_mean, config.energy_std, config.forces_mean, config.forces_std) == expected
 
 
-def test_normalizer_of_another_target_raises(monolithic):
-    checkpoint = {**monolithic, "normalizers": {"stress": {"mean": torch.tensor(0.0), "std": torch.tensor(1.0)}}}
-    with pytest.raises(ValueError, match=r"normalizers\['stress'\]"):
-        EquiformerV2.from_fairchem(checkpoint)
+def test_checkpoint_normalizers_override_the_dataset_config(monolithic):
+    """As fairchem's trainer: the dataset config's normalisers first, each replaced by the checkpoint's."""
+    checkpoint = {**monolithic, "normalizers": {"energy": {"mean": torch.tensor(1.0), "rmsd": torch.tensor(3.0)}},
+                  "config": {**monolithic["config"], "dataset": {"transforms": {"normalizer": {
+                      "energy": {"mean": 0.0, "stdev": 9.0}, "forces": {"mean": 0.0, "rmsd": 0.5}}}}}}
+    config, _ = load_fairchem_checkpoint(checkpoint)
+    assert (config.energy_mean, config.energy_std, config.forces_std) == (1.0, 3.0, 0.5)
 
 
-def test_element_references_raise(monolithic):
+def test_bad_normalizers_raise(monolithic):
+    for state, message in [
+        ({"mean": torch.tensor(0.0), "scale": torch.tensor(1.0)}, r"has fields \['mean', 'scale'\]"),
+        ({"mean": torch.zeros(3), "rmsd": torch.ones(3)}, r"has shape \(3,\); so2nn reads one number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            normalizers_from_fairchem({**monolithic, "normalizers": {"energy": state}})
+    with pytest.raises(ValueError, match=r"a normaliser of 'dipole', a target so2nn does not predict"):
+        EquiformerV2.from_fairchem({**monolithic, "normalizers": {"dipole": {"mean": 0.0, "rmsd": torch.tensor(1.0)}}})
+
+
+def test_force_mean_is_reproduced_with_a_warning(monolithic):
+    checkpoint = {**monolithic, "normalizers": {"forces": {"mean": torch.tensor(0.125), "rmsd": torch.tensor(2.0)}}}
+    with pytest.warns(UserWarning, match="'forces' normaliser has mean 0.125"):
+        model = EquiformerV2.from_fairchem(checkpoint)
+    plain = EquiformerV2.from_fairchem({**monolithic, "normalizers": {"forces": {"mean": 0.0,
+                                                                                 "rmsd": torch.tensor(2.0)}}})
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.0, 1.2, 0.3]])
+    with torch.no_grad():
+        shifted, forces = (m.eval()(pos=pos, atomic_numbers=torch.tensor([6, 8, 1]))["forces"] for m in (model, plain))
+    assert torch.allclose(shifted - forces, torch.full_like(forces, 0.125))
+    # a trainer's statistics (a force scale, no mean) replace it: training starts equivariant
+    model.with_target_statistics(model.target_statistics)
+    assert model.config.forces_mean == 0.0 and model.heads["forces"].forces_mean == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:the checkpoint's 'forces' normaliser has mean")
+def test_gradient_forces_need_the_energy_normaliser(monolithic):
+    """The reference de-normalises forces with the force normaliser; as -dE/dr of the de-normalised
+    energy they agree only when that is (mean 0, the energy's std)."""
+    same = {"energy": {"mean": 1.0, "rmsd": torch.tensor(2.0)}, "forces": {"mean": 0.0, "rmsd": torch.tensor(2.0)}}
+    config, _ = load_fairchem_checkpoint({**monolithic, "normalizers": same}, direct_forces=False)
+    assert (config.direct_forces, config.energy_std, config.forces_mean) == (False, 2.0, 0.0)
+    for forces in ({"mean": 0.0, "rmsd": torch.tensor(0.5)}, {"mean": 0.1, "rmsd": torch.tensor(2.0)}):
+        with pytest.raises(ValueError, match=r"gradient forces \(direct_forces=False\) with a force normaliser"):
+            load_fairchem_checkpoint({**monolithic, "normalizers": {**same, "forces": forces}}, direct_forces=False)
+
+
+def test_element_references(monolithic):
+    """``elementrefs['energy']`` (LinearReferences state, 119 entries) becomes ``energy_lin_ref``
+    (eV, after de-normalisation); a dataset config's references load only when the checkpoint
+    holds their values."""
     refs = {"energy": {"element_references": torch.linspace(0, -3, 119)}}
-    with pytest.raises(ValueError, match=r"'elementrefs' for \['energy'\]"):
-        load_fairchem_checkpoint({**monolithic, "elementrefs": refs})
-    in_config = {**monolithic, "config": {**monolithic["config"], "dataset": {
-        "train": {"transforms": {"element_references": {"file": "refs.npz"}}}}}}
-    with pytest.raises(ValueError, match="element_references"):
-        load_fairchem_checkpoint(in_config)
+    config, state = load_fairchem_checkpoint({**monolithic, "elementrefs": refs})
+    assert config.use_energy_lin_ref and torch.equal(state["energy_lin_ref"],
+                                                      torch.linspace(0, -3, 119).double()[:90])
+    for transforms in ({"element_references": {"file": "refs.npz"}},
+                       {"element_references": {"fit": {"targets": ["energy"], "batch_size": 8}}},
+                       {"element_references": {"energy": {"file": "refs.npz"}}}):
+        in_config = {**monolithic, "config": {**monolithic["config"], "dataset": {"train": {"transforms": transforms}}}}
+        with pytest.raises(ValueError, match="element_references of .* whose values the checkpoint does not hold"):
+            load_fairchem_checkpoint(in_config)
+        assert load_fairchem_checkpoint({**in_config, "elementrefs": refs})[0] == config
+    by_value = {**monolithic, "config": {**monolithic["config"], "dataset": {"transforms": {"element_references": {
+        "energy": {"state_dict": {"element_references": torch.linspace(1, 2, 119)}}}}}}}
+    assert torch.equal(load_fairchem_checkpoint(by_value)[1]["energy_lin_ref"], torch.linspace(1, 2, 119).double()[:90])
+    assert torch.equal(load_fairchem_checkpoint({**by_value, "elementrefs": refs})[1]["energy_lin_ref"],
+                       state["energy_lin_ref"])  # the checkpoint's replace the config's
+    with pytest.raises(ValueError, match=r"elementrefs' for 'forces'"):
+        load_fairchem_checkpoint({**monolithic, "elementrefs": {"forces": refs["energy"]}})
     assert load_fairchem_checkpoint({**monolithic, "elementrefs": {}})[0] == load_fairchem_checkpoint(monolithic)[0]
 
 
-@pytest.mark.parametrize("entry", [{"mean": 0.0, "rmsd": 2.0}, {"fit": {"targets": {"energy": {}}}},
-                                   {"file": "normalizers.pt"}])
-def test_dataset_normalizer_forms_not_applied_raise(monolithic, entry):
+@pytest.mark.parametrize("entry, loads", [
+    ({"mean": 0.0, "rmsd": 2.0}, True), ({"mean": 0.0, "stdev": 2.0}, True),
+    ({"fit": {"targets": {"energy": {}}}}, False), ({"file": "normalizers.pt"}, False),
+], ids=["rmsd", "stdev", "fit", "file"])
+def test_dataset_normalizer_forms(monolithic, entry, loads):
+    """By value they apply; from a file or a fit only where the checkpoint holds the values."""
+    name, entry = ("fit", entry["fit"]) if "fit" in entry else ("energy", entry)
     checkpoint = {**monolithic, "config": {**monolithic["config"], "dataset": {
-        "train": {"transforms": {"normalizer": {"energy": entry}}}}}}
-    with pytest.raises(ValueError, match=r"normalizer\['energy'\]"):
+        "train": {"transforms": {"normalizer": {name: entry}}}}}}
+    if loads:
+        assert load_fairchem_checkpoint(checkpoint)[0].energy_std == 2.0
+        return
+    with pytest.raises(ValueError, match=r"normalisers of \['energy'\] from a file or a fit"):
         load_fairchem_checkpoint(checkpoint)
+    held = {**checkpoint, "normalizers": {"energy": {"mean": torch.tensor(0.0), "rmsd": torch.tensor(2.0)}}}
+    assert load_fairchem_checkpoint(held)[0].energy_std == 2.0
 
 
 def test_scale_dict_raises(monolithic):
@@ -199,26 +268,155 @@ def test_scale_dict_raises(monolithic):
         load_fairchem_checkpoint({**monolithic, "scale_dict": {"block0": 1.3}})
 
 
+# -- the key policy ------------------------------------------------------------------------------
+
+
+def test_the_ignored_keys_are_pinned():
+    """Changing what is ignored on import is a decision: this list changes with it."""
+    assert {level: sorted(keys) for level, keys in FAIRCHEM_IGNORED_KEYS.items()} == {
+        "checkpoint": ["amp", "best_val_metric", "epoch", "optimizer", "primary_metric", "scheduler", "step",
+                       "val_metrics"],
+        "config": ["amp", "checkpoint", "cmd", "cpu", "distributed", "distributed_backend", "distributed_port",
+                   "eval_metrics", "evaluation_metrics", "gp_gpus", "gpus", "hide_eval_progressbar", "identifier",
+                   "includes", "is_debug", "local_rank", "logdir", "logger", "loss_fns", "loss_functions", "mode",
+                   "noddp", "num_gpus", "num_nodes", "optim", "print_every", "relax_dataset", "run_dir", "seed",
+                   "slurm", "submit", "summit", "task", "test_dataset", "timestamp_id", "trainer", "val_dataset",
+                   "world_size"],
+        "model": ["activation_checkpoint", "attn_activation", "bond_feat_dim", "ffn_activation", "finetune_config",
+                  "freeze_backbone", "num_atoms", "num_distance_basis", "num_sphere_samples", "num_targets",
+                  "otf_graph", "pass_through_head_outputs", "regress_forces", "use_pbc_single", "weight_init"],
+        "dataset": ["a2g_args", "ase_read_args", "atoms_transform_args", "connect_args", "data2train", "first_n",
+                    "format", "include_relaxed_energy", "index_file", "keep_in_memory", "key_mapping", "max_atoms",
+                    "metadata_path", "no_shuffle", "oc20_ref", "pattern", "sample_n", "seed", "select_args", "shard",
+                    "splits", "src", "subset_to", "total_shards", "use_tqdm"],
+        "transforms": ["decompose_tensor"],
+    }
+
+
+def test_training_keys_are_ignored(monolithic):
+    """Every ignored key, at its level, loads to the same model."""
+    config = {**monolithic["config"], **{k: {} for k in FAIRCHEM_IGNORED_KEYS["config"]},
+              "dataset": {**{k: "x" for k in FAIRCHEM_IGNORED_KEYS["dataset"]},
+                          "transforms": {k: {} for k in FAIRCHEM_IGNORED_KEYS["transforms"]}}}
+    config["model"] = {**config["model"], **{k: None for k in FAIRCHEM_IGNORED_KEYS["model"]}}
+    checkpoint = {**monolithic, **{k: None for k in FAIRCHEM_IGNORED_KEYS["checkpoint"]}, "config": config}
+    assert load_fairchem_checkpoint(checkpoint)[0] == load_fairchem_checkpoint(monolithic)[0]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("checkpoint", r"checkpoint\['future_state'\]"), ("config", r"config\['future_state'\]"),
+    ("dataset", r"config\['dataset'\]\['future_state'\]"), ("model", r"unknown keys in the reference model config"),
+    ("transforms", r"the dataset transforms' 'future_state'"),
+])
+def test_unknown_keys_raise(monolithic, where, message):
+    checkpoint = {**monolithic, "config": {**monolithic["config"], "dataset": {"src": "train"}}}
+    if where == "checkpoint":
+        checkpoint["future_state"] = 1
+    elif where == "config":
+        checkpoint["config"]["future_state"] = 1
+    elif where == "dataset":
+        checkpoint["config"]["dataset"]["future_state"] = 1
+    elif where == "model":
+        checkpoint["config"]["model"] = {**checkpoint["config"]["model"], "future_state": 1}
+    else:
+        checkpoint["config"]["dataset"]["transforms"] = {"future_state": {}}
+    with pytest.raises(ValueError, match=message):
+        EquiformerV2.from_fairchem(checkpoint)
+
+
+def test_outputs_are_checked(monolithic):
+    outputs = {"energy": {"level": "system", "property": "energy", "prediction_dtype": "float32"},
+               "forces": {"level": "atom", "train_on_free_atoms": True, "eval_on_free_atoms": True}}
+    with_outputs = {**monolithic, "config": {**monolithic["config"], "outputs": outputs}}
+    assert load_fairchem_checkpoint(with_outputs)[0] == load_fairchem_checkpoint(monolithic)[0]
+    for bad, message in [({"dipole": {"level": "system"}}, r"output 'dipole'"),
+                         ({"energy": {"level": "atom"}}, r"outputs\['energy'\]\['level'\] = 'atom'")]:
+        checkpoint = {**monolithic, "config": {**monolithic["config"], "outputs": {**outputs, **bad}}}
+        with pytest.raises(ValueError, match=message):
+            load_fairchem_checkpoint(checkpoint)
+
+
+def test_oc22_linear_references(monolithic):
+    """OC22's monolithic model adds ``energy_lin_ref`` to the normalised energy: imported as
+    std * weight (eV); the dataset's ``lin_ref`` file is held by that weight."""
+    lin = torch.linspace(-1.0, 1.0, 90)
+    model_config = {**monolithic["config"]["model"], "use_energy_lin_ref": True, "load_energy_lin_ref": True}
+    checkpoint = {**monolithic, "state_dict": {**monolithic["state_dict"], "module.energy_lin_ref": lin},
+                  "normalizers": {"energy": {"mean": torch.tensor(0.0), "rmsd": torch.tensor(25.0)}},
+                  "config": {**monolithic["config"], "model": model_config,
+                             "dataset": {"format": "oc22_lmdb", "lin_ref": "oc22_linfit_coeffs.npz"}}}
+    config, state = load_fairchem_checkpoint(checkpoint)
+    assert config.use_energy_lin_ref and torch.equal(state["energy_lin_ref"], 25.0 * lin.double())
+    config, state = load_fairchem_checkpoint(checkpoint, use_energy_lin_ref=False)
+    assert not config.use_energy_lin_ref and "energy_lin_ref" not in state
+    loaded = {**model_config, "use_energy_lin_ref": False}
+    config, state = load_fairchem_checkpoint({**checkpoint, "config": {**checkpoint["config"], "model": loaded}})
+    assert not config.use_energy_lin_ref and "energy_lin_ref" not in state
+    no_weight = {**checkpoint, "state_dict": monolithic["state_dict"]}
+    with pytest.raises(ValueError, match="no energy_lin_ref weight"):
+        load_fairchem_checkpoint(no_weight)
+    with pytest.raises(ValueError, match="train_on_oc20_total_energies=True"):
+        load_fairchem_checkpoint({**checkpoint, "config": {**checkpoint["config"], "dataset": {
+            "train_on_oc20_total_energies": True, "oc20_ref": "refs.pkl"}}})
+
+
 def test_known_heads_load(monolithic):
     reference = EquiformerV2.from_fairchem(monolithic)
     for heads in ({"energy": {"module": "equiformer_v2_energy_head"}},
-                  {"energy": {"module": "equiformerV2_scalar_head", "reduce": "sum"}}):
+                  {"energy": {"module": "equiformerV2_scalar_head", "reduce": "sum"}},
+                  {"energy": {"module": "equiformerV2_scalar_head", "reduce": "mean"}}):
         loaded = EquiformerV2.from_fairchem(_hydra(monolithic, heads))
         assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), loaded.state_dict().values()))
+        assert loaded.config.energy_reduce == heads["energy"].get("reduce", "sum")
 
 
 @pytest.mark.parametrize("heads, extra, message", [
-    ({"energy": {"module": "equiformer_v2_energy_head"}, "stress": {"module": "rank2_symmetric_head"}}, (),
-     r"head 'stress' \(module 'rank2_symmetric_head'\)"),
-    ({"energy": {"module": "equiformer_v2_energy_head", "reduce": "mean"}}, (),
-     r"head 'energy' with options \{'reduce': 'mean'\}"),
+    ({"energy": {"module": "equiformer_v2_energy_head"}, "dielectric": {"module": "rank2_symmetric_head"}}, (),
+     r"head 'dielectric' \(module 'rank2_symmetric_head'\)"),
+    ({"energy": {"module": "equiformer_v2_energy_head", "reduce": "max"}}, (),
+     r"head 'energy' with options \{'reduce': 'max'\}"),
     ({"energy": {"module": "dens_energy_head"}}, (), r"head 'energy' \(module 'dens_energy_head'\)"),
     ({"energy": {"module": "equiformer_v2_energy_head"}}, ("module.output_heads.efs.linear.weight",),
      r"weights of head 'efs'"),
-], ids=["stress-head", "mean-reduce", "foreign-energy-head", "unlisted-head-weights"])
+], ids=["rank2-head-not-stress", "unknown-reduce", "foreign-energy-head", "unlisted-head-weights"])
 def test_unknown_heads_raise(monolithic, heads, extra, message):
     with pytest.raises(ValueError, match=message):
         EquiformerV2.from_fairchem(_hydra(monolithic, heads, extra))
+
+
+def test_graph_mode_from_enforce_max_neighbors_strictly(monolithic, tmp_path):
+    """Checkpoints trained with the reference's non-strict neighbour rule load with it (monolithic
+    and backbone configs, every entry point); strict or unset ones keep the tie-stable default;
+    a graph_mode given by the user wins."""
+    from so2nn.calculators import So2nnCalculator
+    from so2nn.models import load_model
+
+    def with_flag(checkpoint, value, hydra=False):
+        checkpoint = _hydra(checkpoint) if hydra else checkpoint
+        model = dict(checkpoint["config"]["model"])
+        if hydra:
+            model["backbone"] = {**model["backbone"], "enforce_max_neighbors_strictly": value}
+        else:
+            model["enforce_max_neighbors_strictly"] = value
+        return {**checkpoint, "config": {**checkpoint["config"], "model": model}}
+
+    assert "enforce_max_neighbors_strictly" not in monolithic["config"]["model"]
+    assert load_fairchem_checkpoint(monolithic)[0].graph_mode == "tie_stable"  # the reference's default: strict
+    for hydra in (False, True):
+        assert load_fairchem_checkpoint(with_flag(monolithic, True, hydra))[0].graph_mode == "tie_stable"
+        nonstrict = with_flag(monolithic, False, hydra)
+        assert load_fairchem_checkpoint(nonstrict)[0].graph_mode == "reference_nonstrict"
+        assert load_fairchem_checkpoint(nonstrict, graph_mode="tie_stable")[0].graph_mode == "tie_stable"
+        assert load_fairchem_checkpoint(with_flag(monolithic, True, hydra),
+                                        graph_mode="reference")[0].graph_mode == "reference"
+    path = tmp_path / "nonstrict.pt"
+    torch.save(with_flag(monolithic, False, hydra=True), path)
+    assert EquiformerV2.from_fairchem(path).config.graph_mode == "reference_nonstrict"
+    assert EquiformerV2.from_checkpoint(path).config.graph_mode == "reference_nonstrict"
+    assert load_model(path, graph_mode="reference").config.graph_mode == "reference"
+    assert So2nnCalculator(path, device="cpu").model.config.graph_mode == "reference_nonstrict"
+    with pytest.raises(ValueError, match="enforce_max_neighbors_strictly must be true or false, got 'no'"):
+        load_fairchem_checkpoint(with_flag(monolithic, "no"))
 
 
 def test_dataset_list_config_normalizers(monolithic):

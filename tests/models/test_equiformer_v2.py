@@ -75,15 +75,17 @@ def test_grid_error_falls_with_inference_resolution(kernels):
 
 def test_reference_graph_mode_breaks_equivariance_on_degenerate_shells():
     # The strict max-neighbour cut splits shells of equal distances; which atoms survive then
-    # depends on the orientation. The default tie-stable graph keeps whole shells.
+    # depends on the orientation. The default tie-stable graph keeps whole shells, and so does
+    # the reference's non-strict rule (within 0.01 A^2 of the 9th neighbour's squared distance).
     pos, cell, numbers = slab((3, 3, 3), adsorbate=False)
     R = random_rotation(torch.Generator().manual_seed(2))
     kinds, outs = ["vector", "vector"], {"energy": None, "forces": "vector"}
     errors = {}
-    for mode in ("tie_stable", "reference"):
+    for mode in ("tie_stable", "reference", "reference_nonstrict"):
         model = small_model(lmax=2, mmax=1, graph_mode=mode, max_neighbors=8, **GATE)
         errors[mode] = equivariance_error(lambda p, c: call(model, p, c, numbers), [pos, cell], kinds, outs, R)[1]
     assert errors["tie_stable"].relative <= 1e-9
+    assert errors["reference_nonstrict"].relative <= 1e-9
     assert errors["reference"].relative > 1e-6
 
 
@@ -181,6 +183,8 @@ def test_bad_configuration():
         EquiformerV2Config(activation="gate")
     with pytest.raises(ValueError, match="unknown configuration keys"):
         preset("oc20-31M", num_layer=3)
+    with pytest.raises(ValueError, match="graph_mode must be one of 'tie_stable', 'reference', 'reference_nonstrict'"):
+        EquiformerV2Config(graph_mode="strict")
 
 
 def test_accepts_torch_geometric_batches_with_oc20_fields():

@@ -40,6 +40,24 @@ def test_energy_head_is_its_equation():
         head.set_statistics(0.0, 0.0)
 
 
+def test_energy_head_mean_reduce_is_the_per_atom_energy():
+    """``reduce="mean"`` (fairchem's scalar head with ``reduce: mean``): each system's sum is
+    divided by its own atom count, not by avg_num_nodes, before de-normalisation."""
+    torch.manual_seed(0)
+    head = EnergyHead(CoefficientLayout(2, 1), sphere_channels=8, hidden_channels=8, avg_num_nodes=3.5,
+                      energy_mean=0.5, energy_std=2.0, grid_resolution=None, reduce="mean").double()
+    x, batch = torch.randn(6, 9, 8, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 1, 2])
+    per_atom = head.energy_block(x)[:, 0, 0]
+    expected = torch.stack([per_atom[batch == b].mean() for b in range(3)]) * 2.0 + 0.5
+    torch.testing.assert_close(head(x, batch, 3), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="reduce must be 'sum' or 'mean'"):
+        EnergyHead(CoefficientLayout(2, 1), sphere_channels=8, hidden_channels=8, reduce="max")
+    model = tiny(energy_reduce="mean")
+    assert model.heads["energy"].reduce == "mean"
+    with pytest.raises(ValueError, match="energy_reduce must be 'sum' or 'mean'"):
+        EquiformerV2Config(**TINY, energy_reduce="max")
+
+
 def test_the_l1_block_is_cartesian_in_so2nns_basis():
     """The force head reads the l = 1 coefficients (m = -1, 0, 1) as (x, y, z): so2nn's real
     spherical harmonics of degree 1 are proportional to the Cartesian components."""
@@ -71,6 +89,23 @@ def test_force_head_rotates_as_a_vector(R):
     torch.testing.assert_close(out, 0.5 * raw[:, 1:4, 0], rtol=0, atol=0)
     rotated = forces(pos @ R.T, torch.einsum("ij,njc->nic", layout.D_from_matrix(R), x))
     torch.testing.assert_close(rotated, out @ R.T, rtol=1e-9, atol=1e-9)
+
+
+def test_force_head_mean_is_added_to_every_component():
+    """``forces_mean`` (a fairchem force normaliser's mean): F = raw * std + mean, for parity."""
+    torch.manual_seed(1)
+    layout = CoefficientLayout(2, 1)
+    head = ForceHead(layout, sphere_channels=8, hidden_channels=8, num_heads=2, attn_alpha_channels=4,
+                     attn_value_channels=4, edge_channels_list=[6, 8, 8], activation="gate", grid_resolution=None,
+                     forces_std=0.5, forces_mean=0.25).double().eval()
+    pos, x = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 9, 8, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 0], [1, 0, 0, 2]])
+    rotation = EdgeRotation(layout, pos[edge_index[0]] - pos[edge_index[1]])
+    edge_features, numbers = torch.randn(4, 6, dtype=torch.float64), torch.tensor([1, 6, 8])
+    raw = head.force_block(x, edge_features, numbers, edge_index, rotation)[:, 1:4, 0]
+    torch.testing.assert_close(head(x, edge_features, numbers, edge_index, rotation), 0.5 * raw + 0.25, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="forces_mean=0.25 needs direct forces"):
+        EquiformerV2Config(**TINY, direct_forces=False, forces_mean=0.25)
 
 
 def test_the_model_composes_its_heads():

@@ -1,17 +1,7 @@
-"""``torch_scatter.utils.broadcast`` for the stand-in (fairchem's GemNet-GP imports it at module
-level; EquiformerV2 does not use it): ``src`` expanded to the shape of ``other`` along ``dim``."""
+"""``torch_scatter.utils.broadcast``, which one of fairchem's registered models (GemNet-GP)
+imports at module level: the stand-in's own index broadcast, same argument order
+(``broadcast(index, src, dim)`` expands ``index`` to the shape of ``src``)."""
 
-from __future__ import annotations
+from . import _broadcast as broadcast
 
-import torch
-
-
-def broadcast(src: torch.Tensor, other: torch.Tensor, dim: int) -> torch.Tensor:
-    if dim < 0:
-        dim = other.dim() + dim
-    if src.dim() == 1:
-        for _ in range(dim):
-            src = src.unsqueeze(0)
-    for _ in range(src.dim(), other.dim()):
-        src = src.unsqueeze(-1)
-    return src.expand(other.size())
+__all__ = ["broadcast"]

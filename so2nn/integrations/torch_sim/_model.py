@@ -1,0 +1,160 @@
+r"""torch-sim's model interface for so2nn models."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch_sim as ts
+from torch import nn
+from torch_sim.models.interface import ModelInterface
+
+from ...calculators._calculator import _as_dtype
+from ...models import AtomisticModel, load_model
+from . import _compat
+
+__all__ = ["TorchSimModel"]
+
+
+class TorchSimModel(ModelInterface):
+    r"""An so2nn model as a torch-sim model: energies, forces (and stress) of many systems at once.
+
+    .. math::
+
+        E_b = \mathrm{model}(Z, r, A)_b, \qquad F_i = \text{the model's forces}, \qquad
+        \sigma_b = \text{the model's stress (when it has one)}
+
+    for every system :math:`b` of a torch-sim ``SimState``, evaluated in one forward over the
+    whole batch. Outputs: ``"energy" [n_systems]`` (eV), ``"forces" [n_atoms, 3]`` (eV/A) and,
+    when ``"stress"`` is in the model's ``output_names`` and the systems are periodic,
+    ``"stress" [n_systems, 3, 3]`` (eV/A^3, ASE's sign), all detached (torch-sim's optimisers and integrators never
+    differentiate through the model).
+
+    **Graph.** Every call builds the neighbour graph of the state with the model's own
+    ``build_graph`` (its cutoff, neighbour cap and ``graph_mode``), per system: no edge joins
+    two systems. So the graph follows the atoms at every optimiser or MD step; there is no
+    skin and no stale neighbour list.
+
+    **Fixed atoms.** torch-sim 0.3 has no constraints. ``fixed`` (``[n_atoms]`` bool, in the
+    order of the states this model is given) zeroes the forces on those atoms, which holds
+    them in place under FIRE; :func:`~so2nn.integrations.torch_sim.relax_batch` and
+    :func:`~so2nn.integrations.torch_sim.run_md` set it from each system's
+    :class:`~ase.constraints.FixAtoms` and keep it in step with the state (MD also zeroes their
+    momenta). A state with another atom count than ``fixed`` raises.
+
+    **Cell.** torch-sim stores the cell as column vectors; the model reads
+    ``state.row_vector_cell`` (the lattice vectors as rows, as ASE). torch-sim's ``pbc``
+    (one bool in 0.3, ``[3]`` in 0.6) applies to every system.
+
+    Args:
+        model: an so2nn model (any :class:`~so2nn.models.AtomisticModel`), or a checkpoint (path
+            or loaded dict) that :func:`~so2nn.models.load_model` reads: so2nn's own or an
+            official fairchem EquiformerV2 one.
+        device: where to run. Default: where the model's weights are; for a checkpoint,
+            ``"cuda"`` when available, else ``"cpu"``.
+        dtype: ``torch.float32`` or ``torch.float64`` (or their names); torch-sim states must
+            use the same. Default: the model's dtype; ``float32`` for a checkpoint.
+        fixed: ``[n_atoms]`` bool, the atoms held in place (see above), or None.
+        use_ema, trust, config_changes: as :func:`~so2nn.models.load_model` (a checkpoint only).
+
+    Example:
+        >>> import torch_sim as ts
+        >>> from ase.build import bulk, molecule
+        >>> from so2nn.models import EquiformerV2, EquiformerV2Config
+        >>> model = EquiformerV2(EquiformerV2Config(
+        ...     lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
+        ...     attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
+        ...     num_distance_basis=16, max_radius=4.0))
+        >>> sim_model = TorchSimModel(model, dtype=torch.float64)
+        >>> state = ts.io.atoms_to_state([bulk("Cu", cubic=True), bulk("Al", cubic=True) * (2, 1, 1)],
+        ...                              sim_model.device, sim_model.dtype)
+        >>> out = sim_model(state)
+        >>> out["energy"].shape, out["forces"].shape
+        (torch.Size([2]), torch.Size([12, 3]))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str | os.PathLike | dict,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        fixed: torch.Tensor | None = None,
+        use_ema: bool = True,
+        trust: bool = False,
+        **config_changes,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, nn.Module):
+            if not isinstance(model, AtomisticModel):
+                raise TypeError(f"{type(model).__name__} does not offer the so2nn model protocol (AtomisticModel)")
+            if config_changes:
+                raise ValueError(f"config changes {sorted(config_changes)} apply when loading a checkpoint; "
+                                 "for a model object, build it with them")
+            weight = next(model.parameters())
+            default_device, default_dtype = weight.device, weight.dtype
+        elif isinstance(model, (str, os.PathLike, dict)):
+            model = load_model(model, use_ema=use_ema, trust=trust, **config_changes)
+            default_device = "cuda" if torch.cuda.is_available() else "cpu"
+            default_dtype = torch.float32
+        else:
+            raise TypeError(f"model must be an so2nn model or a checkpoint path/dict, got {type(model).__name__}")
+        self._device = torch.device(default_device if device is None else device)
+        self._dtype = _as_dtype(default_dtype if dtype is None else dtype)
+        self.model = model.to(device=self._device, dtype=self._dtype).eval()
+        outputs = set(self.model.output_names)
+        if not {"energy", "forces"} <= outputs:
+            raise ValueError(f"a torch-sim model needs energy and forces; the model's outputs are {sorted(outputs)}")
+        self._compute_forces = True
+        self._compute_stress = "stress" in outputs
+        # EquiformerV2 keeps at most max_neighbors edges per atom: memory grows with the atom
+        # count, not with the density (torch-sim's autobatcher sizes batches by this)
+        capped = getattr(self.model.config, "max_neighbors", None) is not None
+        self._memory_scales_with = "n_atoms" if capped else "n_atoms_x_density"
+        self.fixed = fixed
+
+    @property
+    def fixed(self) -> torch.Tensor | None:
+        """``[n_atoms]`` bool: atoms whose forces are zeroed (held in place), or None."""
+        return self._fixed
+
+    @fixed.setter
+    def fixed(self, mask: torch.Tensor | None) -> None:
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=self._device)
+            if mask.dim() != 1 or mask.dtype != torch.bool:
+                raise ValueError(f"fixed must be a [n_atoms] bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}")
+        self._fixed = mask
+
+    def forward(self, state, **kwargs) -> dict[str, torch.Tensor]:
+        """Energy ``[n_systems]``, forces ``[n_atoms, 3]`` (and stress ``[n_systems, 3, 3]``) of ``state``."""
+        if not isinstance(state, ts.SimState):
+            state = ts.SimState(**state)
+        if state.positions.dtype != self._dtype:
+            raise ValueError(f"the state is {state.positions.dtype} but the model runs in {self._dtype}: "
+                             "build the state with the model's dtype")
+        num_systems = state.n_systems
+        pbc = _compat.state_pbc(state, num_systems)
+        fields = {
+            "pos": state.positions,
+            "atomic_numbers": state.atomic_numbers.long(),
+            "batch": state.system_idx.long(),
+            "natoms": torch.bincount(state.system_idx, minlength=num_systems),
+            "pbc": pbc,
+        }
+        if bool(pbc.any()):
+            fields["cell"] = state.row_vector_cell
+        with torch.no_grad():
+            out = self.model(**fields)
+        result = {"energy": out["energy"].detach(), "forces": out["forces"].detach()}
+        if self._compute_stress and "stress" in out:  # a model's stress needs periodic systems
+            result["stress"] = out["stress"].detach()
+        if self._fixed is not None:
+            if self._fixed.shape[0] != state.n_atoms:
+                raise ValueError(f"fixed has {self._fixed.shape[0]} entries but the state has {state.n_atoms} atoms: "
+                                 "set model.fixed for the state it evaluates")
+            result["forces"] = result["forces"].masked_fill(self._fixed[:, None], 0.0)
+        return result
+
+    def extra_repr(self) -> str:
+        return f"device={self._device}, dtype={self._dtype}, stress={self._compute_stress}"

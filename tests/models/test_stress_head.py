@@ -1,0 +1,204 @@
+"""The direct stress head: its equation and basis, how it rotates, its configuration, and the
+import of the reference's rank-2 head options (``rank2_symmetric_head``)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from hypothesis import given, settings
+
+from so2nn.models import STRESS_BASIS, EquiformerV2, EquiformerV2Config, StressHead
+from so2nn.models._fairchem import stress_config_from_fairchem
+from so2nn.so3 import CoefficientLayout, spherical_harmonics
+from so2nn.testing import equivariance_error, random_rotation
+from so2nn.testing import strategies as so2st
+
+TINY = dict(
+    lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
+    attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8, num_distance_basis=16, max_radius=4.0,
+    max_neighbors=12, max_num_elements=20, alpha_drop=0.0, drop_path_rate=0.0, activation="gate", use_grid_mlp=False,
+)
+VARIANTS = {
+    "decomposed": dict(stress_head="decomposed"),
+    "decomposed_edge_source_target": dict(stress_head="decomposed", stress_edge_level_mlp=True,
+                                          stress_source_target_embedding=True),
+    "decomposed_extensive": dict(stress_head="decomposed", stress_extensive=True, stress_avg_num_nodes=2.5),
+    "rank2": dict(stress_head="rank2"),
+    "rank2_edge_extensive": dict(stress_head="rank2", stress_edge_level_mlp=True, stress_extensive=True),
+}
+
+
+def tiny(seed=0, **changes):
+    torch.manual_seed(seed)
+    model = EquiformerV2(EquiformerV2Config(**{**TINY, **changes})).double().eval()
+    with torch.no_grad():  # norms off their trivial initialisation
+        for name, p in model.heads["stress"].named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def crystal():
+    """A triclinic cell with three atoms (no degenerate neighbour shells)."""
+    cell = np.array([[3.1, 0.0, 0.0], [0.7, 2.9, 0.0], [-0.5, 0.4, 3.3]])
+    atoms = Atoms("MgO2", scaled_positions=[[0.0, 0.0, 0.0], [0.48, 0.52, 0.45], [0.27, 0.71, 0.12]], cell=cell,
+                  pbc=True)
+    return torch.tensor(atoms.positions), torch.tensor(np.array(atoms.cell))[None], torch.tensor(atoms.numbers)
+
+
+def stress_of(model):
+    _, _, numbers = crystal()
+    return lambda pos, cell: model(pos=pos, cell=cell, atomic_numbers=numbers)
+
+
+def test_the_basis_is_orthonormal_and_matches_the_degree_2_harmonics():
+    """S = sum_k p_k B_k with r^T B_m r proportional to Y_2m(r): the l = 2 coefficients and the
+    matrix rotate together (the reason the rebuilt stress is equivariant)."""
+    B = STRESS_BASIS
+    torch.testing.assert_close(torch.einsum("aij,bij->ab", B, B), torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert torch.equal(B, B.transpose(1, 2))
+    torch.testing.assert_close(torch.einsum("kii->k", B[1:]), torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-15)
+    r = torch.randn(20, 3, dtype=torch.float64)
+    Y2 = spherical_harmonics(2, r, normalize=False, normalization="component")[:, 4:9]
+    torch.testing.assert_close(torch.einsum("ei,kij,ej->ek", r, B[1:], r), (2 / 15) ** 0.5 * Y2, rtol=1e-12, atol=1e-12)
+
+
+def test_decomposed_head_is_its_equation():
+    """Isotropic and anisotropic parts from the MLPs, de-normalised, rebuilt with the basis."""
+    torch.manual_seed(0)
+    layout = CoefficientLayout(2, 1)
+    with pytest.warns(UserWarning, match="anisotropic_mean=0.01 is added to every component"):
+        head = StressHead(layout, sphere_channels=4, isotropic_mean=0.2, isotropic_std=3.0, anisotropic_mean=0.01,
+                          anisotropic_std=0.5).double()
+    x, vec = torch.randn(3, 9, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    edge_index, batch = torch.tensor([[0, 1, 2, 0, 1], [1, 0, 0, 2, 2]]), torch.tensor([0, 0, 1])
+    w = head.harmonics_norm(spherical_harmonics(2, vec, normalize=False)[:, :, None])[:, :, 0]
+    h = head.edge_norm(torch.einsum("eic,ei->ec", x[edge_index[1]], w))
+    Y2 = spherical_harmonics(2, vec)[:, 4:9]
+    node_h = torch.stack([h[edge_index[1] == i].mean(0) for i in range(3)])
+    node_a = torch.stack([(Y2[:, :, None] * h[:, None, :])[edge_index[1] == i].mean(0) for i in range(3)])
+    iso, aniso = head.isotropic_mlp(node_h)[:, 0], head.anisotropic_mlp(node_a)[..., 0]
+    iso = torch.stack([iso[:2].mean(), iso[2]]) * 3.0 + 0.2
+    aniso = torch.stack([aniso[:2].mean(0), aniso[2]]) * 0.5 + 0.01
+    expected = (iso[:, None, None] * torch.eye(3, dtype=torch.float64) / 3 ** 0.5
+                + torch.einsum("bk,kij->bij", aniso, STRESS_BASIS[1:]))
+    torch.testing.assert_close(head(x, vec, edge_index, batch, 2), expected, rtol=1e-12, atol=1e-12)
+    # the trace is the isotropic part alone
+    torch.testing.assert_close(expected.diagonal(dim1=1, dim2=2).sum(1), 3 ** 0.5 * iso, rtol=1e-12, atol=1e-12)
+
+
+def test_rank2_head_is_its_equation():
+    torch.manual_seed(1)
+    head = StressHead(CoefficientLayout(2, 1), sphere_channels=4, decompose=False, stress_std=2.0).double()
+    x, vec = torch.randn(3, 9, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 0], [1, 0, 0, 2]])
+    w = head.harmonics_norm(spherical_harmonics(2, vec, normalize=False)[:, :, None])[:, :, 0]
+    h = head.edge_norm(torch.einsum("eic,ei->ec", x[edge_index[1]], w))
+    outer = torch.einsum("ea,eb->eab", vec, vec).reshape(4, 9)
+    node = torch.stack([(h[:, None, :] * outer[:, :, None])[edge_index[1] == i].mean(0) for i in range(3)])
+    expected = 2.0 * head.tensor_mlp(node)[..., 0].mean(0).reshape(1, 3, 3)
+    torch.testing.assert_close(head(x, vec, edge_index, torch.zeros(3, dtype=torch.long), 1), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@settings(max_examples=4, deadline=None)
+@given(R=so2st.rotations())
+def test_linear_readout_stress_rotates_as_a_matrix(variant, R):
+    """With one linear map and no bias the readout commutes with rotations: S(R x) = R S R^T
+    (exactly, with gate activations in the backbone), and S is symmetric."""
+    model = tiny(**VARIANTS[variant], stress_num_mlp_layers=1)
+    with torch.no_grad():
+        for name, p in model.heads["stress"].named_parameters():
+            if name.startswith(("anisotropic_mlp", "tensor_mlp")) and name.endswith("bias"):
+                p.zero_()
+    pos, cell, _ = crystal()
+    errors = equivariance_error(stress_of(model), [pos, cell], ["vector", "vector"],
+                                {"energy": None, "forces": "vector", "stress": "matrix"}, R)
+    assert all(e.relative <= 1e-9 for e in errors), errors
+    stress = stress_of(model)(pos, cell)["stress"]
+    assert torch.equal(stress, stress.transpose(1, 2))
+
+
+@pytest.mark.parametrize("variant", ["decomposed", "rank2"])
+def test_componentwise_mlp_rotates_only_approximately(variant):
+    """The reference's MLPs (two layers, SiLU, biases) act on each component alike, so the
+    stress does not rotate exactly; in the decomposed head the isotropic part (the trace) is
+    still exactly invariant, in the plain rank-2 block (an MLP per Cartesian component) not even
+    that."""
+    model = tiny(**VARIANTS[variant])
+    with torch.no_grad():
+        for p in model.heads["stress"].parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    pos, cell, _ = crystal()
+    R = random_rotation(torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out, rotated = stress_of(model)(pos, cell)["stress"], stress_of(model)(pos @ R.T, cell @ R.T)["stress"]
+    trace = lambda s: s.diagonal(dim1=1, dim2=2).sum(1)  # noqa: E731
+    trace_error = float((trace(rotated) - trace(out)).abs().max() / trace(out).abs().max())
+    assert trace_error <= 1e-9 if variant == "decomposed" else trace_error > 1e-6, trace_error
+    error = float((rotated - R @ out @ R.T).abs().max() / out.abs().max())
+    assert error > 1e-6, error
+    assert torch.equal(rotated, rotated.transpose(1, 2))
+
+
+def test_the_model_returns_stress_and_saves_it(tmp_path):
+    model = tiny(stress_head="decomposed", stress_isotropic_mean=0.1, stress_isotropic_std=0.02)
+    assert list(model.heads) == ["energy", "forces", "stress"]
+    assert model.output_names == ("energy", "forces", "stress")
+    keys = [k for k in model.state_dict() if k.startswith("heads.")]
+    assert keys.index(next(k for k in keys if k.startswith("heads.stress."))) > max(
+        i for i, k in enumerate(keys) if k.startswith("heads.forces."))
+    pos, cell, numbers = crystal()
+    out = model(pos=pos, cell=cell, atomic_numbers=numbers)
+    assert out["stress"].shape == (1, 3, 3)
+    model.save(tmp_path / "model.pt")
+    again = EquiformerV2.from_checkpoint(tmp_path / "model.pt")
+    assert again.config == model.config
+    # (the checkpoint's model is built in float32: float32 rounding of the weights)
+    torch.testing.assert_close(again.double()(pos=pos, cell=cell, atomic_numbers=numbers)["stress"], out["stress"],
+                               rtol=1e-6, atol=1e-9)
+    # a batch: each system's stress is its own
+    two = model(pos=torch.cat([pos, pos]), cell=torch.cat([cell, cell]), atomic_numbers=torch.cat([numbers, numbers]),
+                natoms=torch.tensor([3, 3]))
+    torch.testing.assert_close(two["stress"], torch.cat([out["stress"]] * 2), rtol=1e-12, atol=1e-15)
+    # no edges: finite (the MLPs of zero features)
+    alone = model(pos=torch.zeros(1, 3, dtype=torch.float64), atomic_numbers=torch.tensor([8]))
+    assert torch.isfinite(alone["stress"]).all()
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(stress_head="full"), "stress_head must be None, 'decomposed' or 'rank2'"),
+    (dict(stress_head="rank2", stress_num_mlp_layers=0), "stress_num_mlp_layers must be an int >= 1"),
+    (dict(stress_head="rank2", stress_extensive=1), "stress_extensive must be a bool"),
+    (dict(stress_head="decomposed", stress_anisotropic_std=0.0), "stress_anisotropic_std must be > 0"),
+    (dict(stress_std=2.0), "set but the model has no stress head"),
+    (dict(stress_head="rank2", stress_isotropic_std=2.0), "apply to stress_head='decomposed' only"),
+    (dict(stress_head="decomposed", direct_forces=False), "stress_head needs direct_forces=True"),
+])
+def test_bad_stress_configuration(changes, message):
+    with pytest.raises(ValueError, match=message):
+        EquiformerV2Config(**{**TINY, **changes})
+
+
+def test_reference_head_options_map_onto_the_config():
+    head = {"module": "rank2_symmetric_head", "output_name": "stress", "decompose": True, "edge_level_mlp": True,
+            "num_mlp_layers": 3, "use_source_target_embedding": True, "extensive": True, "avg_num_nodes": 4,
+            "default_norm_type": "layer_norm_sh"}
+    assert stress_config_from_fairchem(head) == dict(
+        stress_head="decomposed", stress_edge_level_mlp=True, stress_num_mlp_layers=3,
+        stress_source_target_embedding=True, stress_extensive=True, stress_avg_num_nodes=4.0)
+    assert stress_config_from_fairchem({"module": "rank2_symmetric_head"}) == {"stress_head": "rank2"}
+    assert stress_config_from_fairchem({"module": "dens_rank2_symmetric_head", "use_denoising": False,
+                                        "decompose": True}) == {"stress_head": "decomposed"}
+    with pytest.raises(ValueError, match=r"unknown options of the stress head \(rank2_symmetric_head\): \['gate'\]"):
+        stress_config_from_fairchem({"module": "rank2_symmetric_head", "gate": True})
+    with pytest.raises(ValueError, match="returns 'stress' only"):
+        stress_config_from_fairchem({"module": "rank2_symmetric_head", "output_name": "dielectric_tensor"})
+    with pytest.raises(ValueError, match="'use_denoising' belongs to dens_rank2_symmetric_head"):
+        stress_config_from_fairchem({"module": "rank2_symmetric_head", "use_denoising": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StressHead(CoefficientLayout(2), sphere_channels=2)  # zero means: no warning
