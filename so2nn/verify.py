@@ -21,9 +21,10 @@ it is called ``--rolls`` times per structure, and for energy, forces and stress 
 * ``so2nn``: the largest difference between so2nn and any of the reference's calls,
 
 both in eV, eV/A and eV/A^3 (max over atoms and components), then one verdict line. so2nn
-matches when its distance is within 1.25 times the reference's own spread, or within rounding
-(1e-5 of the largest value in float32, 1e-9 in float64) where the spread is smaller. The exit status is 0 when it matches
-(or when there is no reference to compare with), 1 when it does not, 2 for an unusable file.
+matches when its distance is within twice the reference's own spread, or within rounding
+(1e-4 of the largest value in float32, 1e-9 in float64) where the spread is smaller. The exit
+status is 0 when it matches (or when there is no reference to compare with), 1 when it does
+not, 2 for an unusable file.
 
 Without fairchem it prints so2nn's outputs and how to install the reference.
 """
@@ -42,10 +43,14 @@ import torch
 
 __all__ = ["FairchemReference", "compare", "main", "structures"]
 
-TOLERANCE = 1.25  # so2nn may sit this much further from the reference's calls than they sit from each other
+# so2nn may sit this much further from the reference's calls than they sit from each other. A
+# spread measured from a few calls is itself noisy: on the parity fixtures' models, where so2nn
+# agrees with the reference to 1e-15 once the frames are matched, its float64 distance from 4
+# random-frame calls measured up to 1.8 times their spread.
+TOLERANCE = 2.0
 # Differences this small (relative to the largest value) are rounding, whatever the spread; a
-# wrong weight, normaliser or graph shows at 1e-4 and beyond.
-RELATIVE_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-9}
+# wrong weight, normaliser or graph shows at 1e-3 and beyond.
+RELATIVE_FLOOR = {torch.float32: 1e-4, torch.float64: 1e-9}
 UNITS = {"energy": "eV", "forces": "eV/A", "stress": "eV/A^3"}
 INSTALL_HINT = ("to compare with the reference (fairchem-core 1.10.0), set up its environment once in a clone "
                 "of so2nn with `bash benchmarks/setup_reference.sh` and run "
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ema.add_argument("--no-ema", dest="use_ema", action="store_false", help="use its raw weights")
     parser.add_argument("--trust", action="store_true",
                         help="allow arbitrary Python objects when reading the file (only for files you trust)")
-    parser.add_argument("--rolls", type=int, default=4, help="calls of the reference per structure (default: 4)")
+    parser.add_argument("--rolls", type=int, default=6, help="calls of the reference per structure (default: 6)")
     args = parser.parse_args(argv)
     if args.rolls < 2:
         parser.error("--rolls must be at least 2 (the reference's spread needs two calls)")
