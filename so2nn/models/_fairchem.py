@@ -9,7 +9,9 @@ weights become so2nn's ``heads.<name>.*``. The rank-2 stress head's options
 ``outputs.stress`` (its decomposition) is checked against the head. The DeNS models
 (``equiformer_v2_dens_backbone`` with the ``eqV2_DeNS_*`` heads) load their force and
 noise-scale encodings and denoising attention into so2nn's DeNS parts (see
-``DENS_TRAINING_ONLY`` for the DeNS settings that act only in training).
+``DENS_TRAINING_ONLY`` for the DeNS settings that act only in training). Energy-only models
+(``regress_forces: False``, the IS2RE models; or a backbone + heads model without a ``forces``
+head) load as so2nn models with ``regress_forces=False``.
 
 Nothing that changes the numbers is skipped: a checkpoint holding target transforms so2nn does
 not apply (fairchem's ``mean``/``rmsd`` normaliser state, element references, ``scale_dict``) or
@@ -63,7 +65,7 @@ _RENAMES = [
 
 # config keys of the reference that have no effect on the numbers (or are handled elsewhere)
 _IGNORED_CONFIG = {
-    "name", "use_pbc", "use_pbc_single", "regress_forces", "otf_graph", "num_sphere_samples", "attn_activation",
+    "name", "use_pbc", "use_pbc_single", "otf_graph", "num_sphere_samples", "attn_activation",
     "ffn_activation", "weight_init", "num_atoms", "bond_feat_dim", "num_targets", "share_atom_edge_embedding",
     "use_m_share_rad", "use_s2_act_attn", "distance_function", "load_energy_lin_ref",
     "direct_forces", "num_distance_basis", "backbone", "heads", "pass_through_head_outputs", "model",
@@ -122,6 +124,7 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
     activation = "gate" if use_gate else ("separable_s2" if use_sep else "s2")
     out = {"lmax": int(lmax[0]), "mmax": int(mmax[0]), "activation": activation}
     out.update(_graph_mode_from_fairchem(cfg))
+    out.update(_regress_forces_from_fairchem(cfg, model_config.get("heads")))
     fields = set(EquiformerV2Config.__dataclass_fields__)
     unknown = []
     for key, value in cfg.items():
@@ -158,6 +161,33 @@ def _graph_mode_from_fairchem(cfg: dict) -> dict:
     if not isinstance(strict, bool):
         raise ValueError(f"enforce_max_neighbors_strictly must be true or false, got {strict!r}")
     return {} if strict else {"graph_mode": "reference_nonstrict"}
+
+
+def _regress_forces_from_fairchem(cfg: dict, heads) -> dict:
+    """``regress_forces`` for the reference's energy-only models, popped from ``cfg``.
+
+    The monolithic model builds its force block only with ``regress_forces`` (``True`` when
+    absent, as in the reference's class), so an energy-only checkpoint (the IS2RE models) has
+    no force weights. In the backbone + heads layout the heads decide: the backbone's flag does
+    not reach them, and the model returns forces exactly when it has a ``forces`` head.
+    """
+    flag = cfg.pop("regress_forces", True)
+    if not isinstance(flag, bool):
+        raise ValueError(f"regress_forces must be true or false, got {flag!r}")
+    if isinstance(heads, dict):
+        flag = "forces" in heads
+    return {} if flag else {"regress_forces": False}
+
+
+def _forces_of_weights(model_config: dict, state_dict: dict) -> dict:
+    """``regress_forces=True`` for a backbone + heads checkpoint whose ``heads`` config does not
+    list the ``forces`` head that its weights (``output_heads.forces.*``) hold: the head is
+    loaded, not dropped."""
+    heads = model_config.get("heads")
+    if not isinstance(heads, dict) or "forces" in heads:
+        return {}
+    held = any(_strip(key).startswith("output_heads.forces.") for key in state_dict)
+    return {"regress_forces": True} if held else {}
 
 
 def _dens_config(backbone: dict, heads) -> dict:
@@ -205,7 +235,7 @@ def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, trust: bool = Fal
             numbers and that so2nn does not apply (named): normalisers in the ``mean``/``rmsd``
             form or for other targets, element references (``elementrefs``, or
             ``element_references`` in the dataset transforms), ``scale_dict``, output heads
-            other than the energy and direct-force heads.
+            other than the energy, direct-force and stress heads.
     """
     checkpoint = load_checkpoint(checkpoint, trust=trust)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -217,7 +247,8 @@ def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, trust: bool = Fal
     _check_heads(model_config, checkpoint["state_dict"])
     _check_stress_outputs(config.get("outputs"), model_config)
     ema = checkpoint.get("ema") if use_ema else None
-    changes = {**normalizers_from_fairchem(checkpoint), **config_changes}
+    changes = {**normalizers_from_fairchem(checkpoint), **_forces_of_weights(model_config, checkpoint["state_dict"]),
+               **config_changes}
     return config_from_fairchem(model_config, **changes), state_dict_from_fairchem(checkpoint["state_dict"], ema)
 
 

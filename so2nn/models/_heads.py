@@ -23,7 +23,7 @@ from torch import nn
 from ..layers import EquivariantGraphAttention, FeedForwardNetwork, normalization_layer
 from ..so3 import CoefficientLayout, EdgeRotation, spherical_harmonics
 
-__all__ = ["EnergyHead", "ForceHead", "StressHead", "STRESS_BASIS"]
+__all__ = ["EnergyHead", "ForceHead", "GatedTensorMLP", "StressHead", "STRESS_BASIS"]
 
 
 class EnergyHead(nn.Module):
@@ -348,7 +348,7 @@ class StressHead(nn.Module):
     each component (:math:`m`, or :math:`\alpha\beta`) alike.
 
     ``equivariant=True`` (with ``decompose``; so2nn's own head, for models trained with so2nn, not
-    the reference's) replaces :math:`\mathrm{MLP}_2` by a :class:`GatedTensorMLP`, linear maps
+    the reference's) replaces :math:`\mathrm{MLP}_2` by a :class:`~so2nn.models.GatedTensorMLP`, linear maps
     without bias over the channels of the degree-2 features, alike for every :math:`m`, gated by
     the invariants of the isotropic path:
 
@@ -379,7 +379,7 @@ class StressHead(nn.Module):
         sphere_channels: channels :math:`C` of the node features.
         norm_type: the normalisation of the harmonics, as the backbone's (``"layer_norm_sh"``, ...).
         decompose: isotropic + anisotropic parts (``True``) or the plain rank-2 block.
-        equivariant: the exactly equivariant anisotropic path (a :class:`GatedTensorMLP`; needs
+        equivariant: the exactly equivariant anisotropic path (a :class:`~so2nn.models.GatedTensorMLP`; needs
             ``decompose``), not the reference's component-wise MLP.
         edge_level_mlp: apply the MLPs per edge, before the mean over edges.
         num_mlp_layers: linear maps in each MLP (``>= 1``).
@@ -394,7 +394,7 @@ class StressHead(nn.Module):
     Weights: ``harmonics_norm``, ``edge_norm`` (the reference's ``sphharm_norm``,
     ``xedge_layer_norm``), and ``isotropic_mlp``, ``anisotropic_mlp`` (decomposed; the
     reference's ``block.scalar_MLP``, ``block.irrep2_MLP``; with ``equivariant``,
-    ``anisotropic_mlp`` is the :class:`GatedTensorMLP`) or ``tensor_mlp`` (plain;
+    ``anisotropic_mlp`` is the :class:`~so2nn.models.GatedTensorMLP`) or ``tensor_mlp`` (plain;
     ``block.r2tensor_MLP``).
 
     Example:
