@@ -76,7 +76,8 @@ class AtomisticModel(Protocol):
     and checks them with :func:`~so2nn.models.read_inputs` (an unknown field raises a
     ValueError naming it), and returns a dict with one tensor per name in
     :attr:`output_names`: ``"energy" [B]`` (eV) and ``"forces" [N, 3]`` (eV/Angstrom), in
-    physical units. A model with gradient forces takes its gradient inside ``forward``, also
+    physical units (an energy-only model has no ``"forces"``; the calculator then offers the
+    energy alone, and the trainer, which fits forces, refuses it). A model with gradient forces takes its gradient inside ``forward``, also
     under :func:`torch.no_grad` (the calculator evaluates that way), and returns tensors with a
     graph only in training mode. A graph without edges is valid input (an isolated atom).
 
