@@ -29,17 +29,20 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import fairchem.core.models.equiformer_v2.equiformer_v2  # noqa: E402, F401  (registers the backbone)
 import fairchem.core.models.equiformer_v2.heads  # noqa: E402, F401  (registers the heads)
 from fairchem.core.models.base import HydraModel  # noqa: E402
-from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2 as Monolithic  # noqa: E402
+from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import (  # noqa: E402
+    EquiformerV2 as Monolithic,
+)
 from make_stress_fixtures import crystals, inputs_of, reference_batch  # noqa: E402
 
 from so2nn.so3 import edge_frames  # noqa: E402
 
 OUT = ROOT / "tests" / "models" / "fixtures" / "energy_only.pt"
 SMALL = dict(
-    use_pbc=True, regress_forces=False, otf_graph=False, max_neighbors=20, max_radius=6.0, max_num_elements=90,
-    num_layers=1, lmax_list=[2], mmax_list=[1], sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-    attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, norm_type="layer_norm_sh",
-    grid_resolution=18, edge_channels=8, use_grid_mlp=True, alpha_drop=0.0, drop_path_rate=0.0, weight_init="uniform",
+    use_pbc=True, regress_forces=False, otf_graph=False, max_neighbors=20, max_radius=6.0,
+    max_num_elements=90, num_layers=1, lmax_list=[2], mmax_list=[1], sphere_channels=8,
+    attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4, attn_value_channels=4,
+    ffn_hidden_channels=8, norm_type="layer_norm_sh", grid_resolution=18, edge_channels=8,
+    use_grid_mlp=True, alpha_drop=0.0, drop_path_rate=0.0, weight_init="uniform",
 )
 
 
@@ -63,8 +66,9 @@ def main() -> None:
     monolithic = perturbed(Monolithic(**SMALL).eval())
     monolithic.direct_forces = True  # no-grad inference (its forward re-enables autograd otherwise)
     torch.manual_seed(0)
-    hydra = perturbed(HydraModel(backbone={"model": "equiformer_v2_backbone", **SMALL},
-                                 heads={"energy": {"module": "equiformerV2_scalar_head"}}, otf_graph=False).eval())
+    energy_head = {"energy": {"module": "equiformerV2_scalar_head"}}
+    hydra = perturbed(HydraModel(backbone={"model": "equiformer_v2_backbone", **SMALL}, heads=energy_head,
+                                 otf_graph=False).eval())
     configs = {
         "monolithic": {"name": "equiformer_v2", **SMALL},
         "hydra": {"name": "hydra", "backbone": {"model": "equiformer_v2_backbone", **SMALL},

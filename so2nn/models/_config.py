@@ -158,7 +158,8 @@ class EquiformerV2Config:
     energy_mean: float = 0.0
     energy_std: float = 1.0
     forces_std: float = 1.0
-    # Direct stress (StressHead, model.heads["stress"]): None | "decomposed" | "rank2" | "equivariant", its options
+    # Direct stress (StressHead, model.heads["stress"]): None | "decomposed" | "rank2" | "equivariant"
+    # (so2nn's exactly equivariant head), its options
     # (the reference's rank2_symmetric_head) and its de-normalisation (eV/A^3).
     stress_head: str | None = None
     stress_edge_level_mlp: bool = False
@@ -237,12 +238,12 @@ class EquiformerV2Config:
             raise ValueError(f"stress statistics {changed} are set but the model has no stress head (stress_head=None)")
         if self.stress_head == "rank2" and any(name in parts for name in changed):
             raise ValueError(f"{[n for n in changed if n in parts]} apply to stress_head='decomposed' or "
-                             "'equivariant' only: the plain rank-2 head is de-normalised with stress_mean and "
-                             "stress_std")
+                             "'equivariant' only: the plain rank-2 head is de-normalised with stress_mean "
+                             "and stress_std")
         nonzero = [name for name in ("stress_anisotropic_mean", "stress_mean") if getattr(self, name) != 0.0]
         if self.stress_head == "equivariant" and nonzero:
-            raise ValueError(f"stress_head='equivariant' needs {nonzero} = 0: a constant added to every component of "
-                             "the stress is not rotation equivariant")
+            raise ValueError(f"stress_head='equivariant' needs {nonzero} = 0: a constant added to every "
+                             "component of the stress is not rotation equivariant")
         if self.stress_head is not None and not self.direct_forces:
             raise ValueError("stress_head needs direct_forces=True: a conservative model's stress is the virial, "
                              "not a head")

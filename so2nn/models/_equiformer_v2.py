@@ -202,7 +202,8 @@ class EquiformerV2(nn.Module):
         if c.stress_head is not None:  # after energy and forces (the parameter order of the heads)
             self.heads["stress"] = StressHead(
                 layout, sphere_channels=c.sphere_channels, norm_type=c.norm_type,
-                decompose=c.stress_head in ("decomposed", "equivariant"), equivariant=c.stress_head == "equivariant",
+                decompose=c.stress_head in ("decomposed", "equivariant"),
+                equivariant=c.stress_head == "equivariant",
                 edge_level_mlp=c.stress_edge_level_mlp,
                 num_mlp_layers=c.stress_num_mlp_layers, source_target_embedding=c.stress_source_target_embedding,
                 extensive=c.stress_extensive, avg_num_nodes=c.stress_avg_num_nodes,

@@ -247,8 +247,8 @@ def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, trust: bool = Fal
     _check_heads(model_config, checkpoint["state_dict"])
     _check_stress_outputs(config.get("outputs"), model_config)
     ema = checkpoint.get("ema") if use_ema else None
-    changes = {**normalizers_from_fairchem(checkpoint), **_forces_of_weights(model_config, checkpoint["state_dict"]),
-               **config_changes}
+    changes = {**normalizers_from_fairchem(checkpoint),
+               **_forces_of_weights(model_config, checkpoint["state_dict"]), **config_changes}
     return config_from_fairchem(model_config, **changes), state_dict_from_fairchem(checkpoint["state_dict"], ema)
 
 

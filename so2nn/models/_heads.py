@@ -467,8 +467,8 @@ class StressHead(nn.Module):
                              "(decompose=False uses stress_mean and stress_std)")
         for name, mean in (("anisotropic_mean", anisotropic_mean), ("stress_mean", stress_mean)):
             if mean != 0.0 and self.equivariant:
-                raise ValueError(f"the equivariant stress head needs {name}=0 (a constant added to every component "
-                                 f"is not rotation equivariant), got {mean}")
+                raise ValueError(f"the equivariant stress head needs {name}=0 (a constant added to every "
+                                 f"component is not rotation equivariant), got {mean}")
             if mean != 0.0:
                 warnings.warn(f"StressHead: {name}={mean:g} is added to every component of the stress, as fairchem's "
                               "trainer does; this is not rotation equivariant", stacklevel=2)

@@ -77,9 +77,10 @@ class AtomisticModel(Protocol):
     ValueError naming it), and returns a dict with one tensor per name in
     :attr:`output_names`: ``"energy" [B]`` (eV) and ``"forces" [N, 3]`` (eV/Angstrom), in
     physical units (an energy-only model has no ``"forces"``; the calculator then offers the
-    energy alone, and the trainer, which fits forces, refuses it). A model with gradient forces takes its gradient inside ``forward``, also
-    under :func:`torch.no_grad` (the calculator evaluates that way), and returns tensors with a
-    graph only in training mode. A graph without edges is valid input (an isolated atom).
+    energy alone, and the trainer, which fits forces, refuses it). A model with gradient
+    forces takes its gradient inside ``forward``, also under :func:`torch.no_grad` (the
+    calculator evaluates that way), and returns tensors with a graph only in training mode. A
+    graph without edges is valid input (an isolated atom).
 
     **Graph.** ``build_graph(inputs)`` returns ``(edge_index [2, E], cell_offsets [E, 3])``
     of :class:`~so2nn.models.AtomicInputs` with the model's own cutoff and neighbour rule;

@@ -34,7 +34,8 @@ EQUIVARIANT_VARIANTS = {
     "edge_source_target_3_layers": dict(stress_head="equivariant", stress_edge_level_mlp=True,
                                         stress_source_target_embedding=True, stress_num_mlp_layers=3),
     "extensive": dict(stress_head="equivariant", stress_extensive=True, stress_avg_num_nodes=2.5,
-                      stress_isotropic_mean=0.1, stress_isotropic_std=0.3, stress_anisotropic_std=0.2, stress_std=2.0),
+                      stress_isotropic_mean=0.1, stress_isotropic_std=0.3, stress_anisotropic_std=0.2,
+                      stress_std=2.0),
 }
 
 
@@ -171,13 +172,15 @@ def test_equivariant_head_is_its_equation():
     h = head.edge_norm(torch.einsum("eic,ei->ec", x[edge_index[1]], w))
     Y2 = spherical_harmonics(2, vec)[:, 4:9]
     s = torch.stack([h[edge_index[1] == i].mean(0) for i in range(3)])  # [N, C]
-    u = torch.stack([(Y2[:, :, None] * h[:, None, :])[edge_index[1] == i].mean(0) for i in range(3)])  # [N, 5, C]
+    u_edge = Y2[:, :, None] * h[:, None, :]  # [E, 5, C]
+    u = torch.stack([u_edge[edge_index[1] == i].mean(0) for i in range(3)])  # [N, 5, C]
     for k in range(2):
         gate = torch.nn.functional.silu(s @ mlp.gates[k].weight.T + mlp.gates[k].bias)
         u = (u @ mlp.linears[k].weight.T) * gate[:, None, :]
     aniso = (u @ mlp.linears[2].weight.T)[..., 0].mean(0) * 0.5
     iso = head.isotropic_mlp(s)[:, 0].mean() * 3.0 + 0.2
-    expected = iso * torch.eye(3, dtype=torch.float64) / 3 ** 0.5 + torch.einsum("k,kij->ij", aniso, STRESS_BASIS[1:])
+    expected = (iso * torch.eye(3, dtype=torch.float64) / 3 ** 0.5
+                + torch.einsum("k,kij->ij", aniso, STRESS_BASIS[1:]))
     torch.testing.assert_close(head(x, vec, edge_index, torch.zeros(3, dtype=torch.long), 1), expected[None],
                                rtol=1e-12, atol=1e-12)
 
@@ -260,7 +263,8 @@ def test_the_model_returns_stress_and_saves_it(tmp_path):
     (dict(stress_head="rank2", stress_extensive=1), "stress_extensive must be a bool"),
     (dict(stress_head="decomposed", stress_anisotropic_std=0.0), "stress_anisotropic_std must be > 0"),
     (dict(stress_std=2.0), "set but the model has no stress head"),
-    (dict(stress_head="rank2", stress_isotropic_std=2.0), "apply to stress_head='decomposed' or 'equivariant' only"),
+    (dict(stress_head="rank2", stress_isotropic_std=2.0),
+     "apply to stress_head='decomposed' or 'equivariant' only"),
     (dict(stress_head="decomposed", direct_forces=False), "stress_head needs direct_forces=True"),
 ])
 def test_bad_stress_configuration(changes, message):
@@ -300,5 +304,6 @@ def test_equivariant_head_checks_and_saves(tmp_path):
     again = EquiformerV2.from_checkpoint(tmp_path / "model.pt").double()
     assert again.config.stress_head == "equivariant"
     pos, cell, numbers = crystal()
-    torch.testing.assert_close(again(pos=pos, cell=cell, atomic_numbers=numbers)["stress"],
-                               model(pos=pos, cell=cell, atomic_numbers=numbers)["stress"], rtol=1e-5, atol=1e-8)
+    stress = model(pos=pos, cell=cell, atomic_numbers=numbers)["stress"]
+    torch.testing.assert_close(again(pos=pos, cell=cell, atomic_numbers=numbers)["stress"], stress,
+                               rtol=1e-5, atol=1e-8)
