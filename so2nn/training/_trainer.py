@@ -167,6 +167,9 @@ class Trainer:
             model = build_model(model)
         if not isinstance(model, AtomisticModel):
             raise TypeError(f"{type(model).__name__} does not offer the so2nn model protocol (AtomisticModel)")
+        if "forces" not in model.output_names:  # the loss and the metrics are those of energies and forces
+            raise ValueError(f"the trainer fits energies and forces, and the model's outputs "
+                             f"{tuple(model.output_names)} have no 'forces' (an energy-only model)")
         if _checkpoint is None:
             elements = model.config.max_num_elements if config.element_references else None
             stats = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,

@@ -102,6 +102,9 @@ def test_bad_inputs(emt_data, tiny_model_config, tmp_path):
     EquiformerV2(tiny_model_config).save(tmp_path / "model.pt")
     with pytest.raises(ValueError, match="not a so2nn training checkpoint"):
         Trainer.resume(tmp_path / "model.pt", train, val, tmp_path)
+    with pytest.raises(ValueError, match="have no 'forces' \\(an energy-only model\\)"):
+        Trainer(tiny_model_config.replace(regress_forces=False), train, val, TrainingConfig(batch_size=4),
+                tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
