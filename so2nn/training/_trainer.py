@@ -25,6 +25,7 @@ from ..models._registry import config_from_dict
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._metrics import S2EFMetrics, decompose_stress
+from ._predict import accumulate_metrics
 from ._provenance import data_fingerprint, fingerprint_differences
 from ._schedule import warmup_cosine
 
@@ -404,7 +405,9 @@ class Trainer:
         """Write ``model.pt``: config, raw and EMA weights (no optimiser state)."""
         path = self.out_dir / MODEL
         if self.dist.is_main:
-            atomic_save(model_checkpoint(self.model, self.ema.module.state_dict()), path)
+            # the training mean rides along: evaluating the exported model reports the same baseline
+            atomic_save(model_checkpoint(self.model, self.ema.module.state_dict(),
+                                         train_energy_mean=self.train_energy_mean), path)
         return path
 
     # -- the loop -------------------------------------------------------------------------------
@@ -567,17 +570,8 @@ class Trainer:
         model.eval()
         metrics = S2EFMetrics(energy_baseline=self.train_energy_mean)
         shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
-        chunks = [shard[i:i + self.config.eval_batch_size] for i in range(0, len(shard), self.config.eval_batch_size)]
-        for chunk in chunks:
-            batch = _collate([dataset[i] for i in chunk]).to(self.device)
-            with self._autocast():
-                out = model(batch)
-            fixed = getattr(batch, "fixed", None)
-            mask = ~fixed.bool() if self.config.eval_on_free_atoms and fixed is not None else None
-            metrics.update(out["energy"].float(), batch.energy.view(-1), out["forces"].float(), batch.forces,
-                           batch.batch, mask)
-            if "stress" in out and getattr(batch, "stress", None) is not None:
-                metrics.update_stress(out["stress"].float(), batch.stress)
+        accumulate_metrics(model, dataset, shard, self.config.eval_batch_size, self.device, metrics,
+                           self.config.eval_on_free_atoms, self._autocast)
         result = metrics.compute(reduce=self.dist.sum)
         self._log(VAL_LOG, {"step": self.step, **result})
         return result
