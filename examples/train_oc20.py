@@ -264,8 +264,8 @@ def evaluate_or_predict(args) -> dict:
     checkpoint = args.evaluate or args.predict
     if not checkpoint.is_file():
         raise SystemExit(f"{'--evaluate' if args.evaluate else '--predict'}: no checkpoint at {checkpoint}")
-    state = load_checkpoint(checkpoint)
     try:
+        state = load_checkpoint(checkpoint)
         model = load_model(state)
     except ValueError as error:
         raise SystemExit(f"{checkpoint}: {error}") from None
