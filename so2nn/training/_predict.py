@@ -117,17 +117,17 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
     r"""Write ``model``'s predictions on ``dataset`` in OC20's S2EF submission format: an
     ``.npz`` with
 
-    ============  =====================  ==================================================
-    key           shape, dtype           what
-    ============  =====================  ==================================================
-    ``ids``       ``[B]`` str            ``"<sid>_<fid>"`` of each frame, sorted (as
-                                         fairchem's trainer writes them: ``np.unique``)
-    ``energy``    ``[B]`` ``dtype``      predicted energy (eV), in the dataset's referencing
-    ``forces``    ``[sum n_b, 3]``       predicted forces (eV/A) of each frame's free atoms
-                  ``dtype``              (not ``fixed``), frames concatenated in ``ids`` order
-    ``chunk_idx`` ``[B - 1]`` int64      where each frame's forces end: ``np.split(forces,
-                                         chunk_idx)`` gives the frames' arrays
-    ============  =====================  ==================================================
+    =============  ==================  ====================================================
+    key            shape, dtype        what
+    =============  ==================  ====================================================
+    ``ids``        ``[B]``, str        ``"<sid>_<fid>"`` of each frame, sorted (as
+                                       fairchem's trainer writes them: ``np.unique``)
+    ``energy``     ``[B]``, dtype      predicted energy (eV), in the dataset's referencing
+    ``forces``     ``[F, 3]``, dtype   predicted forces (eV/A) of each frame's free atoms
+                                       (not ``fixed``), frames concatenated in ``ids`` order
+    ``chunk_idx``  ``[B - 1]``, int64  where each frame's forces end: ``np.split(forces,
+                                       chunk_idx)`` gives the frames' arrays
+    =============  ==================  ====================================================
 
     what fairchem's ``predict`` saves and the OC20 evaluation server reads (``dtype`` float16
     by default, as there; ``"float32"`` for full precision). Items need a ``sid`` (and
