@@ -35,7 +35,6 @@ class TinyConfig:
     energy_std: float = 1.0
     forces_std: float = 1.0
     element_references: tuple[float, ...] | None = None
-    stress: bool = False  # also output stress = (1/V) dE/d(strain) (periodic systems)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,7 +45,7 @@ class TinyConfig:
 
 class TinyModel(nn.Module):
     """E = std * sum_i FFN(x_i)^(0) + mean (+ element references), x from one attention over an
-    edge-degree embedding; F = -dE/dr; with ``stress``, sigma = (1/V) dE/d(strain), ASE's sign."""
+    edge-degree embedding; F = -dE/dr."""
 
     config_class = TinyConfig
 
@@ -73,7 +72,7 @@ class TinyModel(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("energy", "forces", "stress") if self.config.stress else ("energy", "forces")
+        return ("energy", "forces")
 
     @property
     def target_statistics(self) -> TargetStatistics:
@@ -97,15 +96,9 @@ class TinyModel(nn.Module):
             inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
         pos = inputs.pos if inputs.pos.requires_grad else inputs.pos.detach().requires_grad_(True)
         numbers, edge_index, batch = inputs.atomic_numbers, inputs.edge_index, inputs.batch
-        with_stress = c.stress and inputs.periodic
         with torch.enable_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
-            cell, strained = inputs.cell if inputs.periodic else None, pos
-            if with_stress:  # a symmetric strain of positions and cell: dE/d(strain) is the virial's negative
-                strain = torch.zeros(inputs.num_systems, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
-                symmetric = (strain + strain.transpose(1, 2)) / 2
-                strained = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
-                cell = cell + cell @ symmetric
-            vec = edge_vectors(strained, edge_index, inputs.cell_offsets if inputs.periodic else None, cell, batch)
+            vec = edge_vectors(pos, edge_index, inputs.cell_offsets if inputs.periodic else None,
+                               inputs.cell if inputs.periodic else None, batch)
             rotation = EdgeRotation(self.layout, vec)
             edge_features = self.basis(vec.norm(dim=1))
             x = self.edge_degree(edge_features, numbers, edge_index, rotation, pos.shape[0])
@@ -116,15 +109,11 @@ class TinyModel(nn.Module):
                 node_energy = node_energy + torch.tensor(c.element_references, dtype=node_energy.dtype,
                                                          device=pos.device)[numbers]
             energy = node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) + c.energy_mean
-            wrt = (pos, strain) if with_stress else (pos,)
-            grads = torch.autograd.grad(energy.sum(), wrt, create_graph=self.training, allow_unused=True,
-                                        materialize_grads=True)
-        out = {"energy": energy if self.training else energy.detach(), "forces": -grads[0]}
-        if c.stress:
-            volume = torch.linalg.det(inputs.cell).abs().view(-1, 1, 1) if inputs.periodic else None
-            out["stress"] = (grads[1] / volume if with_stress
-                             else energy.new_full((inputs.num_systems, 3, 3), float("nan")))
-        return out
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training, allow_unused=True,
+                                          materialize_grads=True)
+        if not self.training:
+            energy = energy.detach()
+        return {"energy": energy, "forces": -grad}
 
 
 register_model(MODEL_TYPE, TinyModel)
