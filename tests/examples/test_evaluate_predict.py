@@ -121,3 +121,21 @@ def test_a_crashed_predict_restarts_where_it_saved(example, run, tmp_path):
     a, b = np.load(reference), np.load(restarted)
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_evaluate_and_predict_an_official_checkpoint(example, run, tmp_path):
+    """A fairchem-format checkpoint (the parity fixture's, small perturbed weights) through both."""
+    from so2nn.models import EquiformerV2
+    from so2nn.training import evaluate_model
+
+    root, common, _ = run
+    fixture = Path(__file__).resolve().parents[1] / "models" / "fixtures" / "eqv2_31M_slab.pt"
+    checkpoint = tmp_path / "fairchem.pt"
+    torch.save(torch.load(fixture, weights_only=False, map_location="cpu")["checkpoint"], checkpoint)
+    subset = [*common, "--val-subset", "4"]
+    evaluated = example.main([*subset, "--evaluate", str(checkpoint)])
+    val = torch.utils.data.Subset(open_dataset(example.embedded_paths(example.parse_args(common))[1]), range(4))
+    model = EquiformerV2.from_fairchem(checkpoint)
+    assert evaluated == evaluate_model(model, val, energy_baseline=model.target_statistics.energy_mean)
+    example.main([*subset, "--predict", str(checkpoint), "--predictions", str(tmp_path / "p.npz")])
+    assert len(np.load(tmp_path / "p.npz")["ids"]) == 4
