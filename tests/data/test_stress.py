@@ -1,6 +1,8 @@
 """Stress in the data path: every reader returns ``stress [1, 3, 3]`` in eV/A^3 with ASE's sign,
 from files written by the formats' own writers, and the embedded bulk dataset carries EMT's."""
 
+import importlib.util
+
 import ase.calculators.singlepoint
 import ase.db
 import ase.io
@@ -46,10 +48,12 @@ def full_stress(atoms) -> np.ndarray:
     return voigt_6_to_full_3x3_stress(atoms.get_stress())
 
 
-def test_ase_database_rows_give_their_stress(tmp_path):
+@pytest.mark.parametrize("suffix", [".db", ".json", pytest.param(".aselmdb", marks=pytest.mark.skipif(
+    importlib.util.find_spec("ase_db_backends") is None, reason="ase-db-backends is not installed"))])
+def test_ase_database_rows_give_their_stress(tmp_path, suffix):
     crystals = strained_crystals()
-    path = tmp_path / "bulk.db"
-    with ase.db.connect(path) as db:
+    path = tmp_path / f"bulk{suffix}"
+    with ase.db.connect(str(path)) as db:
         for atoms in crystals:
             db.write(atoms)
     dataset = AseDBDataset(path)
@@ -60,9 +64,9 @@ def test_ase_database_rows_give_their_stress(tmp_path):
     molecule = crystals[0].copy()
     molecule.calc = ase.calculators.singlepoint.SinglePointCalculator(
         molecule, energy=crystals[0].get_potential_energy(), forces=crystals[0].get_forces())
-    with ase.db.connect(tmp_path / "plain.db") as db:
+    with ase.db.connect(str(tmp_path / f"plain{suffix}")) as db:
         db.write(molecule)
-    assert "stress" not in AseDBDataset(tmp_path / "plain.db")[0]
+    assert "stress" not in AseDBDataset(tmp_path / f"plain{suffix}")[0]
 
 
 def _sidecar(path, count):
