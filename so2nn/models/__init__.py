@@ -6,7 +6,7 @@ from ._config import PRESETS, EquiformerV2Config, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
 from ._fairchem import FAIRCHEM_IGNORED_KEYS
-from ._heads import STRESS_BASIS, EnergyHead, ForceHead, StressHead
+from ._heads import STRESS_BASIS, EnergyHead, ForceHead, GatedTensorMLP, StressHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
 from ._registry import (
@@ -33,6 +33,7 @@ __all__ = [
     "EquiformerV2",
     "EquiformerV2Config",
     "ForceHead",
+    "GatedTensorMLP",
     "ModelConfig",
     "StressHead",
     "TargetStatistics",

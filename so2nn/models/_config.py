@@ -61,6 +61,9 @@ class EquiformerV2Config:
             ``"reference_nonstrict"`` (the reference's ``enforce_max_neighbors_strictly: False``:
             every neighbour with :math:`d^2 \le d_{(k+1)}^2 + 0.01` Å²; chosen on import for the
             checkpoints trained with it).
+        regress_forces: the model predicts forces (``True``); ``False``: an energy-only model (the
+            reference's ``regress_forces: False``, e.g. its IS2RE models): no force head, no
+            ``"forces"`` output.
         direct_forces: forces from a force head (``True``) or :math:`-\partial E/\partial r`
             (``False``: a conservative model, which also returns the stress
             :math:`\frac{1}{V}\,\partial E/\partial\varepsilon` of periodic inputs).
@@ -86,8 +89,10 @@ class EquiformerV2Config:
             head with ``reduce: mean``).
         stress_head: ``None`` (no stress output), ``"decomposed"`` (a
             :class:`~so2nn.models.StressHead` with isotropic :math:`l = 0` and anisotropic
-            :math:`l = 2` parts, OMat24's) or ``"rank2"`` (the plain rank-2 block). Needs
-            ``direct_forces``.
+            :math:`l = 2` parts, OMat24's), ``"rank2"`` (the plain rank-2 block) or
+            ``"equivariant"`` (so2nn's decomposed head whose anisotropic part is exactly
+            equivariant for any weights: the choice for models trained with so2nn; the
+            reference's two forms are not equivariant). Needs ``direct_forces``.
         stress_edge_level_mlp: the stress head's MLPs act on each edge, before the mean over edges.
         stress_num_mlp_layers: linear maps in each of the stress head's MLPs.
         stress_source_target_embedding: the stress head reads source and target features of each edge.
@@ -98,7 +103,8 @@ class EquiformerV2Config:
             (eV/Angstrom^3).
         stress_anisotropic_mean, stress_anisotropic_std: de-normalisation of the anisotropic
             part (eV/Angstrom^3); a non-zero mean is added to each of its five components, as
-            fairchem's trainer does (not rotation equivariant: the head warns).
+            fairchem's trainer does (not rotation equivariant: the head warns;
+            ``stress_head="equivariant"`` needs it, and ``stress_mean``, to be 0).
         stress_mean, stress_std: de-normalisation of the whole tensor (eV/Angstrom^3): of the
             plain block's output, and of the decomposed head's rebuilt tensor.
         checkpoint_activations: recompute each block's activations in backward instead of
@@ -156,6 +162,7 @@ class EquiformerV2Config:
     avg_degree: float = AVG_DEGREE
     use_pbc: bool = True
     graph_mode: str = "tie_stable"  # "tie_stable" | "reference" (strict cut) | "reference_nonstrict"
+    regress_forces: bool = True  # False: an energy-only model (no force head, no "forces" output)
     direct_forces: bool = True  # False: forces = -dE/dpos through autograd
     use_energy_lin_ref: bool = False
     min_distance: float = 0.1  # atoms closer than this (Angstrom) are rejected as overlapping
@@ -169,7 +176,8 @@ class EquiformerV2Config:
     forces_std: float = 1.0
     forces_mean: float = 0.0  # non-zero only for a fairchem checkpoint with one (breaks equivariance)
     energy_reduce: str = "sum"  # "sum": divide the sum by avg_num_nodes; "mean": by the atom count
-    # Direct stress (StressHead, model.heads["stress"]): None | "decomposed" | "rank2", its options
+    # Direct stress (StressHead, model.heads["stress"]): None | "decomposed" | "rank2" | "equivariant"
+    # (so2nn's exactly equivariant head), its options
     # (the reference's rank2_symmetric_head) and its de-normalisation (eV/A^3).
     stress_head: str | None = None
     stress_edge_level_mlp: bool = False
@@ -226,13 +234,17 @@ class EquiformerV2Config:
             raise ValueError(f"max_radius must be > 0, got {self.max_radius}")
         if self.dens_sigma_embedding and not self.dens_force_embedding:
             raise ValueError("dens_sigma_embedding=True is part of the DeNS embedding: set dens_force_embedding=True")
-        if self.dens_denoising_head and not self.direct_forces:
-            raise ValueError("dens_denoising_head=True needs a force head: set direct_forces=True")
+        if not isinstance(self.regress_forces, bool):
+            raise ValueError(f"regress_forces must be a bool, got {self.regress_forces!r}")
+        if self.dens_denoising_head and not (self.direct_forces and self.regress_forces):
+            raise ValueError("dens_denoising_head=True needs a force head: set direct_forces=True and "
+                             "regress_forces=True")
         self._check_stress()
 
     def _check_stress(self) -> None:
-        if self.stress_head not in (None, "decomposed", "rank2"):
-            raise ValueError(f"stress_head must be None, 'decomposed' or 'rank2', got {self.stress_head!r}")
+        if self.stress_head not in (None, "decomposed", "rank2", "equivariant"):
+            raise ValueError(f"stress_head must be None, 'decomposed', 'rank2' or 'equivariant', "
+                             f"got {self.stress_head!r}")
         for name in ("stress_edge_level_mlp", "stress_source_target_embedding", "stress_extensive"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -248,8 +260,13 @@ class EquiformerV2Config:
         if self.stress_head is None and changed:
             raise ValueError(f"stress statistics {changed} are set but the model has no stress head (stress_head=None)")
         if self.stress_head == "rank2" and any(name in parts for name in changed):
-            raise ValueError(f"{[n for n in changed if n in parts]} apply to stress_head='decomposed' only: the plain "
-                             "rank-2 head is de-normalised with stress_mean and stress_std")
+            raise ValueError(f"{[n for n in changed if n in parts]} apply to stress_head='decomposed' or "
+                             "'equivariant' only: the plain rank-2 head is de-normalised with stress_mean "
+                             "and stress_std")
+        nonzero = [name for name in ("stress_anisotropic_mean", "stress_mean") if getattr(self, name) != 0.0]
+        if self.stress_head == "equivariant" and nonzero:
+            raise ValueError(f"stress_head='equivariant' needs {nonzero} = 0: a constant added to every "
+                             "component of the stress is not rotation equivariant")
         if self.stress_head is not None and not self.direct_forces:
             raise ValueError("stress_head needs direct_forces=True: a conservative model's stress is the virial, "
                              "not a head")

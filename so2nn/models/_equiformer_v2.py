@@ -23,7 +23,6 @@ from ..so3 import CoefficientLayout, EdgeRotation
 from ._checkpoint import atomic_save, model_checkpoint
 from ._config import EquiformerV2Config
 from ._dens import DenoisingEmbedding, DenoisingForceHead
-from ._heads import EnergyHead, ForceHead
 from ._heads import EnergyHead, ForceHead, StressHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
@@ -143,9 +142,13 @@ class EquiformerV2(nn.Module):
     metadata of :data:`~so2nn.models.TARGET_AND_METADATA_FIELDS` (``energy``, ``forces``,
     ``tags``, ``fixed``, ``sid``, ...), which the model does not read.
 
-    Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights),
-    and ``"stress": [B, 3, 3]`` (eV/Angstrom^3, :class:`~so2nn.models.StressHead`, ASE's sign:
-    positive is tensile) when ``config.stress_head`` is set.
+    Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights;
+    no ``"forces"`` for an energy-only model, ``config.regress_forces=False``), and
+    ``"stress": [B, 3, 3]`` (eV/Angstrom^3, :class:`~so2nn.models.StressHead`, ASE's sign:
+    positive is tensile) when ``config.stress_head`` is set. Which stress is exactly rotation
+    equivariant: ``stress_head="equivariant"`` (for any weights); the reference's
+    ``"decomposed"`` and ``"rank2"`` heads only with one linear map and zero last bias (the
+    released checkpoints' heads are not: see :class:`~so2nn.models.StressHead`).
     An atom without neighbours within ``max_radius`` gets zero force and contributes its
     isolated-atom energy. A conservative model (``direct_forces=False``) given a periodic input
     also returns ``"stress" [B, 3, 3]`` (eV/Angstrom^3, ASE's sign: positive is tensile, the
@@ -200,7 +203,7 @@ class EquiformerV2(nn.Module):
             avg_num_nodes=c.avg_num_nodes, energy_mean=c.energy_mean, energy_std=c.energy_std, kernels=c.kernels,
             reduce=c.energy_reduce,
         )})
-        if c.direct_forces:
+        if c.regress_forces and c.direct_forces:
             self.heads["forces"] = (DenoisingForceHead if c.dens_denoising_head else ForceHead)(
                 layout, sphere_channels=c.sphere_channels, hidden_channels=c.attn_hidden_channels,
                 num_heads=c.num_heads, attn_alpha_channels=c.attn_alpha_channels,
@@ -212,7 +215,9 @@ class EquiformerV2(nn.Module):
         if c.stress_head is not None:  # after energy and forces (the parameter order of the heads)
             self.heads["stress"] = StressHead(
                 layout, sphere_channels=c.sphere_channels, norm_type=c.norm_type,
-                decompose=c.stress_head == "decomposed", edge_level_mlp=c.stress_edge_level_mlp,
+                decompose=c.stress_head in ("decomposed", "equivariant"),
+                equivariant=c.stress_head == "equivariant",
+                edge_level_mlp=c.stress_edge_level_mlp,
                 num_mlp_layers=c.stress_num_mlp_layers, source_target_embedding=c.stress_source_target_embedding,
                 extensive=c.stress_extensive, avg_num_nodes=c.stress_avg_num_nodes,
                 **self._stress_statistics(c),
@@ -237,9 +242,11 @@ class EquiformerV2(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
+        c = self.config
+        forces = ("forces",) if c.regress_forces else ()
         # the stress: a stress head's, or (conservative models) the strain derivative of the energy
-        stress = "stress" in self.heads or not self.config.direct_forces
-        return ("energy", "forces", "stress") if stress else ("energy", "forces")
+        stress = ("stress",) if "stress" in self.heads or (c.regress_forces and not c.direct_forces) else ()
+        return ("energy", *forces, *stress)
 
     @property
     def target_statistics(self) -> TargetStatistics:
@@ -351,7 +358,7 @@ class EquiformerV2(nn.Module):
             inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
         numbers, edge_index, batch = inputs.atomic_numbers, inputs.edge_index, inputs.batch
         pos, cell = inputs.pos, inputs.cell if inputs.periodic else None
-        gradient_forces = not c.direct_forces
+        gradient_forces = c.regress_forces and not c.direct_forces
         # Gradient forces (and stress) need a graph even under torch.no_grad(); direct forces never do.
         with torch.enable_grad() if gradient_forces else contextlib.nullcontext():
             strain, r = None, pos
@@ -388,7 +395,9 @@ class EquiformerV2(nn.Module):
                 if strain is not None:
                     out["stress"] = keep(stress_from_strain_gradient(grads[1], inputs.cell, inputs.pbc))
                 return out
-        out = {"energy": energy, "forces": self.heads["forces"](x, edge_features, numbers, edge_index, rotation)}
+        out = {"energy": energy}
+        if "forces" in self.heads:
+            out["forces"] = self.heads["forces"](x, edge_features, numbers, edge_index, rotation)
         if "stress" in self.heads:
             out["stress"] = self.heads["stress"](x, vec, edge_index, batch, inputs.num_systems)
         return out

@@ -9,7 +9,9 @@ weights become so2nn's ``heads.<name>.*``. The rank-2 stress head's options
 ``outputs.stress`` (its decomposition) is checked against the head. The DeNS models
 (``equiformer_v2_dens_backbone`` with the ``eqV2_DeNS_*`` heads) load their force and
 noise-scale encodings and denoising attention into so2nn's DeNS parts (see
-``DENS_TRAINING_ONLY`` for the DeNS settings that act only in training).
+``DENS_TRAINING_ONLY`` for the DeNS settings that act only in training). Energy-only models
+(``regress_forces: False``, the IS2RE models; or a backbone + heads model without a ``forces``
+head) load as so2nn models with ``regress_forces=False``.
 
 What fairchem's trainer applies at prediction is applied here too, inside the model: the target
 normalisers (of the checkpoint, or of its training dataset config), the element references
@@ -81,7 +83,7 @@ _RENAMES = [
 #: (all of EquiformerV2's de-normalise predictions alike), the validation/test/relaxation
 #: datasets, logging and run bookkeeping, hardware and cluster settings; in the model config,
 #: how the reference batches and builds its graph (same graph), initialisation and memory
-#: options, arguments the reference accepts without using, ``regress_forces``, the head output
+#: options, arguments the reference accepts without using, the head output
 #: naming and a fine-tune's starting checkpoint; in the dataset config, where and how the
 #: training data is read (and OC22's ``oc20_ref``, read only by a setting that raises); in its
 #: transforms, the training data's stress decomposition.
@@ -119,8 +121,6 @@ FAIRCHEM_IGNORED_KEYS: dict[str, frozenset[str]] = {
         # activations and its own sphere samples) or that old trainers pass along
         "num_distance_basis", "num_sphere_samples", "attn_activation", "ffn_activation", "num_atoms",
         "bond_feat_dim", "num_targets",
-        # forces are returned whenever the model has a force head
-        "regress_forces",
         # the names of the outputs of the backbone + heads layout (read from its heads)
         "pass_through_head_outputs",
         # the starting checkpoint of a fine-tune: its weights are replaced by this checkpoint's
@@ -283,6 +283,7 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
     activation = "gate" if use_gate else ("separable_s2" if use_sep else "s2")
     out = {"lmax": int(lmax[0]), "mmax": int(mmax[0]), "activation": activation}
     out.update(_graph_mode_from_fairchem(cfg))
+    out.update(_regress_forces_from_fairchem(cfg, model_config.get("heads")))
     fields = set(EquiformerV2Config.__dataclass_fields__)
     unknown = []
     for key, value in cfg.items():
@@ -320,6 +321,33 @@ def _graph_mode_from_fairchem(cfg: dict) -> dict:
     if not isinstance(strict, bool):
         raise ValueError(f"enforce_max_neighbors_strictly must be true or false, got {strict!r}")
     return {} if strict else {"graph_mode": "reference_nonstrict"}
+
+
+def _regress_forces_from_fairchem(cfg: dict, heads) -> dict:
+    """``regress_forces`` for the reference's energy-only models, popped from ``cfg``.
+
+    The monolithic model builds its force block only with ``regress_forces`` (``True`` when
+    absent, as in the reference's class), so an energy-only checkpoint (the IS2RE models) has
+    no force weights. In the backbone + heads layout the heads decide: the backbone's flag does
+    not reach them, and the model returns forces exactly when it has a ``forces`` head.
+    """
+    flag = cfg.pop("regress_forces", True)
+    if not isinstance(flag, bool):
+        raise ValueError(f"regress_forces must be true or false, got {flag!r}")
+    if isinstance(heads, dict):
+        flag = "forces" in heads
+    return {} if flag else {"regress_forces": False}
+
+
+def _forces_of_weights(model_config: dict, state_dict: dict) -> dict:
+    """``regress_forces=True`` for a backbone + heads checkpoint whose ``heads`` config does not
+    list the ``forces`` head that its weights (``output_heads.forces.*``) hold: the head is
+    loaded, not dropped."""
+    heads = model_config.get("heads")
+    if not isinstance(heads, dict) or "forces" in heads:
+        return {}
+    held = any(_strip(key).startswith("output_heads.forces.") for key in state_dict)
+    return {"regress_forces": True} if held else {}
 
 
 def _dens_config(backbone: dict, heads) -> dict:
@@ -392,6 +420,7 @@ def load_fairchem_checkpoint(checkpoint, use_ema: bool = True, trust: bool = Fal
     if not config_changes.get("direct_forces", _backbone_config(model_config)[0].get("direct_forces", True)):
         _check_gradient_forces(normalizers)
     changes.update(normalizers)
+    changes.update(_forces_of_weights(model_config, checkpoint["state_dict"]))
     references = element_references_from_fairchem(checkpoint, state_dict.pop("energy_lin_ref", None), override,
                                                   energy_std=changes.get("energy_std", 1.0))
     changes["use_energy_lin_ref"] = references is not None

@@ -23,7 +23,7 @@ from torch import nn
 from ..layers import EquivariantGraphAttention, FeedForwardNetwork, normalization_layer
 from ..so3 import CoefficientLayout, EdgeRotation, spherical_harmonics
 
-__all__ = ["EnergyHead", "ForceHead", "StressHead", "STRESS_BASIS"]
+__all__ = ["EnergyHead", "ForceHead", "GatedTensorMLP", "StressHead", "STRESS_BASIS"]
 
 
 class EnergyHead(nn.Module):
@@ -266,6 +266,51 @@ def _mlp(channels: int, num_layers: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class GatedTensorMLP(nn.Module):
+    r"""An MLP over the channels of degree-2 features that commutes with rotations: linear maps
+    without bias applied alike to every order :math:`m`, gated by invariants.
+
+    .. math::
+
+        u^{(k)}_m = \bigl(W_k\, u^{(k-1)}_m\bigr) \odot \mathrm{SiLU}(G_k s + c_k), \quad
+        k = 1, \dots, K-1, \qquad
+        \mathrm{out}_m = w^\top u^{(K-1)}_m,
+
+    for features :math:`u^{(0)} \in \mathbb{R}^{5 \times C}` (:math:`m = -2..2`) and invariants
+    :math:`s \in \mathbb{R}^{C}`. A rotation multiplies :math:`u` by the Wigner-D matrix
+    :math:`D^{(2)}(R)` over :math:`m`; every step acts on channels only (:math:`W_k`, :math:`w`) or
+    multiplies each channel by an invariant (the gate), so the output rotates with
+    :math:`D^{(2)}(R)` exactly, for any weights. A bias on :math:`u` or a SiLU of :math:`u`
+    itself (the reference's component-wise MLP) would not.
+
+    Args:
+        channels: :math:`C` (of :math:`u` and of :math:`s`).
+        num_layers: :math:`K`, the linear maps on :math:`u` (``>= 1``; 1: a bias-free linear readout).
+
+    Weights: ``linears.k`` (:math:`W_{k+1}`, and last :math:`w`, no bias), ``gates.k``
+    (:math:`G_{k+1}`, :math:`c_{k+1}`).
+
+    Example:
+        >>> mlp = GatedTensorMLP(4, num_layers=2)
+        >>> mlp(torch.randn(3, 5, 4), torch.randn(3, 4)).shape
+        torch.Size([3, 5])
+    """
+
+    def __init__(self, channels: int, num_layers: int = 2) -> None:
+        super().__init__()
+        if not (isinstance(num_layers, int) and not isinstance(num_layers, bool) and num_layers >= 1):
+            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+        self.linears = nn.ModuleList(nn.Linear(channels, channels, bias=False) for _ in range(num_layers - 1))
+        self.linears.append(nn.Linear(channels, 1, bias=False))
+        self.gates = nn.ModuleList(nn.Linear(channels, channels) for _ in range(num_layers - 1))
+
+    def forward(self, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``u [..., 5, C]`` (degree 2), invariants ``s [..., C]`` -> ``[..., 5]``."""
+        for linear, gate in zip(self.linears, self.gates):
+            u = linear(u) * torch.nn.functional.silu(gate(s))[..., None, :]
+        return self.linears[-1](u)[..., 0]
+
+
 def _mean_at(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """Mean of ``values`` over the rows with the same ``index`` (0 where there are none)."""
     total = values.new_zeros((size, *values.shape[1:])).index_add(0, index, values)
@@ -319,19 +364,40 @@ class StressHead(nn.Module):
     The MLPs are ``num_mlp_layers`` linear maps over channels with SiLU between, applied to
     each component (:math:`m`, or :math:`\alpha\beta`) alike.
 
-    Equivariance: :math:`h_e` is invariant and the isotropic part is exactly invariant, but an
-    MLP applied component by component (its biases, its SiLU) is not equivariant, so the
-    anisotropic part and the plain block rotate as :math:`R S R^\top` only up to an error that
-    training makes small (as in the reference, whose numbers this head reproduces); with
-    ``num_mlp_layers=1`` and zero last bias both are exact. :math:`S` is symmetric always.
-    A non-zero :math:`\mu_2` or :math:`\mu_S` is added to every component, as the reference's
-    trainer adds it, which is not rotation equivariant either: the head warns when built so.
+    ``equivariant=True`` (with ``decompose``; so2nn's own head, for models trained with so2nn, not
+    the reference's) replaces :math:`\mathrm{MLP}_2` by a :class:`~so2nn.models.GatedTensorMLP`, linear maps
+    without bias over the channels of the degree-2 features, alike for every :math:`m`, gated by
+    the invariants of the isotropic path:
+
+    .. math::
+
+        a_{b,m} = \bigl\langle \mathrm{GatedMLP}_2\bigl(\langle Y_{2m}(\hat r_e)\, h_e \rangle_i;\;
+        \langle h_e \rangle_i\bigr) \bigr\rangle_b, \qquad
+        \mathrm{GatedMLP}_2(u; s)_m = w^\top \Bigl[\mathop{\bigcirc}_{k=1}^{K-1}
+        \bigl(u \mapsto (W_k u) \odot \mathrm{SiLU}(G_k s + c_k)\bigr)\Bigr](u)_m
+
+    (``edge_level_mlp``: per edge, gated by :math:`h_e`), with :math:`\mu_2 = \mu_S = 0`
+    (required) and :math:`S_b` rebuilt as above.
+
+    Equivariance: :math:`h_e` is invariant, the isotropic part is exactly invariant, and with
+    ``equivariant=True`` the anisotropic part rotates with :math:`D^{(2)}(R)`, so
+    :math:`S(R\,\cdot) = R S R^\top` exactly, for any weights. The reference's form
+    (``equivariant=False``) applies an MLP component by component (its biases, its SiLU), which
+    does not commute with rotations: the anisotropic part and the plain block rotate as
+    :math:`R S R^\top` only up to an error that training may make small (as in the reference,
+    whose numbers this head reproduces; with random weights the error is of the order of the
+    stress itself). With ``num_mlp_layers=1`` and zero last bias the reference's form is exact
+    too. :math:`S` is symmetric always. A non-zero :math:`\mu_2` or :math:`\mu_S` is added to
+    every component, as the reference's trainer adds it, which is not rotation equivariant
+    either: the reference's form warns when built so, the equivariant head raises.
 
     Args:
         layout: the node features' layout (:math:`L` = ``layout.lmax``).
         sphere_channels: channels :math:`C` of the node features.
         norm_type: the normalisation of the harmonics, as the backbone's (``"layer_norm_sh"``, ...).
         decompose: isotropic + anisotropic parts (``True``) or the plain rank-2 block.
+        equivariant: the exactly equivariant anisotropic path (a :class:`~so2nn.models.GatedTensorMLP`; needs
+            ``decompose``), not the reference's component-wise MLP.
         edge_level_mlp: apply the MLPs per edge, before the mean over edges.
         num_mlp_layers: linear maps in each MLP (``>= 1``).
         source_target_embedding: :math:`h_e` from source and target features (``2C`` channels).
@@ -344,7 +410,8 @@ class StressHead(nn.Module):
 
     Weights: ``harmonics_norm``, ``edge_norm`` (the reference's ``sphharm_norm``,
     ``xedge_layer_norm``), and ``isotropic_mlp``, ``anisotropic_mlp`` (decomposed; the
-    reference's ``block.scalar_MLP``, ``block.irrep2_MLP``) or ``tensor_mlp`` (plain;
+    reference's ``block.scalar_MLP``, ``block.irrep2_MLP``; with ``equivariant``,
+    ``anisotropic_mlp`` is the :class:`~so2nn.models.GatedTensorMLP`) or ``tensor_mlp`` (plain;
     ``block.r2tensor_MLP``).
 
     Example:
@@ -365,6 +432,7 @@ class StressHead(nn.Module):
         sphere_channels: int,
         norm_type: str = "layer_norm_sh",
         decompose: bool = True,
+        equivariant: bool = False,
         edge_level_mlp: bool = False,
         num_mlp_layers: int = 2,
         source_target_embedding: bool = False,
@@ -382,7 +450,10 @@ class StressHead(nn.Module):
             raise ValueError(f"num_mlp_layers must be an int >= 1, got {num_mlp_layers!r}")
         if not avg_num_nodes > 0:
             raise ValueError(f"avg_num_nodes must be > 0, got {avg_num_nodes}")
+        if equivariant and not decompose:
+            raise ValueError("equivariant=True is a decomposed stress head: set decompose=True")
         self.layout = layout
+        self.equivariant = bool(equivariant)
         self.decompose, self.edge_level_mlp, self.extensive = bool(decompose), bool(edge_level_mlp), bool(extensive)
         self.source_target_embedding = bool(source_target_embedding)
         self.avg_num_nodes = float(avg_num_nodes)
@@ -391,7 +462,8 @@ class StressHead(nn.Module):
         self.edge_norm = nn.LayerNorm(channels)
         if self.decompose:
             self.isotropic_mlp = _mlp(channels, num_mlp_layers)
-            self.anisotropic_mlp = _mlp(channels, num_mlp_layers)
+            self.anisotropic_mlp = (GatedTensorMLP(channels, num_mlp_layers) if self.equivariant
+                                    else _mlp(channels, num_mlp_layers))
         else:
             self.tensor_mlp = _mlp(channels, num_mlp_layers)
         self.set_statistics(isotropic_mean, isotropic_std, anisotropic_mean, anisotropic_std, stress_mean, stress_std)
@@ -411,6 +483,9 @@ class StressHead(nn.Module):
             raise ValueError("isotropic/anisotropic statistics apply to the decomposed stress head only "
                              "(decompose=False uses stress_mean and stress_std)")
         for name, mean in (("anisotropic_mean", anisotropic_mean), ("stress_mean", stress_mean)):
+            if mean != 0.0 and self.equivariant:
+                raise ValueError(f"the equivariant stress head needs {name}=0 (a constant added to every "
+                                 f"component is not rotation equivariant), got {mean}")
             if mean != 0.0:
                 warnings.warn(f"StressHead: {name}={mean:g} is added to every component of the stress, as fairchem's "
                               "trainer does; this is not rotation equivariant", stacklevel=2)
@@ -419,7 +494,7 @@ class StressHead(nn.Module):
         self.stress_mean, self.stress_std = float(stress_mean), float(stress_std)
 
     def extra_repr(self) -> str:
-        kind = "decomposed" if self.decompose else "rank2"
+        kind = "equivariant" if self.equivariant else ("decomposed" if self.decompose else "rank2")
         return (f"{kind}, edge_level_mlp={self.edge_level_mlp}, "
                 f"source_target_embedding={self.source_target_embedding}, extensive={self.extensive}")
 
@@ -431,6 +506,12 @@ class StressHead(nn.Module):
         else:
             x_edge = x.index_select(0, edge_index[1])
         return self.edge_norm(torch.einsum("eic,ei->ec", x_edge, w))
+
+    def _anisotropic(self, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Degree-2 features ``u [*, 5, C']`` (and their invariants ``s [*, C']``) -> ``[*, 5]``."""
+        if self.equivariant:
+            return self.anisotropic_mlp(u, s)
+        return self.anisotropic_mlp(u)[..., 0]  # the reference's MLP, on each m alike
 
     def _per_system(self, node_values: torch.Tensor, batch: torch.Tensor, num_systems: int) -> torch.Tensor:
         if self.extensive:
@@ -451,12 +532,13 @@ class StressHead(nn.Module):
         h = self._edge_features(x, edge_vec, edge_index)  # [E, C']
         if self.decompose:
             Y2 = spherical_harmonics(2, edge_vec)[:, 4:9]  # [E, 5], degree 2 of the unit direction
+            u = Y2[:, :, None] * h[:, None, :]  # [E, 5, C'], degree 2
             if self.edge_level_mlp:
                 iso = _mean_at(self.isotropic_mlp(h), target, num_nodes)  # [N, 1]
-                aniso = _mean_at(self.anisotropic_mlp(Y2[:, :, None] * h[:, None, :]), target, num_nodes)[..., 0]
+                aniso = _mean_at(self._anisotropic(u, h), target, num_nodes)  # [N, 5]
             else:
-                iso = self.isotropic_mlp(_mean_at(h, target, num_nodes))
-                aniso = self.anisotropic_mlp(_mean_at(Y2[:, :, None] * h[:, None, :], target, num_nodes))[..., 0]
+                s = _mean_at(h, target, num_nodes)
+                iso, aniso = self.isotropic_mlp(s), self._anisotropic(_mean_at(u, target, num_nodes), s)
             iso, aniso = self._per_system(iso, batch, num_systems), self._per_system(aniso, batch, num_systems)
             if self.extensive:
                 iso, aniso = iso / self.avg_num_nodes, aniso / self.avg_num_nodes

@@ -5,17 +5,20 @@ EquiformerV2 paper's recipe (energy MAE + per-atom force L2 loss,
 AdamW, warm-up + cosine schedule, gradient clipping, EMA, target normalisation), on one CPU,
 one GPU or many under ``torchrun``, with atomic checkpoints that resume exactly; a checkpoint
 records the run's data (:func:`data_fingerprint`), model and recipe, and a resume that would
-change them is refused.
+change them is refused. :func:`evaluate_model` and :func:`write_predictions` evaluate any model
+on a dataset and write its predictions in OC20's S2EF submission format (resumable).
 """
 
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
-from ._metrics import S2EFMetrics
+from ._metrics import S2EFMetrics, decompose_stress
+from ._predict import evaluate_model, write_predictions
 from ._provenance import data_fingerprint, fingerprint_differences
 from ._schedule import warmup_cosine
-from ._trainer import RESUMABLE, Trainer, TrainingConfig
+from ._trainer import DEFAULT_STRESS_COEFFICIENT, RESUMABLE, Trainer, TrainingConfig
 
 __all__ = [
+    "DEFAULT_STRESS_COEFFICIENT",
     "RESUMABLE",
     "DistributedContext",
     "ExponentialMovingAverage",
@@ -23,6 +26,9 @@ __all__ = [
     "Trainer",
     "TrainingConfig",
     "data_fingerprint",
+    "decompose_stress",
+    "evaluate_model",
     "fingerprint_differences",
     "warmup_cosine",
+    "write_predictions",
 ]

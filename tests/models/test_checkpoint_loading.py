@@ -284,7 +284,7 @@ def test_the_ignored_keys_are_pinned():
                    "world_size"],
         "model": ["activation_checkpoint", "attn_activation", "bond_feat_dim", "ffn_activation", "finetune_config",
                   "freeze_backbone", "num_atoms", "num_distance_basis", "num_sphere_samples", "num_targets",
-                  "otf_graph", "pass_through_head_outputs", "regress_forces", "use_pbc_single", "weight_init"],
+                  "otf_graph", "pass_through_head_outputs", "use_pbc_single", "weight_init"],
         "dataset": ["a2g_args", "ase_read_args", "atoms_transform_args", "connect_args", "data2train", "first_n",
                     "format", "include_relaxed_energy", "index_file", "keep_in_memory", "key_mapping", "max_atoms",
                     "metadata_path", "no_shuffle", "oc20_ref", "pattern", "sample_n", "seed", "select_args", "shard",

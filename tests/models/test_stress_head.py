@@ -27,6 +27,15 @@ VARIANTS = {
     "decomposed_extensive": dict(stress_head="decomposed", stress_extensive=True, stress_avg_num_nodes=2.5),
     "rank2": dict(stress_head="rank2"),
     "rank2_edge_extensive": dict(stress_head="rank2", stress_edge_level_mlp=True, stress_extensive=True),
+    "equivariant": dict(stress_head="equivariant"),
+}
+EQUIVARIANT_VARIANTS = {
+    "node": dict(stress_head="equivariant"),
+    "edge_source_target_3_layers": dict(stress_head="equivariant", stress_edge_level_mlp=True,
+                                        stress_source_target_embedding=True, stress_num_mlp_layers=3),
+    "extensive": dict(stress_head="equivariant", stress_extensive=True, stress_avg_num_nodes=2.5,
+                      stress_isotropic_mean=0.1, stress_isotropic_std=0.3, stress_anisotropic_std=0.2,
+                      stress_std=2.0),
 }
 
 
@@ -122,12 +131,88 @@ def test_linear_readout_stress_rotates_as_a_matrix(variant, R):
     assert torch.equal(stress, stress.transpose(1, 2))
 
 
+def perturbed(model, scale=0.5):
+    """Every weight of the stress head moved off its initialisation (biases non-zero)."""
+    with torch.no_grad():
+        for p in model.heads["stress"].parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("variant", sorted(EQUIVARIANT_VARIANTS))
+@settings(max_examples=4, deadline=None)
+@given(R=so2st.rotations())
+def test_equivariant_head_rotates_as_a_matrix_for_any_weights(variant, R):
+    """stress_head='equivariant' with two or more layers and random non-zero biases (gates,
+    isotropic MLP): S(R x) = R S R^T to float64 rounding (measured: about 1e-15)."""
+    model = perturbed(tiny(**EQUIVARIANT_VARIANTS[variant]))
+    assert all(p.abs().min() > 0 for n, p in model.heads["stress"].named_parameters() if n.endswith("bias"))
+    pos, cell, _ = crystal()
+    errors = equivariance_error(stress_of(model), [pos, cell], ["vector", "vector"],
+                                {"energy": None, "forces": "vector", "stress": "matrix"}, R)
+    assert all(e.relative <= 1e-9 for e in errors), errors
+    stress = stress_of(model)(pos, cell)["stress"]
+    assert torch.equal(stress, stress.transpose(1, 2))
+    assert float(stress.detach().abs().max()) > 1e-3  # not trivially zero
+
+
+def test_equivariant_head_is_its_equation():
+    """Anisotropic part: bias-free channel maps of the l = 2 features, gated by SiLU of the
+    invariants, then a bias-free map to one channel; rebuilt with the basis."""
+    torch.manual_seed(2)
+    head = StressHead(CoefficientLayout(2, 1), sphere_channels=4, equivariant=True, num_mlp_layers=3,
+                      isotropic_mean=0.2, isotropic_std=3.0, anisotropic_std=0.5).double()
+    mlp = head.anisotropic_mlp
+    assert [n for n, _ in mlp.named_parameters()] == [
+        "linears.0.weight", "linears.1.weight", "linears.2.weight", "gates.0.weight", "gates.0.bias",
+        "gates.1.weight", "gates.1.bias"]
+    x, vec = torch.randn(3, 9, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 0, 1], [1, 0, 0, 2, 2]])
+    w = head.harmonics_norm(spherical_harmonics(2, vec, normalize=False)[:, :, None])[:, :, 0]
+    h = head.edge_norm(torch.einsum("eic,ei->ec", x[edge_index[1]], w))
+    Y2 = spherical_harmonics(2, vec)[:, 4:9]
+    s = torch.stack([h[edge_index[1] == i].mean(0) for i in range(3)])  # [N, C]
+    u_edge = Y2[:, :, None] * h[:, None, :]  # [E, 5, C]
+    u = torch.stack([u_edge[edge_index[1] == i].mean(0) for i in range(3)])  # [N, 5, C]
+    for k in range(2):
+        gate = torch.nn.functional.silu(s @ mlp.gates[k].weight.T + mlp.gates[k].bias)
+        u = (u @ mlp.linears[k].weight.T) * gate[:, None, :]
+    aniso = (u @ mlp.linears[2].weight.T)[..., 0].mean(0) * 0.5
+    iso = head.isotropic_mlp(s)[:, 0].mean() * 3.0 + 0.2
+    expected = (iso * torch.eye(3, dtype=torch.float64) / 3 ** 0.5
+                + torch.einsum("k,kij->ij", aniso, STRESS_BASIS[1:]))
+    torch.testing.assert_close(head(x, vec, edge_index, torch.zeros(3, dtype=torch.long), 1), expected[None],
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_equivariant_head_trains():
+    """A few optimiser steps on a stress target of a tiny periodic batch: the loss falls."""
+    model = tiny(stress_head="equivariant").train()
+    pos, cell, numbers = crystal()
+    batch = dict(pos=torch.cat([pos, pos * 1.02]), cell=torch.cat([cell, cell * 1.02]),
+                 atomic_numbers=torch.cat([numbers, numbers]), natoms=torch.tensor([3, 3]))
+    target = torch.tensor([[[0.3, 0.1, 0.0], [0.1, -0.2, 0.05], [0.0, 0.05, 0.1]]], dtype=torch.float64)
+    target = torch.cat([target, 0.5 * target])
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        optimiser.zero_grad()
+        loss = (model(**batch)["stress"] - target).pow(2).mean()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
 @pytest.mark.parametrize("variant", ["decomposed", "rank2"])
 def test_componentwise_mlp_rotates_only_approximately(variant):
     """The reference's MLPs (two layers, SiLU, biases) act on each component alike, so the
     stress does not rotate exactly; in the decomposed head the isotropic part (the trace) is
     still exactly invariant, in the plain rank-2 block (an MLP per Cartesian component) not even
-    that."""
+    that. The error is of the order of the stress itself (measured for these weights and this
+    rotation: 0.65 of max|S| for the decomposed head, 0.16 for the plain block; fairchem's own
+    heads are off by the same amount): the loose bounds below catch a change that would make
+    the reference's form silently different (exact, or wildly off)."""
     model = tiny(**VARIANTS[variant])
     with torch.no_grad():
         for p in model.heads["stress"].parameters():
@@ -140,7 +225,7 @@ def test_componentwise_mlp_rotates_only_approximately(variant):
     trace_error = float((trace(rotated) - trace(out)).abs().max() / trace(out).abs().max())
     assert trace_error <= 1e-9 if variant == "decomposed" else trace_error > 1e-6, trace_error
     error = float((rotated - R @ out @ R.T).abs().max() / out.abs().max())
-    assert error > 1e-6, error
+    assert 0.05 < error < 3.0, error
     assert torch.equal(rotated, rotated.transpose(1, 2))
 
 
@@ -170,12 +255,16 @@ def test_the_model_returns_stress_and_saves_it(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(stress_head="full"), "stress_head must be None, 'decomposed' or 'rank2'"),
+    (dict(stress_head="full"), "stress_head must be None, 'decomposed', 'rank2' or 'equivariant'"),
+    (dict(stress_head="equivariant", stress_anisotropic_mean=0.01),
+     r"stress_head='equivariant' needs \['stress_anisotropic_mean'\] = 0"),
+    (dict(stress_head="equivariant", stress_mean=0.01), r"needs \['stress_mean'\] = 0"),
     (dict(stress_head="rank2", stress_num_mlp_layers=0), "stress_num_mlp_layers must be an int >= 1"),
     (dict(stress_head="rank2", stress_extensive=1), "stress_extensive must be a bool"),
     (dict(stress_head="decomposed", stress_anisotropic_std=0.0), "stress_anisotropic_std must be > 0"),
     (dict(stress_std=2.0), "set but the model has no stress head"),
-    (dict(stress_head="rank2", stress_isotropic_std=2.0), "apply to stress_head='decomposed' only"),
+    (dict(stress_head="rank2", stress_isotropic_std=2.0),
+     "apply to stress_head='decomposed' or 'equivariant' only"),
     (dict(stress_head="decomposed", direct_forces=False), "stress_head needs direct_forces=True"),
 ])
 def test_bad_stress_configuration(changes, message):
@@ -202,3 +291,19 @@ def test_reference_head_options_map_onto_the_config():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         StressHead(CoefficientLayout(2), sphere_channels=2)  # zero means: no warning
+
+
+def test_equivariant_head_checks_and_saves(tmp_path):
+    with pytest.raises(ValueError, match="equivariant=True is a decomposed stress head"):
+        StressHead(CoefficientLayout(2), sphere_channels=2, decompose=False, equivariant=True)
+    with pytest.raises(ValueError, match="the equivariant stress head needs anisotropic_mean=0"):
+        StressHead(CoefficientLayout(2), sphere_channels=2, equivariant=True, anisotropic_mean=0.1)
+    model = perturbed(tiny(stress_head="equivariant"))
+    assert "equivariant" in repr(model.heads["stress"])
+    model.save(tmp_path / "model.pt")
+    again = EquiformerV2.from_checkpoint(tmp_path / "model.pt").double()
+    assert again.config.stress_head == "equivariant"
+    pos, cell, numbers = crystal()
+    stress = model(pos=pos, cell=cell, atomic_numbers=numbers)["stress"]
+    torch.testing.assert_close(again(pos=pos, cell=cell, atomic_numbers=numbers)["stress"], stress,
+                               rtol=1e-5, atol=1e-8)

@@ -116,3 +116,31 @@ def _edit(fixture, variant, change):
 def test_stress_configs_so2nn_does_not_reproduce_raise(fixture, variant, change, message):
     with pytest.raises(ValueError, match=message):
         EquiformerV2.from_fairchem(_edit(fixture, variant, change))
+
+
+@pytest.mark.parametrize("variant, low, high", [
+    ("decomposed_source_target", 0.3, 3.0),  # measured over 4 rotations: 0.76 to 1.2
+    ("rank2_edge", 0.3, 3.0),  # 0.82 to 1.3
+    ("rank2_node_extensive", 0.005, 0.3),  # one linear map, but a non-zero bias: 0.027 to 0.043
+])
+def test_the_reference_heads_are_not_equivariant(fixture, variant, low, high):
+    """With the weights that reproduce the reference's numbers, the rank-2 heads' stress is far
+    from R S R^T (relative to max|S|), while the forces of the same model rotate (to the S2
+    grid's error): the reference's component-wise MLP, not the backbone, breaks equivariance.
+    The bounds are loose on purpose: a change that made these heads exact, or different, fails."""
+    from so2nn.testing import random_rotation
+
+    statistics = fixture["variants"][variant]["statistics"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = EquiformerV2.from_fairchem(checkpoint_of(fixture, variant), **statistics).double().eval()
+    x, R = fixture["inputs"], random_rotation(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(pos=x["pos"].double(), atomic_numbers=x["atomic_numbers"], natoms=x["natoms"],
+                    cell=x["cell"].double())
+        rotated = model(pos=x["pos"].double() @ R.T, atomic_numbers=x["atomic_numbers"], natoms=x["natoms"],
+                        cell=x["cell"].double() @ R.T)
+    force_error = float((rotated["forces"] - out["forces"] @ R.T).abs().max() / out["forces"].abs().max())
+    assert force_error < 1e-4, force_error
+    error = float((rotated["stress"] - R @ out["stress"] @ R.T).abs().max() / out["stress"].abs().max())
+    assert low < error < high, error

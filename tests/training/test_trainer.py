@@ -89,9 +89,9 @@ def test_free_atom_forces_only(emt_data, tiny_model_config, tmp_path):
     trainer = Trainer(tiny_model_config, train, val, TrainingConfig(batch_size=4), tmp_path, progress=False)
     batch = Batch.from_data_list(train[:4])
     out = trainer.model.eval()(batch)
-    before = trainer._loss(out, batch)[2]
+    before = trainer._loss(out, batch)[1]["force_loss"]
     batch.forces[batch.fixed] += 10.0
-    assert torch.equal(trainer._loss(out, batch)[2], before)
+    assert torch.equal(trainer._loss(out, batch)[1]["force_loss"], before)
 
 
 def test_bad_inputs(emt_data, tiny_model_config, tmp_path):
@@ -102,6 +102,9 @@ def test_bad_inputs(emt_data, tiny_model_config, tmp_path):
     EquiformerV2(tiny_model_config).save(tmp_path / "model.pt")
     with pytest.raises(ValueError, match="not a so2nn training checkpoint"):
         Trainer.resume(tmp_path / "model.pt", train, val, tmp_path)
+    with pytest.raises(ValueError, match="have no 'forces' \\(an energy-only model\\)"):
+        Trainer(tiny_model_config.replace(regress_forces=False), train, val, TrainingConfig(batch_size=4),
+                tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
