@@ -120,9 +120,11 @@ class So2nnCalculator(Calculator):
             weight = next(model.parameters())
             default_device, default_dtype = weight.device, weight.dtype
         elif isinstance(model, (str, os.PathLike, dict)):
-            model = load_model(model, use_ema=use_ema, trust=trust, **config_changes)
             default_device = "cuda" if torch.cuda.is_available() else "cpu"
             default_dtype = torch.float32
+            # built in its dtype: float64 values of the import (element references) stay float64
+            model = load_model(model, use_ema=use_ema, trust=trust,
+                               dtype=_as_dtype(default_dtype if dtype is None else dtype), **config_changes)
         else:
             raise TypeError(
                 f"model must be an so2nn model or a checkpoint path/dict, got {type(model).__name__}"

@@ -288,14 +288,18 @@ class EquiformerV2(nn.Module):
     # -- checkpoints ---------------------------------------------------------------------------
 
     @classmethod
-    def from_fairchem(cls, checkpoint, use_ema: bool = True, *, trust: bool = False, **config_changes) -> EquiformerV2:
+    def from_fairchem(cls, checkpoint, use_ema: bool = True, *, trust: bool = False,
+                      dtype: torch.dtype | None = None, **config_changes) -> EquiformerV2:
         """Build from an official EquiformerV2 checkpoint (path or loaded dict), weight for weight.
 
         The model config is read from the checkpoint; EMA weights are used when present
         (``use_ema``); ``config_changes`` override inference options (``grid_resolution``,
         ``graph_mode``, ...). Unknown or missing weights raise a ValueError listing them.
         fairchem itself is not needed. The file is read as data only; ``trust=True`` allows a
-        full unpickle of a file whose origin you trust.
+        full unpickle of a file whose origin you trust. ``dtype`` (e.g. ``torch.float64``) builds
+        the model in that dtype before the weights are copied in, so that values the import
+        computes in float64 (the element references, OC22's ``std * energy_lin_ref``) keep
+        their precision; casting a float32-loaded model afterwards keeps their float32 rounding.
 
         What fairchem's trainer does around its model at prediction becomes part of this one,
         so that it returns eV and eV/A as the reference does: the target normalisers (the
@@ -313,21 +317,23 @@ class EquiformerV2(nn.Module):
         from ._fairchem import load_fairchem_checkpoint
 
         config, state_dict = load_fairchem_checkpoint(checkpoint, use_ema, trust=trust, **config_changes)
-        model = cls(config)
-        model.load_reference_state_dict(state_dict)
+        model = cls(config) if dtype is None else cls(config).to(dtype)
+        model.load_reference_state_dict(state_dict)  # after the cast: float64 values stay float64
         return model
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, use_ema: bool = True, *, trust: bool = False, **config_changes) -> EquiformerV2:
+    def from_checkpoint(cls, checkpoint, use_ema: bool = True, *, trust: bool = False,
+                        dtype: torch.dtype | None = None, **config_changes) -> EquiformerV2:
         """Build from a checkpoint (path or loaded dict): so2nn's own (:meth:`save`, or a training
         checkpoint of ``examples/train_oc20.py``) or an official fairchem one.
 
         EMA weights are used when present and ``use_ema``; ``config_changes`` override inference
         options (``grid_resolution``, ``graph_mode``, ...). :func:`~so2nn.models.load_model` does
         the same for a checkpoint of any registered model type. The file is read as data only;
-        ``trust=True`` allows a full unpickle of a file whose origin you trust.
+        ``trust=True`` allows a full unpickle of a file whose origin you trust; ``dtype`` as for
+        :meth:`from_fairchem`.
         """
-        model = load_model(checkpoint, use_ema, trust=trust, **config_changes)
+        model = load_model(checkpoint, use_ema, trust=trust, dtype=dtype, **config_changes)
         if not isinstance(model, cls):
             raise ValueError(f"the checkpoint holds a {type(model).__name__}, not an {cls.__name__}: "
                              "load it with so2nn.models.load_model")

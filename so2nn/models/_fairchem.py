@@ -283,6 +283,9 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
     activation = "gate" if use_gate else ("separable_s2" if use_sep else "s2")
     out = {"lmax": int(lmax[0]), "mmax": int(mmax[0]), "activation": activation}
     out.update(_graph_mode_from_fairchem(cfg))
+    # None (also when absent: the reference's default) is a grid of its own, the smallest that
+    # resolves each layer's layout, which so2nn's None is too; it is not so2nn's default of 18
+    out["grid_resolution"] = cfg.pop("grid_resolution", None)
     out.update(_regress_forces_from_fairchem(cfg, model_config.get("heads")))
     fields = set(EquiformerV2Config.__dataclass_fields__)
     unknown = []
@@ -686,8 +689,8 @@ def element_references_from_fairchem(checkpoint: dict, energy_lin_ref: torch.Ten
     + \mu_E = \hat E\sigma_E + \mu_E + \sum_i \sigma_E l_{Z_i}`, so it is imported as
     :math:`\sigma_E l`. The backbone + heads layout has the weight but no head adds it.
     ``use_energy_lin_ref`` (not None) overrides the config's flag. The model holds the result in
-    its own dtype (float32 unless cast): :math:`\sigma_E l` rounds there, where the reference
-    adds :math:`l` before multiplying.
+    its weight ``energy_lin_ref``, in the model's dtype: load with ``dtype=torch.float64`` for
+    float64 evaluation, so that :math:`\sigma_E l` is not rounded to float32 on the way.
 
     Raises:
         ValueError: references of a target other than the energy; a dataset config's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import nn
 
 from ._checkpoint import load_checkpoint, upgrade_checkpoint
@@ -117,7 +118,7 @@ def load_weights(model: nn.Module, state_dict: dict) -> None:
 
 
 def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, *, trust: bool = False,
-               **config_changes) -> nn.Module:
+               dtype: torch.dtype | None = None, **config_changes) -> nn.Module:
     """The model of a checkpoint (path or loaded dict), of the type the checkpoint records.
 
     so2nn checkpoints (a model's ``save``, a trainer's ``model.pt`` or ``checkpoint.pt``) name
@@ -127,7 +128,9 @@ def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, *, tr
     ``use_ema``; ``config_changes`` override config entries (inference options such as
     ``grid_resolution``). A file is read as data only, never running code named in it;
     ``trust=True`` lifts that for a file whose origin you trust (see
-    :func:`~so2nn.models._checkpoint.load_checkpoint`).
+    :func:`~so2nn.models._checkpoint.load_checkpoint`). ``dtype``: the model is built in it
+    before the weights are copied in, so a float64 model gets the checkpoint's float64 values
+    (an imported checkpoint's element references, say) rather than their float32 rounding.
 
     Example:
         >>> import tempfile
@@ -140,7 +143,7 @@ def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, *, tr
     checkpoint = load_checkpoint(checkpoint, trust=trust)
     if checkpoint.get("format") != "so2nn":
         # the reference's checkpoints hold one model family: EquiformerV2
-        return model_class("equiformer_v2").from_fairchem(checkpoint, use_ema, **config_changes)
+        return model_class("equiformer_v2").from_fairchem(checkpoint, use_ema, dtype=dtype, **config_changes)
     checkpoint = upgrade_checkpoint(checkpoint)
     cls = model_class(checkpoint["model_type"])
     config = config_from_dict(cls, checkpoint["config"])
@@ -148,5 +151,7 @@ def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, *, tr
         config = config.replace(**config_changes)
     weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
     model = cls.from_config(config)
+    if dtype is not None:
+        model = model.to(dtype)
     load_weights(model, weights)
     return model

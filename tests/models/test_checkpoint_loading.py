@@ -447,3 +447,18 @@ def test_trust_reaches_every_loading_entry_point(tmp_path):
     assert So2nnCalculator(path, trust=True, device="cpu").model.config == model.config
     with pytest.raises(ValueError, match=r"needs .*_Custom .*trust=True"):
         EquiformerV2.from_fairchem(path)
+
+
+@pytest.mark.parametrize("entry", ["absent", None, 12])
+def test_grid_resolution_none_is_the_references_own_grid(monolithic, entry):
+    """The reference's ``grid_resolution: None`` (its default, so also when the key is absent)
+    is the smallest grid that resolves each layer's layout, which so2nn's ``None`` is: it must
+    not become so2nn's default of 18 (2 to 8% force differences, measured)."""
+    model = dict(monolithic["config"]["model"])
+    model.pop("grid_resolution", None)
+    if entry != "absent":
+        model["grid_resolution"] = entry
+    checkpoint = {**monolithic, "config": {**monolithic["config"], "model": model}}
+    config, _ = load_fairchem_checkpoint(checkpoint)
+    assert config.grid_resolution == (None if entry == "absent" else entry)
+    assert EquiformerV2.from_fairchem(checkpoint, grid_resolution=20).config.grid_resolution == 20

@@ -72,27 +72,18 @@ def _fields(system, dtype):
 
 
 def _ours(fixture, system, dtype):
-    model = EquiformerV2.from_fairchem(fixture["checkpoint"]).to(dtype).eval()
+    model = EquiformerV2.from_fairchem(fixture["checkpoint"], dtype=dtype).eval()
     with torch.no_grad():
         return model(**_fields(system, dtype))
 
 
 def _keys(reference):
-    """The outputs to compare, the energy last (see :func:`_check_float64`)."""
+    """The outputs to compare, the energy last."""
     assert {"energy", "forces"} <= set(reference)
     return sorted(reference, key=lambda k: (k == "energy", k))
 
 
-# A known gap, not a tolerance: so2nn holds OC22's std * energy_lin_ref (plus the element
-# references) in one weight of the model's dtype, so a model loaded in float32 and cast to
-# float64 carries that product rounded to float32; the reference multiplies its float32
-# energy_lin_ref by std in float64. Measured: 4.9e-7 eV (5e-9 relative) on the OC22 slab.
-LIN_REF_ROUNDING = "float32-rounded std * energy_lin_ref in so2nn's weight (4.9e-7 eV on the OC22 slab in float64)"
-
-
 def _check_float64(fixture, key, relative):
-    if relative > 1e-12 and key == "energy" and "module.energy_lin_ref" in fixture["checkpoint"]["state_dict"]:
-        pytest.xfail(LIN_REF_ROUNDING)
     assert relative <= 1e-12, (key, relative)
 
 
@@ -118,7 +109,7 @@ def test_own_graph_is_the_reference_graph(case, dtype):
     """so2nn builds the graph from the checkpoint's settings (cutoff, cap, non-strict rule) and
     gets the reference's (source, target, cell offset) set."""
     fixture, system = case
-    model = EquiformerV2.from_fairchem(fixture["checkpoint"]).to(dtype).eval()
+    model = EquiformerV2.from_fairchem(fixture["checkpoint"], dtype=dtype).eval()
     with torch.no_grad():
         out = model(**_fields(system, dtype))  # a full call on its own graph must work too
     assert torch.isfinite(out["forces"]).all()
@@ -159,9 +150,6 @@ def test_random_roll_parity(case):
         spread = max(float((a[key] - b[key]).abs().max()) for a, b in combinations(rolls, 2))
         distance = max(float((mine - r[key]).abs().max()) for r in rolls)
         rounding = 1e-12 * float(rolls[0][key].abs().max())  # where the rolls agree to rounding
-        if distance > max(1.25 * spread, rounding) and key == "energy" \
-                and "module.energy_lin_ref" in fixture["checkpoint"]["state_dict"]:
-            pytest.xfail(LIN_REF_ROUNDING)
         assert distance <= max(1.25 * spread, rounding), (key, distance, spread)
 
 
@@ -177,7 +165,7 @@ def test_from_checkpoint_and_calculator(case, tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save(fixture["checkpoint"], path)
     ref = system["reference_same_frames"][F64]
-    model = EquiformerV2.from_checkpoint(path).double().eval()
+    model = EquiformerV2.from_checkpoint(path, dtype=torch.float64).eval()
     with torch.no_grad():
         ours = model(**_fields(system, torch.float64))
     atoms = Atoms(numbers=system["numbers"].numpy(), positions=system["positions"].numpy(),
