@@ -41,6 +41,10 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 # scripts/make_parity_fixtures.py) import: every model of its registry is imported, hence numba,
 # and scipy before 1.17 (which removed scipy.special.sph_harm, imported by its DimeNet++ basis).
 "${PIP[@]}" wandb tensorboard submitit numba "scipy<1.17"
+# torch-sim 0.3 (its FairChemModel runs fairchem 1.x checkpoints: the reference's batched row of
+# benchmarks/torch_sim_throughput.py), without its declared pins, beside what it imports.
+"${PIP[@]}" --no-deps "torch-sim-atomistic==0.3.0"
+"${PIP[@]}" vesin-torch tables h5py tqdm
 # so2nn from this clone, editable (its dependencies are all installed above).
 "${PIP[@]}" -e "$ROOT"
 
@@ -53,6 +57,7 @@ import torch, fairchem.core, so2nn, torch_scatter
 from fairchem.core.common.relaxation.ase_utils import OCPCalculator  # noqa: F401
 from fairchem.core.common.utils import setup_imports
 setup_imports()  # what OCPCalculator does first: import every registered model
+from torch_sim.models.fairchem import FairChemModel  # noqa: F401
 from fairchem.core.models.equiformer_v2.equiformer_v2 import EquiformerV2Backbone  # noqa: F401
 from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2  # noqa: F401
 print(f"reference environment ready: torch {torch.__version__}, fairchem-core {fairchem.core.__version__}, "

@@ -21,8 +21,7 @@ subsurface fixed. The gain from batching (torch-sim against ASE rows) and the ga
 kernels (so2nn against reference rows) are read apart.
 
 The reference rows run in the reference environment (``bash benchmarks/setup_reference.sh``,
-then ``.venv-reference/bin/pip install --no-deps torch-sim-atomistic==0.3.0 vesin-torch`` and
-``tables h5py``), started by this script as a subprocess. Run from the clone's root on an idle
+which installs torch-sim 0.3 there too), started by this script as a subprocess. Run from the clone's root on an idle
 machine::
 
     python benchmarks/torch_sim_throughput.py                    # all four rows
