@@ -109,29 +109,8 @@ class So2nnCalculator(Calculator):
         **config_changes,
     ) -> None:
         super().__init__()
-        if isinstance(model, nn.Module):
-            if not isinstance(model, AtomisticModel):
-                raise TypeError(f"{type(model).__name__} does not offer the so2nn model protocol (AtomisticModel)")
-            if config_changes:
-                raise ValueError(
-                    f"config changes {sorted(config_changes)} apply when loading a checkpoint; "
-                    "for a model object, build it with them"
-                )
-            weight = next(model.parameters())
-            default_device, default_dtype = weight.device, weight.dtype
-        elif isinstance(model, (str, os.PathLike, dict)):
-            default_device = "cuda" if torch.cuda.is_available() else "cpu"
-            default_dtype = torch.float32
-            # built in its dtype: float64 values of the import (element references) stay float64
-            model = load_model(model, use_ema=use_ema, trust=trust,
-                               dtype=_as_dtype(default_dtype if dtype is None else dtype), **config_changes)
-        else:
-            raise TypeError(
-                f"model must be an so2nn model or a checkpoint path/dict, got {type(model).__name__}"
-            )
-        self.device = torch.device(default_device if device is None else device)
-        self.dtype = _as_dtype(default_dtype if dtype is None else dtype)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model, self.device, self.dtype = evaluation_model(model, device, dtype, use_ema=use_ema, trust=trust,
+                                                               **config_changes)
         outputs = set(self.model.output_names)
         if "energy" not in outputs:
             raise ValueError(f"the model's outputs {sorted(outputs)} have no 'energy'")
@@ -244,3 +223,37 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 #: The calculator's earlier name, kept for existing code: the same class.
 EquiformerV2Calculator = So2nnCalculator
+
+
+def evaluation_model(
+    model: nn.Module | str | os.PathLike | dict,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    use_ema: bool = True,
+    trust: bool = False,
+    **config_changes,
+) -> tuple[nn.Module, torch.device, torch.dtype]:
+    """``(model, device, dtype)``: an so2nn model, or the model of a checkpoint (read by
+    :func:`~so2nn.models.load_model`, built in ``dtype`` so that float64 values of an import stay
+    float64), moved to ``device`` and ``dtype`` and put in eval mode. Defaults: where and in what
+    dtype a given model's weights are; ``"cuda"`` when available (else ``"cpu"``) and float32 for
+    a checkpoint. The calculator and the torch-sim model read their models this way."""
+    if isinstance(model, nn.Module):
+        if not isinstance(model, AtomisticModel):
+            raise TypeError(f"{type(model).__name__} does not offer the so2nn model protocol (AtomisticModel)")
+        if config_changes:
+            raise ValueError(f"config changes {sorted(config_changes)} apply when loading a checkpoint; "
+                             "for a model object, build it with them")
+        weight = next(model.parameters())
+        default_device, default_dtype = weight.device, weight.dtype
+    elif isinstance(model, (str, os.PathLike, dict)):
+        default_device = "cuda" if torch.cuda.is_available() else "cpu"
+        default_dtype = torch.float32
+        model = load_model(model, use_ema=use_ema, trust=trust,
+                           dtype=_as_dtype(default_dtype if dtype is None else dtype), **config_changes)
+    else:
+        raise TypeError(f"model must be an so2nn model or a checkpoint path/dict, got {type(model).__name__}")
+    device = torch.device(default_device if device is None else device)
+    dtype = _as_dtype(default_dtype if dtype is None else dtype)
+    return model.to(device=device, dtype=dtype).eval(), device, dtype

@@ -9,8 +9,7 @@ import torch_sim as ts
 from torch import nn
 from torch_sim.models.interface import ModelInterface
 
-from ...calculators._calculator import _as_dtype
-from ...models import AtomisticModel, load_model
+from ...calculators._calculator import evaluation_model
 from . import _compat
 
 __all__ = ["TorchSimModel"]
@@ -85,25 +84,8 @@ class TorchSimModel(ModelInterface):
         **config_changes,
     ) -> None:
         super().__init__()
-        if isinstance(model, nn.Module):
-            if not isinstance(model, AtomisticModel):
-                raise TypeError(f"{type(model).__name__} does not offer the so2nn model protocol (AtomisticModel)")
-            if config_changes:
-                raise ValueError(f"config changes {sorted(config_changes)} apply when loading a checkpoint; "
-                                 "for a model object, build it with them")
-            weight = next(model.parameters())
-            default_device, default_dtype = weight.device, weight.dtype
-        elif isinstance(model, (str, os.PathLike, dict)):
-            default_device = "cuda" if torch.cuda.is_available() else "cpu"
-            default_dtype = torch.float32
-            # built in its dtype: float64 values of the import (element references) stay float64
-            model = load_model(model, use_ema=use_ema, trust=trust,
-                               dtype=_as_dtype(default_dtype if dtype is None else dtype), **config_changes)
-        else:
-            raise TypeError(f"model must be an so2nn model or a checkpoint path/dict, got {type(model).__name__}")
-        self._device = torch.device(default_device if device is None else device)
-        self._dtype = _as_dtype(default_dtype if dtype is None else dtype)
-        self.model = model.to(device=self._device, dtype=self._dtype).eval()
+        self.model, self._device, self._dtype = evaluation_model(model, device, dtype, use_ema=use_ema, trust=trust,
+                                                                 **config_changes)
         outputs = set(self.model.output_names)
         if not {"energy", "forces"} <= outputs:
             raise ValueError(f"a torch-sim model needs energy and forces; the model's outputs are {sorted(outputs)}")
