@@ -5,17 +5,27 @@ EquiformerV2 paper's recipe (energy MAE + per-atom force L2 loss,
 AdamW, warm-up + cosine schedule, gradient clipping, EMA, target normalisation), on one CPU,
 one GPU or many under ``torchrun``, with atomic checkpoints that resume exactly; a checkpoint
 records the run's data (:func:`data_fingerprint`), model and recipe, and a resume that would
-change them is refused.
+change them is refused. :meth:`Trainer.from_pretrained` fine-tunes a checkpoint's model
+(so2nn's or fairchem's) with explicit energy referencing and records where it started.
 """
 
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
+from ._finetune import (
+    FINE_TUNING_SETTINGS,
+    REFIT_CHOICES,
+    pretrained_model,
+    referenced_statistics,
+    referencing_table,
+)
 from ._metrics import S2EFMetrics
 from ._provenance import data_fingerprint, fingerprint_differences
 from ._schedule import warmup_cosine
 from ._trainer import RESUMABLE, Trainer, TrainingConfig
 
 __all__ = [
+    "FINE_TUNING_SETTINGS",
+    "REFIT_CHOICES",
     "RESUMABLE",
     "DistributedContext",
     "ExponentialMovingAverage",
@@ -24,5 +34,8 @@ __all__ = [
     "TrainingConfig",
     "data_fingerprint",
     "fingerprint_differences",
+    "pretrained_model",
+    "referenced_statistics",
+    "referencing_table",
     "warmup_cosine",
 ]
