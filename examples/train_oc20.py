@@ -18,6 +18,19 @@ On real OC20 data, on GPUs::
 ``EquiformerV2.from_checkpoint``), ``train_log.csv``, ``val_log.csv``, ``metrics.json`` and
 ``summary.png`` (learning curves, energy and force parity plots).
 
+Evaluate or predict with any checkpoint (so2nn's ``model.pt`` or ``checkpoint.pt``, or an
+official fairchem EquiformerV2 checkpoint), without training::
+
+    python examples/train_oc20.py --evaluate runs/train_oc20/model.pt --val-data s2ef/all/val_id
+    python examples/train_oc20.py --predict eq2_31M_ec4_allmd.pt --val-data s2ef/all/test_id \\
+        --predictions test_id.npz --device cuda
+
+``--evaluate`` prints OC20's S2EF metrics (energy MAE, force MAE, force cosine, EFwT, and stress
+MAEs where data and model have stress) against the baselines, as a training run's summary;
+``--predict`` writes OC20's S2EF submission file (``ids``, ``energy``, ``forces``,
+``chunk_idx``), saving partial results as it goes: the same command continues an interrupted one.
+Without ``--val-data`` both use the embedded dataset's validation split.
+
 ``--resume`` continues the run in ``--out``: give the same command again with ``--resume``.
 The checkpoint records the run's data (paths, sizes, modification times, record counts), model
 and recipe, and a resume that would change them stops with a message naming each difference.
@@ -52,9 +65,11 @@ import torch
 
 import so2nn
 from so2nn.data import open_dataset
-from so2nn.data.emt import make_dataset
-from so2nn.models import PRESETS, EquiformerV2Config, preset
-from so2nn.training import Trainer, TrainingConfig, referencing_table
+from so2nn.data.emt import make_bulk_dataset, make_dataset
+from so2nn.models import PRESETS, EquiformerV2Config, load_model, preset
+from so2nn.models._checkpoint import load_checkpoint
+from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model, referencing_table,
+                            write_predictions)
 
 # Not a released model: a small EquiformerV2 (same architecture, fewer and narrower layers,
 # lmax 2) that learns the embedded EMT data on a laptop CPU in minutes.
@@ -93,7 +108,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--val-subset", type=int, help="evaluate on the first N validation items only")
     data.add_argument("--cache-dir", type=Path, default=Path("runs/data"), help="where the embedded dataset is generated")
     data.add_argument("--emt-systems", type=int, nargs=2, default=(150, 20), metavar=("TRAIN", "VAL"),
-                      help="systems (10 frames each) in the embedded dataset's train and val splits")
+                      help="systems in the embedded dataset's train and val splits (10 frames each for slabs, "
+                      "8 for bulk)")
+    data.add_argument("--embedded", choices=["slabs", "bulk"], default="slabs",
+                      help="the embedded EMT dataset: adsorbates on slabs (OC20-like), or bulk crystals and alloys "
+                      "with stress")
     model = p.add_argument_group("model")
     model.add_argument("--preset", choices=["tiny", *PRESETS], help="model architecture (default: tiny on the "
                        "embedded data, oc20-31M with --data)")
@@ -130,6 +149,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the weights' moving average")
     train.add_argument("--energy-coefficient", type=float, default=defaults.energy_coefficient, help="lambda_E")
     train.add_argument("--force-coefficient", type=float, default=defaults.force_coefficient, help="lambda_F")
+    train.add_argument("--energy-per-atom", action="store_true", help="energy loss per atom, |E - E'| / N "
+                       "(the OMat24 recipe; default: per system)")
+    train.add_argument("--stress-loss", choices=["decomposed", "plain"], default=defaults.stress_loss,
+                       help="with stress in the data and the model: isotropic + anisotropic stress MAE (the OMat24 "
+                       "recipe), or a plain stress MAE (natural for conservative models)")
+    for name, what in (("stress-coefficient", "plain stress MAE"),
+                       ("stress-isotropic-coefficient", "isotropic stress MAE (tr/3)"),
+                       ("stress-anisotropic-coefficient", "anisotropic (traceless) stress MAE")):
+        train.add_argument(f"--{name}", type=float, help=f"coefficient of the {what} (default: "
+                           f"{DEFAULT_STRESS_COEFFICIENT}; setting it requires stress in the data and the model)")
     train.add_argument("--all-atoms", action="store_true", help="train and evaluate forces on fixed atoms too "
                        "(default: free atoms only, OC20's convention)")
     train.add_argument("--no-normalize", action="store_true", help="do not normalise energies and forces")
@@ -153,6 +182,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--allow-data-change", action="store_true",
                      help="--resume on data whose files differ from the run's (moved or copied)")
     run.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps of this process")
+    run.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate this checkpoint on --val-data "
+                     "(default: the embedded validation split) and stop; no training")
+    run.add_argument("--predict", type=Path, metavar="CHECKPOINT", help="write this checkpoint's predictions for "
+                     "--val-data in OC20's S2EF submission format (see --predictions) and stop; resumable")
+    run.add_argument("--predictions", type=Path, help="the .npz that --predict writes (default: "
+                     "OUT/predictions.npz)")
+    run.add_argument("--prediction-dtype", choices=["float16", "float32"], default="float16",
+                     help="precision of the predicted energies and forces (OC20's submissions: float16)")
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plot", action="store_true", help="skip summary.png")
@@ -165,6 +202,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--init takes the checkpoint's architecture: no --preset, --tiny or --conservative-forces")
     if args.init is None and (args.freeze_backbone or args.reinit_head or args.refit != "references"):
         p.error("--freeze-backbone, --reinit-head and --refit go with --init")
+    if args.evaluate is not None and args.predict is not None:
+        p.error("--evaluate and --predict are separate runs: give one")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -201,21 +240,95 @@ def training_config(args) -> TrainingConfig:
         **values, eval_batch_size=args.eval_batch_size, weight_decay=args.weight_decay,
         clip_grad_norm=args.clip_grad_norm, ema_decay=args.ema_decay, energy_coefficient=args.energy_coefficient,
         force_coefficient=args.force_coefficient, train_on_free_atoms=not args.all_atoms,
+        energy_per_atom=args.energy_per_atom, stress_loss=args.stress_loss, stress_coefficient=args.stress_coefficient,
+        stress_isotropic_coefficient=args.stress_isotropic_coefficient,
+        stress_anisotropic_coefficient=args.stress_anisotropic_coefficient,
         eval_on_free_atoms=not args.all_atoms, normalize_targets=not args.no_normalize, log_every=args.log_every,
         amp=args.amp, seed=args.seed, num_workers=args.num_workers, freeze_backbone=args.freeze_backbone,
         backbone_lr_factor=args.backbone_lr_factor,
     )
 
 
+def embedded_paths(args):
+    generate = make_bulk_dataset if args.embedded == "bulk" else make_dataset
+    return generate(args.cache_dir, *args.emt_systems)
+
+
 def datasets(args):
-    if args.data is None:
-        train_path, val_path = make_dataset(args.cache_dir, *args.emt_systems)
-    else:
-        train_path, val_path = args.data, args.val_data
+    train_path, val_path = embedded_paths(args) if args.data is None else (args.data, args.val_data)
     train, val = open_dataset(train_path), open_dataset(val_path)
     if args.val_subset is not None:
         val = torch.utils.data.Subset(val, range(min(args.val_subset, len(val))))
     return train, val
+
+
+def validation_summary(metrics: dict) -> str:
+    """The summary line of a validation (training's last, or --evaluate's)."""
+    line = (f"energy MAE {metrics['energy_mae']:.4f} eV vs {metrics['energy_mae_mean_baseline']:.4f} for predicting "
+            f"the training mean; force MAE {metrics['forces_mae']:.4f} eV/A vs {metrics['forces_mae_zero_baseline']:.4f} "
+            f"for predicting zero; force cosine {metrics['forces_cos']:.3f}; EFwT {100 * metrics['efwt']:.1f}%")
+    if "stress_mae" in metrics:
+        line += (f"; stress MAE {1000 * metrics['stress_mae']:.2f} meV/A^3 (isotropic "
+                 f"{1000 * metrics['stress_isotropic_mae']:.2f}, anisotropic {1000 * metrics['stress_anisotropic_mae']:.2f})"
+                 f" vs {1000 * metrics['stress_mae_zero_baseline']:.2f} for predicting zero")
+    return line
+
+
+def where(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"cpu, {threads} thread{'s' if threads != 1 else ''} ({os.cpu_count()} cores seen)"
+
+
+def describe_model(model) -> str:
+    c = model.config
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    parameters = sum(p.numel() for p in model.parameters())
+    if isinstance(c, EquiformerV2Config):
+        return (f"EquiformerV2 lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} channels={c.sphere_channels}, "
+                f"{parameters:,} parameters, {dtype}")
+    return f"{type(model).__name__}, {parameters:,} parameters, {dtype}"
+
+
+def evaluate_or_predict(args) -> dict:
+    """--evaluate / --predict: one checkpoint on the validation split, no training."""
+    checkpoint = args.evaluate or args.predict
+    if not checkpoint.is_file():
+        raise SystemExit(f"{'--evaluate' if args.evaluate else '--predict'}: no checkpoint at {checkpoint}")
+    try:
+        state = load_checkpoint(checkpoint)
+        model = load_model(state)
+    except ValueError as error:
+        raise SystemExit(f"{checkpoint}: {error}") from None
+    device = torch.device(args.device)
+    val_path = args.val_data if args.val_data is not None else embedded_paths(args)[1]
+    val = open_dataset(val_path, **({} if args.evaluate else {"with_targets": False}))
+    if args.val_subset is not None:
+        val = torch.utils.data.Subset(val, range(min(args.val_subset, len(val))))
+    print(f"so2nn {so2nn.__version__}: {describe_model(model)} from {checkpoint}", flush=True)
+    print(f"device {where(device)}", flush=True)
+    if args.evaluate:
+        # the baseline "predict the training mean": the run's, recorded in so2nn's checkpoints;
+        # else the model's own energy mean
+        baseline = state.get("train_energy_mean")
+        source = "the training run's" if baseline is not None else "the model's"
+        baseline = float(model.target_statistics.energy_mean if baseline is None else baseline)
+        print(f"data: {describe('validation', val)}; energy baseline {baseline:.4f} eV ({source} mean)", flush=True)
+        metrics = evaluate_model(model, val, args.eval_batch_size, device, free_atoms_only=not args.all_atoms,
+                                 energy_baseline=baseline, progress=not args.no_progress)
+        print(f"evaluated {checkpoint}: {validation_summary(metrics)}")
+        return metrics
+    path = args.predictions if args.predictions is not None else args.out / "predictions.npz"
+    print(f"data: {describe('prediction', val)}; predictions to {path}", flush=True)
+    written = write_predictions(model, val, path, args.eval_batch_size, device, dtype=args.prediction_dtype,
+                                progress=not args.no_progress, stop_after=args.stop_after)
+    if written is None:
+        print(f"stopped after {args.stop_after} batches; continue with the same command (partial results in "
+              f"{path.with_name(path.stem + '.partial.npz')})")
+        return {"predictions": None}
+    print(f"predictions of {len(val)} systems: {written}")
+    return {"predictions": str(written)}
 
 
 def describe(name: str, dataset) -> str:
@@ -227,6 +340,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.evaluate is not None or args.predict is not None:
+        return evaluate_or_predict(args)
     train, val = datasets(args)
     common = dict(device=args.device, progress=not args.no_progress, tensorboard=args.tensorboard)
     if args.resume:
@@ -250,17 +365,9 @@ def main(argv=None) -> dict:
         trainer = Trainer(model_config(args), train, val, training_config(args), args.out, **common)
     main_process = trainer.dist.is_main
     if main_process:  # what this run runs on, before it runs
-        c, cfg = trainer.model.config, trainer.config
-        dtype = next(trainer.model.parameters()).dtype
-        if trainer.device.type == "cuda":
-            where = f"{trainer.device} ({torch.cuda.get_device_name(trainer.device)})"
-        else:
-            threads = torch.get_num_threads()
-            where = f"cpu, {threads} thread{'s' if threads != 1 else ''} ({os.cpu_count()} cores seen)"
-        print(f"so2nn {so2nn.__version__}: EquiformerV2 lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} "
-              f"channels={c.sphere_channels}, {trainer.model.num_params:,} parameters, {str(dtype).removeprefix('torch.')}",
-              flush=True)
-        print(f"device {where}, {trainer.dist.world_size} process(es), AMP {cfg.amp}", flush=True)
+        cfg = trainer.config
+        print(f"so2nn {so2nn.__version__}: {describe_model(trainer.model)}", flush=True)
+        print(f"device {where(trainer.device)}, {trainer.dist.world_size} process(es), AMP {cfg.amp}", flush=True)
         print(f"data: {describe('training', train)}; {describe('validation', val)}", flush=True)
         if trainer.finetune is not None:
             source, frozen = trainer.finetune["source"], trainer.finetune["frozen"]
@@ -279,10 +386,7 @@ def main(argv=None) -> dict:
                   f"continue with the same command plus --resume (checkpoint: {args.out / 'checkpoint.pt'})")
         else:
             print(f"trained {trainer.summary()}")
-            print(f"validation (EMA weights): energy MAE {metrics['energy_mae']:.4f} eV "
-                  f"vs {metrics['energy_mae_mean_baseline']:.4f} for predicting the training mean; "
-                  f"force MAE {metrics['forces_mae']:.4f} eV/A vs {metrics['forces_mae_zero_baseline']:.4f} "
-                  f"for predicting zero; force cosine {metrics['forces_cos']:.3f}; EFwT {100 * metrics['efwt']:.1f}%")
+            print(f"validation (EMA weights): {validation_summary(metrics)}")
             if not args.no_plot:
                 print(f"learning curves and parity plots: {trainer.plot()}")
             print(f"model: {args.out / 'model.pt'}")

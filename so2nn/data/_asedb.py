@@ -105,7 +105,8 @@ class AseDBDataset(ShardedDataset):
 
     Each row's atoms give positions (wrapped into the cell, as OC20's preprocessing does),
     cell, pbc, tags and ``fixed`` (its ``FixAtoms`` constraint); ``energy`` and ``forces``
-    come from the row's calculator results. ``sid``/``fid`` come from the row's key-value
+    come from the row's calculator results, and ``stress [1, 3, 3]`` (eV/A^3, ASE's sign) when
+    the row has one. ``sid``/``fid`` come from the row's key-value
     pairs or data when it has them, else ``sid`` is the row's position in the dataset and
     ``fid`` 0.
 
@@ -204,7 +205,7 @@ class AseDBDataset(ShardedDataset):
             energy = energy - self.reference_energy(atoms.get_atomic_numbers())
         labels = {**row.get("data", {}), **row.key_value_pairs}
         return atoms_to_data(atoms, where, energy, forces, sid=labels.get("sid", self.offset(shard) + local),
-                             fid=labels.get("fid", 0), with_targets=self.with_targets)
+                             fid=labels.get("fid", 0), with_targets=self.with_targets, stress=row.get("stress"))
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -18,12 +18,21 @@ field               shape          dtype      meaning
 ``energy``          ``[1]``        float32    target energy (eV), referenced as the source
                                               defines it
 ``forces``          ``[N, 3]``     float32    forces (eV/Angstrom), on every atom
+``stress``          ``[1, 3, 3]``  float32    stress (eV/Angstrom^3), ASE's sign convention
+                                              (only where the source has one)
 ``sid``, ``fid``    int or str                system id and frame number
 ==================  =============  =========  ==============================================
 
 Batched by :class:`torch_geometric.loader.DataLoader`, these become ``pos [sum N, 3]``,
-``cell [B, 3, 3]``, ``pbc [B, 3]``, ``natoms [B]``, ``energy [B]``, ``batch [sum N]``: exactly
-what :class:`~so2nn.models.EquiformerV2` reads.
+``cell [B, 3, 3]``, ``pbc [B, 3]``, ``natoms [B]``, ``energy [B]``, ``stress [B, 3, 3]``,
+``batch [sum N]``: exactly what :class:`~so2nn.models.EquiformerV2` reads.
+
+Stress is always ASE's: :math:`\sigma = \frac{1}{V}\frac{\partial E}{\partial \varepsilon}`
+(positive = tensile), in eV/Angstrom^3. A source may give it as ``stress`` (full ``[3, 3]``,
+``[1, 3, 3]`` or ``[9]``, or Voigt ``[6]`` in ASE's order xx, yy, zz, yz, xz, xy) or as a
+``virial`` :math:`W` (eV, any of the full forms), converted as :math:`\sigma = -W / V` with
+:math:`V = |\det A|` the cell volume. A stress that is not symmetric, or a virial without a
+3-d cell, raises :class:`DataFormatError` naming the field and record.
 
 OC20's own names map onto these: ``y`` -> ``energy``, ``force`` -> ``forces``. Fields outside
 the table (a stored graph ``edge_index``/``cell_offsets``, ``distances``, ...) are dropped:
@@ -50,7 +59,8 @@ __all__ = [
 
 #: The fields of a canonical S2EF item, in order; their shapes, dtypes and units are in the
 #: table of the docs' conventions page (from this module's docstring).
-FIELDS = ("pos", "cell", "pbc", "atomic_numbers", "natoms", "tags", "fixed", "energy", "forces", "sid", "fid")
+FIELDS = ("pos", "cell", "pbc", "atomic_numbers", "natoms", "tags", "fixed", "energy", "forces", "stress", "sid",
+          "fid")
 
 # OC20's historical names (AtomsToGraphs of 2020-2021 wrote `y` and `force`).
 _ALIASES = {"energy": ("energy", "y"), "forces": ("forces", "force")}
@@ -119,17 +129,60 @@ def _identifier(value):
     return int(value) if isinstance(value, np.integer) else value
 
 
+# ASE's Voigt order: xx, yy, zz, yz, xz, xy
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def _full_tensor(value, where: str, name: str) -> torch.Tensor:
+    """A ``[3, 3]`` float64 tensor from a full (``[3, 3]``, ``[1, 3, 3]``, ``[9]``) or, for
+    ``stress``, a Voigt (``[6]``, ``[1, 6]``) form, checked finite and symmetric."""
+    tensor = _finite(_tensor(value, where, name).double(), where, name)
+    shape = tuple(tensor.shape)
+    if shape in ((6,), (1, 6)) and name == "stress":
+        voigt, tensor = tensor.reshape(6), tensor.new_zeros(3, 3)
+        for k, (i, j) in enumerate(_VOIGT):
+            tensor[i, j] = tensor[j, i] = voigt[k]
+        return tensor
+    if shape not in ((3, 3), (1, 3, 3), (9,), (1, 9)):
+        forms = "[3, 3], [1, 3, 3] or [9]" + (" (full), or [6] (Voigt: xx, yy, zz, yz, xz, xy)"
+                                              if name == "stress" else "")
+        raise DataFormatError(f"{where}: field '{name}' must have shape {forms}, got {list(shape)}")
+    tensor = tensor.reshape(3, 3)
+    asymmetry = float((tensor - tensor.T).abs().max())
+    if asymmetry > 1e-6 + 1e-4 * float(tensor.abs().max()):
+        raise DataFormatError(f"{where}: field '{name}' is not symmetric (|{name} - {name}^T| up to "
+                              f"{asymmetry:.3g}); a stress tensor is")
+    return tensor
+
+
+def _stress(fields: dict, where: str, cell: torch.Tensor) -> torch.Tensor | None:
+    """The record's stress ``[1, 3, 3]`` (eV/A^3, ASE's sign) from ``stress`` or ``virial``."""
+    stress, virial = fields.get("stress"), fields.get("virial")
+    if stress is not None and virial is not None:
+        raise DataFormatError(f"{where}: has both 'stress' and 'virial'; keep one")
+    if stress is not None:
+        return _full_tensor(stress, where, "stress").float().unsqueeze(0)
+    if virial is None:
+        return None
+    volume = float(torch.linalg.det(cell[0].double()).abs())
+    if volume < 1e-9:
+        raise DataFormatError(f"{where}: field 'virial' needs a 3-d cell to become a stress (-virial / volume), "
+                              f"but the cell is missing or singular")
+    return (-_full_tensor(virial, where, "virial") / volume).float().unsqueeze(0)
+
+
 def canonical_data(fields: dict, where: str, with_targets: bool = True, default_sid=None) -> Data:
     """Build the canonical item from a record's fields, checking every shape.
 
     Args:
-        fields: field name -> value (tensors, arrays or numbers; OC20's ``y``/``force`` accepted).
+        fields: field name -> value (tensors, arrays or numbers; OC20's ``y``/``force`` accepted;
+            an optional ``stress`` or ``virial``, see the module docstring).
         where: names the file and record for error messages, e.g. ``"data.lmdb: record 7"``.
         with_targets: require ``energy`` and ``forces`` (``False`` for test splits without labels).
         default_sid: ``sid`` when the record has none.
 
     Raises:
-        DataFormatError: a missing field, a wrong shape, a non-integer atomic number, NaN/inf.
+        DataFormatError: a missing field, a wrong shape, a non-integer atomic number, NaN/inf, a bad stress.
 
     Example:
         >>> item = canonical_data({"pos": [[0.0, 0.0, 0.0]], "atomic_numbers": [8], "y": -1.5,
@@ -188,6 +241,9 @@ def canonical_data(fields: dict, where: str, with_targets: bool = True, default_
             data.energy = _finite(_shaped(value, where, "energy", ((), (1,))).float(), where, "energy")
         else:
             data.forces = _finite(_shaped(value, where, "forces", ((n, 3),)).float(), where, "forces")
+    stress = _stress(fields, where, cell)
+    if stress is not None:
+        data.stress = stress
     sid = fields.get("sid", default_sid)
     if sid is not None:
         data.sid = _identifier(sid)
@@ -196,14 +252,15 @@ def canonical_data(fields: dict, where: str, with_targets: bool = True, default_
 
 
 def atoms_to_data(atoms, where: str, energy: float | None = None, forces=None, sid=None, fid=0,
-                  with_targets: bool = True) -> Data:
+                  with_targets: bool = True, stress=None, virial=None) -> Data:
     r"""The canonical item of an ASE ``Atoms``, as OC20's preprocessing makes it.
 
     Positions are wrapped into the cell along periodic directions (as fairchem's
     ``AtomsToGraphs`` does before writing its LMDBs); ``tags`` come from ``atoms.get_tags()``
     and ``fixed`` from its ``FixAtoms`` constraints. ``energy`` and ``forces`` default to the
     attached calculator's results (forces without constraints applied, so fixed atoms keep
-    theirs).
+    theirs). ``stress`` (or ``virial``, in any form :func:`canonical_data` takes) defaults to a
+    stress among the calculator's results, when it has one (never computed here).
 
     Example:
         >>> from ase.build import fcc100
@@ -229,16 +286,19 @@ def atoms_to_data(atoms, where: str, energy: float | None = None, forces=None, s
             forces = atoms.get_forces(apply_constraint=False) if forces is None else forces
         except Exception as error:  # a SinglePointCalculator without the property
             raise DataFormatError(f"{where}: has no energy or forces ({error})") from error
+    if stress is None and atoms.calc is not None:
+        stress = getattr(atoms.calc, "results", {}).get("stress")
     fields = dict(pos=positions, cell=cell if atoms.cell.rank > 0 else None, pbc=pbc,
                   atomic_numbers=atoms.get_atomic_numbers(), tags=atoms.get_tags(), fixed=fixed_mask(atoms),
-                  energy=energy, forces=forces, sid=sid, fid=fid)
+                  energy=energy, forces=forces, stress=stress, virial=virial, sid=sid, fid=fid)
     present = {k: v for k, v in fields.items() if v is not None}
     return canonical_data(present, where, with_targets, default_sid=sid)
 
 
 def data_to_atoms(data: Data):
     """The ASE ``Atoms`` of a canonical item: numbers, positions, cell, pbc, tags, ``FixAtoms``,
-    and its energy and forces as a ``SinglePointCalculator`` when it has them.
+    and its energy and forces (and stress, in Voigt form) as a ``SinglePointCalculator`` when
+    it has them.
 
     Example:
         >>> item = canonical_data({"pos": [[0.0, 0.0, 0.0], [0.0, 0.0, 0.97]], "atomic_numbers": [8, 1],
@@ -258,6 +318,9 @@ def data_to_atoms(data: Data):
     if fixed.any():
         atoms.set_constraint(FixAtoms(mask=fixed))
     if getattr(data, "energy", None) is not None and getattr(data, "forces", None) is not None:
-        atoms.calc = SinglePointCalculator(atoms, energy=float(data.energy.reshape(-1)[0]),
-                                           forces=data.forces.double().numpy())
+        results = dict(energy=float(data.energy.reshape(-1)[0]), forces=data.forces.double().numpy())
+        if getattr(data, "stress", None) is not None:
+            full = data.stress.reshape(3, 3).double().numpy()
+            results["stress"] = np.array([full[i, j] for i, j in _VOIGT])
+        atoms.calc = SinglePointCalculator(atoms, **results)
     return atoms

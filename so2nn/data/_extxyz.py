@@ -134,7 +134,9 @@ class S2EFExtxyzDataset(ShardedDataset):
     Each item is what fairchem's ``preprocess_ef.py --ref-energy`` would write for the same
     frame: positions wrapped into the cell, ``tags`` and ``fixed`` from the file,
     ``energy`` = the frame's ``energy`` minus the sidecar's reference energy, ``forces`` on
-    every atom, ``sid``/``fid`` parsed from ``random<n>``/``frame<n>``.
+    every atom, ``sid``/``fid`` parsed from ``random<n>``/``frame<n>``; ``stress [1, 3, 3]``
+    (eV/A^3, ASE's sign) when the header has a ``stress=`` (9 or 6 values, as ASE writes it) or a
+    ``virial=`` (9 values, eV; the stress is ``-virial / volume``).
 
     Frames are read on demand: the sidecars are read at construction (their line counts are
     the dataset's length); an extxyz file is indexed (frame byte offsets) the first time one
@@ -266,8 +268,10 @@ class S2EFExtxyzDataset(ShardedDataset):
                 raise DataFormatError(f"{where}: energy={results['energy']!r} is not a number") from None
             energy -= self._references[shard][local] if self.subtract_reference else 0.0
             forces = results["forces"]
+        # ASE moves a header's stress= into the calculator results (Voigt) and keeps a virial= in info
         return atoms_to_data(atoms, where, energy, forces, sid=self._sids[shard][local],
-                             fid=self._fids[shard][local], with_targets=self.with_targets)
+                             fid=self._fids[shard][local], with_targets=self.with_targets,
+                             virial=atoms.info.get("virial"))
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -287,6 +291,13 @@ def _frame_lines(atoms, where: str) -> list[str]:
     header = []
     if atoms.cell.rank == 3:
         header.append('Lattice="' + " ".join(f"{v:.8f}" for v in np.asarray(atoms.cell).reshape(-1)) + '"')
+    stress = atoms.calc.results.get("stress")
+    if stress is not None:  # ASE's Voigt order in, the full 3x3 (row-major) out, as ASE's writer does
+        full = np.asarray(stress, dtype=float)
+        if full.shape == (6,):
+            xx, yy, zz, yz, xz, xy = full
+            full = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        header.append('stress="' + " ".join(f"{v:.10g}" for v in full.reshape(-1)) + '"')
     header += [f"Properties={_PROPERTIES}", f"energy={energy:.8f}", f"free_energy={free_energy:.8f}",
                'pbc="' + " ".join("T" if p else "F" for p in atoms.pbc) + '"']
     lines = [str(len(atoms)), " ".join(header)]
@@ -309,8 +320,9 @@ def write_s2ef_extxyz(path: str | os.PathLike, frames: Sequence, system_ids: Seq
                       reference_energies: Sequence[float]) -> tuple[Path, Path]:
     """Write frames as an OC20 raw S2EF pair: ``path`` (``.extxyz`` or ``.extxyz.xz``) and its ``.txt``.
 
-    Each ASE ``Atoms`` needs calculator results (energy, forces); its tags and ``FixAtoms``
-    constraint are written as OC20's ``tags`` and ``move_mask`` columns. Integer system ids and
+    Each ASE ``Atoms`` needs calculator results (energy, forces; a stress among them is written
+    as the header's ``stress=``); its tags and ``FixAtoms`` constraint are written as OC20's
+    ``tags`` and ``move_mask`` columns. Integer system ids and
     frame numbers are written as ``random<id>`` and ``frame<n>``, strings as given. A ``.xz``
     path is LZMA-compressed and gets a ``.txt.xz`` sidecar, as OC20 ships them. Both files are
     written atomically. Returns ``(extxyz path, sidecar path)``.

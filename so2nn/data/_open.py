@@ -104,9 +104,15 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
     :math:`\varepsilon` (zero for elements absent from the data) and ``"raw_energy_mean"`` the
     mean before the references are subtracted.
 
+    A dataset with stress (on every item; some with and some without raises) adds
+    ``"stress_std"``, :math:`\sigma_S = \sqrt{\frac{1}{9M}\sum_m \lVert S_m - \bar S
+    \rVert_F^2}` (eV/A^3, :math:`\bar S` the mean stress tensor; the scale of the stress loss),
+    and ``"stress_mean_pressure"``, the mean of :math:`\frac13 \mathrm{tr}\, S_m`.
+
     Returns:
         ``{"energy_mean", "energy_std", "forces_rms", "num_frames", "num_atoms"}`` (plus
-        ``"element_references"`` and ``"raw_energy_mean"``).
+        ``"element_references"`` and ``"raw_energy_mean"``; ``"stress_std"`` and
+        ``"stress_mean_pressure"`` with stress).
 
     Example:
         >>> from torch_geometric.data import Data
@@ -121,8 +127,14 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
     energies = torch.empty(len(indices), dtype=torch.float64)
     counts = torch.zeros(len(indices), element_references or 0, dtype=torch.float64)
     squares, components = 0.0, 0
+    stresses = []
     for row, i in enumerate(indices):
         item = dataset[i]
+        if getattr(item, "stress", None) is not None:
+            stresses.append(item.stress.double().reshape(3, 3))
+        elif stresses:
+            raise DataFormatError(f"item {i} of the dataset has no stress but earlier items have: "
+                                  f"a dataset has stress on every item or on none")
         if getattr(item, "energy", None) is None or getattr(item, "forces", None) is None:
             raise DataFormatError(f"item {i} of the dataset has no energy or forces")
         energies[row] = float(item.energy.reshape(-1)[0])
@@ -139,6 +151,13 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
     if len(indices) < 2 or components == 0:
         raise ValueError(f"target_statistics needs at least 2 frames with atoms, got {len(indices)} frames")
     result = {}
+    if stresses:
+        if len(stresses) != len(indices):
+            raise DataFormatError(f"{len(indices) - len(stresses)} of the {len(indices)} items read have no stress "
+                                  f"but the others have: a dataset has stress on every item or on none")
+        stress = torch.stack(stresses)
+        result["stress_std"] = float((stress - stress.mean(0)).square().mean().sqrt())
+        result["stress_mean_pressure"] = float(torch.diagonal(stress, dim1=1, dim2=2).sum(-1).mean() / 3)
     if element_references:
         present = counts.sum(0) > 0
         # a small ridge keeps elements that always appear together (e.g. in fixed ratios) finite

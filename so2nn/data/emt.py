@@ -1,4 +1,5 @@
-r"""The embedded demo dataset: OC20-like S2EF frames from ASE's EMT calculator.
+r"""The embedded demo datasets: OC20-like S2EF frames from ASE's EMT calculator, and bulk
+crystals with stress.
 
 Small adsorbates (H, O, N, C, OH, CH, NH, CO, NO, CH2, NH2) on fcc(111) and fcc(100) slabs
 of Cu, Ag, Au, Ni, Pd, Pt and Al, laid out as OC20 lays out its systems:
@@ -16,6 +17,11 @@ of Cu, Ag, Au, Ni, Pd, Pt and Al, laid out as OC20 lays out its systems:
 once, and reuses them afterwards. EMT is a toy potential (its H, C, N, O parameters especially),
 so the numbers mean nothing chemically; the dataset is a fast, reproducible stand-in with
 OC20's structure, for examples, tests and smoke-training.
+
+:func:`make_bulk_dataset` does the same for bulk metals (an OMat24-like task: energy, forces
+and stress): fcc crystals and random substitutional alloys of EMT's metals, in primitive
+(triclinic) and cubic supercells, strained (random symmetric strains up to a few percent) and
+rattled with the thermal amplitude of a few temperatures; every frame carries EMT's stress.
 """
 
 from __future__ import annotations
@@ -37,12 +43,17 @@ from ._lmdb import LmdbDataset, write_lmdb
 
 __all__ = [
     "ADSORBATES",
+    "BULK_CELLS",
     "ELEMENT_REFERENCES",
     "FACETS",
     "METALS",
+    "TEMPERATURES",
+    "generate_bulk_system",
     "generate_system",
+    "make_bulk_dataset",
     "make_dataset",
     "reference_energy",
+    "thermal_displacement",
 ]
 
 #: The slab metals (all fcc, as EMT parameterises them).
@@ -92,6 +103,20 @@ ELEMENT_REFERENCES: dict[str, float] = {
 
 # Bumped whenever generation changes what it writes, so an old cache is not reused.
 _GENERATOR_VERSION = 1
+_BULK_GENERATOR_VERSION = 1
+
+#: Bulk supercells: name -> (ASE's ``bulk`` cell, repetitions). The primitive fcc cell is
+#: triclinic (60 degree angles), the cubic one orthorhombic; 8 to 18 atoms.
+BULK_CELLS: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "primitive-2x2x2": ("primitive", (2, 2, 2)),
+    "primitive-3x3x2": ("primitive", (3, 3, 2)),
+    "cubic-2x2x1": ("cubic", (2, 2, 1)),
+}
+#: Temperatures (K) whose thermal displacements the bulk frames are rattled with.
+TEMPERATURES = (300.0, 600.0, 1200.0)
+# Einstein temperature (K) of the thermal-displacement model (that of Cu; the other fcc metals
+# lie within a factor of two, which the spread of temperatures covers anyway)
+_EINSTEIN_TEMPERATURE = 240.0
 
 
 def reference_energy(atomic_numbers: Sequence[int] | np.ndarray) -> float:
@@ -181,7 +206,10 @@ def generate_system(
     def frame(fid: int) -> Data:
         energy = atoms.get_potential_energy(apply_constraint=False) - offset
         forces = atoms.get_forces(apply_constraint=False)
-        return atoms_to_data(atoms, f"EMT system {sid} frame {fid}", energy, forces, sid=sid, fid=fid)
+        data = atoms_to_data(atoms, f"EMT system {sid} frame {fid}", energy, forces, sid=sid, fid=fid)
+        if "stress" in data:  # EMT computes one with the forces; OC20's slab frames (vacuum in the cell) have none
+            del data.stress
+        return data
 
     # L-BFGS rather than BFGS: the same quasi-Newton steps without BFGS's per-step eigendecomposition,
     # which dominates the generation time when BLAS threads compete for the cores
@@ -259,9 +287,23 @@ def make_dataset(
                              frames_per_system=frames_per_system, relax_steps=relax_steps, seed=seed,
                              metals=list(metals), facets=list(facets), adsorbates=list(adsorbates),
                              sizes=[list(s) for s in sizes])
+    # one seed per system, so a system's frames do not depend on the others
+    seeds = np.random.SeedSequence(seed).spawn(train_systems + val_systems)
+    options = dict(frames=frames_per_system, relax_steps=relax_steps, metals=list(metals), facets=list(facets),
+                   adsorbates=list(adsorbates), sizes=[tuple(s) for s in sizes])
+
+    def frames(systems: range) -> Iterator[Data]:
+        for sid in systems:
+            yield from generate_system(np.random.default_rng(seeds[sid]), sid=sid, **options)
+
+    return _cached(root, "emt-s2ef", parameters, frames, train_systems, val_systems)
+
+
+def _cached(root, prefix: str, parameters: dict, frames, train_systems: int, val_systems: int) -> tuple[Path, Path]:
+    """``root/<prefix>-<key>/{train,val}.lmdb``, written once from ``frames(range of sids)``."""
     key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(root)
-    folder = root / f"emt-s2ef-{key}"
+    folder = root / f"{prefix}-{key}"
     paths = folder / "train.lmdb", folder / "val.lmdb"
     if _is_complete(folder, parameters):
         return paths
@@ -271,15 +313,6 @@ def make_dataset(
     partial.mkdir()
     try:
         start = time.perf_counter()
-        # one seed per system, so a system's frames do not depend on the others
-        seeds = np.random.SeedSequence(seed).spawn(train_systems + val_systems)
-        options = dict(frames=frames_per_system, relax_steps=relax_steps, metals=list(metals), facets=list(facets),
-                       adsorbates=list(adsorbates), sizes=[tuple(s) for s in sizes])
-
-        def frames(systems: range) -> Iterator[Data]:
-            for sid in systems:
-                yield from generate_system(np.random.default_rng(seeds[sid]), sid=sid, **options)
-
         counts = {
             "train": write_lmdb(partial / "train.lmdb", frames(range(train_systems))),
             "val": write_lmdb(partial / "val.lmdb", frames(range(train_systems, train_systems + val_systems))),
@@ -299,3 +332,147 @@ def make_dataset(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return paths
+
+
+def thermal_displacement(temperature: float, masses: np.ndarray) -> np.ndarray:
+    r"""The RMS displacement per Cartesian component (Angstrom) of atoms of ``masses`` (amu) at
+    ``temperature`` (K) in the classical Einstein model:
+
+    .. math:: \sqrt{\langle u_x^2 \rangle} = \frac{1}{\omega_E} \sqrt{\frac{k_B T}{m}},
+              \qquad \omega_E = \frac{k_B \theta_E}{\hbar}, \quad \theta_E = 240\ \mathrm{K}.
+
+    Example:
+        >>> np.round(thermal_displacement(300.0, np.array([63.546])), 3)  # Cu at room temperature
+        array([0.063])
+    """
+    from ase import units
+
+    omega = units._k * _EINSTEIN_TEMPERATURE / units._hbar  # rad/s (SI throughout)
+    metres = np.sqrt(units._k * temperature / (np.asarray(masses, dtype=float) * units._amu)) / omega
+    return metres * 1e10
+
+
+def generate_bulk_system(
+    seed: int | np.random.Generator,
+    frames: int = 8,
+    metals: Sequence[str] = METALS,
+    cells: Sequence[str] = tuple(BULK_CELLS),
+    temperatures: Sequence[float] = TEMPERATURES,
+    alloy_fraction: float = 0.5,
+    max_strain: float = 0.03,
+    sid: int = 0,
+) -> Iterator[Data]:
+    r"""The ``frames`` bulk frames of one random crystal, as canonical items with ``stress``.
+
+    The crystal: fcc ``metals[k]`` in one of ``cells``, with probability ``alloy_fraction`` a
+    random substitutional alloy (a second metal on 10 to 50% of the sites, the lattice constant
+    by Vegard's law from ASE's reference lattice constants), at one of ``temperatures``. Frame 0
+    is the ideal lattice; each other frame applies a random symmetric strain
+    :math:`\varepsilon` (entries uniform in :math:`\pm` ``max_strain``; cell and positions
+    scaled by :math:`I + \varepsilon`) and Gaussian displacements of the temperature's thermal
+    amplitude (:func:`thermal_displacement`). Targets: EMT's energy minus
+    :func:`reference_energy`, forces, and stress (eV/A^3, ASE's sign: positive = tensile).
+    Tags are 0 and no atom is fixed.
+
+    Example:
+        >>> items = list(generate_bulk_system(seed=2, frames=2, metals=["Cu", "Au"]))
+        >>> [item.fid for item in items], items[1].stress.shape, bool(items[1].fixed.any())
+        ([0, 1], torch.Size([1, 3, 3]), False)
+    """
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.data import atomic_numbers, reference_states
+
+    rng = np.random.default_rng(seed)
+    host = metals[rng.integers(len(metals))]
+    kind, repeat = BULK_CELLS[cells[rng.integers(len(cells))]]
+    temperature = float(temperatures[rng.integers(len(temperatures))])
+    alloy = len(metals) > 1 and rng.random() < alloy_fraction
+    guest = [m for m in metals if m != host][rng.integers(len(metals) - 1)] if alloy else host
+    atoms = bulk(host, "fcc", cubic=kind == "cubic").repeat(repeat)
+    n = len(atoms)
+    if alloy:
+        count = max(1, int(round(rng.uniform(0.1, 0.5) * n)))
+        symbols = np.array(atoms.get_chemical_symbols())
+        symbols[rng.choice(n, count, replace=False)] = guest
+        atoms.set_chemical_symbols(symbols.tolist())
+    lattice = {m: reference_states[atomic_numbers[m]]["a"] for m in {host, guest}}
+    mean_a = np.mean([lattice[symbol] for symbol in atoms.get_chemical_symbols()])
+    atoms.set_cell(atoms.cell * (mean_a / lattice[host]), scale_atoms=True)
+    ideal_cell, ideal_positions = atoms.cell.array.copy(), atoms.positions.copy()
+    sigma = thermal_displacement(temperature, atoms.get_masses())[:, None]
+    atoms.calc = EMT()
+    offset = reference_energy(atoms.numbers)
+    for fid in range(frames):
+        strain = np.zeros((3, 3))
+        displacement = np.zeros_like(ideal_positions)
+        if fid > 0:
+            upper = np.triu(rng.uniform(-max_strain, max_strain, (3, 3)))
+            strain = (upper + upper.T) / 2 + np.diag(np.diag(upper)) / 2  # symmetric, diagonal in full range
+            displacement = rng.normal(0.0, 1.0, ideal_positions.shape) * sigma
+        deformation = np.eye(3) + strain
+        atoms.set_cell(ideal_cell @ deformation, scale_atoms=False)
+        atoms.set_positions(ideal_positions @ deformation + displacement)
+        energy = atoms.get_potential_energy() - offset
+        forces, stress = atoms.get_forces(), atoms.get_stress()
+        yield atoms_to_data(atoms, f"EMT bulk system {sid} frame {fid}", energy, forces, sid=sid, fid=fid,
+                            stress=stress)
+
+
+def make_bulk_dataset(
+    root: str | os.PathLike,
+    train_systems: int = 100,
+    val_systems: int = 20,
+    frames_per_system: int = 8,
+    seed: int = 0,
+    metals: Sequence[str] = METALS,
+    cells: Sequence[str] = tuple(BULK_CELLS),
+    temperatures: Sequence[float] = TEMPERATURES,
+    alloy_fraction: float = 0.5,
+    max_strain: float = 0.03,
+) -> tuple[Path, Path]:
+    """Generate the EMT bulk dataset (energy, forces, stress) under ``root`` once; return
+    ``(train.lmdb, val.lmdb)``.
+
+    The defaults give 800 train and 160 val frames (100 and 20 crystals of 8 frames,
+    :func:`generate_bulk_system`; 8 to 18 atoms each) in a few seconds. The files are OC20's
+    LMDB format with a ``stress [1, 3, 3]`` field per record, read back by
+    :class:`~so2nn.data.LmdbDataset`; they live in ``root/emt-bulk-<key>/`` and are cached,
+    split and written exactly as :func:`make_dataset`'s.
+
+    Example:
+        >>> import tempfile
+        >>> train, val = make_bulk_dataset(tempfile.mkdtemp(), train_systems=2, val_systems=1, frames_per_system=2)
+        >>> item = LmdbDataset(train)[1]
+        >>> len(LmdbDataset(train)), len(LmdbDataset(val)), item.stress.shape
+        (4, 2, torch.Size([1, 3, 3]))
+    """
+    for name, value in (("train_systems", train_systems), ("val_systems", val_systems),
+                        ("frames_per_system", frames_per_system)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, values, known in (("metals", metals, METALS), ("cells", cells, tuple(BULK_CELLS))):
+        unknown = [v for v in values if v not in known]
+        if unknown or not values:
+            raise ValueError(f"{name} must be a non-empty selection of {known}, got {list(values)}")
+    if not temperatures or any(not t > 0 for t in temperatures):
+        raise ValueError(f"temperatures must be positive (K), got {list(temperatures)}")
+    if not 0.0 <= alloy_fraction <= 1.0:
+        raise ValueError(f"alloy_fraction must be in [0, 1], got {alloy_fraction}")
+    if not 0.0 <= max_strain < 0.5:
+        raise ValueError(f"max_strain must be in [0, 0.5), got {max_strain}")
+    parameters = json.loads(json.dumps({
+        "version": _BULK_GENERATOR_VERSION, "train_systems": train_systems, "val_systems": val_systems,
+        "frames_per_system": frames_per_system, "seed": seed, "metals": list(metals), "cells": list(cells),
+        "temperatures": [float(t) for t in temperatures], "alloy_fraction": alloy_fraction,
+        "max_strain": max_strain}, sort_keys=True))
+    seeds = np.random.SeedSequence([seed, 1]).spawn(train_systems + val_systems)
+    options = dict(frames=frames_per_system, metals=list(metals), cells=list(cells),
+                   temperatures=[float(t) for t in temperatures], alloy_fraction=alloy_fraction,
+                   max_strain=max_strain)
+
+    def frames(systems: range) -> Iterator[Data]:
+        for sid in systems:
+            yield from generate_bulk_system(np.random.default_rng(seeds[sid]), sid=sid, **options)
+
+    return _cached(root, "emt-bulk", parameters, frames, train_systems, val_systems)

@@ -7,6 +7,8 @@ one GPU or many under ``torchrun``, with atomic checkpoints that resume exactly;
 records the run's data (:func:`data_fingerprint`), model and recipe, and a resume that would
 change them is refused. :meth:`Trainer.from_pretrained` fine-tunes a checkpoint's model
 (so2nn's or fairchem's) with explicit energy referencing and records where it started.
+:func:`evaluate_model` and :func:`write_predictions` evaluate any model on a dataset and write
+its predictions in OC20's S2EF submission format (resumable).
 """
 
 from ._distributed import DistributedContext
@@ -18,12 +20,14 @@ from ._finetune import (
     referenced_statistics,
     referencing_table,
 )
-from ._metrics import S2EFMetrics
+from ._metrics import S2EFMetrics, decompose_stress
+from ._predict import evaluate_model, write_predictions
 from ._provenance import data_fingerprint, fingerprint_differences
 from ._schedule import warmup_cosine
-from ._trainer import RESUMABLE, Trainer, TrainingConfig
+from ._trainer import DEFAULT_STRESS_COEFFICIENT, RESUMABLE, Trainer, TrainingConfig
 
 __all__ = [
+    "DEFAULT_STRESS_COEFFICIENT",
     "FINE_TUNING_SETTINGS",
     "REFIT_CHOICES",
     "RESUMABLE",
@@ -33,9 +37,12 @@ __all__ = [
     "Trainer",
     "TrainingConfig",
     "data_fingerprint",
+    "decompose_stress",
+    "evaluate_model",
     "fingerprint_differences",
     "pretrained_model",
     "referenced_statistics",
     "referencing_table",
     "warmup_cosine",
+    "write_predictions",
 ]

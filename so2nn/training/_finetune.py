@@ -155,7 +155,8 @@ def referenced_statistics(checkpoint: TargetStatistics, data: dict, refit: str) 
         used = TargetStatistics(data["energy_mean"], data["energy_std"], data["forces_rms"], references)
     new = TargetStatistics(data["energy_mean"], data["energy_std"], data["forces_rms"], references)
     record = {"refit": refit, "checkpoint": _statistics(checkpoint), "training_set": _statistics(new),
-              "used": _statistics(used), "raw_energy_mean": data.get("raw_energy_mean", data["energy_mean"])}
+              "used": _statistics(used), "raw_energy_mean": data.get("raw_energy_mean", data["energy_mean"]),
+              "stress_std": data.get("stress_std")}  # the stress loss's scale, when the data has stress
     return used, record
 
 

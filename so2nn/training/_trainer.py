@@ -25,11 +25,12 @@ from ..models._registry import config_from_dict
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._finetune import parameter_groups, pretrained_model, referenced_statistics
-from ._metrics import S2EFMetrics
+from ._metrics import S2EFMetrics, decompose_stress
+from ._predict import accumulate_metrics
 from ._provenance import data_fingerprint, fingerprint_differences
 from ._schedule import warmup_cosine
 
-__all__ = ["TrainingConfig", "Trainer"]
+__all__ = ["DEFAULT_STRESS_COEFFICIENT", "Trainer", "TrainingConfig"]
 
 TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
 CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
@@ -38,6 +39,8 @@ CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
 #: not what a step computes. (A longer ``max_steps`` stretches the cosine schedule from the
 #: current step on, as the reference's trainer does when a run is extended.)
 RESUMABLE = ("max_steps", "eval_every", "checkpoint_every", "log_every", "eval_batch_size", "num_workers")
+#: The coefficient of each stress term of the loss that :class:`TrainingConfig` leaves at ``None``.
+DEFAULT_STRESS_COEFFICIENT = 10.0
 #: Model config entries the Trainer derives from the training set (not chosen by the user).
 _DERIVED_MODEL_FIELDS = ("energy_mean", "energy_std", "forces_std", "forces_mean", "use_energy_lin_ref")
 
@@ -49,7 +52,20 @@ class TrainingConfig:
     The loss is :math:`\\lambda_E\\,\\mathrm{MAE}(E) + \\lambda_F\\,\\frac1N\\sum_i
     \\lVert \\hat F_i - F_i \\rVert_2` on normalised targets (energy minus the training mean,
     over its standard deviation; forces over their RMS), forces of free atoms only when the
-    data marks fixed atoms and ``train_on_free_atoms``.
+    data marks fixed atoms and ``train_on_free_atoms``. ``energy_per_atom`` takes the energy
+    MAE per atom, :math:`|\\hat E - E| / N` (the OMat24 recipe).
+
+    Stress joins the loss when the training data has it and the model outputs it (``"stress"``
+    in its ``output_names``). ``stress_loss="decomposed"`` (the OMat24 recipe) adds
+    :math:`\\lambda_p\\,\\mathrm{MAE}(p) + \\lambda_a\\,\\mathrm{MAE}(\\sigma - pI)`, with
+    :math:`p = \\frac13\\mathrm{tr}\\,\\sigma` the isotropic (l = 0) part of predicted and true
+    stress and :math:`\\sigma - pI` the traceless (l = 2) part, its MAE over the 9 components;
+    ``stress_loss="plain"`` adds :math:`\\lambda_\\sigma\\,\\mathrm{MAE}(\\sigma)` over the 9
+    components (natural for conservative models, whose stress is the strain derivative of the
+    energy). Both are divided by :math:`\\sigma_S`, the standard deviation of the training
+    stress (``stress_std`` of :func:`~so2nn.data.target_statistics`). A coefficient left at
+    ``None`` is :data:`DEFAULT_STRESS_COEFFICIENT`; setting one while the data or the model has
+    no stress raises, data with stress for a model without it warns once.
 
     Example:
         >>> config = TrainingConfig(max_steps=100, batch_size=4)
@@ -73,6 +89,11 @@ class TrainingConfig:
     eval_on_free_atoms: bool = True
     normalize_targets: bool = True
     element_references: bool = False  # fit per-element energy references (linear) on the training set
+    energy_per_atom: bool = False  # energy MAE per atom (the OMat24 recipe) instead of per system
+    stress_loss: str = "decomposed"  # "decomposed" (isotropic + anisotropic MAE) | "plain" (MAE)
+    stress_coefficient: float | None = None  # lambda_sigma of the plain stress loss
+    stress_isotropic_coefficient: float | None = None  # lambda_p of the decomposed loss
+    stress_anisotropic_coefficient: float | None = None  # lambda_a of the decomposed loss
     eval_every: int = 500
     checkpoint_every: int = 200
     log_every: int = 10
@@ -88,10 +109,34 @@ class TrainingConfig:
         for name in ("max_steps", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.stress_loss not in ("decomposed", "plain"):
+            raise ValueError(f"stress_loss must be 'decomposed' or 'plain', got {self.stress_loss!r}")
+        wrong = "stress_coefficient" if self.stress_loss == "decomposed" else "stress_isotropic_coefficient"
+        if getattr(self, wrong) is not None or (self.stress_loss == "plain"
+                                                and self.stress_anisotropic_coefficient is not None):
+            raise ValueError(f"stress_loss={self.stress_loss!r} takes "
+                             + ("stress_isotropic_coefficient and stress_anisotropic_coefficient"
+                                if self.stress_loss == "decomposed" else "stress_coefficient")
+                             + ", not the other stress coefficients")
         if not 0 <= self.warmup_steps:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.backbone_lr_factor > 0:
             raise ValueError(f"backbone_lr_factor must be > 0, got {self.backbone_lr_factor}")
+
+
+    @property
+    def stress_coefficients(self) -> dict[str, float]:
+        """The stress terms of the loss and their coefficients (defaults filled in)."""
+        names = (("stress", self.stress_coefficient),) if self.stress_loss == "plain" else (
+            ("stress_isotropic", self.stress_isotropic_coefficient),
+            ("stress_anisotropic", self.stress_anisotropic_coefficient))
+        return {name: DEFAULT_STRESS_COEFFICIENT if value is None else value for name, value in names}
+
+    @property
+    def stress_coefficient_set(self) -> bool:
+        """Whether a stress coefficient was set (then stress must be in the data and the model)."""
+        return any(value is not None for value in (self.stress_coefficient, self.stress_isotropic_coefficient,
+                                                   self.stress_anisotropic_coefficient))
 
 
 def _collate(items) -> Batch:
@@ -179,12 +224,14 @@ class Trainer:
         self.finetune = _finetune if _checkpoint is None else _checkpoint.get("finetune")
         if _finetune is not None:
             self.train_energy_mean = _finetune["statistics"]["raw_energy_mean"]
+            self.stress_std = _finetune["statistics"].get("stress_std")
         elif _checkpoint is None:
             elements = model.config.max_num_elements if config.element_references else None
             stats = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,
                                       element_references=elements)
             # the baseline "predict the training mean" uses the raw energies
             self.train_energy_mean = stats.get("raw_energy_mean", stats["energy_mean"])
+            self.stress_std = stats.get("stress_std")
             own = model.target_statistics
             if config.normalize_targets or config.element_references:
                 model = model.with_target_statistics(TargetStatistics(
@@ -194,6 +241,9 @@ class Trainer:
                 ))
         else:
             self.train_energy_mean = _checkpoint["train_energy_mean"]
+            self.stress_std = _checkpoint.get("stress_std")
+        #: Whether the loss and the validation include stress (the data has it, the model outputs it).
+        self.use_stress = self._check_stress(model)
         self.model = model.to(self.device)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay)
         self.ddp_model = self.model
@@ -222,6 +272,22 @@ class Trainer:
         torch.manual_seed(config.seed + self.dist.rank)
         if _checkpoint is not None:
             self._load_state(_checkpoint)
+
+    def _check_stress(self, model) -> bool:
+        data, outputs = self.stress_std is not None, "stress" in model.output_names
+        if self.config.stress_coefficient_set and not (data and outputs):
+            missing = " and ".join(what for what, has in (("the training data", data), ("the model", outputs))
+                                   if not has)
+            raise ValueError(f"a stress coefficient is set but {missing} has no stress"
+                             + (" (the model's outputs: " + ", ".join(model.output_names) + ")" if not outputs
+                                else ""))
+        if data and not outputs and self.dist.is_main:
+            warnings.warn(f"the training data has stress but the model does not output it (its outputs: "
+                          f"{', '.join(model.output_names)}): training on energy and forces only", stacklevel=3)
+        if data and self.stress_std <= 0.0:
+            raise ValueError(f"the training stress has standard deviation {self.stress_std}: cannot scale "
+                             f"the stress loss by it")
+        return data and outputs
 
     # -- construction from a checkpoint -------------------------------------------------------
 
@@ -378,6 +444,7 @@ class Trainer:
                 rng=rng,
                 training_config=dataclasses.asdict(self.config),
                 train_energy_mean=self.train_energy_mean,
+                stress_std=self.stress_std,
                 data={"train": data_fingerprint(self.train_set), "val": data_fingerprint(self.val_set)},
                 run_seconds=self.run_seconds if self._clock is None else
                 self._clock[1] + time.perf_counter() - self._clock[0],
@@ -393,7 +460,9 @@ class Trainer:
         """Write ``model.pt``: config, raw and EMA weights (no optimiser state)."""
         path = self.out_dir / MODEL
         if self.dist.is_main:
-            atomic_save(model_checkpoint(self.model, self.ema.module.state_dict(), **self._finetune_record()), path)
+            # the training mean rides along: evaluating the exported model reports the same baseline
+            atomic_save(model_checkpoint(self.model, self.ema.module.state_dict(),
+                                         train_energy_mean=self.train_energy_mean, **self._finetune_record()), path)
         return path
 
     # -- the loop -------------------------------------------------------------------------------
@@ -415,23 +484,39 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _loss(self, out: dict, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        c = self.model.target_statistics
-        energy_loss = (out["energy"].float() - batch.energy.view(-1).float()).abs().mean() / c.energy_std
+    def _loss(self, out: dict, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted loss and its terms (``energy_loss``, ``force_loss``, and with stress
+        ``stress_loss`` or ``stress_isotropic_loss`` and ``stress_anisotropic_loss``)."""
+        c, cfg = self.model.target_statistics, self.config
+        energy_error = (out["energy"].float() - batch.energy.view(-1).float()).abs()
+        if cfg.energy_per_atom:
+            energy_error = energy_error / batch.natoms.view(-1).float()
+        energy_loss = energy_error.mean() / c.energy_std
         force_error = (out["forces"].float() - batch.forces.float()).norm(dim=1)
         fixed = getattr(batch, "fixed", None)
-        if self.config.train_on_free_atoms and fixed is not None and bool((~fixed.bool()).any()):
+        if cfg.train_on_free_atoms and fixed is not None and bool((~fixed.bool()).any()):
             force_error = force_error[~fixed.bool()]
         force_loss = force_error.mean() / c.forces_std
-        loss = self.config.energy_coefficient * energy_loss + self.config.force_coefficient * force_loss
-        return loss, energy_loss, force_loss
+        terms = {"energy_loss": energy_loss, "force_loss": force_loss}
+        loss = cfg.energy_coefficient * energy_loss + cfg.force_coefficient * force_loss
+        if self.use_stress:
+            pred, true = out["stress"].float().view(-1, 3, 3), batch.stress.float().view(-1, 3, 3)
+            if cfg.stress_loss == "plain":
+                terms["stress_loss"] = (pred - true).abs().mean() / self.stress_std
+            else:
+                (iso_pred, aniso_pred), (iso_true, aniso_true) = decompose_stress(pred), decompose_stress(true)
+                terms["stress_isotropic_loss"] = (iso_pred - iso_true).abs().mean() / self.stress_std
+                terms["stress_anisotropic_loss"] = (aniso_pred - aniso_true).abs().mean() / self.stress_std
+            for name, coefficient in cfg.stress_coefficients.items():
+                loss = loss + coefficient * terms[f"{name}_loss"]
+        return loss, terms
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         self.ddp_model.train()
         batch = batch.to(self.device)
         with self._autocast():
             out = self.ddp_model(batch)
-        loss, energy_loss, force_loss = self._loss(out, batch)
+        loss, terms = self._loss(out, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}: lower the learning rate "
                                      "or check the data")
@@ -447,7 +532,7 @@ class Trainer:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.scheduler.step()
         self.ema.update(self.model)
-        return {"loss": loss.item(), "energy_loss": energy_loss.item(), "force_loss": force_loss.item(),
+        return {"loss": loss.item(), **{name: term.item() for name, term in terms.items()},
                 "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
                 "atoms": int(batch.pos.shape[0])}
 
@@ -533,21 +618,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, dataset=None, model=None) -> dict[str, float]:
         """OC20's S2EF metrics of ``model`` (default: the EMA weights) on ``dataset`` (default:
-        the validation set), sharded over processes; logged to ``val_log.csv``."""
+        the validation set), sharded over processes; logged to ``val_log.csv``. With stress in
+        the data and the model's outputs, the stress MAEs too (:class:`S2EFMetrics`)."""
         dataset = self.val_set if dataset is None else dataset
         model = self.ema.module if model is None else model
         model.eval()
         metrics = S2EFMetrics(energy_baseline=self.train_energy_mean)
         shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
-        chunks = [shard[i:i + self.config.eval_batch_size] for i in range(0, len(shard), self.config.eval_batch_size)]
-        for chunk in chunks:
-            batch = _collate([dataset[i] for i in chunk]).to(self.device)
-            with self._autocast():
-                out = model(batch)
-            fixed = getattr(batch, "fixed", None)
-            mask = ~fixed.bool() if self.config.eval_on_free_atoms and fixed is not None else None
-            metrics.update(out["energy"].float(), batch.energy.view(-1), out["forces"].float(), batch.forces,
-                           batch.batch, mask)
+        accumulate_metrics(model, dataset, shard, self.config.eval_batch_size, self.device, metrics,
+                           self.config.eval_on_free_atoms, self._autocast)
         result = metrics.compute(reduce=self.dist.sum)
         self._log(VAL_LOG, {"step": self.step, **result})
         return result

@@ -89,9 +89,9 @@ def test_free_atom_forces_only(emt_data, tiny_model_config, tmp_path):
     trainer = Trainer(tiny_model_config, train, val, TrainingConfig(batch_size=4), tmp_path, progress=False)
     batch = Batch.from_data_list(train[:4])
     out = trainer.model.eval()(batch)
-    before = trainer._loss(out, batch)[2]
+    before = trainer._loss(out, batch)[1]["force_loss"]
     batch.forces[batch.fixed] += 10.0
-    assert torch.equal(trainer._loss(out, batch)[2], before)
+    assert torch.equal(trainer._loss(out, batch)[1]["force_loss"], before)
 
 
 def test_bad_inputs(emt_data, tiny_model_config, tmp_path):
