@@ -148,3 +148,4 @@ def test_resume_of_a_fine_tuning_run_repeats_it(pretrained, new_data, tmp_path):
     for key, value in whole.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
     assert torch.load(tmp_path / "split" / "model.pt", weights_only=False)["finetune"] == whole.finetune
+
