@@ -39,6 +39,15 @@ A resume may change ``--max-steps`` (to extend the run), ``--eval-every``,
 ``--stop-after``, ``--device``, ``--threads`` and the output options; for data moved or copied
 elsewhere, add ``--allow-data-change``. Anything else is a new run: use another ``--out``.
 
+``--init CHECKPOINT`` fine-tunes a checkpoint instead: an official fairchem one or any so2nn
+``model.pt``/``checkpoint.pt`` (its EMA weights), with a fresh optimiser, schedule and step
+count. The architecture is the checkpoint's: ``--set`` may change only dropout, drop-path, the
+cutoff, ``max_neighbors``, the graph mode and the grid (the graph ones with a warning), or add a
+head (``--set stress_head='"equivariant"'``); ``--freeze-backbone`` trains the heads only,
+``--backbone-lr-factor`` lowers the backbone's learning rate, ``--reinit-head`` starts a head
+afresh and ``--refit`` chooses the energy referencing (printed at the start). ``--resume``
+continues a fine-tuning run like any other (same command plus ``--resume``).
+
 Threads: on a machine of its own, torch's default (one thread per core) is fastest. When other
 jobs share the cores, use fewer threads than the cores left free, ``--threads 1`` if in doubt:
 threads that wait for each other on a busy core make every step many times slower.
@@ -59,7 +68,8 @@ from so2nn.data import open_dataset
 from so2nn.data.emt import make_bulk_dataset, make_dataset
 from so2nn.models import PRESETS, EquiformerV2Config, load_model, preset
 from so2nn.models._checkpoint import load_checkpoint
-from so2nn.training import DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model, write_predictions
+from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model, referencing_table,
+                            write_predictions)
 
 # Not a released model: a small EquiformerV2 (same architecture, fewer and narrower layers,
 # lmax 2) that learns the embedded EMT data on a laptop CPU in minutes.
@@ -90,7 +100,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[-2:]).replace("``", ""))
+                                epilog="\n\n".join(__doc__.split("\n\n")[-3:]).replace("``", ""))
     data = p.add_argument_group("data")
     data.add_argument("--data", type=Path, help="training data: S2EF LMDB file or directory of shards, extxyz+txt "
                       "directory, or ASE database (default: the embedded EMT dataset, generated once)")
@@ -109,6 +119,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--tiny", action="store_true", help="same as --preset tiny: a small model for CPUs")
     model.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                        help="override a model config entry, e.g. --set lmax=4 --set grid_resolution=24 (repeatable)")
+    model.add_argument("--init", type=Path, metavar="CHECKPOINT", help="fine-tune this checkpoint (fairchem's or "
+                       "so2nn's): its architecture and weights, a fresh optimiser and schedule (see below)")
+    model.add_argument("--freeze-backbone", action="store_true", help="with --init: train the heads only")
+    model.add_argument("--backbone-lr-factor", type=float, default=1.0,
+                       help="the backbone's learning rate as a fraction of --lr (e.g. 0.1 with --init)")
+    model.add_argument("--reinit-head", action="append", default=[], metavar="NAME",
+                       help="with --init: start this head (energy, forces, stress) from fresh weights (repeatable)")
+    model.add_argument("--refit", choices=["references", "none", "all"], default="references",
+                       help="with --init: re-fit the element references and energy mean on --data, keeping the "
+                       "checkpoint's scales (references), keep all the checkpoint's statistics (none), or re-fit "
+                       "them all (all)")
     model.add_argument("--conservative-forces", action="store_true", help="forces = -dE/dpos instead of the direct head")
     train = p.add_argument_group("training (defaults: the EquiformerV2 paper's recipe; the tiny default run's, "
                                  "scaled to a CPU and minutes, where they differ)")
@@ -177,6 +198,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.preset = "tiny"
     if args.data is not None and args.val_data is None:
         p.error("--data needs --val-data")
+    if args.init is not None and (args.preset is not None or args.conservative_forces):
+        p.error("--init takes the checkpoint's architecture: no --preset, --tiny or --conservative-forces")
+    if args.init is None and (args.freeze_backbone or args.reinit_head or args.refit != "references"):
+        p.error("--freeze-backbone, --reinit-head and --refit go with --init")
     if args.evaluate is not None and args.predict is not None:
         p.error("--evaluate and --predict are separate runs: give one")
     if args.device is None:
@@ -184,22 +209,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_config(args) -> EquiformerV2Config:
-    name = args.preset or ("tiny" if args.data is None else "oc20-31M")
-    config = TINY if name == "tiny" else preset(name)
+def config_changes(args) -> dict:
+    """The --set entries, as config changes."""
     changes = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in EquiformerV2Config.__dataclass_fields__:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(EquiformerV2Config.__dataclass_fields__)}")
         changes[key] = json.loads(value) if value not in ("None", "none") else None
+    return changes
+
+
+def model_config(args) -> EquiformerV2Config:
+    name = args.preset or ("tiny" if args.data is None else "oc20-31M")
+    config = TINY if name == "tiny" else preset(name)
+    changes = config_changes(args)
     if args.conservative_forces:
         changes["direct_forces"] = False
     return config.replace(**changes)
 
 
 def training_config(args) -> TrainingConfig:
-    tiny = (args.preset or ("tiny" if args.data is None else None)) == "tiny"
+    tiny = args.init is None and (args.preset or ("tiny" if args.data is None else None)) == "tiny"
     values = dict(TINY_TRAINING) if tiny else {}
     flags = dict(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                  eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
@@ -213,7 +244,8 @@ def training_config(args) -> TrainingConfig:
         stress_isotropic_coefficient=args.stress_isotropic_coefficient,
         stress_anisotropic_coefficient=args.stress_anisotropic_coefficient,
         eval_on_free_atoms=not args.all_atoms, normalize_targets=not args.no_normalize, log_every=args.log_every,
-        amp=args.amp, seed=args.seed, num_workers=args.num_workers,
+        amp=args.amp, seed=args.seed, num_workers=args.num_workers, freeze_backbone=args.freeze_backbone,
+        backbone_lr_factor=args.backbone_lr_factor,
     )
 
 
@@ -317,10 +349,18 @@ def main(argv=None) -> dict:
         if not checkpoint.is_file():
             raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
         try:
+            # a fine-tuning run's architecture is its source checkpoint's: not compared with a preset
             trainer = Trainer.resume(checkpoint, train, val, args.out, **common, config=training_config(args),
-                                     model_config=model_config(args), allow_data_change=args.allow_data_change)
+                                     model_config=None if args.init else model_config(args),
+                                     allow_data_change=args.allow_data_change)
         except ValueError as error:
             raise SystemExit(f"--resume: {error}") from None
+    elif args.init is not None:
+        try:
+            trainer = Trainer.from_pretrained(args.init, train, val, training_config(args), args.out, **common,
+                                              refit=args.refit, reinit_heads=args.reinit_head, **config_changes(args))
+        except (ValueError, FileNotFoundError) as error:
+            raise SystemExit(f"--init: {error}") from None
     else:
         trainer = Trainer(model_config(args), train, val, training_config(args), args.out, **common)
     main_process = trainer.dist.is_main
@@ -329,6 +369,14 @@ def main(argv=None) -> dict:
         print(f"so2nn {so2nn.__version__}: {describe_model(trainer.model)}", flush=True)
         print(f"device {where(trainer.device)}, {trainer.dist.world_size} process(es), AMP {cfg.amp}", flush=True)
         print(f"data: {describe('training', train)}; {describe('validation', val)}", flush=True)
+        if trainer.finetune is not None:
+            source, frozen = trainer.finetune["source"], trainer.finetune["frozen"]
+            print(f"fine-tuning {source['path']} (sha256 {source['sha256'][:12]}, {source['format']}): "
+                  f"{'backbone frozen' if frozen else 'backbone lr x' + str(trainer.finetune['backbone_lr_factor'])}"
+                  f"{', new heads ' + ', '.join(source['added_heads']) if source['added_heads'] else ''}"
+                  f"{', re-initialised ' + ', '.join(source['reinitialised_heads']) if source['reinitialised_heads'] else ''}",
+                  flush=True)
+            print(referencing_table(trainer.finetune["statistics"]), flush=True)
         print(f"{'resuming at step ' + str(trainer.step) if args.resume else 'starting'}: {cfg.max_steps} steps of "
               f"batch {cfg.batch_size}, peak lr {cfg.lr}; output in {args.out}", flush=True)
     metrics = trainer.fit(stop_after=args.stop_after)

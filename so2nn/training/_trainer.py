@@ -24,6 +24,7 @@ from ..models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from ..models._registry import config_from_dict
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
+from ._finetune import parameter_groups, pretrained_model, referenced_statistics
 from ._metrics import S2EFMetrics, decompose_stress
 from ._predict import accumulate_metrics
 from ._provenance import data_fingerprint, fingerprint_differences
@@ -99,6 +100,8 @@ class TrainingConfig:
     amp: str = "none"  # "none" | "bf16" | "fp16"
     seed: int = 0
     num_workers: int = 0
+    freeze_backbone: bool = False  # train the heads only (the model's ``heads``)
+    backbone_lr_factor: float = 1.0  # the backbone's learning rate is this times the heads' ``lr``
 
     def __post_init__(self) -> None:
         if self.amp not in ("none", "bf16", "fp16"):
@@ -117,6 +120,8 @@ class TrainingConfig:
                              + ", not the other stress coefficients")
         if not 0 <= self.warmup_steps:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.backbone_lr_factor > 0:
+            raise ValueError(f"backbone_lr_factor must be > 0, got {self.backbone_lr_factor}")
 
 
     @property
@@ -195,7 +200,7 @@ class Trainer:
 
     def __init__(self, model, train_set, val_set, config: TrainingConfig, out_dir,
                  device: str = "cpu", progress: bool = True, tensorboard: bool = False,
-                 _checkpoint: dict | None = None) -> None:
+                 _checkpoint: dict | None = None, _finetune: dict | None = None) -> None:
         self.config = config
         self.train_set, self.val_set = train_set, val_set
         self.out_dir = Path(out_dir)
@@ -215,7 +220,12 @@ class Trainer:
         if "forces" not in model.output_names:  # the loss and the metrics are those of energies and forces
             raise ValueError(f"the trainer fits energies and forces, and the model's outputs "
                              f"{tuple(model.output_names)} have no 'forces' (an energy-only model)")
-        if _checkpoint is None:
+        #: Where a fine-tuning run started (:meth:`from_pretrained`), recorded in its checkpoints.
+        self.finetune = _finetune if _checkpoint is None else _checkpoint.get("finetune")
+        if _finetune is not None:
+            self.train_energy_mean = _finetune["statistics"]["raw_energy_mean"]
+            self.stress_std = _finetune["statistics"].get("stress_std")
+        elif _checkpoint is None:
             elements = model.config.max_num_elements if config.element_references else None
             stats = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,
                                       element_references=elements)
@@ -240,7 +250,8 @@ class Trainer:
         if self.dist.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        groups = parameter_groups(self.model, config.freeze_backbone, config.backbone_lr_factor, config.lr)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: warmup_cosine(step, config.max_steps, config.warmup_steps, config.warmup_factor,
@@ -349,6 +360,43 @@ class Trainer:
         model = model_type.from_config(run_model)
         return cls(model, train_set, val_set, config, out_dir, device, progress, tensorboard, _checkpoint=state)
 
+    @classmethod
+    def from_pretrained(cls, checkpoint, train_set, val_set, config: TrainingConfig, out_dir, device: str = "cpu",
+                        progress: bool = True, tensorboard: bool = False, *, use_ema: bool = True,
+                        trust: bool = False, refit: str = "references", reinit_heads=(),
+                        **config_changes) -> Trainer:
+        """A new run that fine-tunes a checkpoint's model (so2nn's or an official fairchem one).
+
+        Unlike :meth:`resume`, only the weights come from the checkpoint (its EMA weights when
+        present and ``use_ema``): the optimiser, schedule and step count start fresh, with
+        ``config`` (whose ``freeze_backbone`` trains the heads only, and ``backbone_lr_factor``
+        gives the backbone a lower learning rate). The architecture is the checkpoint's;
+        ``config_changes`` and ``reinit_heads`` are those of
+        :func:`~so2nn.training.pretrained_model` (dropout, drop-path, cutoff, neighbours, graph
+        mode and grid resolution may change; a head may be added, e.g.
+        ``stress_head="equivariant"``, or re-initialised; anything else raises).
+
+        The energy referencing is explicit (``refit``, see
+        :func:`~so2nn.training.referenced_statistics`): by default the element references and
+        the energy mean are re-fitted on ``train_set`` and the checkpoint's scales kept;
+        ``"none"`` keeps all the checkpoint's statistics, ``"all"`` re-fits them all. The
+        config's ``normalize_targets`` and ``element_references`` do not apply. The run's
+        checkpoints and ``model.pt`` record in ``"finetune"`` the source (path, SHA-256),
+        what was frozen, changed and re-fitted, and the statistics
+        (:func:`~so2nn.training.referencing_table` prints them); ``model.pt`` loads with
+        ``from_checkpoint`` like any other, and :meth:`resume` continues the run exactly.
+        """
+        model, provenance = pretrained_model(checkpoint, use_ema=use_ema, trust=trust, reinit_heads=reinit_heads,
+                                             seed=config.seed, **config_changes)
+        data = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,
+                                 element_references=model.config.max_num_elements)
+        used, statistics = referenced_statistics(model.target_statistics, data, refit)
+        if refit != "none":
+            model = model.with_target_statistics(used)
+        record = {"source": provenance, "frozen": ["backbone"] if config.freeze_backbone else [],
+                  "backbone_lr_factor": config.backbone_lr_factor, "statistics": statistics}
+        return cls(model, train_set, val_set, config, out_dir, device, progress, tensorboard, _finetune=record)
+
     def _load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state(state["ema_state"])
@@ -400,9 +448,13 @@ class Trainer:
                 data={"train": data_fingerprint(self.train_set), "val": data_fingerprint(self.val_set)},
                 run_seconds=self.run_seconds if self._clock is None else
                 self._clock[1] + time.perf_counter() - self._clock[0],
+                **self._finetune_record(),
             )
             atomic_save(state, self.out_dir / CHECKPOINT)
         self.dist.barrier()
+
+    def _finetune_record(self) -> dict:
+        return {} if self.finetune is None else {"finetune": self.finetune}
 
     def save_model(self) -> Path:
         """Write ``model.pt``: config, raw and EMA weights (no optimiser state)."""
@@ -410,7 +462,7 @@ class Trainer:
         if self.dist.is_main:
             # the training mean rides along: evaluating the exported model reports the same baseline
             atomic_save(model_checkpoint(self.model, self.ema.module.state_dict(),
-                                         train_energy_mean=self.train_energy_mean), path)
+                                         train_energy_mean=self.train_energy_mean, **self._finetune_record()), path)
         return path
 
     # -- the loop -------------------------------------------------------------------------------

@@ -58,3 +58,30 @@ def test_train_oc20_tiny_learns_and_resumes(tmp_path):
     for block in options.split("\n  -")[1:]:
         block = block.split("\n\n")[0]  # not the next group's title
         assert block.count("default") <= 1, block
+
+
+def test_train_oc20_fine_tunes_a_checkpoint_and_resumes(tmp_path):
+    import torch
+
+    data = ["--emt-systems", "12", "3", "--cache-dir", str(tmp_path / "data"), "--batch-size", "4", "--no-progress",
+            "--threads", "2", "--no-plot"]
+    _run("--tiny", *data, "--out", str(tmp_path / "base"), "--max-steps", "10", "--eval-every", "10")
+    fine = [*data, "--init", str(tmp_path / "base" / "model.pt"), "--out", str(tmp_path / "ft"), "--max-steps", "8",
+            "--eval-every", "8", "--freeze-backbone", "--lr", "1e-3"]
+    first = _run(*fine, "--stop-after", "4")
+    assert "fine-tuning " in first and "backbone frozen" in first, first
+    assert "energy referencing (refit=references)" in first and "element references" in first, first
+    second = _run(*fine, "--resume")
+    assert "the run: step 8 of 8" in second, second
+    record = torch.load(tmp_path / "ft" / "model.pt", weights_only=False)["finetune"]
+    assert record["frozen"] == ["backbone"] and record["source"]["path"].endswith("model.pt")
+    # the architecture is the checkpoint's; an official fairchem checkpoint starts a run too
+    refused = _run(*data, "--init", str(tmp_path / "base" / "model.pt"), "--out", str(tmp_path / "x"),
+                   "--set", "lmax=4", ok=False)
+    assert "lmax: 2 in the checkpoint, 4 asked" in refused, refused
+    fairchem = tmp_path / "fairchem.pt"
+    torch.save(torch.load(EXAMPLE.parents[1] / "tests/models/fixtures/eqv2_31M_slab.pt",
+                          weights_only=False)["checkpoint"], fairchem)
+    out = _run(*data, "--init", str(fairchem), "--out", str(tmp_path / "fc"), "--max-steps", "2", "--eval-every", "2",
+               "--refit", "all", "--set", "max_neighbors=8", "--val-subset", "4")
+    assert "fairchem" in out and "force MAE" in out, out
