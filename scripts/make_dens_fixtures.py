@@ -76,7 +76,7 @@ def inputs_of(atoms):
     periodic = bool(atoms.pbc.any())
     cell = torch.tensor(np.array(atoms.cell), dtype=torch.float64)[None] if periodic else torch.zeros(1, 3, 3)
     edge_index, offsets = radius_graph(pos, BACKBONE["max_radius"], cell if periodic else None, None, None,
-                                       BACKBONE["max_neighbors"], strict=True)
+                                       BACKBONE["max_neighbors"], mode="reference")
     return dict(pos=pos, atomic_numbers=numbers, cell=cell, natoms=torch.tensor([len(numbers)]),
                 edge_index=edge_index, cell_offsets=offsets, periodic=periodic)
 

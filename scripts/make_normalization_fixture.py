@@ -75,7 +75,7 @@ def batch_inputs():
         pos = torch.tensor(atoms.positions, dtype=torch.float64)
         numbers = torch.tensor(atoms.numbers)
         edge_index, _ = radius_graph(pos, BACKBONE["max_radius"], None, None, None, BACKBONE["max_neighbors"],
-                                     strict=True)
+                                     mode="reference")
         data.append(Data(pos=pos, atomic_numbers=numbers.double(), cell=torch.zeros(1, 3, 3, dtype=torch.float64),
                          natoms=torch.tensor([len(numbers)]), edge_index=edge_index,
                          cell_offsets=torch.zeros(edge_index.shape[1], 3, dtype=torch.float64),

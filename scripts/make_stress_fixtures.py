@@ -104,7 +104,7 @@ def inputs_of(systems):
     for atoms in systems:
         p = torch.tensor(atoms.positions, dtype=torch.float64)
         c = torch.tensor(np.array(atoms.cell), dtype=torch.float64)[None]
-        e, o = radius_graph(p, BACKBONE["max_radius"], c, None, None, BACKBONE["max_neighbors"], strict=True)
+        e, o = radius_graph(p, BACKBONE["max_radius"], c, None, None, BACKBONE["max_neighbors"], mode="reference")
         pos.append(p), numbers.append(torch.tensor(atoms.numbers)), cells.append(c), natoms.append(len(atoms))
         edges.append(e + start), offsets.append(o)
         start += len(atoms)
