@@ -7,16 +7,31 @@ when a layer or block runs it (the rule and the table of kernels are in
 explicit tensors (node features, edge index, rotation matrices, weights), never a module.
 """
 
-from ._edge_convolution import EDGE_CONVOLUTION, atom_edge_linear, complex_matrix, edge_convolution, so2_linear
+from ._edge_convolution import (
+    EDGE_CONVOLUTION,
+    atom_edge_linear,
+    complex_matrix,
+    edge_convolution,
+    so2_linear,
+)
 from ._grid_silu import GRID_SILU, grid_silu
-from ._scatter import SCATTER_SUM, scatter_sum
 from ._policy import KERNELS, KernelInfo, check_kernels, needs_double_backward, use_fused, use_recompute
+from ._scatter import SCATTER_SUM, scatter_sum
+from ._target_blocks import (
+    BLOCK_ELEMENTS,
+    TARGET_BLOCK_EDGES,
+    row_block_size,
+    target_blocks,
+    use_target_blocks,
+)
 
 __all__ = [
+    "BLOCK_ELEMENTS",
     "EDGE_CONVOLUTION",
     "GRID_SILU",
     "KERNELS",
     "SCATTER_SUM",
+    "TARGET_BLOCK_EDGES",
     "KernelInfo",
     "atom_edge_linear",
     "check_kernels",
@@ -24,8 +39,11 @@ __all__ = [
     "edge_convolution",
     "grid_silu",
     "needs_double_backward",
+    "row_block_size",
     "scatter_sum",
     "so2_linear",
+    "target_blocks",
     "use_fused",
     "use_recompute",
+    "use_target_blocks",
 ]

@@ -25,6 +25,10 @@ kernel                                double backward  autocast
 :func:`grid_silu`                     yes              yes
 :func:`scatter_sum`                   yes              yes
 ====================================  ===============  ========
+
+Inference in blocks (:func:`use_target_blocks`, :func:`row_block_size`) is not a kernel of
+this table: it runs the same computation on a block of targets (or nodes) at a time, only
+without autograd and outside training, and is decided there.
 """
 
 from __future__ import annotations

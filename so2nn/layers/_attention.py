@@ -8,15 +8,31 @@ import torch
 from torch import nn
 
 from ..graph import segment_softmax
-from ..kernels import EDGE_CONVOLUTION, atom_edge_linear, check_kernels, edge_convolution, needs_double_backward
-from ..kernels import use_fused, use_recompute
+from ..kernels import (
+    EDGE_CONVOLUTION,
+    atom_edge_linear,
+    check_kernels,
+    edge_convolution,
+    needs_double_backward,
+    target_blocks,
+    use_fused,
+    use_recompute,
+    use_target_blocks,
+)
 from ..so3 import CoefficientLayout, EdgeRotation
 from ..so3._rotation import prepare_rotation
 from ..so3._wigner import prepare_couplings
 from ._activation import SmoothLeakyReLU, activation_layer, activation_scalars
 from ._common import (
-    as_layout, check_channels, check_dtype, check_edge_features, check_edges, check_features, check_rotation,
-    maybe_recompute, scatter_sum,
+    as_layout,
+    check_channels,
+    check_dtype,
+    check_edge_features,
+    check_edges,
+    check_features,
+    check_rotation,
+    maybe_recompute,
+    scatter_sum,
 )
 from ._linear import SO3Linear
 from ._radial import AtomEdgeEmbedding, check_atomic_numbers
@@ -94,8 +110,10 @@ class EquivariantGraphAttention(nn.Module):
         kernels: ``"auto"``: steps 1-2 run as one kernel, :func:`~so2nn.kernels.edge_convolution`
             (no concatenated pair tensor, and backward recomputes the edge features from the
             node features), and the activation's grid SiLU as :func:`~so2nn.kernels.grid_silu`,
-            whenever :func:`~so2nn.kernels.use_fused` allows; ``"reference"``: always the
-            composition of the public layers above. Same numbers either way.
+            whenever :func:`~so2nn.kernels.use_fused` allows, and at inference on the CPU the
+            edges of a block of targets at a time (:func:`~so2nn.kernels.use_target_blocks`:
+            small temporaries for large batches); ``"reference"``: always the composition of
+            the public layers above, on all edges at once. Same numbers either way.
 
     Everything after ``hidden_channels`` is keyword-only.
 
@@ -199,7 +217,21 @@ class EquivariantGraphAttention(nn.Module):
         check_rotation(rotation, self.layout, num_edges)
         if self.atom_edge is not None:
             check_atomic_numbers(atomic_numbers, num_nodes)
-        source, target = edge_index
+        if use_target_blocks(self.kernels, x, num_edges, self.training):
+            blocks = target_blocks(edge_index[1], num_nodes)
+            if blocks is not None:  # inference: the edges of a block of targets at a time, same numbers
+                out = x.new_empty(num_nodes, self.layout.dim, self.output_channels)
+                for first, end, e0, e1 in blocks:
+                    out[first:end] = self._attend(x, edge_features[e0:e1], atomic_numbers, edge_index[:, e0:e1],
+                                                  rotation.edges(e0, e1), first, end - first)
+                return out
+        return self._attend(x, edge_features, atomic_numbers, edge_index, rotation, 0, num_nodes)
+
+    def _attend(self, x, edge_features, atomic_numbers, edge_index, rotation, first_target: int,
+                num_targets: int) -> torch.Tensor:
+        """Steps 1-5 on the given edges, whose targets are nodes ``first_target .. first_target +
+        num_targets - 1``: the output rows of those nodes."""
+        target = edge_index[1] if first_target == 0 else edge_index[1] - first_target
         double_backward = needs_double_backward(rotation.matrix)
         # In training with direct forces, the intermediates of the radial MLP, the logits and the
         # values (a few [E, H, A] tensors, the activated messages and the [E, edge_dim, H * V]
@@ -212,21 +244,21 @@ class EquivariantGraphAttention(nn.Module):
         else:
             if self.atom_edge is not None:
                 edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
-            pairs = torch.cat([x.index_select(0, source), x.index_select(0, target)], dim=-1)
+            pairs = torch.cat([x.index_select(0, edge_index[0]), x.index_select(0, edge_index[1])], dim=-1)
             message, extra = self.so2_conv_1(rotation.to_edge(pairs), edge_features)
         alpha_features, gates = extra.split([extra.shape[1] - self.num_gates, self.num_gates], dim=1)
         # 4. attention weights, the softmax in at least float32 (under bf16 autocast the logits are bf16)
         logits = maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
         # so2nn's segment softmax, not torch_geometric.utils.softmax: same numbers, 1.07 vs 1.46 ms
         # forward + backward (0.59 vs 0.94 ms without autograd) at E = 12320, H = 8, one CPU thread
-        alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_nodes)
+        alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_targets)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         # 3. the activated values of every head, times their attention weights
         message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha)
         # 5. rotate back, sum over the neighbours, project
         message = rotation.from_edge(message, rescale=True)
-        return self.proj(scatter_sum(message, target, num_nodes, self.kernels))
+        return self.proj(scatter_sum(message, target, num_targets, self.kernels))
 
     def _edge_convolution(self, x, edge_features, atomic_numbers, edge_index, rotation, recompute):
         """Steps 1-2 as the kernel :func:`~so2nn.kernels.edge_convolution`, from this block's weights."""

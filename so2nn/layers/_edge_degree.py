@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import check_kernels
+from ..kernels import check_kernels, target_blocks, use_target_blocks
 from ..so3 import CoefficientLayout, EdgeRotation
 from ..so3._rotation import prepare_rotation
 from ..so3._wigner import prepare_couplings
@@ -35,7 +35,9 @@ class EdgeDegreeEmbedding(nn.Module):
         max_num_elements: size of the atom-type tables for the source/target embeddings, or
             ``None`` to use the radial features alone.
         rescale_factor: :math:`a` (EquiformerV2: the average degree, 23.395...).
-        kernels: ``"auto"`` or ``"reference"``, for the sum over neighbours (:mod:`so2nn.kernels`).
+        kernels: ``"auto"`` or ``"reference"``, for the sum over neighbours (:mod:`so2nn.kernels`);
+            ``"auto"`` at inference on the CPU also runs a block of targets at a time
+            (:func:`~so2nn.kernels.use_target_blocks`), same numbers.
 
     Shapes:
         ``edge_features: [E, edge_in]``, ``atomic_numbers: [N]``, ``edge_index: [2, E]``
@@ -96,8 +98,24 @@ class EdgeDegreeEmbedding(nn.Module):
         check_rotation(rotation, self.layout, num_edges)
         if self.atom_edge is not None:
             check_atomic_numbers(atomic_numbers, num_nodes)
+        if use_target_blocks(self.kernels, edge_features, num_edges, self.training):
+            blocks = target_blocks(edge_index[1], num_nodes)
+            if blocks is not None:  # inference: the edges of a block of targets at a time, same numbers
+                out = edge_features.new_empty(num_nodes, self.layout.dim, self.channels)
+                for first, end, e0, e1 in blocks:
+                    out[first:end] = self._embed(edge_features[e0:e1], atomic_numbers, edge_index[:, e0:e1],
+                                                 rotation.edges(e0, e1), first, end - first)
+                return out
+        return self._embed(edge_features, atomic_numbers, edge_index, rotation, 0, num_nodes)
+
+    def _embed(self, edge_features, atomic_numbers, edge_index, rotation, first_target: int,
+               num_targets: int) -> torch.Tensor:
+        """The embedding of nodes ``first_target .. first_target + num_targets - 1`` from the given
+        edges, which are those that end there."""
+        if self.atom_edge is not None:
             edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
-        m0 = self.radial(edge_features).view(num_edges, self.layout.lmax + 1, self.channels)
+        m0 = self.radial(edge_features).view(edge_features.shape[0], self.layout.lmax + 1, self.channels)
         x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
         messages = rotation.from_edge(x_edge, rescale=True)
-        return scatter_sum(messages, edge_index[1], num_nodes, self.kernels) / self.rescale_factor
+        target = edge_index[1] if first_target == 0 else edge_index[1] - first_target
+        return scatter_sum(messages, target, num_targets, self.kernels) / self.rescale_factor

@@ -5,11 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels import check_kernels, row_block_size
 from ..so3 import CoefficientLayout
 from ..so3._grid import s2_grid
-from ..kernels import check_kernels
 from ._activation import activation_layer, activation_scalars
-from ._common import ConstantsModule, as_layout, check_channels, check_dtype, check_features, maybe_recompute, replace_scalars
+from ._common import (
+    ConstantsModule,
+    as_layout,
+    check_channels,
+    check_dtype,
+    check_features,
+    maybe_recompute,
+    replace_scalars,
+)
 from ._linear import SO3Linear
 
 __all__ = ["FeedForwardNetwork"]
@@ -35,7 +43,9 @@ class FeedForwardNetwork(ConstantsModule):
         recompute: with the grid MLP, whenever autograd records, recompute its grid tensors
             (``[N, P, hidden]`` per MLP layer, ``P = 324`` points at resolution 18: most of a
             training step's memory) in backward instead of storing them (same numbers).
-        kernels: ``"auto"`` or ``"reference"``, for the activation (see :mod:`so2nn.kernels`).
+        kernels: ``"auto"`` or ``"reference"``, for the activation (see :mod:`so2nn.kernels`);
+            ``"auto"`` at inference on the CPU also runs the grid MLP a block of nodes at a time
+            (:func:`~so2nn.kernels.row_block_size`), same numbers.
 
     Shapes: ``x: [N, (lmax+1)**2, sphere_channels] -> [N, (lmax+1)**2, output_channels]``.
 
@@ -93,6 +103,9 @@ class FeedForwardNetwork(ConstantsModule):
             "" if self.recompute else ", recompute=False")
 
     def _grid_mlp(self, h: torch.Tensor) -> torch.Tensor:
+        rows = row_block_size(self.kernels, h, self.training, self.to_grid.shape[0] * self.hidden_channels)
+        if rows is not None:  # inference: a block of nodes at a time ([N, grid points, C] is the largest tensor)
+            return torch.cat([self.from_grid @ self.mlp(self.to_grid @ part) for part in h.split(rows)])
         return self.from_grid @ self.mlp(self.to_grid @ h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,21 @@ class EdgeRotation:
     def num_edges(self) -> int:
         return self.frames.shape[0]
 
+    def edges(self, start: int, stop: int) -> EdgeRotation:
+        """The rotation of edges ``start .. stop - 1``: views of this one's matrices, no copy
+        (the matrices for the way back are built once, here, and shared).
+
+        Example:
+            >>> rot = EdgeRotation(CoefficientLayout(lmax=2, mmax=1), torch.randn(5, 3))
+            >>> part = rot.edges(1, 3)
+            >>> part.num_edges, torch.equal(part.matrix, rot.matrix[1:3])
+            (2, True)
+        """
+        part = EdgeRotation.__new__(EdgeRotation)
+        part.layout, part.frames, part.matrix = self.layout, self.frames[start:stop], self.matrix[start:stop]
+        part._back = {rescale: self._back_matrix(rescale)[start:stop] for rescale in (False, True)}
+        return part
+
     def __repr__(self) -> str:
         return f"EdgeRotation({self.layout}, num_edges={self.num_edges})"
 
