@@ -1,13 +1,20 @@
 """Fine-tuning from a checkpoint (Trainer.from_pretrained): weights, architecture checks, frozen
-backbone, learning-rate groups, added heads, energy referencing, provenance and resume."""
+backbone, learning-rate groups, added heads, energy referencing, provenance and resume; and that
+it pays: a slab model fine-tuned on bulk crystals beats the same architecture trained from
+scratch for as many steps."""
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Batch
+from ase.build import fcc100, fcc111
+from ase.calculators.emt import EMT
+from torch_geometric.data import Batch, Data
 
-from so2nn.models import EquiformerV2
+from so2nn.data import LmdbDataset
+from so2nn.data.emt import make_bulk_dataset
+from so2nn.models import EquiformerV2, EquiformerV2Config
 from so2nn.training import Trainer, TrainingConfig, pretrained_model, referencing_table
 from so2nn.training._finetune import parameter_groups
 
@@ -149,3 +156,69 @@ def test_resume_of_a_fine_tuning_run_repeats_it(pretrained, new_data, tmp_path):
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
     assert torch.load(tmp_path / "split" / "model.pt", weights_only=False)["finetune"] == whole.finetune
 
+
+
+# -- does it pay? a slab model fine-tuned on bulk crystals against the same model from scratch --
+
+
+def cu_slabs(count: int, seed: int) -> list[Data]:
+    """Rattled Cu(111) and Cu(100) slabs (2 x 2, four layers, every atom free) with EMT's
+    energies and forces: the inner layers' atoms see a bulk-like shell of neighbours."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(count):
+        slab = (fcc111 if rng.random() < 0.5 else fcc100)("Cu", (2, 2, 4), vacuum=4.0, periodic=True)
+        slab.rattle(0.1, seed=int(rng.integers(2**31)))
+        slab.calc = EMT()
+        frames.append(Data(
+            pos=torch.tensor(slab.positions, dtype=torch.float32), atomic_numbers=torch.tensor(slab.numbers),
+            cell=torch.tensor(np.array(slab.cell), dtype=torch.float32).view(1, 3, 3), natoms=len(slab),
+            energy=torch.tensor([slab.get_potential_energy()], dtype=torch.float32),
+            forces=torch.tensor(slab.get_forces(), dtype=torch.float32)))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def cu_bulk(tmp_path_factory):
+    """Strained and rattled bulk Cu (primitive 8-atom cells) with EMT's stress: 16 + 12 frames."""
+    train, val = make_bulk_dataset(tmp_path_factory.mktemp("bulk"), train_systems=4, val_systems=3,
+                                   frames_per_system=4, seed=0, metals=["Cu"], cells=["primitive-2x2x2"])
+    return LmdbDataset(train), LmdbDataset(val)
+
+
+def test_a_slab_model_fine_tuned_on_bulk_beats_training_from_scratch(tmp_path, cu_bulk):
+    """A conservative model (forces and stress from the energy) trained on Cu slabs, then
+    fine-tuned on bulk Cu for N = 40 steps, against the same architecture trained on the bulk set
+    from scratch for the same N steps with the same recipe: the fine-tuned run starts from the
+    loaded weights (its step-0 force error far below a fresh model's) and ends ahead in forces
+    and stress.
+
+    The slabs are Cu, as the crystals, and four layers thick: an energy learnt from their inner
+    layers is one of bulk-like neighbourhoods, so its forces and its strain derivative (the
+    stress, never seen in pretraining) carry over. Measured with seeds 0, 1, 2 of data and
+    training (the test runs seed 0): at step 0, force MAE 0.187 / 0.074 / 0.093 eV/A fine-tuned
+    against 0.649 / 0.622 / 0.371 for a fresh model (ratio 0.29 / 0.12 / 0.25), stress MAE
+    6.5 / 6.4 / 6.3 against 16.5 / 18.6 / 13.9 meV/A^3; after 40 steps, forces 0.140 / 0.060 /
+    0.022 against 0.546 / 0.593 / 0.300 eV/A from scratch, stress 5.6 / 4.8 / 3.9 against
+    14.3 / 18.7 / 14.0 meV/A^3.
+    """
+    config = EquiformerV2Config(
+        lmax=2, mmax=1, num_layers=1, sphere_channels=16, attn_hidden_channels=16, num_heads=2, attn_alpha_channels=8,
+        attn_value_channels=4, ffn_hidden_channels=16, edge_channels=16, num_distance_basis=32, max_radius=5.0,
+        max_neighbors=12, alpha_drop=0.0, drop_path_rate=0.0, grid_resolution=None, direct_forces=False)
+    quiet = dict(eval_every=10**6, checkpoint_every=10**6, log_every=10**6, element_references=True, seed=0)
+    slab = Trainer(config, cu_slabs(64, seed=100), cu_slabs(8, seed=200),
+                   TrainingConfig(max_steps=200, batch_size=4, lr=7e-3, warmup_steps=10, **quiet), tmp_path / "slab",
+                   progress=False)
+    slab.fit()
+    train, val = cu_bulk
+    recipe = TrainingConfig(max_steps=40, batch_size=4, lr=2e-3, warmup_steps=10, **quiet)
+    fine = Trainer.from_pretrained(tmp_path / "slab" / "model.pt", train, val, recipe, tmp_path / "fine",
+                                   progress=False)
+    scratch = Trainer(config, train, val, recipe, tmp_path / "scratch", progress=False)
+    assert fine.use_stress and scratch.use_stress  # both fit the stress, a strain derivative of the energy
+    # the fresh model: the scratch run at step 0 (the same architecture, seed and statistics)
+    (fine_start, fine_end), (fresh, scratch_end) = [(t.evaluate(), t.fit()) for t in (fine, scratch)]
+    assert fine_start["forces_mae"] < 0.6 * fresh["forces_mae"], (fine_start, fresh)
+    assert fine_end["forces_mae"] <= scratch_end["forces_mae"], (fine_end, scratch_end)
+    assert fine_end["stress_mae"] <= scratch_end["stress_mae"], (fine_end, scratch_end)
