@@ -124,6 +124,13 @@ def _rotate_pairs_adjoint(matrix, grads, source, target, num_nodes):
     return out
 
 
+def _edge_convolution(x, source, target, matrix, hidden, radial_weight, radial_bias, layout, extra, w0, b0,
+                      complex_weights):
+    pairs = rotate_pairs(matrix, x, source, target)
+    radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
+    return so2_linear(pairs, radial, layout, w0, b0, complex_weights, extra)
+
+
 class _EdgeConvolution(torch.autograd.Function):
     """:func:`edge_convolution` with autograd, storing only node features and radial hidden features."""
 
@@ -131,9 +138,8 @@ class _EdgeConvolution(torch.autograd.Function):
     def forward(ctx, x, source, target, matrix, hidden, radial_weight, radial_bias, layout, extra, w0, b0, *fc_weights):
         ctx.layout, ctx.extra = layout, extra
         ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_weights)
-        pairs = rotate_pairs(matrix, x, source, target)
-        radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
-        return so2_linear(pairs, radial, layout, w0, b0, [complex_matrix(w) for w in fc_weights], extra)
+        return _edge_convolution(x, source, target, matrix, hidden, radial_weight, radial_bias, layout, extra, w0, b0,
+                                 [complex_matrix(w) for w in fc_weights])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -184,7 +190,8 @@ class _EdgeConvolution(torch.autograd.Function):
 def edge_convolution(x: torch.Tensor, edge_index: torch.Tensor, matrix: torch.Tensor, hidden: torch.Tensor,
                      radial_weight: torch.Tensor, radial_bias: torch.Tensor, weight_m0: torch.Tensor,
                      bias_m0: torch.Tensor, weights_m: list[torch.Tensor], *, layout: CoefficientLayout,
-                     extra_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     extra_channels: int,
+                     complex_weights: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r""":math:`W\bigl(L(h_e) \odot D_e\,[x_{s(e)} \,\|\, x_{t(e)}]\bigr)` for every edge (module docstring).
 
     Args:
@@ -196,11 +203,17 @@ def edge_convolution(x: torch.Tensor, edge_index: torch.Tensor, matrix: torch.Te
         weight_m0, bias_m0: the ``m = 0`` map (``[(lmax+1) out + extra, (lmax+1) 2C]``).
         weights_m: the stacked ``[W_r; W_i]`` of each order ``m = 1..mmax`` (``fc_m[m-1].weight``).
         layout: the (lmax, mmax) layout; extra_channels: the extra ``m = 0`` outputs.
+        complex_weights: the :func:`complex_matrix` of each of ``weights_m``, when the caller
+            has them already (a layer that runs its edges in blocks builds them once); used
+            without autograd only.
 
     Returns: ``(y [E, edge_dim, out], extra [E, extra_channels])``, the numbers of the reference.
     """
     if matrix.requires_grad:
         raise ValueError("edge_convolution gives no gradient for the edge frames: use the reference path")
+    if complex_weights is not None and not torch.is_grad_enabled():
+        return _edge_convolution(x, edge_index[0], edge_index[1], matrix, hidden, radial_weight, radial_bias, layout,
+                                 extra_channels, weight_m0, bias_m0, complex_weights)
     return _EdgeConvolution.apply(x, edge_index[0], edge_index[1], matrix, hidden, radial_weight, radial_bias,
                                   layout, extra_channels, weight_m0, bias_m0, *weights_m)
 

@@ -12,6 +12,7 @@ from ..kernels import (
     EDGE_CONVOLUTION,
     atom_edge_linear,
     check_kernels,
+    complex_matrix,
     edge_convolution,
     needs_double_backward,
     target_blocks,
@@ -221,16 +222,18 @@ class EquivariantGraphAttention(nn.Module):
             blocks = target_blocks(edge_index[1], num_nodes)
             if blocks is not None:  # inference: the edges of a block of targets at a time, same numbers
                 out = x.new_empty(num_nodes, self.layout.dim, self.output_channels)
+                weights = ([complex_matrix(fc.weight) for fc in self.so2_conv_1.fc_m], self.so2_conv_2.complex_weights())
                 for first, end, e0, e1 in blocks:
                     out[first:end] = self._attend(x, edge_features[e0:e1], atomic_numbers, edge_index[:, e0:e1],
-                                                  rotation.edges(e0, e1), first, end - first)
+                                                  rotation.edges(e0, e1), first, end - first, weights)
                 return out
         return self._attend(x, edge_features, atomic_numbers, edge_index, rotation, 0, num_nodes)
 
     def _attend(self, x, edge_features, atomic_numbers, edge_index, rotation, first_target: int,
-                num_targets: int) -> torch.Tensor:
+                num_targets: int, complex_weights=(None, None)) -> torch.Tensor:
         """Steps 1-5 on the given edges, whose targets are nodes ``first_target .. first_target +
-        num_targets - 1``: the output rows of those nodes."""
+        num_targets - 1``: the output rows of those nodes. ``complex_weights``: those of the two
+        SO(2) maps, when built already."""
         target = edge_index[1] if first_target == 0 else edge_index[1] - first_target
         double_backward = needs_double_backward(rotation.matrix)
         # In training with direct forces, the intermediates of the radial MLP, the logits and the
@@ -240,7 +243,8 @@ class EquivariantGraphAttention(nn.Module):
         # 1-2. m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution, fed with the edge
         # features and the atom-type embeddings of both ends
         if use_fused(self.kernels, EDGE_CONVOLUTION, device_type=x.device.type, double_backward=double_backward):
-            message, extra = self._edge_convolution(x, edge_features, atomic_numbers, edge_index, rotation, recompute)
+            message, extra = self._edge_convolution(x, edge_features, atomic_numbers, edge_index, rotation, recompute,
+                                                    complex_weights[0])
         else:
             if self.atom_edge is not None:
                 edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
@@ -255,12 +259,13 @@ class EquivariantGraphAttention(nn.Module):
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         # 3. the activated values of every head, times their attention weights
-        message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha)
+        message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha, complex_weights[1])
         # 5. rotate back, sum over the neighbours, project
         message = rotation.from_edge(message, rescale=True)
         return self.proj(scatter_sum(message, target, num_targets, self.kernels))
 
-    def _edge_convolution(self, x, edge_features, atomic_numbers, edge_index, rotation, recompute):
+    def _edge_convolution(self, x, edge_features, atomic_numbers, edge_index, rotation, recompute,
+                          complex_weights=None):
         """Steps 1-2 as the kernel :func:`~so2nn.kernels.edge_convolution`, from this block's weights."""
         conv, radial = self.so2_conv_1, self.so2_conv_1.radial
         # the radial MLP's last layer ([E, radial_size], the largest radial tensor) is recomputed
@@ -269,7 +274,7 @@ class EquivariantGraphAttention(nn.Module):
         return edge_convolution(
             x, edge_index, rotation.matrix, hidden, radial.last.weight, radial.last.bias, conv.fc_m0.weight,
             conv.fc_m0.bias, [fc.weight for fc in conv.fc_m], layout=self.layout,
-            extra_channels=conv.extra_m0_output_channels,
+            extra_channels=conv.extra_m0_output_channels, complex_weights=complex_weights,
         )
 
     def _radial_hidden(self, edge_features, atomic_numbers, edge_index):
@@ -284,8 +289,9 @@ class EquivariantGraphAttention(nn.Module):
             )
         return radial.hidden_layers(hidden)
 
-    def _weighted_values(self, message: torch.Tensor, gates: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def _weighted_values(self, message: torch.Tensor, gates: torch.Tensor, alpha: torch.Tensor,
+                         complex_weights=None) -> torch.Tensor:
         """Values of every head, ``SO2Linear_2(act(message, gates))``, times its attention weight: ``[E, edge_dim, H * V]``."""
-        values = self.so2_conv_2(self.act(message, gates if self.num_gates else None)).y
+        values = self.so2_conv_2(self.act(message, gates if self.num_gates else None), complex_weights).y
         E, H, V = values.shape[0], self.num_heads, self.attn_value_channels
         return (values.view(E, self.layout.edge_dim, H, V) * alpha[:, None, :, None]).view(E, self.layout.edge_dim, H * V)

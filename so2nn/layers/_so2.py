@@ -117,14 +117,21 @@ class SO2Linear(ConstantsModule):
         of order ``m >= 1``: it maps the flattened pair ``[x_+m, x_-m]`` to ``[y_+m, y_-m]`` in one matmul."""
         return complex_matrix(self.fc_m[m - 1].weight)
 
-    def forward(self, x: torch.Tensor) -> SO2Output:
+    def complex_weights(self) -> list[torch.Tensor]:
+        """:meth:`complex_weight` of every order ``m = 1..mmax``."""
+        return [self.complex_weight(m) for m in range(1, self.layout.mmax + 1)]
+
+    def forward(self, x: torch.Tensor, complex_weights: list[torch.Tensor] | None = None) -> SO2Output:
+        """``complex_weights``: :meth:`complex_weights`, when the caller has them already (a layer
+        that runs its edges in blocks builds them once)."""
         check_features("x", x, None, self.layout.edge_dim, self.in_channels, self.layout, edge=True)
         check_dtype("x", x, self, self.fc_m0.weight)
         E, extra = x.shape[0], self.extra_m0_output_channels
         orders = x.split(self._order_sizes, dim=1)
         y0 = torch.nn.functional.linear(orders[0].reshape(E, orders[0].shape[1] * orders[0].shape[2]), self.fc_m0.weight, self.fc_m0.bias)
         scalars, y0 = y0.split([extra, y0.shape[1] - extra], dim=1)
-        ym = [xm.reshape(E, xm.shape[1] * xm.shape[2]) @ self.complex_weight(m).T for m, xm in enumerate(orders) if m]
+        weights = self.complex_weights() if complex_weights is None else complex_weights
+        ym = [xm.reshape(E, xm.shape[1] * xm.shape[2]) @ weights[m - 1].T for m, xm in enumerate(orders) if m]
         return SO2Output(torch.cat([y0, *ym], dim=1).view(E, self.layout.edge_dim, self.out_channels), scalars)
 
 

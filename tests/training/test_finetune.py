@@ -157,7 +157,6 @@ def test_resume_of_a_fine_tuning_run_repeats_it(pretrained, new_data, tmp_path):
     assert torch.load(tmp_path / "split" / "model.pt", weights_only=False)["finetune"] == whole.finetune
 
 
-
 # -- does it pay? a slab model fine-tuned on bulk crystals against the same model from scratch --
 
 
@@ -206,7 +205,7 @@ def test_a_slab_model_fine_tuned_on_bulk_beats_training_from_scratch(tmp_path, c
         lmax=2, mmax=1, num_layers=1, sphere_channels=16, attn_hidden_channels=16, num_heads=2, attn_alpha_channels=8,
         attn_value_channels=4, ffn_hidden_channels=16, edge_channels=16, num_distance_basis=32, max_radius=5.0,
         max_neighbors=12, alpha_drop=0.0, drop_path_rate=0.0, grid_resolution=None, direct_forces=False)
-    quiet = dict(eval_every=10**6, checkpoint_every=10**6, log_every=10**6, element_references=True, seed=0)
+    quiet = {"eval_every": 10**6, "checkpoint_every": 10**6, "log_every": 10**6, "element_references": True, "seed": 0}
     slab = Trainer(config, cu_slabs(64, seed=100), cu_slabs(8, seed=200),
                    TrainingConfig(max_steps=200, batch_size=4, lr=7e-3, warmup_steps=10, **quiet), tmp_path / "slab",
                    progress=False)
