@@ -29,7 +29,17 @@ class FeedForwardNetwork(ConstantsModule):
     With ``grid_mlp=True`` (the released EquiformerV2 models), the nonlinearity is a
     three-layer MLP applied pointwise on the S2 grid,
     :math:`F\,\mathrm{MLP}(T\,W_1 x)`, and with ``activation="separable_s2"`` the scalars are
-    replaced by :math:`\mathrm{SiLU}(W_s x^{(0)} + b_s)` computed from the input. Without a
+    replaced by :math:`\mathrm{SiLU}(W_s x^{(0)} + b_s)` computed from the input. The MLP's
+    first and last linear maps act on channels and the grid transforms :math:`T`, :math:`F` on
+    coefficients, so they commute:
+
+    .. math::
+
+        F\,L_3\,\sigma\,L_2\,\sigma\,L_1\,T\,h = L_3\,F\,\sigma\,L_2\,\sigma\,T\,L_1 h,
+
+    and :math:`L_1`, :math:`L_3` are applied on the :math:`(l_{max}+1)^2` coefficients instead of
+    the grid's points (324 at resolution 18 against 25 at lmax 4: two thirds of the MLP's
+    multiply-adds saved; the same numbers up to float rounding). Without a
     grid MLP the nonlinearity is the separable S2 activation, the S2 activation, or a gate
     (``activation="gate"``, exactly equivariant).
 
@@ -103,10 +113,14 @@ class FeedForwardNetwork(ConstantsModule):
             "" if self.recompute else ", recompute=False")
 
     def _grid_mlp(self, h: torch.Tensor) -> torch.Tensor:
+        first, act_1, middle, act_2, last = self.mlp
+        h = first(h)  # L_1 T h = T L_1 h: on the coefficients, not the grid points
         rows = row_block_size(self.kernels, h, self.training, self.to_grid.shape[0] * self.hidden_channels)
         if rows is not None:  # inference: a block of nodes at a time ([N, grid points, C] is the largest tensor)
-            return torch.cat([self.from_grid @ self.mlp(self.to_grid @ part) for part in h.split(rows)])
-        return self.from_grid @ self.mlp(self.to_grid @ h)
+            h = torch.cat([self.from_grid @ act_2(middle(act_1(self.to_grid @ part))) for part in h.split(rows)])
+        else:
+            h = self.from_grid @ act_2(middle(act_1(self.to_grid @ h)))
+        return last(h)  # F L_3 g = L_3 F g
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features("x", x, None, self.layout.dim, self.sphere_channels)

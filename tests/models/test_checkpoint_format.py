@@ -36,8 +36,11 @@ def test_a_format_1_checkpoint_loads_with_identical_outputs(tmp_path):
         assert isinstance(model, EquiformerV2) and model.config.use_energy_lin_ref
         with torch.no_grad():
             out = model(**_legacy_inputs(expected))
-        torch.testing.assert_close(out["energy"], expected["energy"], rtol=0, atol=0)
-        torch.testing.assert_close(out["forces"], expected["forces"], rtol=0, atol=0)
+        # to float32 rounding: the outputs were recorded before the grid MLP's first and last
+        # linear maps moved off the grid (they commute with the grid transforms), which changed
+        # the order of the float sums
+        torch.testing.assert_close(out["energy"], expected["energy"], rtol=1e-6, atol=0)
+        torch.testing.assert_close(out["forces"], expected["forces"], rtol=0, atol=1e-6 * float(expected["forces"].abs().max()))
     # saved again, it is a format-2 checkpoint of the same model
     model.save(tmp_path / "again.pt")
     again = torch.load(tmp_path / "again.pt", weights_only=False)
