@@ -10,6 +10,16 @@ from torch_geometric.data import Data
 from so2nn.models import EquiformerV2Config
 
 
+def emt_frame(atoms, **fields) -> Data:
+    """An S2EF item of ``atoms`` with EMT's energy and forces (float32), plus ``fields``."""
+    atoms.calc = EMT()
+    return Data(
+        pos=torch.tensor(atoms.positions, dtype=torch.float32), atomic_numbers=torch.tensor(atoms.numbers),
+        cell=torch.tensor(np.array(atoms.cell), dtype=torch.float32).view(1, 3, 3), natoms=len(atoms),
+        energy=torch.tensor([atoms.get_potential_energy()], dtype=torch.float32),
+        forces=torch.tensor(atoms.get_forces(), dtype=torch.float32), **fields)
+
+
 def emt_frames(count: int, seed: int) -> list[Data]:
     rng = np.random.default_rng(seed)
     frames = []
@@ -17,18 +27,8 @@ def emt_frames(count: int, seed: int) -> list[Data]:
         slab = fcc111("Cu", (2, 2, 2), vacuum=4.0)
         add_adsorbate(slab, "O", 1.6, "fcc")
         slab.rattle(0.15, seed=int(rng.integers(2**31)))
-        slab.calc = EMT()
         tags = np.array([0] * 4 + [1] * 4 + [2])
-        frames.append(Data(
-            pos=torch.tensor(slab.positions, dtype=torch.float32),
-            atomic_numbers=torch.tensor(slab.numbers),
-            cell=torch.tensor(np.array(slab.cell), dtype=torch.float32).view(1, 3, 3),
-            natoms=len(slab),
-            energy=torch.tensor([slab.get_potential_energy()], dtype=torch.float32),
-            forces=torch.tensor(slab.get_forces(), dtype=torch.float32),
-            fixed=torch.tensor(tags == 0),
-            tags=torch.tensor(tags),
-        ))
+        frames.append(emt_frame(slab, fixed=torch.tensor(tags == 0), tags=torch.tensor(tags)))
     return frames
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from ase.build import fcc100, fcc111
-from ase.calculators.emt import EMT
 from torch_geometric.data import Batch, Data
 
 from so2nn.data import LmdbDataset
@@ -18,7 +17,7 @@ from so2nn.models import EquiformerV2, EquiformerV2Config
 from so2nn.training import Trainer, TrainingConfig, pretrained_model, referencing_table
 from so2nn.training._finetune import parameter_groups
 
-from .conftest import emt_frames
+from .conftest import emt_frame, emt_frames
 
 FAIRCHEM = "tests/models/fixtures/eqv2_31M_slab.pt"
 
@@ -168,12 +167,7 @@ def cu_slabs(count: int, seed: int) -> list[Data]:
     for _ in range(count):
         slab = (fcc111 if rng.random() < 0.5 else fcc100)("Cu", (2, 2, 4), vacuum=4.0, periodic=True)
         slab.rattle(0.1, seed=int(rng.integers(2**31)))
-        slab.calc = EMT()
-        frames.append(Data(
-            pos=torch.tensor(slab.positions, dtype=torch.float32), atomic_numbers=torch.tensor(slab.numbers),
-            cell=torch.tensor(np.array(slab.cell), dtype=torch.float32).view(1, 3, 3), natoms=len(slab),
-            energy=torch.tensor([slab.get_potential_energy()], dtype=torch.float32),
-            forces=torch.tensor(slab.get_forces(), dtype=torch.float32)))
+        frames.append(emt_frame(slab))
     return frames
 
 
