@@ -20,6 +20,7 @@ from ._scatter import SCATTER_SUM, scatter_sum
 from ._target_blocks import (
     BLOCK_ELEMENTS,
     TARGET_BLOCK_EDGES,
+    in_target_blocks,
     row_block_size,
     target_blocks,
     use_target_blocks,
@@ -38,6 +39,7 @@ __all__ = [
     "complex_matrix",
     "edge_convolution",
     "grid_silu",
+    "in_target_blocks",
     "needs_double_backward",
     "row_block_size",
     "scatter_sum",

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BLOCK_ELEMENTS", "TARGET_BLOCK_EDGES", "row_block_size", "target_blocks", "use_target_blocks"]
+__all__ = ["BLOCK_ELEMENTS", "TARGET_BLOCK_EDGES", "in_target_blocks", "row_block_size", "target_blocks",
+           "use_target_blocks"]
 
 #: Edges per block (a block ends at a target boundary, so it may hold up to one node's edges
 #: more): at this size a 31M layer's largest per-edge temporary is about 10 MiB.
@@ -99,3 +100,18 @@ def target_blocks(target: torch.Tensor, num_nodes: int,
     bounds = torch.cat([starts.nonzero().flatten(), nodes.new_tensor([num_nodes])]).tolist()
     edges = first_edge[bounds].tolist()
     return [(bounds[b], bounds[b + 1], edges[b], edges[b + 1]) for b in range(len(bounds) - 1)]
+
+
+def in_target_blocks(compute, out: torch.Tensor, blocks: list[tuple[int, int, int, int]],
+                     edge_features: torch.Tensor, edge_index: torch.Tensor, rotation) -> torch.Tensor:
+    r"""``out`` with the rows of each block's targets computed from that block's edges alone.
+
+    ``compute(edge_features, edge_index, targets, rotation, num_targets)`` gets the block's
+    edges (``edge_index`` with the global node indices, ``targets`` the targets counted from the
+    block's first node, ``rotation`` their :meth:`~so2nn.so3.EdgeRotation.edges`) and returns
+    its ``num_targets`` rows; ``blocks`` are :func:`target_blocks`.
+    """
+    for first, end, e0, e1 in blocks:
+        index = edge_index[:, e0:e1]
+        out[first:end] = compute(edge_features[e0:e1], index, index[1] - first, rotation.edges(e0, e1), end - first)
+    return out

@@ -12,8 +12,8 @@ from ..kernels import (
     EDGE_CONVOLUTION,
     atom_edge_linear,
     check_kernels,
-    complex_matrix,
     edge_convolution,
+    in_target_blocks,
     needs_double_backward,
     target_blocks,
     use_fused,
@@ -221,20 +221,19 @@ class EquivariantGraphAttention(nn.Module):
         if use_target_blocks(self.kernels, x, num_edges, self.training):
             blocks = target_blocks(edge_index[1], num_nodes)
             if blocks is not None:  # inference: the edges of a block of targets at a time, same numbers
-                out = x.new_empty(num_nodes, self.layout.dim, self.output_channels)
-                weights = ([complex_matrix(fc.weight) for fc in self.so2_conv_1.fc_m], self.so2_conv_2.complex_weights())
-                for first, end, e0, e1 in blocks:
-                    out[first:end] = self._attend(x, edge_features[e0:e1], atomic_numbers, edge_index[:, e0:e1],
-                                                  rotation.edges(e0, e1), first, end - first, weights)
-                return out
-        return self._attend(x, edge_features, atomic_numbers, edge_index, rotation, 0, num_nodes)
+                weights = (self.so2_conv_1.complex_weights(), self.so2_conv_2.complex_weights())  # once, not per block
+                return in_target_blocks(
+                    lambda h, index, target, rot, count: self._attend(x, h, atomic_numbers, index, target, rot, count,
+                                                                      weights),
+                    x.new_empty(num_nodes, self.layout.dim, self.output_channels), blocks, edge_features,
+                    edge_index, rotation)
+        return self._attend(x, edge_features, atomic_numbers, edge_index, edge_index[1], rotation, num_nodes)
 
-    def _attend(self, x, edge_features, atomic_numbers, edge_index, rotation, first_target: int,
-                num_targets: int, complex_weights=(None, None)) -> torch.Tensor:
-        """Steps 1-5 on the given edges, whose targets are nodes ``first_target .. first_target +
-        num_targets - 1``: the output rows of those nodes. ``complex_weights``: those of the two
-        SO(2) maps, when built already."""
-        target = edge_index[1] if first_target == 0 else edge_index[1] - first_target
+    def _attend(self, x, edge_features, atomic_numbers, edge_index, target, rotation, num_targets: int,
+                complex_weights=(None, None)) -> torch.Tensor:
+        """Steps 1-5 on the given edges: the output rows of their ``num_targets`` targets, which
+        ``target`` counts from the first (``edge_index`` has the global node indices).
+        ``complex_weights``: those of the two SO(2) maps, when built already."""
         double_backward = needs_double_backward(rotation.matrix)
         # In training with direct forces, the intermediates of the radial MLP, the logits and the
         # values (a few [E, H, A] tensors, the activated messages and the [E, edge_dim, H * V]

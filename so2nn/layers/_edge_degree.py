@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import check_kernels, target_blocks, use_target_blocks
+from ..kernels import check_kernels, in_target_blocks, target_blocks, use_target_blocks
 from ..so3 import CoefficientLayout, EdgeRotation
 from ..so3._rotation import prepare_rotation
 from ..so3._wigner import prepare_couplings
@@ -101,21 +101,18 @@ class EdgeDegreeEmbedding(nn.Module):
         if use_target_blocks(self.kernels, edge_features, num_edges, self.training):
             blocks = target_blocks(edge_index[1], num_nodes)
             if blocks is not None:  # inference: the edges of a block of targets at a time, same numbers
-                out = edge_features.new_empty(num_nodes, self.layout.dim, self.channels)
-                for first, end, e0, e1 in blocks:
-                    out[first:end] = self._embed(edge_features[e0:e1], atomic_numbers, edge_index[:, e0:e1],
-                                                 rotation.edges(e0, e1), first, end - first)
-                return out
-        return self._embed(edge_features, atomic_numbers, edge_index, rotation, 0, num_nodes)
+                return in_target_blocks(
+                    lambda h, index, target, rot, count: self._embed(h, atomic_numbers, index, target, rot, count),
+                    edge_features.new_empty(num_nodes, self.layout.dim, self.channels), blocks, edge_features,
+                    edge_index, rotation)
+        return self._embed(edge_features, atomic_numbers, edge_index, edge_index[1], rotation, num_nodes)
 
-    def _embed(self, edge_features, atomic_numbers, edge_index, rotation, first_target: int,
-               num_targets: int) -> torch.Tensor:
-        """The embedding of nodes ``first_target .. first_target + num_targets - 1`` from the given
-        edges, which are those that end there."""
+    def _embed(self, edge_features, atomic_numbers, edge_index, target, rotation, num_targets: int) -> torch.Tensor:
+        """The embedding of ``num_targets`` nodes from the edges that end there (``target``
+        counted from the first of them)."""
         if self.atom_edge is not None:
             edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
         m0 = self.radial(edge_features).view(edge_features.shape[0], self.layout.lmax + 1, self.channels)
         x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
         messages = rotation.from_edge(x_edge, rescale=True)
-        target = edge_index[1] if first_target == 0 else edge_index[1] - first_target
         return scatter_sum(messages, target, num_targets, self.kernels) / self.rescale_factor
