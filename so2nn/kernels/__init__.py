@@ -15,7 +15,7 @@ from ._edge_convolution import (
     so2_linear,
 )
 from ._grid_silu import GRID_SILU, grid_silu
-from ._policy import KERNELS, KernelInfo, check_kernels, needs_double_backward, use_fused, use_recompute
+from ._policy import KERNELS, RECOMPUTE_DEVICES, KernelInfo, check_kernels, needs_double_backward, use_fused, use_recompute
 from ._scatter import SCATTER_SUM, scatter_sum
 from ._target_blocks import (
     BLOCK_ELEMENTS,
@@ -31,6 +31,7 @@ __all__ = [
     "EDGE_CONVOLUTION",
     "GRID_SILU",
     "KERNELS",
+    "RECOMPUTE_DEVICES",
     "SCATTER_SUM",
     "TARGET_BLOCK_EDGES",
     "KernelInfo",

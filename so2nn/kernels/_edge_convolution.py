@@ -37,7 +37,7 @@ from ._policy import KernelInfo
 
 __all__ = ["EDGE_CONVOLUTION", "atom_edge_linear", "complex_matrix", "edge_convolution", "so2_linear"]
 
-EDGE_CONVOLUTION = KernelInfo("edge_convolution", double_backward=False, autocast=False)
+EDGE_CONVOLUTION = KernelInfo("edge_convolution", double_backward=False, autocast=False, devices=("cpu",))
 
 
 def complex_matrix(weight: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ._policy import KernelInfo
 
 __all__ = ["GRID_SILU", "grid_silu"]
 
-GRID_SILU = KernelInfo("grid_silu", double_backward=True, autocast=True)
+GRID_SILU = KernelInfo("grid_silu", double_backward=True, autocast=True, devices=("cpu", "cuda"))
 
 # Size of the [rows, grid points] temporary per step on the CPU: small enough for the grid
 # values to stay in the core's L2 cache between the three steps (512 rows x 324 points = 0.66 MB

@@ -8,27 +8,34 @@ path). Where a faster or leaner implementation of the same numbers exists, a *ke
 - ``kernels="reference"``: always the reference path;
 - ``kernels="auto"``: the kernel, unless
 
-  1. the code is being compiled (``torch.compile`` fuses the reference graph itself, and a
+  1. the inputs live on a device the kernel is not chosen for (its ``devices``: each kernel
+     runs by default only where it was measured faster, or leaner at equal speed, than the
+     reference composition; on a GPU the cost of a step is the number of operations the host
+     issues, not their arithmetic, and the reference composition with fewer, larger
+     operations wins: see the performance page),
+  2. the code is being compiled (``torch.compile`` fuses the reference graph itself, and a
      custom autograd Function would be traced as an opaque call),
-  2. autocast is on for the inputs' device and the kernel does not replay autocast's casts, or
-  3. a second derivative may flow through the step (``needs_double_backward``: autograd
+  3. autocast is on for the inputs' device and the kernel does not replay autocast's casts, or
+  4. a second derivative may flow through the step (``needs_double_backward``: autograd
      records and the edge frames, i.e. the positions, require a gradient, as for
      conservative forces in training or stress through the strain) and the kernel does not
      pass ``gradgradcheck``.
 
 The kernels and what they support:
 
-====================================  ===============  ========
-kernel                                double backward  autocast
-====================================  ===============  ========
-:func:`edge_convolution`              no               no
-:func:`grid_silu`                     yes              yes
-:func:`scatter_sum`                   yes              yes
-====================================  ===============  ========
+====================================  ===============  ========  ==============
+kernel                                double backward  autocast  devices (auto)
+====================================  ===============  ========  ==============
+:func:`edge_convolution`              no               no        cpu
+:func:`grid_silu`                     yes              yes       cpu, cuda
+:func:`scatter_sum`                   yes              yes       cpu, cuda
+====================================  ===============  ========  ==============
 
-Inference in blocks (:func:`use_target_blocks`, :func:`row_block_size`) is not a kernel of
-this table: it runs the same computation on a block of targets (or nodes) at a time, only
-without autograd and outside training, and is decided there.
+The same rule decides two techniques that are not kernels of this table, by device as well:
+recomputation in backward (:func:`use_recompute`: memory for time, on the CPU only, where the
+recomputed work is cheap against the step) and inference in blocks of targets or rows
+(:func:`use_target_blocks`, :func:`row_block_size`: small temporaries for the CPU's caches and
+its allocator, without autograd and outside training; a GPU runs every edge at once).
 """
 
 from __future__ import annotations
@@ -37,18 +44,19 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["KERNELS", "KernelInfo", "check_kernels", "needs_double_backward", "use_fused", "use_recompute"]
+__all__ = ["KERNELS", "RECOMPUTE_DEVICES", "KernelInfo", "check_kernels", "needs_double_backward", "use_fused", "use_recompute"]
 
 #: The values of the ``kernels`` option of the layers and of :class:`~so2nn.models.EquiformerV2Config`.
 KERNELS = ("auto", "reference")
 
 
 class KernelInfo(NamedTuple):
-    """What a kernel supports besides the plain first derivative."""
+    """What a kernel supports besides the plain first derivative, and where it runs by default."""
 
     name: str
     double_backward: bool  # passes gradgradcheck
     autocast: bool  # may run under autocast (its docstring says in which dtype it computes)
+    devices: tuple[str, ...] = ("cpu",)  # device types on which kernels="auto" runs it
 
 
 def check_kernels(kernels: str) -> str:
@@ -71,19 +79,35 @@ def use_fused(kernels: str, kernel: KernelInfo, *, device_type: str, double_back
         >>> from so2nn.kernels import EDGE_CONVOLUTION
         >>> use_fused("auto", EDGE_CONVOLUTION, device_type="cpu", double_backward=False)
         True
+        >>> use_fused("auto", EDGE_CONVOLUTION, device_type="cuda", double_backward=False)
+        False
         >>> use_fused("auto", EDGE_CONVOLUTION, device_type="cpu", double_backward=True)
         False
         >>> use_fused("reference", EDGE_CONVOLUTION, device_type="cpu", double_backward=False)
         False
     """
-    if kernels == "reference" or torch.compiler.is_compiling():
+    if kernels == "reference" or device_type not in kernel.devices or torch.compiler.is_compiling():
         return False
     if not kernel.autocast and torch.is_autocast_enabled(device_type):
         return False
     return not double_backward or kernel.double_backward
 
 
-def use_recompute(requested: bool, *, double_backward: bool) -> bool:
+#: Device types on which a block's requested recomputation (``recompute=True``) runs.
+RECOMPUTE_DEVICES = ("cpu",)
+
+
+def use_recompute(requested: bool, *, double_backward: bool, device_type: str = "cpu") -> bool:
     """Whether a block recomputes its requested regions in backward: when autograd records,
-    outside ``torch.compile`` and when no second derivative flows through them."""
-    return requested and torch.is_grad_enabled() and not double_backward and not torch.compiler.is_compiling()
+    outside ``torch.compile``, when no second derivative flows through them, and on a device of
+    :data:`RECOMPUTE_DEVICES` (on a GPU the recomputed operations cost more launch time than the
+    memory they save is worth; ``checkpoint_activations`` is the memory switch there).
+
+    Example:
+        >>> with torch.enable_grad():
+        ...     use_recompute(True, double_backward=False), use_recompute(True, double_backward=False,
+        ...                                                                 device_type="cuda")
+        (True, False)
+    """
+    return (requested and device_type in RECOMPUTE_DEVICES and torch.is_grad_enabled() and not double_backward
+            and not torch.compiler.is_compiling())

@@ -17,7 +17,7 @@ from ._policy import KernelInfo
 
 __all__ = ["SCATTER_SUM", "scatter_sum"]
 
-SCATTER_SUM = KernelInfo("scatter_sum", double_backward=True, autocast=True)
+SCATTER_SUM = KernelInfo("scatter_sum", double_backward=True, autocast=True, devices=("cpu", "cuda"))
 
 
 class _ScatterSum(torch.autograd.Function):

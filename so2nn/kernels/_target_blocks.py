@@ -51,7 +51,7 @@ def use_target_blocks(kernels: str, x: torch.Tensor, num_edges: int, training: b
 
     At inference on the CPU, with ``kernels="auto"``, outside ``torch.compile``, and with more
     than one block of :data:`TARGET_BLOCK_EDGES` edges."""
-    return num_edges > TARGET_BLOCK_EDGES and _inference_on_cpu(kernels, x, training)
+    return _inference_on_cpu(kernels, x, training) and num_edges > TARGET_BLOCK_EDGES
 
 
 def row_block_size(kernels: str, x: torch.Tensor, training: bool, elements_per_row: int) -> int | None:
@@ -67,7 +67,7 @@ def row_block_size(kernels: str, x: torch.Tensor, training: bool, elements_per_r
         50
     """
     rows = max(1, BLOCK_ELEMENTS // elements_per_row)
-    return rows if x.shape[0] > rows and _inference_on_cpu(kernels, x, training) else None
+    return rows if _inference_on_cpu(kernels, x, training) and x.shape[0] > rows else None
 
 
 def target_blocks(target: torch.Tensor, num_nodes: int,

@@ -238,7 +238,7 @@ class EquivariantGraphAttention(nn.Module):
         # In training with direct forces, the intermediates of the radial MLP, the logits and the
         # values (a few [E, H, A] tensors, the activated messages and the [E, edge_dim, H * V]
         # values: most of a layer's stored activations) are recomputed in backward from their inputs.
-        recompute = use_recompute(self.recompute, double_backward=double_backward)
+        recompute = use_recompute(self.recompute, double_backward=double_backward, device_type=x.device.type)
         # 1-2. m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution, fed with the edge
         # features and the atom-type embeddings of both ends
         if use_fused(self.kernels, EDGE_CONVOLUTION, device_type=x.device.type, double_backward=double_backward):

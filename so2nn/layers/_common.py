@@ -61,6 +61,9 @@ def check_features(name: str, x: torch.Tensor, rows: int | None, coefficients: i
 
     With ``layout``, a mismatch of the coefficient axis that matches the other layout (node
     features where edge-frame features are expected, or the reverse) says so."""
+    if torch.is_tensor(x) and x.dim() == 3 and x.shape[1:] == (coefficients, channels) and (
+            rows is None or x.shape[0] == rows):
+        return  # (the message is built only on failure: formatting a size would fix it under torch.compile)
     what = f"[{'N' if rows is None else rows}, {coefficients}, {channels}]"
     if not torch.is_tensor(x):
         raise ValueError(f"{name} must be a tensor of shape {what}, got {type(x).__name__}")

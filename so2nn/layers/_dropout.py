@@ -66,9 +66,12 @@ class GraphDropPath(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def forward(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int | None = None) -> torch.Tensor:
+        """``num_graphs``: the number of systems, when the caller knows it (otherwise it is
+        counted from ``batch``, which waits for the device on a GPU)."""
         if not self.training or self.p == 0.0:
             return x
-        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        if num_graphs is None:
+            num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         keep = torch.bernoulli(x.new_full((num_graphs,), 1 - self.p)) / (1 - self.p)
         return x * keep.index_select(0, batch).view(-1, *([1] * (x.dim() - 1)))

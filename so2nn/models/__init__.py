@@ -2,6 +2,7 @@
 that training, checkpoints and the calculator rely on."""
 
 from ._checkpoint import upgrade_checkpoint
+from ._compile import compile_model, configure_compile
 from ._config import PRESETS, EquiformerV2Config, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
@@ -39,6 +40,8 @@ __all__ = [
     "TargetStatistics",
     "TransformerBlock",
     "build_model",
+    "compile_model",
+    "configure_compile",
     "load_model",
     "load_weights",
     "model_class",

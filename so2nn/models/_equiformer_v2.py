@@ -42,8 +42,9 @@ class TransformerBlock(nn.Module):
 
     Built by :class:`EquiformerV2` from its config (``num_layers`` of them); the forward takes
     the node features ``x [N, (lmax+1)**2, C]``, the invariant edge features, the atomic
-    numbers, ``edge_index``, the :class:`~so2nn.so3.EdgeRotation` of the edges and ``batch``,
-    and returns the new node features, same shape.
+    numbers, ``edge_index``, the :class:`~so2nn.so3.EdgeRotation` of the edges, ``batch`` and
+    the number of systems (drop-path draws one mask entry per system; without it, it counts them
+    from ``batch``, a wait for the device on a GPU), and returns the new node features, same shape.
 
     Example:
         >>> from so2nn.models import EquiformerV2Config
@@ -75,16 +76,18 @@ class TransformerBlock(nn.Module):
         self.drop_path = GraphDropPath(c.drop_path_rate) if c.drop_path_rate > 0 else None
         self.proj_drop = EquivariantDropout(c.proj_drop) if c.proj_drop > 0 else None
 
-    def _regularise(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    def _regularise(self, x: torch.Tensor, batch: torch.Tensor, num_systems: int | None) -> torch.Tensor:
         if self.drop_path is not None:
-            x = self.drop_path(x, batch)
+            x = self.drop_path(x, batch, num_systems)
         if self.proj_drop is not None:
             x = self.proj_drop(x)
         return x
 
-    def forward(self, x, edge_features, atomic_numbers, edge_index, rotation, batch) -> torch.Tensor:
-        x = x + self._regularise(self.ga(self.norm_1(x), edge_features, atomic_numbers, edge_index, rotation), batch)
-        return x + self._regularise(self.ffn(self.norm_2(x)), batch)
+    def forward(self, x, edge_features, atomic_numbers, edge_index, rotation, batch,
+                num_systems: int | None = None) -> torch.Tensor:
+        x = x + self._regularise(self.ga(self.norm_1(x), edge_features, atomic_numbers, edge_index, rotation), batch,
+                                 num_systems)
+        return x + self._regularise(self.ffn(self.norm_2(x)), batch, num_systems)
 
 
 class EquiformerV2(nn.Module):
@@ -141,6 +144,14 @@ class EquiformerV2(nn.Module):
     ``cell_offsets [E, 3]``) is used as given. A ``Data`` may also carry the targets and
     metadata of :data:`~so2nn.models.TARGET_AND_METADATA_FIELDS` (``energy``, ``forces``,
     ``tags``, ``fixed``, ``sid``, ...), which the model does not read.
+
+    ``validate=False`` (keyword) skips the checks that read the inputs' values (NaN positions,
+    overlapping atoms, atomic numbers and ``edge_index`` in range, singular cells; see
+    :func:`~so2nn.models.read_inputs`), for callers that built and checked the graph
+    themselves: so2nn's calculator, torch-sim model and trainer do. With a precomputed graph
+    and ``natoms``, the forward and backward then never wait for the device (no value is read
+    back, no shape depends on the data), which is what a CUDA graph and a
+    ``torch.compile(model, fullgraph=True, dynamic=True)`` need.
 
     Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights;
     no ``"forces"`` for an energy-only model, ``config.regress_forces=False``), and
@@ -357,9 +368,9 @@ class EquiformerV2(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def forward(self, data=None, **fields) -> dict[str, torch.Tensor]:
+    def forward(self, data=None, *, validate: bool = True, **fields) -> dict[str, torch.Tensor]:
         c = self.config
-        inputs = read_inputs(data, fields, c)
+        inputs = read_inputs(data, fields, c, validate)
         if inputs.edge_index is None:
             inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
         numbers, edge_index, batch = inputs.atomic_numbers, inputs.edge_index, inputs.batch
@@ -377,8 +388,9 @@ class EquiformerV2(nn.Module):
             # 1. edge geometry
             vec = edge_vectors(r, edge_index, inputs.cell_offsets if cell is not None else None, cell, batch)
             distance = vec.norm(dim=1)
-            self._check_distances(distance, edge_index)
-            rotation = EdgeRotation(self.layout, vec)
+            if validate:
+                self._check_distances(distance, edge_index)
+            rotation = EdgeRotation(self.layout, vec, validate)
             edge_features = self.distance_expansion(distance)
             # 2. embedding: atom type on l = 0, plus the edge-degree embedding
             x = self.edge_degree_embedding(edge_features, numbers, edge_index, rotation, pos.shape[0])
@@ -388,7 +400,7 @@ class EquiformerV2(nn.Module):
             x = replace_scalars(x, scalars)
             # 3. transformer blocks
             for block in self.blocks:
-                x = self._block(block, x, edge_features, numbers, edge_index, rotation, batch)
+                x = self._block(block, x, edge_features, numbers, edge_index, rotation, batch, inputs.num_systems)
             # 4. norm and heads
             x = self.norm(x)
             energy = self.heads["energy"](x, batch, inputs.num_systems, numbers, self.energy_lin_ref)
@@ -417,13 +429,13 @@ class EquiformerV2(nn.Module):
                 f"apart (< min_distance={self.config.min_distance}): overlapping atoms"
             )
 
-    def _block(self, block, x, edge_features, numbers, edge_index, rotation, batch) -> torch.Tensor:
+    def _block(self, block, x, edge_features, numbers, edge_index, rotation, batch, num_systems) -> torch.Tensor:
         if self.config.checkpoint_activations and torch.is_grad_enabled():
             # store only the block's input; rerun it in backward (same dropout masks)
             return torch.utils.checkpoint.checkpoint(
-                block, x, edge_features, numbers, edge_index, rotation, batch, use_reentrant=False
+                block, x, edge_features, numbers, edge_index, rotation, batch, num_systems, use_reentrant=False
             )
-        return block(x, edge_features, numbers, edge_index, rotation, batch)
+        return block(x, edge_features, numbers, edge_index, rotation, batch, num_systems)
 
 
 register_model("equiformer_v2", EquiformerV2)

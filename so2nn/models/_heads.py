@@ -500,7 +500,7 @@ class StressHead(nn.Module):
 
     def _edge_features(self, x: torch.Tensor, edge_vec: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """:math:`h_e [E, C']`: node features contracted with the normalised harmonics of the edge."""
-        w = self.harmonics_norm(spherical_harmonics(self.layout.lmax, edge_vec, normalize=False)[:, :, None])[:, :, 0]
+        w = self.harmonics_norm(spherical_harmonics(self.layout.lmax, edge_vec, normalize=False, validate=False)[:, :, None])[:, :, 0]
         if self.source_target_embedding:
             x_edge = torch.cat([x.index_select(0, edge_index[0]), x.index_select(0, edge_index[1])], dim=2)
         else:
@@ -531,7 +531,7 @@ class StressHead(nn.Module):
         num_nodes, target = x.shape[0], edge_index[1]
         h = self._edge_features(x, edge_vec, edge_index)  # [E, C']
         if self.decompose:
-            Y2 = spherical_harmonics(2, edge_vec)[:, 4:9]  # [E, 5], degree 2 of the unit direction
+            Y2 = spherical_harmonics(2, edge_vec, validate=False)[:, 4:9]  # [E, 5], degree 2 of the unit direction
             u = Y2[:, :, None] * h[:, None, :]  # [E, 5, C'], degree 2
             if self.edge_level_mlp:
                 iso = _mean_at(self.isotropic_mlp(h), target, num_nodes)  # [N, 1]

@@ -46,7 +46,9 @@ class AtomicInputs:
 
     @property
     def periodic(self) -> bool:
-        return self.cell is not None and bool(self.pbc.any())
+        """Whether the systems have a cell (:func:`read_inputs` keeps one only when a direction
+        is periodic, unless ``validate=False``)."""
+        return self.cell is not None
 
 
 def _get(data, fields: dict, name: str):
@@ -73,12 +75,20 @@ def _check_names(data, fields: dict) -> None:
         )
 
 
-def read_inputs(data, fields: dict, config) -> AtomicInputs:
+def read_inputs(data, fields: dict, config, validate: bool = True) -> AtomicInputs:
     """Collect the inputs from a torch_geometric ``Data``/``Batch`` or keyword arguments (which
     take precedence), and check them: names (:data:`INPUT_FIELDS`, and for ``Data`` also
     :data:`TARGET_AND_METADATA_FIELDS`), shapes, finiteness, atomic numbers against
     ``config.max_num_elements``; periodic when ``pbc`` says so (default:
     ``config.use_pbc`` when a cell is given).
+
+    ``validate=False`` skips every check that reads the inputs' values (finiteness, atomic
+    numbers, ``natoms`` against the atom count, singular cells, ``edge_index`` in range): on a
+    GPU each of them waits for the device. Names and shapes are still checked. Then a given
+    ``cell`` is used as it is (a system whose ``pbc`` is all False keeps it: its graph has no
+    periodic images, and its stress row is NaN), ``natoms`` (or a single system) gives the
+    number of systems, and the caller answers for the values: graphs built by so2nn's
+    calculator, torch-sim model and data loaders are.
 
     Example:
         >>> from so2nn.models import EquiformerV2Config
@@ -101,26 +111,34 @@ def read_inputs(data, fields: dict, config) -> AtomicInputs:
         raise ValueError(f"pos must have shape [N, 3], got {tuple(pos.shape) if torch.is_tensor(pos) else type(pos).__name__}")
     if pos.shape[0] == 0:
         raise ValueError("empty input: pos has no atoms")
-    check_finite("pos", pos)
-    numbers = torch.as_tensor(numbers, device=pos.device).long().view(-1)
+    if validate:
+        check_finite("pos", pos)
+    numbers = _integers("atomic_numbers", numbers, pos.device)
     if numbers.shape[0] != pos.shape[0]:
         raise ValueError(f"atomic_numbers has {numbers.shape[0]} entries for {pos.shape[0]} positions")
-    if bool(((numbers < 0) | (numbers >= config.max_num_elements)).any()):
+    if validate and bool(((numbers < 0) | (numbers >= config.max_num_elements)).any()):
         bad = int(numbers[(numbers < 0) | (numbers >= config.max_num_elements)][0])
         raise ValueError(f"atomic number {bad} is outside the embedding table (0..{config.max_num_elements - 1})")
 
     natoms = _get(data, fields, "natoms")
     batch = _get(data, fields, "batch")
+    if natoms is not None:
+        natoms = _integers("natoms", natoms, pos.device)
+        if validate and int(natoms.sum()) != pos.shape[0]:
+            raise ValueError(f"natoms sums to {int(natoms.sum())} but there are {pos.shape[0]} atoms")
     if batch is None:
         if natoms is None:
             batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-        else:
-            natoms = torch.as_tensor(natoms, device=pos.device).long().view(-1)
-            if int(natoms.sum()) != pos.shape[0]:
-                raise ValueError(f"natoms sums to {int(natoms.sum())} but there are {pos.shape[0]} atoms")
-            batch = torch.repeat_interleave(torch.arange(len(natoms), device=pos.device), natoms)
-    batch = batch.long()
-    num_systems = int(natoms.numel()) if natoms is not None else int(batch.max()) + 1
+        else:  # output_size: no wait for the device to learn the length
+            batch = torch.repeat_interleave(torch.arange(len(natoms), device=pos.device), natoms,
+                                            output_size=pos.shape[0])
+    batch = _integers("batch", batch, pos.device)
+    if natoms is not None:
+        num_systems = natoms.shape[0]
+    elif validate or not torch.is_tensor(_get(data, fields, "batch")):
+        num_systems = int(batch.max()) + 1
+    else:
+        raise ValueError("validate=False needs `natoms` [B] beside `batch` (the number of systems is read from it)")
     if batch.shape != numbers.shape:
         raise ValueError(f"batch must have shape [N={pos.shape[0]}], got {tuple(batch.shape)}")
 
@@ -129,16 +147,17 @@ def read_inputs(data, fields: dict, config) -> AtomicInputs:
     if pbc is None:
         pbc = torch.full((num_systems, 3), bool(config.use_pbc and cell is not None), device=pos.device)
     pbc = torch.as_tensor(pbc, device=pos.device).bool().reshape(-1, 3).expand(num_systems, 3)
-    if bool(pbc.any()):
-        if cell is None:
-            raise ValueError("pbc is set but no cell was given: pass `cell` [B, 3, 3] or pbc=False")
+    if cell is not None and (not validate or bool(pbc.any())):
         cell = cell.to(pos.dtype).reshape(-1, 3, 3)
         if cell.shape[0] != num_systems:
             raise ValueError(f"cell must have one [3, 3] matrix per system ({num_systems}), got {cell.shape[0]}")
-        check_finite("cell", cell)
-        det = torch.linalg.det(cell.detach().double()).abs()
-        if bool((det[pbc.any(dim=1)] < 1e-9).any()):
-            raise ValueError("cell is singular for a periodic system: its lattice vectors must span 3D")
+        if validate:
+            check_finite("cell", cell)
+            det = torch.linalg.det(cell.detach().double()).abs()
+            if bool((det[pbc.any(dim=1)] < 1e-9).any()):
+                raise ValueError("cell is singular for a periodic system: its lattice vectors must span 3D")
+    elif validate and bool(pbc.any()):
+        raise ValueError("pbc is set but no cell was given: pass `cell` [B, 3, 3] or pbc=False")
     else:
         cell = None
 
@@ -146,7 +165,7 @@ def read_inputs(data, fields: dict, config) -> AtomicInputs:
     offsets = _get(data, fields, "cell_offsets")
     if edge_index is not None:
         check_edges(edge_index)
-        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= pos.shape[0]):
+        if validate and edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= pos.shape[0]):
             raise ValueError("edge_index refers to atoms that do not exist")
         if offsets is None:
             if cell is not None:
@@ -154,3 +173,15 @@ def read_inputs(data, fields: dict, config) -> AtomicInputs:
         elif offsets.shape != (edge_index.shape[1], 3):
             raise ValueError(f"cell_offsets must have shape [E={edge_index.shape[1]}, 3], got {tuple(offsets.shape)}")
     return AtomicInputs(pos, numbers, batch, num_systems, cell, pbc, edge_index, offsets)
+
+
+def _integers(name: str, value, device) -> torch.Tensor:
+    """``value`` as a flat int64 tensor on ``device``; a clear error for what is not numbers."""
+    try:
+        tensor = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{name} must be integers (a tensor or a list of ints), got {type(value).__name__} "
+                         f"({error})") from None
+    if tensor.is_complex():
+        raise ValueError(f"{name} must be integers, got dtype {tensor.dtype}")
+    return tensor.long().view(-1)

@@ -43,11 +43,13 @@ def _cross_matrix(v: torch.Tensor) -> torch.Tensor:
     )
 
 
-def edge_frames(edge_vec: torch.Tensor) -> torch.Tensor:
+def edge_frames(edge_vec: torch.Tensor, validate: bool = True) -> torch.Tensor:
     r"""Rotation matrices taking each edge direction onto :math:`+y`.
 
     Args:
         edge_vec: ``[E, 3]`` edge vectors (any length > 0).
+        validate: check that they are finite and non-zero (``False``: the caller has, e.g. a
+            model that checked its inputs once; on a GPU each check waits for the device).
 
     Returns:
         ``R[E, 3, 3]`` with ``R @ (edge_vec / |edge_vec|) == (0, 1, 0)``. Deterministic,
@@ -61,7 +63,7 @@ def edge_frames(edge_vec: torch.Tensor) -> torch.Tensor:
     check_last_dims("edge_vec", edge_vec, (3,), "[E, 3]")
     length = edge_vec.norm(dim=-1, keepdim=True)
     # Data-dependent checks would split a torch.compile graph in two: they run eagerly only.
-    if torch.compiler.is_compiling():
+    if not validate or torch.compiler.is_compiling():
         return _edge_frames(edge_vec / length)
     check_finite("edge_vec", edge_vec)
     if edge_vec.numel() and bool((length == 0).any()):

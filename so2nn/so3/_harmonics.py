@@ -47,6 +47,7 @@ def spherical_harmonics(
     vectors: torch.Tensor,
     normalize: bool = True,
     normalization: str = "integral",
+    validate: bool = True,
 ) -> torch.Tensor:
     r"""Real spherical harmonics of degrees ``0..lmax``, l-major, e3nn's basis and signs.
 
@@ -57,6 +58,8 @@ def spherical_harmonics(
             :math:`|r|^l Y^l(\hat r)`, as e3nn does).
         normalization: ``"integral"`` (:math:`\int Y^2 = 1`, e3nn's default),
             ``"component"`` (:math:`\|Y^l\|^2 = 2l+1`) or ``"norm"`` (:math:`\|Y^l\| = 1`).
+        validate: check that the vectors are finite (and non-zero, with ``normalize``);
+            ``False`` for a caller that has (each check waits for the device on a GPU).
 
     Returns:
         ``[..., (lmax+1)**2]``; matches ``e3nn.o3.spherical_harmonics(range(lmax+1), ...)``.
@@ -67,12 +70,13 @@ def spherical_harmonics(
     """
     check_degree("lmax", lmax)
     check_last_dims("vectors", vectors, (3,), "[..., 3]")
-    check_finite("vectors", vectors)
+    if validate:
+        check_finite("vectors", vectors)
     if normalization not in _NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
     r = vectors.norm(dim=-1, keepdim=True)
     if normalize:
-        if vectors.numel() and bool((r == 0).any()):
+        if validate and vectors.numel() and bool((r == 0).any()):
             raise ValueError("vectors contains a zero-length vector: its direction is undefined")
         u = vectors / r
     else:

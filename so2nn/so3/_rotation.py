@@ -44,6 +44,7 @@ class EdgeRotation:
     Args:
         layout: the (lmax, mmax) layout.
         edge_vec: ``[E, 3]`` edge vectors; their frames are :func:`~so2nn.so3.edge_frames`.
+        validate: check them (finite, non-zero) as :func:`~so2nn.so3.edge_frames` does.
 
     Example:
         >>> layout = CoefficientLayout(lmax=2, mmax=1)
@@ -55,8 +56,8 @@ class EdgeRotation:
         torch.Size([5, 9, 8])
     """
 
-    def __init__(self, layout: CoefficientLayout, edge_vec: torch.Tensor) -> None:
-        self._init(layout, edge_frames(edge_vec))
+    def __init__(self, layout: CoefficientLayout, edge_vec: torch.Tensor, validate: bool = True) -> None:
+        self._init(layout, edge_frames(edge_vec, validate))
 
     @classmethod
     def from_frames(cls, layout: CoefficientLayout, frames: torch.Tensor) -> EdgeRotation:
@@ -112,7 +113,9 @@ class EdgeRotation:
     def to_edge(self, x: torch.Tensor) -> torch.Tensor:
         """l-major ``[E, (lmax+1)**2, C]`` -> edge frames, m-major ``[E, edge_dim, C]``."""
         layout = self.layout
-        check_last_dims("x", x, (layout.dim, x.shape[-1]), f"[E={self.num_edges}, {layout.dim}, C]")
+        # the message is built only on failure: formatting a size would fix it under torch.compile
+        if x.dim() != 3 or x.shape[1] != layout.dim:
+            check_last_dims("x", x, (layout.dim, x.shape[-1]), f"[E={self.num_edges}, {layout.dim}, C]")
         if x.shape[0] != self.num_edges:
             raise ValueError(f"x must have {self.num_edges} rows (one per edge), got {x.shape[0]}")
         return torch.bmm(self.matrix, x)
