@@ -27,8 +27,8 @@ from torch import nn
 from .._files import atomic_write
 from ._registry import config_from_dict, importer_of, load_weights, model_class, model_type, register_importer
 
-__all__ = ["FORMAT_VERSION", "atomic_save", "is_so2nn_checkpoint", "load_checkpoint", "load_model", "model_checkpoint",
-           "upgrade_checkpoint"]
+__all__ = ["FORMAT_VERSION", "atomic_save", "is_so2nn_checkpoint", "load_checkpoint", "load_model",
+           "model_checkpoint", "upgrade_checkpoint"]
 
 FORMAT_VERSION = 2
 

@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 from torch import nn
 
-__all__ = ["Importer", "build_model", "config_from_dict", "importer_of", "load_weights", "model_class", "model_type",
-           "register_importer", "register_model", "registered_importers", "registered_models"]
+__all__ = ["Importer", "build_model", "config_from_dict", "importer_of", "load_weights", "model_class",
+           "model_type", "register_importer", "register_model", "registered_importers", "registered_models"]
 
 _MODELS: dict[str, type] = {}
 
@@ -124,7 +124,8 @@ class Importer(NamedTuple):
 
     #: ``recognises(checkpoint) -> bool``: whether a loaded checkpoint dict is in this layout.
     recognises: Callable[[dict], bool]
-    #: ``load(checkpoint, use_ema, *, dtype, **config_changes) -> model``, as :func:`~so2nn.models.load_model`.
+    #: ``load(checkpoint, use_ema, *, dtype, **config_changes) -> model``, called as
+    #: :func:`~so2nn.models.load_model` is.
     load: Callable[..., nn.Module]
 
 
@@ -164,12 +165,13 @@ def importer_of(checkpoint: dict) -> Importer:
     ValueError naming the registered importers."""
     found = [name for name, importer in _IMPORTERS.items() if importer.recognises(checkpoint)]
     if len(found) > 1:
-        raise ValueError(f"the checkpoint importers {found} all recognise the checkpoint: register importers whose "
-                         "layouts do not overlap")
+        raise ValueError(f"the checkpoint importers {found} all recognise the checkpoint: register importers "
+                         "whose layouts do not overlap")
     if not found:
-        keys = sorted(map(str, checkpoint))[:12] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        keys = sorted(map(str, checkpoint))[:12]
         raise ValueError(
-            f"no checkpoint importer recognises the checkpoint (keys {keys}; registered: {sorted(_IMPORTERS)}): "
+            f"no checkpoint importer recognises the checkpoint (keys {keys}; "
+            f"registered: {sorted(_IMPORTERS)}): "
             "so2nn reads its own format (format='so2nn') and fairchem's (a 'state_dict' and its 'config'); "
             "another layout needs an importer (so2nn.models.register_importer)"
         )

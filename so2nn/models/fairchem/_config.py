@@ -55,27 +55,30 @@ def read_model_config(model_config: dict) -> FairchemModelConfig:
     if isinstance(named.get("backbone"), dict):
         named["backbone"] = {**named["backbone"], "model": registered_name(named["backbone"].get("model"))}
     if isinstance(named.get("heads"), dict):
-        named["heads"] = {name: {**head, "module": registered_name(head.get("module"))} if isinstance(head, dict)
-                          else head for name, head in named["heads"].items()}
+        named["heads"] = {name: {**head, "module": registered_name(head.get("module"))}
+                          if isinstance(head, dict) else head for name, head in named["heads"].items()}
     if "backbone" in named or named.get("name") == "hydra":
         backbone = named.get("backbone")
         if not isinstance(backbone, dict):
-            raise ValueError("the checkpoint's backbone + heads model config has no 'backbone' section (a fine-tune "
-                             "that takes its backbone from another checkpoint): so2nn needs the backbone's config")
+            raise ValueError("the checkpoint's backbone + heads model config has no 'backbone' section (a "
+                             "fine-tune that takes its backbone from another checkpoint): so2nn needs the "
+                             "backbone's config")
         name = backbone.get("model")
         if name not in BACKBONES:
             raise ValueError(f"unknown backbone model {name!r} in the reference model config: not one of "
                              f"so2nn's EquiformerV2 backbones ({sorted(BACKBONES)})")
         # the DeNS settings read by _dens_config, or acting only in training with denoising
-        dens = DENS_TRAINING_ONLY["backbone"] | {"use_noise_schedule_sigma_encoding"} if name == DENS_BACKBONE \
-            else set()
+        dens = set()
+        if name == DENS_BACKBONE:
+            dens = DENS_TRAINING_ONLY["backbone"] | {"use_noise_schedule_sigma_encoding"}
         flat = {**{k: v for k, v in backbone.items() if k != "model" and k not in dens},
                 **{k: v for k, v in named.items() if k not in ("backbone", "heads", "name")}}
         return FairchemModelConfig(named, flat, True)
     flat = dict(named)
     name = flat.pop("name", "equiformer_v2")
     if name not in MONOLITHIC:
-        raise ValueError(f"the checkpoint's model is {name!r}, not fairchem's EquiformerV2 ({sorted(MONOLITHIC)})")
+        raise ValueError(f"the checkpoint's model is {name!r}, not fairchem's EquiformerV2 "
+                         f"({sorted(MONOLITHIC)})")
     return FairchemModelConfig(named, flat, False)
 
 
@@ -107,13 +110,15 @@ def equiformer_v2_config(model: FairchemModelConfig, normalizers: dict, changes:
     cfg.pop("use_energy_lin_ref", None), cfg.pop("load_energy_lin_ref", None)
     lmax, mmax = cfg.pop("lmax_list", [6]), cfg.pop("mmax_list", [2])
     if len(lmax) != 1 or len(mmax) != 1:
-        raise ValueError(f"only single-resolution models are supported, got lmax_list={lmax}, mmax_list={mmax}")
+        raise ValueError(f"only single-resolution models are supported, got lmax_list={lmax}, "
+                         f"mmax_list={mmax}")
     for key in ("use_m_share_rad", "use_s2_act_attn", "share_atom_edge_embedding"):
         if cfg.pop(key, False):
             raise ValueError(f"{key}=True is not supported (no released model uses it)")
     distance_function = cfg.pop("distance_function", "gaussian")
     if distance_function != "gaussian":
-        raise ValueError(f"distance_function={distance_function!r}: the reference's EquiformerV2 has Gaussians only")
+        raise ValueError(f"distance_function={distance_function!r}: the reference's EquiformerV2 has "
+                         "Gaussians only")
     use_gate, use_sep = cfg.pop("use_gate_act", False), cfg.pop("use_sep_s2_act", True)
     activation = "gate" if use_gate else ("separable_s2" if use_sep else "s2")
     out = {"lmax": int(lmax[0]), "mmax": int(mmax[0]), "activation": activation}
@@ -138,7 +143,8 @@ def equiformer_v2_config(model: FairchemModelConfig, normalizers: dict, changes:
     if isinstance(model.config.get("backbone"), dict):
         out.update(_dens_config(model.config["backbone"], heads))
     out.update(energy_and_force_fields(normalizers))
-    stress_head = heads.get("stress") if isinstance(heads, dict) and isinstance(heads.get("stress"), dict) else None
+    stress_head = heads.get("stress") if isinstance(heads, dict) else None
+    stress_head = stress_head if isinstance(stress_head, dict) else None
     out.update(stress_config_from_fairchem(stress_head, normalizers))
     out.update(changes)
     return EquiformerV2Config(**out)

@@ -10,7 +10,7 @@ from ._keys import DENS_TRAINING_ONLY
 from ._stress import check_stress_outputs
 
 if TYPE_CHECKING:
-    from ._checkpoint import FairchemCheckpoint
+    from ._record import FairchemCheckpoint
 
 __all__ = ["check_heads", "check_outputs"]
 
@@ -38,7 +38,8 @@ def check_heads(checkpoint: FairchemCheckpoint) -> dict:
     heads = checkpoint.model.heads
     if heads is not None:
         if not isinstance(heads, dict):
-            raise ValueError(f"the checkpoint's model config has 'heads' of type {type(heads).__name__}, not a dict")
+            raise ValueError(f"the checkpoint's model config has 'heads' of type {type(heads).__name__}, "
+                             "not a dict")
         for name, head in heads.items():
             modules, options = _KNOWN_HEADS.get(name, (set(), {}))
             head = head if isinstance(head, dict) else {}
@@ -55,9 +56,10 @@ def check_heads(checkpoint: FairchemCheckpoint) -> dict:
                 problems.append(f"head '{name}' with options {extra}")
             elif name == "energy":
                 changes["energy_reduce"] = head.get("reduce", "sum")
-    weight_heads = sorted({m.group(1) for key in checkpoint.weights if (m := re.match(r"^output_heads\.([^.]+)\.", key))})
-    problems += [f"weights of head '{name}' (output_heads.{name}.*)" for name in weight_heads if name not in _KNOWN_HEADS
-                 and (heads is None or name not in heads)]
+    weight_heads = sorted({m.group(1) for key in checkpoint.weights
+                           if (m := re.match(r"^output_heads\.([^.]+)\.", key))})
+    problems += [f"weights of head '{name}' (output_heads.{name}.*)" for name in weight_heads
+                 if name not in _KNOWN_HEADS and (heads is None or name not in heads)]
     if problems:
         raise ValueError(
             f"the checkpoint has output heads so2nn does not compute: {'; '.join(problems)} "
@@ -85,7 +87,8 @@ def check_outputs(checkpoint: FairchemCheckpoint) -> None:
     if outputs is None:
         return
     if not isinstance(outputs, dict):
-        raise ValueError(f"the checkpoint's config has 'outputs' of type {type(outputs).__name__}, not a dict")
+        raise ValueError(f"the checkpoint's config has 'outputs' of type {type(outputs).__name__}, "
+                         "not a dict")
     problems = []
     heads = model_config.get("heads") if isinstance(model_config.get("heads"), dict) else {}
     for name, entry in outputs.items():

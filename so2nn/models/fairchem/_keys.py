@@ -3,8 +3,8 @@ the names fairchem gives EquiformerV2's modules."""
 
 from __future__ import annotations
 
-__all__ = ["BACKBONES", "DENS_BACKBONE", "DENS_TRAINING_ONLY", "FAIRCHEM_IGNORED_KEYS", "MONOLITHIC", "check_keys",
-           "registered_name", "strip_ddp"]
+__all__ = ["BACKBONES", "DENS_BACKBONE", "DENS_TRAINING_ONLY", "FAIRCHEM_IGNORED_KEYS", "MONOLITHIC",
+           "check_keys", "registered_name", "strip_ddp"]
 
 #: The keys of a fairchem checkpoint that only concern training and are ignored on import, by
 #: where they sit: ``"checkpoint"`` (the checkpoint dict's top level), ``"config"`` (the top
@@ -150,7 +150,8 @@ def check_keys(checkpoint: dict, config: dict, dataset: dict) -> None:
     :func:`~so2nn.models.fairchem.config_from_fairchem`."""
     unknown = [f"checkpoint[{k!r}]" for k in checkpoint
                if k not in _APPLIED_KEYS["checkpoint"] | FAIRCHEM_IGNORED_KEYS["checkpoint"]]
-    unknown += [f"config[{k!r}]" for k in config if k not in _APPLIED_KEYS["config"] | FAIRCHEM_IGNORED_KEYS["config"]]
+    unknown += [f"config[{k!r}]" for k in config
+                if k not in _APPLIED_KEYS["config"] | FAIRCHEM_IGNORED_KEYS["config"]]
     unknown += [f"config['dataset'][{k!r}]" for k in dataset
                 if k not in _APPLIED_KEYS["dataset"] | FAIRCHEM_IGNORED_KEYS["dataset"]]
     transforms = dataset.get("transforms") or {}
@@ -159,11 +160,13 @@ def check_keys(checkpoint: dict, config: dict, dataset: dict) -> None:
     unknown += [f"the dataset transforms' {k!r}" for k in transforms
                 if k not in _APPLIED_KEYS["transforms"] | FAIRCHEM_IGNORED_KEYS["transforms"]]
     if unknown:
-        raise ValueError(f"the checkpoint has keys so2nn does not know: {', '.join(unknown)}. They might change the "
-                         "predictions; so2nn applies or ignores (training-only) only the keys it knows")
+        raise ValueError(f"the checkpoint has keys so2nn does not know: {', '.join(unknown)}. They might "
+                         "change the predictions; so2nn applies or ignores (training-only) only the keys it "
+                         "knows")
     if checkpoint.get("scale_dict"):
-        raise ValueError("the checkpoint holds scale factors 'scale_dict', which the reference's EquiformerV2 does "
-                         "not have and so2nn does not apply")
+        raise ValueError("the checkpoint holds scale factors 'scale_dict', which the reference's "
+                         "EquiformerV2 does not have and so2nn does not apply")
     if dataset.get("train_on_oc20_total_energies"):
-        raise ValueError("the training dataset has train_on_oc20_total_energies=True: the model predicts OC22 "
-                         "energies less per-system OC20 references ('oc20_ref'), which so2nn does not apply")
+        raise ValueError("the training dataset has train_on_oc20_total_energies=True: the model predicts "
+                         "OC22 energies less per-system OC20 references ('oc20_ref'), which so2nn does not "
+                         "apply")

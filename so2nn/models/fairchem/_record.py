@@ -65,7 +65,9 @@ def read_fairchem_checkpoint(checkpoint, *, trust: bool = False) -> FairchemChec
         raise ValueError(f"the checkpoint's 'config' is a {type(config).__name__}, not a dict")
     dataset = _dataset_config(config)
     check_keys(checkpoint, config, dataset)
-    model_config = config.get("model") if isinstance(config.get("model"), dict) else config.get("model_attributes")
+    model_config = config.get("model")
+    if not isinstance(model_config, dict):  # older configs
+        model_config = config.get("model_attributes")
     if not isinstance(model_config, dict):
         raise ValueError("the checkpoint has no model config ('config.model' or 'config.model_attributes')")
     return FairchemCheckpoint(
@@ -91,6 +93,6 @@ def _dataset_config(config: dict) -> dict:
     dataset = config.get("dataset") or {}
     if isinstance(dataset, list) and dataset and isinstance(dataset[0], dict):  # older configs: [train, val]
         dataset = dataset[0]
-    if isinstance(dataset, dict) and any(k in dataset for k in ("train", "val", "test", "relax")):  # the YAML form
+    if isinstance(dataset, dict) and any(k in dataset for k in ("train", "val", "test", "relax")):  # YAML
         dataset = dataset.get("train") or {}
     return dataset if isinstance(dataset, dict) else {}

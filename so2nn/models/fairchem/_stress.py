@@ -100,19 +100,19 @@ def check_stress_outputs(outputs, model_config: dict) -> None:
         return
     if not isinstance(decomposition, dict) or set(decomposition) != set(_STRESS_PARTS):
         found = sorted(decomposition) if isinstance(decomposition, dict) else decomposition
-        raise ValueError(f"outputs['stress'] must be decomposed into {sorted(_STRESS_PARTS)} for the decomposed "
-                         f"stress head, got decomposition={found}")
+        raise ValueError(f"outputs['stress'] must be decomposed into {sorted(_STRESS_PARTS)} for the "
+                         f"decomposed stress head, got decomposition={found}")
     for name, dim in _STRESS_PARTS.items():
         part = decomposition[name] if isinstance(decomposition[name], dict) else {}
         unknown = sorted(set(part) - _STRESS_OUTPUT_KEYS)
         if unknown:
             raise ValueError(f"unknown keys in outputs['stress']['decomposition']['{name}']: {unknown}")
         if part.get("parent", "stress") != "stress" or part.get("level", "system") != "system":
-            raise ValueError(f"outputs['stress']['decomposition']['{name}'] must be a per-system part of 'stress', "
-                             f"got parent={part.get('parent')!r}, level={part.get('level')!r}")
+            raise ValueError(f"outputs['stress']['decomposition']['{name}'] must be a per-system part of "
+                             f"'stress', got parent={part.get('parent')!r}, level={part.get('level')!r}")
         if part.get("irrep_dim") != dim:
-            raise ValueError(f"outputs['stress']['decomposition']['{name}'] has irrep_dim={part.get('irrep_dim')!r}, "
-                             f"expected {dim}")
+            raise ValueError(f"outputs['stress']['decomposition']['{name}'] has "
+                             f"irrep_dim={part.get('irrep_dim')!r}, expected {dim}")
     if not model_config.get("pass_through_head_outputs", False):
-        raise ValueError("the decomposed stress head needs pass_through_head_outputs=True in the model config: "
-                         "otherwise the reference's trainer does not rebuild stress from its parts")
+        raise ValueError("the decomposed stress head needs pass_through_head_outputs=True in the model "
+                         "config: otherwise the reference's trainer does not rebuild stress from its parts")

@@ -11,7 +11,7 @@ import torch
 from ._stress import STRESS_TARGETS
 
 if TYPE_CHECKING:
-    from ._checkpoint import FairchemCheckpoint
+    from ._record import FairchemCheckpoint
 
 __all__ = ["check_gradient_forces", "element_references_from_fairchem", "energy_and_force_fields",
            "fit_references", "normalizers_from_fairchem"]
@@ -57,7 +57,8 @@ def _config_normalizers(dataset: dict) -> tuple[dict, set]:
     values, elsewhere = {}, set()
     if dataset.get("normalize_labels"):  # the pre-2.0 form, as fairchem's update_config reads it
         values["energy"] = (float(dataset.get("target_mean", 0.0)), float(dataset.get("target_std", 1.0)))
-        values["forces"] = (float(dataset.get("grad_target_mean", 0.0)), float(dataset.get("grad_target_std", 1.0)))
+        values["forces"] = (float(dataset.get("grad_target_mean", 0.0)),
+                            float(dataset.get("grad_target_std", 1.0)))
     normalizer = (dataset.get("transforms") or {}).get("normalizer") or {}
     for name, entry in normalizer.items():
         where = f"the dataset transforms normalizer['{name}']"
@@ -76,10 +77,11 @@ def _config_normalizers(dataset: dict) -> tuple[dict, set]:
             values[name] = _normalizer_state(entry["state_dict"], where)
         elif set(entry) <= {"mean", "rmsd", "stdev"} and ("rmsd" in entry or "stdev" in entry):
             std = entry["rmsd"] if "rmsd" in entry else entry["stdev"]  # fairchem prefers rmsd
-            values[name] = (_scalar(entry.get("mean", 0.0), f"{where}'s mean"), _scalar(std, f"{where}'s std"))
+            values[name] = (_scalar(entry.get("mean", 0.0), f"{where}'s mean"),
+                            _scalar(std, f"{where}'s std"))
         else:
-            raise ValueError(f"{where} has fields {sorted(entry)}; so2nn reads 'mean' with 'rmsd' or 'stdev', "
-                             "'state_dict', or a 'file' whose values the checkpoint holds")
+            raise ValueError(f"{where} has fields {sorted(entry)}; so2nn reads 'mean' with 'rmsd' or "
+                             "'stdev', 'state_dict', or a 'file' whose values the checkpoint holds")
     return values, elsewhere
 
 
@@ -112,8 +114,8 @@ def normalizers_from_fairchem(checkpoint: FairchemCheckpoint) -> dict[str, tuple
     if stored:  # a file's normalisers are among those the trainer saved
         elsewhere.discard("file")
     if elsewhere:
-        raise ValueError(f"the training dataset config reads normalisers of {sorted(elsewhere)} from a file or a fit "
-                         "whose values the checkpoint does not hold (checkpoint['normalizers'])")
+        raise ValueError(f"the training dataset config reads normalisers of {sorted(elsewhere)} from a file "
+                         "or a fit whose values the checkpoint does not hold (checkpoint['normalizers'])")
     found = {}
     for target, (mean, std) in values.items():
         if target in _TRAINING_ONLY_NORMALIZERS:
@@ -122,9 +124,9 @@ def normalizers_from_fairchem(checkpoint: FairchemCheckpoint) -> dict[str, tuple
             raise ValueError(f"a normaliser of '{target}', a target so2nn does not predict "
                              f"(so2nn reads {sorted(_NORMALIZED_TARGETS)})")
         if mean != 0.0 and target in _NOT_EQUIVARIANT_MEANS:
-            warnings.warn(f"the checkpoint's '{target}' normaliser has mean {mean:g}: reproduced as the reference "
-                          "applies it, it adds the same number to every component and breaks rotation equivariance",
-                          stacklevel=3)
+            warnings.warn(f"the checkpoint's '{target}' normaliser has mean {mean:g}: reproduced as the "
+                          "reference applies it, it adds the same number to every component and breaks "
+                          "rotation equivariance", stacklevel=3)
         found[target] = (mean, std)
     return found
 
@@ -168,11 +170,12 @@ def element_references_from_fairchem(checkpoint: FairchemCheckpoint, energy_lin_
     # as the reference's trainer: the dataset config's references given by value, then the checkpoint's
     by_value = {name: entry["state_dict"] for name, entry in in_config.items()
                 if name not in ("file", "fit") and isinstance(entry, dict) and "state_dict" in entry}
-    for where, name, state in [*(("the dataset transforms element_references", n, v) for n, v in by_value.items()),
-                               *(("elementrefs", n, v) for n, v in stored.items())]:
+    sources = [*(("the dataset transforms element_references", n, v) for n, v in by_value.items()),
+               *(("elementrefs", n, v) for n, v in stored.items())]
+    for where, name, state in sources:
         if name != "energy":
-            raise ValueError(f"element references '{where}' for '{name}': the reference adds them to the energy "
-                             "only (so2nn reads the energy's)")
+            raise ValueError(f"element references '{where}' for '{name}': "
+                             "the reference adds them to the energy only (so2nn reads the energy's)")
         if not isinstance(state, dict) or set(state) != {"element_references"}:
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{where}['energy'] has fields {keys}; so2nn reads fairchem's LinearReferences "
@@ -185,15 +188,16 @@ def element_references_from_fairchem(checkpoint: FairchemCheckpoint, energy_lin_
         if "file" in in_config and not stored:  # a file's references are among those the trainer saved
             missing.append("file")
         if missing:
-            raise ValueError(f"the training dataset config reads element_references of {missing} from a file or a "
-                             "fit whose values the checkpoint does not hold (checkpoint['elementrefs'])")
+            raise ValueError(f"the training dataset config reads element_references of {missing} from a file "
+                             "or a fit whose values the checkpoint does not hold (checkpoint['elementrefs'])")
     if use_energy_lin_ref is None:  # the reference's own flag, which only its monolithic model reads
         use = bool(checkpoint.model.backbone.get("use_energy_lin_ref", False)) and not checkpoint.model.hydra
     else:
         use = bool(use_energy_lin_ref)
     if dataset.get("lin_ref") and energy_lin_ref is None:
-        raise ValueError(f"the training dataset subtracts linear references read from lin_ref={dataset['lin_ref']!r}, "
-                         "and the checkpoint has no energy_lin_ref weight holding them")
+        raise ValueError("the training dataset subtracts linear references read from "
+                         f"lin_ref={dataset['lin_ref']!r}, and the checkpoint has no energy_lin_ref weight "
+                         "holding them")
     if use:
         if energy_lin_ref is None:
             raise ValueError("use_energy_lin_ref is set, but the checkpoint has no energy_lin_ref weight "
@@ -214,8 +218,8 @@ def fit_references(references: torch.Tensor, max_num_elements: int) -> torch.Ten
     """``references`` cut to the model's element table (the reference's have 119 entries; atomic
     numbers beyond the table cannot be input)."""
     if len(references) < max_num_elements:
-        raise ValueError(f"the checkpoint's element references have {len(references)} entries, fewer than the "
-                         f"model's {max_num_elements} elements")
+        raise ValueError(f"the checkpoint's element references have {len(references)} entries, fewer than "
+                         f"the model's {max_num_elements} elements")
     return references[:max_num_elements].clone()
 
 
@@ -227,6 +231,6 @@ def check_gradient_forces(normalizers: dict) -> None:
     mean, std = normalizers.pop("forces", (0.0, 1.0))
     energy_std = normalizers.get("energy", (0.0, 1.0))[1]
     if mean != 0.0 or std != energy_std:
-        raise ValueError(f"gradient forces (direct_forces=False) with a force normaliser (mean {mean:g}, std {std:g}) "
-                         f"other than the energy's std ({energy_std:g}): the reference's forces would not be the "
-                         "gradient of its energy")
+        raise ValueError(f"gradient forces (direct_forces=False) with a force normaliser (mean {mean:g}, "
+                         f"std {std:g}) other than the energy's std ({energy_std:g}): the reference's forces "
+                         "would not be the gradient of its energy")

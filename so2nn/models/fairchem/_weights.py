@@ -10,7 +10,7 @@ import torch
 from ._keys import strip_ddp
 
 if TYPE_CHECKING:
-    from ._checkpoint import FairchemCheckpoint
+    from ._record import FairchemCheckpoint
 
 __all__ = ["forces_of_weights", "state_dict_from_fairchem"]
 
@@ -68,7 +68,8 @@ def state_dict_from_fairchem(state_dict: dict, ema: dict | None = None) -> dict[
         shadow = ema.get("shadow_params")
         if shadow is None or len(shadow) != len(params):
             raise ValueError(
-                f"EMA state has {None if shadow is None else len(shadow)} shadow parameters, the model {len(params)}"
+                f"EMA state has {None if shadow is None else len(shadow)} shadow parameters, "
+                f"the model {len(params)}"
             )
         params = [(k, s) for (k, _), s in zip(params, shadow)]
     return {_rename(k): v for k, v in params}
