@@ -1,10 +1,21 @@
-"""The rank-2 stress head of a fairchem checkpoint: its options, the trainer's normalisers of the
-stress targets, and the trainer's ``outputs.stress`` that says how the head's parts make the
-stress."""
+"""The rank-2 stress head of a fairchem checkpoint: its weights' names, its options, the trainer's
+normalisers of the stress targets, and the trainer's ``outputs.stress`` that says how the head's
+parts make the stress."""
 
 from __future__ import annotations
 
-__all__ = ["STRESS_TARGETS", "check_stress_outputs", "stress_config_from_fairchem"]
+__all__ = ["STRESS_RENAMES", "STRESS_TARGETS", "check_stress_outputs", "stress_config_from_fairchem"]
+
+# The rank-2 stress head's weights, output_heads.stress.{sphharm_norm, xedge_layer_norm, block.*_MLP}:
+# reference name -> so2nn name, applied in order (among the other weights' renames)
+STRESS_RENAMES = [
+    (r"^output_heads\.stress\.", "heads.stress."),
+    (r"^heads\.stress\.sphharm_norm\.", "heads.stress.harmonics_norm."),
+    (r"^heads\.stress\.xedge_layer_norm\.", "heads.stress.edge_norm."),
+    (r"^heads\.stress\.block\.scalar_MLP\.", "heads.stress.isotropic_mlp."),
+    (r"^heads\.stress\.block\.irrep2_MLP\.", "heads.stress.anisotropic_mlp."),
+    (r"^heads\.stress\.block\.r2tensor_MLP\.", "heads.stress.tensor_mlp."),
+]
 
 # rank2_symmetric_head option -> so2nn config field
 _STRESS_OPTIONS = {

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ._keys import strip_ddp
+from ._stress import STRESS_RENAMES
 
 if TYPE_CHECKING:
     from ._record import FairchemCheckpoint
@@ -33,13 +34,8 @@ _RENAMES = [
     (r"^energy_block\.", "heads.energy.energy_block."),
     (r"^force_block\.", "heads.forces.force_block."),
     (r"^output_heads\.(energy|forces)\.", r"heads.\1."),
-    # the rank-2 stress head: output_heads.stress.{sphharm_norm, xedge_layer_norm, block.*_MLP}
-    (r"^output_heads\.stress\.", "heads.stress."),
-    (r"^heads\.stress\.sphharm_norm\.", "heads.stress.harmonics_norm."),
-    (r"^heads\.stress\.xedge_layer_norm\.", "heads.stress.edge_norm."),
-    (r"^heads\.stress\.block\.scalar_MLP\.", "heads.stress.isotropic_mlp."),
-    (r"^heads\.stress\.block\.irrep2_MLP\.", "heads.stress.anisotropic_mlp."),
-    (r"^heads\.stress\.block\.r2tensor_MLP\.", "heads.stress.tensor_mlp."),
+    # the rank-2 stress head (its own room: _stress)
+    *STRESS_RENAMES,
     (r"\.rad_func\.net\.", ".radial.net."),
     (r"\.so2_m_conv\.(\d+)\.fc\.", r".fc_m.\1."),
     (r"\.(source_embedding|target_embedding)\.weight$", r".atom_edge.\1.weight"),
