@@ -155,7 +155,9 @@ def _attribute_doc(package: str, name: str) -> list[str] | None:
     from sphinx.pycode import ModuleAnalyzer
 
     module = importlib.import_module(package)
-    candidates = [package] + [f"{package}.{info.name}" for info in pkgutil.iter_modules(getattr(module, "__path__", []))]
+    # the package's modules and those of its subpackages (so2nn.models.fairchem._keys)
+    inner = pkgutil.walk_packages(getattr(module, "__path__", []), f"{package}.")
+    candidates = [package] + [info.name for info in inner]
     for candidate in candidates:
         try:
             docs = ModuleAnalyzer.for_module(candidate).find_attr_docs()

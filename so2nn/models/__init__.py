@@ -1,24 +1,26 @@
 """Reference models built from :mod:`so2nn.layers`, their output heads, and the model protocol
 that training, checkpoints and the calculator rely on."""
 
-from ._checkpoint import upgrade_checkpoint
+from ._checkpoint import load_model, upgrade_checkpoint
 from ._compile import compile_model, configure_compile
 from ._config import PRESETS, EquiformerV2Config, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
-from ._fairchem import FAIRCHEM_IGNORED_KEYS
 from ._heads import STRESS_BASIS, EnergyHead, ForceHead, GatedTensorMLP, StressHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
 from ._registry import (
+    Importer,
     build_model,
-    load_model,
     load_weights,
     model_class,
     model_type,
+    register_importer,
     register_model,
+    registered_importers,
     registered_models,
 )
+from .fairchem import FAIRCHEM_IGNORED_KEYS
 
 __all__ = [
     "FAIRCHEM_IGNORED_KEYS",
@@ -35,6 +37,7 @@ __all__ = [
     "EquiformerV2Config",
     "ForceHead",
     "GatedTensorMLP",
+    "Importer",
     "ModelConfig",
     "StressHead",
     "TargetStatistics",
@@ -48,7 +51,9 @@ __all__ = [
     "model_type",
     "preset",
     "read_inputs",
+    "register_importer",
     "register_model",
+    "registered_importers",
     "registered_models",
     "upgrade_checkpoint",
 ]

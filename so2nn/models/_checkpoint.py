@@ -8,20 +8,27 @@ state_dict) plus whatever a trainer adds (optimiser, scheduler, step, RNG states
 Version 1 (before models recorded their type) was written by EquiformerV2 only, with its head
 weights at ``energy_block.*`` / ``force_block.*``: :func:`upgrade_checkpoint` reads it as
 version 2 (type ``"equiformer_v2"``, heads under ``heads.energy.*`` / ``heads.forces.*``).
+
+:func:`load_model`, the generic loader, reads a file (or takes a loaded dict) and hands it to the
+importer registered for its layout: so2nn's format is read here (importer ``"so2nn"``).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .._files import atomic_write
+from ._registry import config_from_dict, importer_of, load_weights, model_class, model_type, register_importer
 
-__all__ = ["FORMAT_VERSION", "atomic_save", "load_checkpoint", "model_checkpoint", "upgrade_checkpoint"]
+__all__ = ["FORMAT_VERSION", "atomic_save", "is_so2nn_checkpoint", "load_checkpoint", "load_model",
+           "model_checkpoint", "upgrade_checkpoint"]
 
 FORMAT_VERSION = 2
 
@@ -31,8 +38,6 @@ _V1_HEAD_PREFIXES = (("energy_block.", "heads.energy.energy_block."), ("force_bl
 
 def model_checkpoint(model, ema_state_dict: dict | None = None, **extra) -> dict:
     """The checkpoint dict of ``model`` (type, config, weights), with optional EMA weights and extras."""
-    from ._registry import model_type
-
     return {
         "format": "so2nn",
         "version": FORMAT_VERSION,
@@ -73,6 +78,62 @@ def upgrade_checkpoint(checkpoint: dict) -> dict:
     if isinstance(checkpoint.get("ema_state"), dict):
         upgraded["ema_state"] = {**checkpoint["ema_state"], "weights": _v1_keys(checkpoint["ema_state"]["weights"])}
     return upgraded
+
+
+def is_so2nn_checkpoint(checkpoint: dict) -> bool:
+    """Whether a loaded checkpoint dict is in so2nn's format (``format="so2nn"``)."""
+    return isinstance(checkpoint, dict) and checkpoint.get("format") == "so2nn"
+
+
+def _load_so2nn(checkpoint: dict, use_ema: bool = True, *, dtype: torch.dtype | None = None,
+                **config_changes) -> nn.Module:
+    """The model of an so2nn checkpoint dict, of the type it records (the ``"so2nn"`` importer)."""
+    checkpoint = upgrade_checkpoint(checkpoint)
+    cls = model_class(checkpoint["model_type"])
+    config = config_from_dict(cls, checkpoint["config"])
+    if config_changes:
+        config = config.replace(**config_changes)
+    weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
+    model = cls.from_config(config)
+    if dtype is not None:
+        model = model.to(dtype)
+    load_weights(model, weights)
+    return model
+
+
+register_importer("so2nn", is_so2nn_checkpoint, _load_so2nn)
+
+
+def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, *, trust: bool = False,
+               dtype: torch.dtype | None = None, **config_changes) -> nn.Module:
+    """The model of a checkpoint (path or loaded dict), read by the importer registered for its
+    layout (:func:`~so2nn.models.register_importer`).
+
+    so2nn checkpoints (a model's ``save``, a trainer's ``model.pt`` or ``checkpoint.pt``) name
+    their type; those written before types were recorded are EquiformerV2's. A checkpoint of
+    the reference implementation (fairchem) is read by
+    :meth:`~so2nn.models.EquiformerV2.from_fairchem`. EMA weights are used when present and
+    ``use_ema``; ``config_changes`` override config entries (inference options such as
+    ``grid_resolution``). A file is read as data only, never running code named in it;
+    ``trust=True`` lifts that for a file whose origin you trust (see
+    :func:`~so2nn.models._checkpoint.load_checkpoint`). ``dtype``: the model is built in it
+    before the weights are copied in, so a float64 model gets the checkpoint's float64 values
+    (an imported checkpoint's element references, say) rather than their float32 rounding.
+
+    Raises:
+        ValueError: the file cannot be read (see :func:`~so2nn.models._checkpoint.load_checkpoint`);
+            no registered importer recognises the checkpoint; the importer's own errors.
+
+    Example:
+        >>> import tempfile
+        >>> from so2nn.models import EquiformerV2, EquiformerV2Config
+        >>> path = tempfile.mkdtemp() + "/model.pt"
+        >>> EquiformerV2(EquiformerV2Config(lmax=2, mmax=1, num_layers=1)).save(path)
+        >>> load_model(path, grid_resolution=12).config.grid_resolution
+        12
+    """
+    checkpoint = load_checkpoint(checkpoint, trust=trust)
+    return importer_of(checkpoint).load(checkpoint, use_ema, dtype=dtype, **config_changes)
 
 
 def atomic_save(obj, path) -> None:

@@ -20,14 +20,15 @@ from ..layers import (
     replace_scalars,
 )
 from ..so3 import CoefficientLayout, EdgeRotation
-from ._checkpoint import atomic_save, model_checkpoint
+from ._checkpoint import atomic_save, load_model, model_checkpoint
 from ._config import EquiformerV2Config
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._heads import EnergyHead, ForceHead, StressHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
-from ._registry import load_model, load_weights, register_model
+from ._registry import load_weights, register_importer, register_model
 from ._strain import apply_strain, stress_from_strain_gradient
+from .fairchem import is_fairchem_checkpoint, load_fairchem_checkpoint
 
 __all__ = ["EquiformerV2", "TransformerBlock"]
 
@@ -325,8 +326,6 @@ class EquiformerV2(nn.Module):
         configs is applied, ignored as training-only (:data:`~so2nn.models.FAIRCHEM_IGNORED_KEYS`)
         or raises a ValueError naming it.
         """
-        from ._fairchem import load_fairchem_checkpoint
-
         config, state_dict = load_fairchem_checkpoint(checkpoint, use_ema, trust=trust, **config_changes)
         model = cls(config) if dtype is None else cls(config).to(dtype)
         model.load_reference_state_dict(state_dict)  # after the cast: float64 values stay float64
@@ -439,3 +438,5 @@ class EquiformerV2(nn.Module):
 
 
 register_model("equiformer_v2", EquiformerV2)
+# fairchem's checkpoints hold one model family, EquiformerV2's: load_model reads them with from_fairchem
+register_importer("fairchem", is_fairchem_checkpoint, EquiformerV2.from_fairchem)

@@ -1,22 +1,24 @@
-"""The registry of model types, and the generic loader of checkpoints.
+"""The registries of model types and of checkpoint importers.
 
-A checkpoint records the name its model's class is registered under (``model_type``); the
-loader resolves that name here. The name is only ever looked up, never imported: a model type
-is known to a process because code it ran registered it (so2nn registers its own models on
-import; a user's model registers itself where it is defined).
+A checkpoint of so2nn's format records the name its model's class is registered under
+(``model_type``); the loader resolves that name here. The name is only ever looked up, never
+imported: a model type is known to a process because code it ran registered it (so2nn registers
+its own models on import; a user's model registers itself where it is defined).
+
+An importer reads one layout of checkpoint (so2nn's own format, fairchem's EquiformerV2
+checkpoints): :func:`~so2nn.models.load_model` hands a checkpoint to the one importer that
+recognises it.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
+from typing import NamedTuple
 
-import torch
 from torch import nn
 
-from ._checkpoint import load_checkpoint, upgrade_checkpoint
-
-__all__ = ["build_model", "config_from_dict", "load_model", "load_weights", "model_class", "model_type", "register_model",
-           "registered_models"]
+__all__ = ["Importer", "build_model", "config_from_dict", "importer_of", "load_weights", "model_class",
+           "model_type", "register_importer", "register_model", "registered_importers", "registered_models"]
 
 _MODELS: dict[str, type] = {}
 
@@ -117,41 +119,60 @@ def load_weights(model: nn.Module, state_dict: dict) -> None:
     model.load_state_dict(state_dict)
 
 
-def load_model(checkpoint: str | os.PathLike | dict, use_ema: bool = True, *, trust: bool = False,
-               dtype: torch.dtype | None = None, **config_changes) -> nn.Module:
-    """The model of a checkpoint (path or loaded dict), of the type the checkpoint records.
+class Importer(NamedTuple):
+    """A reader of one layout of checkpoint (see :func:`register_importer`)."""
 
-    so2nn checkpoints (a model's ``save``, a trainer's ``model.pt`` or ``checkpoint.pt``) name
-    their type; those written before types were recorded are EquiformerV2's. A checkpoint of
-    the reference implementation (fairchem) is read by
-    :meth:`~so2nn.models.EquiformerV2.from_fairchem`. EMA weights are used when present and
-    ``use_ema``; ``config_changes`` override config entries (inference options such as
-    ``grid_resolution``). A file is read as data only, never running code named in it;
-    ``trust=True`` lifts that for a file whose origin you trust (see
-    :func:`~so2nn.models._checkpoint.load_checkpoint`). ``dtype``: the model is built in it
-    before the weights are copied in, so a float64 model gets the checkpoint's float64 values
-    (an imported checkpoint's element references, say) rather than their float32 rounding.
+    #: ``recognises(checkpoint) -> bool``: whether a loaded checkpoint dict is in this layout.
+    recognises: Callable[[dict], bool]
+    #: ``load(checkpoint, use_ema, *, dtype, **config_changes) -> model``, called as
+    #: :func:`~so2nn.models.load_model` is.
+    load: Callable[..., nn.Module]
+
+
+_IMPORTERS: dict[str, Importer] = {}
+
+
+def register_importer(name: str, recognises: Callable[[dict], bool], load: Callable[..., nn.Module]) -> None:
+    """Register the importer of a checkpoint layout under ``name``: ``recognises(checkpoint)`` tells
+    whether a loaded checkpoint dict is in the layout, ``load(checkpoint, use_ema, *, dtype,
+    **config_changes)`` builds its model (the arguments of :func:`~so2nn.models.load_model`).
+
+    so2nn registers ``"so2nn"`` (its own format) and ``"fairchem"`` (fairchem's EquiformerV2
+    checkpoints, :meth:`~so2nn.models.EquiformerV2.from_fairchem`). Registering the same
+    functions again is a no-op; other functions under a taken name raise.
 
     Example:
-        >>> import tempfile
-        >>> from so2nn.models import EquiformerV2, EquiformerV2Config
-        >>> path = tempfile.mkdtemp() + "/model.pt"
-        >>> EquiformerV2(EquiformerV2Config(lmax=2, mmax=1, num_layers=1)).save(path)
-        >>> load_model(path, grid_resolution=12).config.grid_resolution
-        12
+        >>> sorted(registered_importers())
+        ['fairchem', 'so2nn']
     """
-    checkpoint = load_checkpoint(checkpoint, trust=trust)
-    if checkpoint.get("format") != "so2nn":
-        # the reference's checkpoints hold one model family: EquiformerV2
-        return model_class("equiformer_v2").from_fairchem(checkpoint, use_ema, dtype=dtype, **config_changes)
-    checkpoint = upgrade_checkpoint(checkpoint)
-    cls = model_class(checkpoint["model_type"])
-    config = config_from_dict(cls, checkpoint["config"])
-    if config_changes:
-        config = config.replace(**config_changes)
-    weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
-    model = cls.from_config(config)
-    if dtype is not None:
-        model = model.to(dtype)
-    load_weights(model, weights)
-    return model
+    if not (isinstance(name, str) and name):
+        raise ValueError(f"an importer name must be a non-empty string, got {name!r}")
+    if not (callable(recognises) and callable(load)):
+        raise TypeError(f"an importer is two functions, recognises and load; got {recognises!r} and {load!r}")
+    importer = Importer(recognises, load)
+    if _IMPORTERS.get(name, importer) != importer:
+        raise ValueError(f"a checkpoint importer is already registered as {name!r}")
+    _IMPORTERS[name] = importer
+
+
+def registered_importers() -> dict[str, Importer]:
+    """The registered checkpoint importers, by name (a copy)."""
+    return dict(_IMPORTERS)
+
+
+def importer_of(checkpoint: dict) -> Importer:
+    """The importer that recognises a loaded checkpoint dict. None or more than one raises a
+    ValueError naming the registered importers."""
+    found = [name for name, importer in _IMPORTERS.items() if importer.recognises(checkpoint)]
+    if len(found) > 1:
+        raise ValueError(f"the checkpoint importers {found} all recognise the checkpoint: register importers "
+                         "whose layouts do not overlap")
+    if not found:
+        keys = sorted(map(str, checkpoint))[:12]
+        raise ValueError(
+            f"no checkpoint importer recognises the checkpoint (keys {keys}; "
+            f"registered: {sorted(_IMPORTERS)}): "
+            "so2nn reads its own format (format='so2nn') and fairchem's (a 'state_dict' and its 'config'); "
+            "another layout needs an importer (so2nn.models.register_importer)"
+        )
+    return _IMPORTERS[found[0]]

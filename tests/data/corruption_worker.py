@@ -29,7 +29,7 @@ def read(kind: str, path: str) -> None:
 
         load_checkpoint(path)
     elif kind == "fairchem":
-        from so2nn.models._fairchem import load_fairchem_checkpoint
+        from so2nn.models.fairchem import load_fairchem_checkpoint
 
         load_fairchem_checkpoint(path)
     else:
@@ -46,7 +46,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a signal ends the worker without a core dump
     # imported once, before the first request
     import so2nn.data
-    import so2nn.models._fairchem
+    import so2nn.models.fairchem
 
     del so2nn
     sys.stdout.write(json.dumps({"ready": True}) + "\n")

@@ -14,7 +14,9 @@ from so2nn.models import (
     load_model,
     model_class,
     model_type,
+    register_importer,
     register_model,
+    registered_importers,
     upgrade_checkpoint,
 )
 from so2nn.training import Trainer
@@ -96,3 +98,34 @@ def test_the_registry_resolves_types_and_refuses_what_it_does_not_know(tmp_path)
         register_model("plain", torch.nn.Linear)
     with pytest.raises(ValueError, match="not a registered model type"):
         model_type(torch.nn.Linear(1, 1))
+
+
+def test_load_model_dispatches_by_layout_to_the_importer_that_recognises_it(tmp_path, monkeypatch):
+    """load_model asks each registered importer whether it recognises the checkpoint, and hands it to
+    that one: so2nn's format, fairchem's, or a layout registered by a user."""
+    import so2nn.models._registry as registry
+
+    assert {"so2nn", "fairchem"} <= set(registered_importers())
+    monkeypatch.setattr(registry, "_IMPORTERS", dict(registry._IMPORTERS))
+    config = EquiformerV2Config(lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
+                                attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
+                                num_distance_basis=16, max_radius=5.0, max_num_elements=20)
+    seen = []
+
+    def load_toy(checkpoint, use_ema=True, *, dtype=None, **changes):
+        seen.append((checkpoint["toy"], use_ema, dtype, changes))
+        return EquiformerV2(config.replace(**changes))
+
+    with pytest.raises(ValueError, match=r"no checkpoint importer recognises .*registered: \['fairchem', 'so2nn'\]"):
+        load_model({"toy": 1})
+    register_importer("toy_layout", lambda checkpoint: "toy" in checkpoint, load_toy)
+    register_importer("toy_layout", registry._IMPORTERS["toy_layout"].recognises, load_toy)  # the same: a no-op
+    model = load_model({"toy": 1}, False, dtype=torch.float64, grid_resolution=12)
+    assert seen == [(1, False, torch.float64, {"grid_resolution": 12})] and model.config.grid_resolution == 12
+    with pytest.raises(ValueError, match="already registered as 'toy_layout'"):
+        register_importer("toy_layout", lambda checkpoint: False, load_toy)
+    register_importer("greedy", lambda checkpoint: True, load_toy)  # recognises everything: ambiguous
+    with pytest.raises(ValueError, match=r"the checkpoint importers \['toy_layout', 'greedy'\] all recognise"):
+        load_model({"toy": 1})
+    with pytest.raises(TypeError, match="two functions"):
+        register_importer("broken", None, load_toy)

@@ -17,7 +17,12 @@ import torch
 
 from so2nn.models import EquiformerV2, EquiformerV2Config
 from so2nn.models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
-from so2nn.models._fairchem import FAIRCHEM_IGNORED_KEYS, load_fairchem_checkpoint, normalizers_from_fairchem
+from so2nn.models.fairchem import (
+    FAIRCHEM_IGNORED_KEYS,
+    load_fairchem_checkpoint,
+    normalizers_from_fairchem,
+    read_fairchem_checkpoint,
+)
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("eqv2_*.pt"))
 
@@ -188,7 +193,7 @@ def test_bad_normalizers_raise(monolithic):
         ({"mean": torch.zeros(3), "rmsd": torch.ones(3)}, r"has shape \(3,\); so2nn reads one number"),
     ]:
         with pytest.raises(ValueError, match=message):
-            normalizers_from_fairchem({**monolithic, "normalizers": {"energy": state}})
+            normalizers_from_fairchem(read_fairchem_checkpoint({**monolithic, "normalizers": {"energy": state}}))
     with pytest.raises(ValueError, match=r"a normaliser of 'dipole', a target so2nn does not predict"):
         EquiformerV2.from_fairchem({**monolithic, "normalizers": {"dipole": {"mean": 0.0, "rmsd": torch.tensor(1.0)}}})
 
@@ -462,3 +467,32 @@ def test_grid_resolution_none_is_the_references_own_grid(monolithic, entry):
     config, _ = load_fairchem_checkpoint(checkpoint)
     assert config.grid_resolution == (None if entry == "absent" else entry)
     assert EquiformerV2.from_fairchem(checkpoint, grid_resolution=20).config.grid_resolution == 20
+
+
+def test_a_checkpoint_is_read_once(monolithic, monkeypatch):
+    """Every step of the import (heads, outputs, weights, normalisers, element references, config)
+    takes its part from one record: the model config and the training dataset config are read
+    once per load, through every entry point."""
+    from so2nn.models import load_model
+    from so2nn.models.fairchem import _loaders, _record
+
+    calls = []
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(_loaders, "read_fairchem_checkpoint", counted("record", _loaders.read_fairchem_checkpoint))
+    monkeypatch.setattr(_record, "read_model_config", counted("model config", _record.read_model_config))
+    monkeypatch.setattr(_record, "_dataset_config", counted("dataset config", _record._dataset_config))
+    refs = {"energy": {"element_references": torch.linspace(0, 1, 119)}}
+    checkpoint = {**_hydra(monolithic, {"energy": {"module": "equiformer_v2_energy_head"},
+                                        "forces": {"module": "equiformer_v2_force_head"}}),
+                  "normalizers": {"energy": {"mean": torch.tensor(0.5), "rmsd": torch.tensor(2.0)}},
+                  "elementrefs": refs}
+    for load in (load_fairchem_checkpoint, EquiformerV2.from_fairchem, EquiformerV2.from_checkpoint, load_model):
+        calls.clear()
+        load(checkpoint)
+        assert calls == ["record", "dataset config", "model config"], load

@@ -19,7 +19,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 
 from so2nn.calculators import So2nnCalculator
 from so2nn.models import EquiformerV2, EquiformerV2Config
-from so2nn.models._fairchem import config_from_fairchem
+from so2nn.models.fairchem import config_from_fairchem
 
 FIXTURE = Path(__file__).parent / "fixtures" / "energy_only.pt"
 MODELS = ["monolithic", "hydra"]

@@ -10,7 +10,7 @@ from ase import Atoms
 from hypothesis import given, settings
 
 from so2nn.models import STRESS_BASIS, EquiformerV2, EquiformerV2Config, StressHead
-from so2nn.models._fairchem import stress_config_from_fairchem
+from so2nn.models.fairchem import stress_config_from_fairchem
 from so2nn.so3 import CoefficientLayout, spherical_harmonics
 from so2nn.testing import equivariance_error, random_rotation
 from so2nn.testing import strategies as so2st
