@@ -2,11 +2,11 @@
 that training, checkpoints and the calculator rely on."""
 
 from ._checkpoint import upgrade_checkpoint
-from ._config import PRESETS, EquiformerV2Config, preset
+from ._config import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, StressConfig, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
 from ._fairchem import FAIRCHEM_IGNORED_KEYS
-from ._heads import STRESS_BASIS, EnergyHead, ForceHead, GatedTensorMLP, StressHead
+from ._heads import EnergyHead, ForceHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
 from ._registry import (
@@ -18,24 +18,41 @@ from ._registry import (
     register_model,
     registered_models,
 )
+from ._stress_heads import (
+    STRESS_BASIS,
+    STRESS_HEADS,
+    DecomposedStressHead,
+    EquivariantStressHead,
+    GatedTensorMLP,
+    Rank2StressHead,
+    StressHead,
+    StressStatistics,
+)
 
 __all__ = [
     "FAIRCHEM_IGNORED_KEYS",
+    "FLAT_STRESS_KEYS",
     "INPUT_FIELDS",
     "PRESETS",
     "STRESS_BASIS",
+    "STRESS_HEADS",
     "TARGET_AND_METADATA_FIELDS",
     "AtomicInputs",
     "AtomisticModel",
     "DenoisingEmbedding",
+    "DecomposedStressHead",
     "DenoisingForceHead",
     "EnergyHead",
     "EquiformerV2",
     "EquiformerV2Config",
+    "EquivariantStressHead",
     "ForceHead",
     "GatedTensorMLP",
     "ModelConfig",
+    "Rank2StressHead",
+    "StressConfig",
     "StressHead",
+    "StressStatistics",
     "TargetStatistics",
     "TransformerBlock",
     "build_model",

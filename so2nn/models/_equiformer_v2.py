@@ -23,11 +23,12 @@ from ..so3 import CoefficientLayout, EdgeRotation
 from ._checkpoint import atomic_save, model_checkpoint
 from ._config import EquiformerV2Config
 from ._dens import DenoisingEmbedding, DenoisingForceHead
-from ._heads import EnergyHead, ForceHead, StressHead
+from ._heads import EnergyHead, ForceHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
 from ._registry import load_model, load_weights, register_model
 from ._strain import apply_strain, stress_from_strain_gradient
+from ._stress_heads import STRESS_HEADS
 
 __all__ = ["EquiformerV2", "TransformerBlock"]
 
@@ -105,8 +106,8 @@ class EquiformerV2(nn.Module):
        gradient as the forces.
 
     The heads are ``model.heads["energy"]``, ``model.heads["forces"]`` (only with direct
-    forces) and ``model.heads["stress"]`` (:class:`~so2nn.models.StressHead`, only with
-    ``config.stress_head``); ``energy_lin_ref`` (per-element reference energies in eV, added after
+    forces) and ``model.heads["stress"]`` (a :class:`~so2nn.models.StressHead` of the kind
+    ``config.stress.head`` names, only with one); ``energy_lin_ref`` (per-element reference energies in eV, added after
     de-normalisation, with ``use_energy_lin_ref``: OC22's and fairchem's element references) is
     a model weight, handed to the energy head.
 
@@ -145,10 +146,11 @@ class EquiformerV2(nn.Module):
     Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights;
     no ``"forces"`` for an energy-only model, ``config.regress_forces=False``), and
     ``"stress": [B, 3, 3]`` (eV/Angstrom^3, :class:`~so2nn.models.StressHead`, ASE's sign:
-    positive is tensile) when ``config.stress_head`` is set. Which stress is exactly rotation
-    equivariant: ``stress_head="equivariant"`` (for any weights); the reference's
-    ``"decomposed"`` and ``"rank2"`` heads only with one linear map and zero last bias (the
-    released checkpoints' heads are not: see :class:`~so2nn.models.StressHead`).
+    positive is tensile) when ``config.stress.head`` is set. Which stress is exactly rotation
+    equivariant: ``stress.head="equivariant"`` (:class:`~so2nn.models.EquivariantStressHead`,
+    for any weights); the reference's ``"decomposed"`` and ``"rank2"`` heads only with one
+    linear map and zero last bias (the released checkpoints' heads are not: see
+    :class:`~so2nn.models.DecomposedStressHead`).
     An atom without neighbours within ``max_radius`` gets zero force and contributes its
     isolated-atom energy. A conservative model (``direct_forces=False``) given a periodic input
     also returns ``"stress" [B, 3, 3]`` (eV/Angstrom^3, ASE's sign: positive is tensile, the
@@ -212,16 +214,10 @@ class EquiformerV2(nn.Module):
                 grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, forces_std=c.forces_std,
                 kernels=c.kernels, forces_mean=c.forces_mean,
             )
-        if c.stress_head is not None:  # after energy and forces (the parameter order of the heads)
-            self.heads["stress"] = StressHead(
-                layout, sphere_channels=c.sphere_channels, norm_type=c.norm_type,
-                decompose=c.stress_head in ("decomposed", "equivariant"),
-                equivariant=c.stress_head == "equivariant",
-                edge_level_mlp=c.stress_edge_level_mlp,
-                num_mlp_layers=c.stress_num_mlp_layers, source_target_embedding=c.stress_source_target_embedding,
-                extensive=c.stress_extensive, avg_num_nodes=c.stress_avg_num_nodes,
-                **self._stress_statistics(c),
-            )
+        if c.stress.head is not None:  # after energy and forces (the parameter order of the heads)
+            head = STRESS_HEADS[c.stress.head]
+            self.heads["stress"] = head(layout, sphere_channels=c.sphere_channels, norm_type=c.norm_type,
+                                        **head.options(c.stress))
         self.register_parameter("energy_lin_ref", nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
                                 if c.use_energy_lin_ref else None)
 
@@ -231,14 +227,6 @@ class EquiformerV2(nn.Module):
     def from_config(cls, config: EquiformerV2Config) -> EquiformerV2:
         """A model with fresh weights (the same as ``EquiformerV2(config)``)."""
         return cls(config)
-
-    @staticmethod
-    def _stress_statistics(c: EquiformerV2Config) -> dict[str, float]:
-        if c.stress_head == "rank2":
-            return dict(stress_mean=c.stress_mean, stress_std=c.stress_std)
-        return dict(isotropic_mean=c.stress_isotropic_mean, isotropic_std=c.stress_isotropic_std,
-                    anisotropic_mean=c.stress_anisotropic_mean, anisotropic_std=c.stress_anisotropic_std,
-                    stress_mean=c.stress_mean, stress_std=c.stress_std)
 
     @property
     def output_names(self) -> tuple[str, ...]:

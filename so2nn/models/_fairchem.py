@@ -5,7 +5,7 @@ the checkpoint, ``module.`` prefixes from DDP, EMA weights, the deprecated monol
 class (``equiformer_v2``) and the backbone + heads variant (``backbone.``,
 ``output_heads.energy.``, ``output_heads.forces.``, ``output_heads.stress.``): head ``name``'s
 weights become so2nn's ``heads.<name>.*``. The rank-2 stress head's options
-(``rank2_symmetric_head``) become the config's ``stress_*`` fields, and the trainer's
+(``rank2_symmetric_head``) become the config's ``stress`` group, and the trainer's
 ``outputs.stress`` (its decomposition) is checked against the head. The DeNS models
 (``equiformer_v2_dens_backbone`` with the ``eqV2_DeNS_*`` heads) load their force and
 noise-scale encodings and denoising attention into so2nn's DeNS parts (see
@@ -29,7 +29,7 @@ import warnings
 import torch
 
 from ._checkpoint import load_checkpoint
-from ._config import EquiformerV2Config
+from ._config import FLAT_STRESS_KEYS, EquiformerV2Config
 
 __all__ = [
     "FAIRCHEM_IGNORED_KEYS", "check_fairchem_keys", "config_from_fairchem", "element_references_from_fairchem",
@@ -305,7 +305,7 @@ def config_from_fairchem(model_config: dict, **changes) -> EquiformerV2Config:
     if isinstance(heads, dict) and isinstance(heads.get("stress"), dict):
         out.update(stress_config_from_fairchem(heads["stress"]))
     out.update(changes)
-    return EquiformerV2Config(**out)
+    return EquiformerV2Config.from_dict(out)
 
 
 def _graph_mode_from_fairchem(cfg: dict) -> dict:
@@ -658,7 +658,7 @@ def normalizers_from_fairchem(checkpoint: dict) -> dict:
     if elsewhere:
         raise ValueError(f"the training dataset config reads normalisers of {sorted(elsewhere)} from a file or a fit "
                          "whose values the checkpoint does not hold (checkpoint['normalizers'])")
-    fields = set(EquiformerV2Config.__dataclass_fields__)
+    fields = set(EquiformerV2Config.__dataclass_fields__) | set(FLAT_STRESS_KEYS)
     found = {}
     for target, (mean, std) in values.items():
         if target in _TRAINING_ONLY_NORMALIZERS:
