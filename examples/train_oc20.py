@@ -43,7 +43,8 @@ elsewhere, add ``--allow-data-change``. Anything else is a new run: use another 
 ``model.pt``/``checkpoint.pt`` (its EMA weights), with a fresh optimiser, schedule and step
 count. The architecture is the checkpoint's: ``--set`` may change only dropout, drop-path, the
 cutoff, ``max_neighbors``, the graph mode and the grid (the graph ones with a warning), or add a
-head (``--set stress_head='"equivariant"'``); ``--freeze-backbone`` trains the heads only,
+head (``--set stress='{"head": "equivariant"}'``, or the flat ``--set stress_head='"equivariant"'``
+of older configs); ``--freeze-backbone`` trains the heads only,
 ``--backbone-lr-factor`` lowers the backbone's learning rate, ``--reinit-head`` starts a head
 afresh and ``--refit`` chooses the energy referencing (printed at the start). ``--resume``
 continues a fine-tuning run like any other (same command plus ``--resume``).

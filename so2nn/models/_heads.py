@@ -4,12 +4,13 @@ A head reads the final node features ``x [N, (lmax+1)**2, C]`` (after the model'
 and returns one output of the model, in the units of its training targets: the energy head
 ``[B]`` (eV), the direct force head ``[N, 3]`` (eV/Angstrom), the direct stress heads
 ``[B, 3, 3]`` (eV/Angstrom^3; one class per kind, see :class:`~so2nn.models.StressHead`). A
-model keeps its heads in a :class:`torch.nn.ModuleDict` under the names of its outputs (``model.heads["energy"]``, ``model.heads["forces"]``,
-``model.heads["stress"]``), so that a checkpoint's weights of head ``name`` are the keys
-``heads.<name>.*``.
+model keeps its heads in a :class:`torch.nn.ModuleDict` under the names of its outputs
+(``model.heads["energy"]``, ``model.heads["forces"]``, ``model.heads["stress"]``), so that a
+checkpoint's weights of head ``name`` are the keys ``heads.<name>.*``.
 
 Each head holds the target statistics it de-normalises with as plain floats (not weights):
-the network predicts normalised targets, the head returns physical units.
+the network predicts normalised targets, the head returns physical units. The head is their
+one home: the model's config reads them from it.
 """
 
 from __future__ import annotations
