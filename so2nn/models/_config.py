@@ -8,7 +8,7 @@ from .._checks import check_layout
 from ..graph import GRAPH_MODES
 from ._stress_heads import STRESS_HEADS, StressStatistics
 
-__all__ = ["FLAT_STRESS_KEYS", "EquiformerV2Config", "PRESETS", "StressConfig", "preset"]
+__all__ = ["FLAT_STRESS_KEYS", "PRESETS", "EquiformerV2Config", "StressConfig", "preset"]
 
 # The reference implementation's defaults, which the released OC20 models were trained with.
 AVG_NUM_NODES = 77.81317
@@ -62,7 +62,7 @@ class StressConfig:
         if isinstance(self.statistics, dict):
             object.__setattr__(self, "statistics", _from_fields(StressStatistics, self.statistics, "stress statistics"))
         if not isinstance(self.statistics, StressStatistics):
-            raise ValueError(f"stress.statistics must be a StressStatistics, got {self.statistics!r}")
+            raise TypeError(f"stress.statistics must be a StressStatistics, got {self.statistics!r}")
         if self.head is not None and self.head not in STRESS_HEADS:
             raise ValueError(f"stress.head must be None, {', '.join(repr(k) for k in STRESS_HEADS)}, got {self.head!r}")
         for name in ("edge_level_mlp", "source_target_embedding", "extensive"):
@@ -336,7 +336,7 @@ class EquiformerV2Config:
         if isinstance(self.stress, dict):
             object.__setattr__(self, "stress", _from_fields(StressConfig, self.stress, "stress config"))
         if not isinstance(self.stress, StressConfig):
-            raise ValueError(f"stress must be a StressConfig, got {self.stress!r}")
+            raise TypeError(f"stress must be a StressConfig, got {self.stress!r}")
         if self.stress.head is not None and not self.direct_forces:
             raise ValueError("a stress head needs direct_forces=True: a conservative model's stress is the virial, "
                              "not a head")

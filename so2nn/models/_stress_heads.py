@@ -184,9 +184,10 @@ class StressHead(nn.Module):
     :math:`|r_e|^l` and normalises them instead). Each kind then maps :math:`h_e` to a stress,
     with :math:`\langle\cdot\rangle_i` the mean over the edges into :math:`i` and
     :math:`\langle\cdot\rangle_b` the mean over the atoms of system :math:`b` (``extensive``: the
-    sum), and returns :math:`s_S\,(\dots) + \mu_S`. :math:`S` is symmetric always.
+    sum), and returns :math:`s_S\,(\dots) + \mu_S`. :math:`S` is symmetric always. The arguments
+    below are those of every kind.
 
-    Args (of every kind):
+    Args:
         layout: the node features' layout (:math:`L` = ``layout.lmax``).
         sphere_channels: channels :math:`C` of the node features.
         norm_type: the normalisation of the harmonics, as the backbone's (``"layer_norm_sh"``, ...).
@@ -292,7 +293,7 @@ class Rank2StressHead(StressHead):
     and zero last bias it is exact. A non-zero :math:`\mu_S` is added to every component, as
     fairchem's trainer adds it (not rotation equivariant either: the head warns).
 
-    Args: those of :class:`StressHead`; ``statistics`` with ``mean`` and ``std`` only.
+    The arguments are those of :class:`StressHead` (``statistics`` with ``mean`` and ``std`` only).
 
     Weights: ``harmonics_norm``, ``edge_norm``, ``tensor_mlp`` (the reference's
     ``block.r2tensor_MLP``).
@@ -367,7 +368,8 @@ class DecomposedStressHead(StressHead):
     added to every component, as fairchem's trainer adds it, which is not rotation equivariant
     either: the head warns.
 
-    Args: those of :class:`StressHead`, and ``avg_num_nodes``, which divides the extensive sum.
+    The arguments are those of :class:`StressHead`, and ``avg_num_nodes``, which divides the
+    extensive sum.
 
     Weights: ``harmonics_norm``, ``edge_norm``, ``isotropic_mlp``, ``anisotropic_mlp`` (the
     reference's ``block.scalar_MLP``, ``block.irrep2_MLP``).
@@ -452,7 +454,7 @@ class EquivariantStressHead(DecomposedStressHead):
     for any weights. Its statistics need :math:`\mu_2 = \mu_S = 0` (a constant added to every
     component would break that).
 
-    Args: those of :class:`DecomposedStressHead`.
+    The arguments are those of :class:`DecomposedStressHead`.
 
     Weights: those of :class:`DecomposedStressHead`, ``anisotropic_mlp`` being the
     :class:`~so2nn.models.GatedTensorMLP`.
