@@ -43,7 +43,8 @@ elsewhere, add ``--allow-data-change``. Anything else is a new run: use another 
 ``model.pt``/``checkpoint.pt`` (its EMA weights), with a fresh optimiser, schedule and step
 count. The architecture is the checkpoint's: ``--set`` may change only dropout, drop-path, the
 cutoff, ``max_neighbors``, the graph mode and the grid (the graph ones with a warning), or add a
-head (``--set stress_head='"equivariant"'``); ``--freeze-backbone`` trains the heads only,
+head (``--set stress='{"head": "equivariant"}'``, or the flat ``--set stress_head='"equivariant"'``
+of older configs); ``--freeze-backbone`` trains the heads only,
 ``--backbone-lr-factor`` lowers the backbone's learning rate, ``--reinit-head`` starts a head
 afresh and ``--refit`` chooses the energy referencing (printed at the start). ``--resume``
 continues a fine-tuning run like any other (same command plus ``--resume``).
@@ -66,7 +67,7 @@ import torch
 import so2nn
 from so2nn.data import open_dataset
 from so2nn.data.emt import make_bulk_dataset, make_dataset
-from so2nn.models import PRESETS, EquiformerV2Config, load_model, preset
+from so2nn.models import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, load_model, preset
 from so2nn.models._checkpoint import load_checkpoint
 from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model, referencing_table,
                             write_predictions)
@@ -214,8 +215,9 @@ def config_changes(args) -> dict:
     changes = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or key not in EquiformerV2Config.__dataclass_fields__:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(EquiformerV2Config.__dataclass_fields__)}")
+        keys = {*EquiformerV2Config.__dataclass_fields__, *FLAT_STRESS_KEYS}  # the flat stress_* keys of older configs
+        if not sep or key not in keys:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(keys)}")
         changes[key] = json.loads(value) if value not in ("None", "none") else None
     return changes
 

@@ -3,10 +3,10 @@ that training, checkpoints and the calculator rely on."""
 
 from ._checkpoint import load_model, upgrade_checkpoint
 from ._compile import compile_model, configure_compile
-from ._config import PRESETS, EquiformerV2Config, preset
+from ._config import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, StressConfig, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
-from ._heads import STRESS_BASIS, EnergyHead, ForceHead, GatedTensorMLP, StressHead
+from ._heads import EnergyHead, ForceHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
 from ._registry import (
@@ -20,26 +20,43 @@ from ._registry import (
     registered_importers,
     registered_models,
 )
+from ._stress_heads import (
+    STRESS_BASIS,
+    STRESS_HEADS,
+    DecomposedStressHead,
+    EquivariantStressHead,
+    GatedTensorMLP,
+    Rank2StressHead,
+    StressHead,
+    StressStatistics,
+)
 from .fairchem import FAIRCHEM_IGNORED_KEYS
 
 __all__ = [
     "FAIRCHEM_IGNORED_KEYS",
+    "FLAT_STRESS_KEYS",
     "INPUT_FIELDS",
     "PRESETS",
     "STRESS_BASIS",
+    "STRESS_HEADS",
     "TARGET_AND_METADATA_FIELDS",
     "AtomicInputs",
     "AtomisticModel",
+    "DecomposedStressHead",
     "DenoisingEmbedding",
     "DenoisingForceHead",
     "EnergyHead",
     "EquiformerV2",
     "EquiformerV2Config",
+    "EquivariantStressHead",
     "ForceHead",
     "GatedTensorMLP",
     "Importer",
     "ModelConfig",
+    "Rank2StressHead",
+    "StressConfig",
     "StressHead",
+    "StressStatistics",
     "TargetStatistics",
     "TransformerBlock",
     "build_model",

@@ -2,16 +2,135 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .._checks import check_layout
 from ..graph import GRAPH_MODES
+from ._stress_heads import STRESS_HEADS, StressStatistics
 
-__all__ = ["EquiformerV2Config", "PRESETS", "preset"]
+__all__ = ["FLAT_STRESS_KEYS", "PRESETS", "EquiformerV2Config", "StressConfig", "preset"]
 
 # The reference implementation's defaults, which the released OC20 models were trained with.
 AVG_NUM_NODES = 77.81317
 AVG_DEGREE = 23.395238876342773
+
+
+@dataclass(frozen=True)
+class StressConfig:
+    r"""The direct stress head of an :class:`EquiformerV2Config` (its ``stress`` entry): its kind,
+    its options and the statistics it de-normalises with.
+
+    Attributes:
+        head: ``None`` (no stress output), ``"decomposed"`` (a
+            :class:`~so2nn.models.DecomposedStressHead`, isotropic :math:`l = 0` and anisotropic
+            :math:`l = 2` parts, OMat24's), ``"rank2"`` (:class:`~so2nn.models.Rank2StressHead`,
+            the plain rank-2 block) or ``"equivariant"``
+            (:class:`~so2nn.models.EquivariantStressHead`, so2nn's decomposed head whose
+            anisotropic part is exactly equivariant for any weights: the choice for models
+            trained with so2nn; the reference's two forms are not equivariant). Needs
+            ``direct_forces``.
+        edge_level_mlp: the head's MLPs act on each edge, before the mean over edges.
+        num_mlp_layers: linear maps in each of the head's MLPs.
+        source_target_embedding: the head reads source and target features of each edge.
+        extensive: the head sums over the atoms of a system instead of averaging.
+        avg_num_nodes: divides that sum for the decomposed heads (the reference head's own
+            ``avg_num_nodes``, not the energy's; the plain rank-2 block does not divide).
+        statistics: the :class:`~so2nn.models.StressStatistics` (eV/Angstrom^3) the head reads:
+            of the isotropic and anisotropic parts (the decomposed heads only) and of the whole
+            tensor; a non-zero anisotropic or whole-tensor mean is added to every component, as
+            fairchem's trainer does (not rotation equivariant: the reference's heads warn,
+            ``head="equivariant"`` raises).
+
+    A dict is accepted for ``statistics`` (as a checkpoint stores it), and
+    :meth:`EquiformerV2Config.from_dict` and :meth:`EquiformerV2Config.replace` read the flat
+    ``stress_*`` entries of older configs (:data:`FLAT_STRESS_KEYS`).
+
+    Example:
+        >>> StressConfig(head="equivariant", extensive=True).replace(num_mlp_layers=3).num_mlp_layers
+        3
+    """
+
+    head: str | None = None
+    edge_level_mlp: bool = False
+    num_mlp_layers: int = 2
+    source_target_embedding: bool = False
+    extensive: bool = False
+    avg_num_nodes: float = 1.0
+    statistics: StressStatistics = field(default_factory=StressStatistics)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.statistics, dict):
+            object.__setattr__(self, "statistics", _from_fields(StressStatistics, self.statistics, "stress statistics"))
+        if not isinstance(self.statistics, StressStatistics):
+            raise TypeError(f"stress.statistics must be a StressStatistics, got {self.statistics!r}")
+        if self.head is not None and self.head not in STRESS_HEADS:
+            raise ValueError(f"stress.head must be None, {', '.join(repr(k) for k in STRESS_HEADS)}, got {self.head!r}")
+        for name in ("edge_level_mlp", "source_target_embedding", "extensive"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"stress.{name} must be a bool, got {getattr(self, name)!r}")
+        layers = self.num_mlp_layers
+        if not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1):
+            raise ValueError(f"stress.num_mlp_layers must be an int >= 1, got {layers!r}")
+        if isinstance(self.avg_num_nodes, bool) or not (isinstance(self.avg_num_nodes, (int, float))
+                                                         and self.avg_num_nodes > 0):
+            raise ValueError(f"stress.avg_num_nodes must be a number > 0, got {self.avg_num_nodes!r}")
+        object.__setattr__(self, "avg_num_nodes", float(self.avg_num_nodes))
+        if self.head is None:
+            changed = self.statistics.changed(tuple(f.name for f in fields(StressStatistics)))
+            if changed:
+                raise ValueError(f"stress statistics {changed} are set but the model has no stress head "
+                                 "(stress.head=None)")
+        else:
+            STRESS_HEADS[self.head].check_statistics(self.statistics)
+
+    def replace(self, **changes) -> StressConfig:
+        """A copy with ``changes`` applied (validated; unknown keys raise)."""
+        return _from_fields(StressConfig, {**_shallow(self), **changes}, "stress config")
+
+
+#: The flat entries of configs written before the stress head's options were grouped into
+#: :class:`StressConfig`, and where each is now (``stress_head`` -> ``stress.head``,
+#: ``stress_isotropic_mean`` -> ``stress.statistics.isotropic_mean``, ...).
+FLAT_STRESS_KEYS: dict[str, str] = {
+    "stress_head": "head", "stress_edge_level_mlp": "edge_level_mlp", "stress_num_mlp_layers": "num_mlp_layers",
+    "stress_source_target_embedding": "source_target_embedding", "stress_extensive": "extensive",
+    "stress_avg_num_nodes": "avg_num_nodes",
+    **{f"stress_{name}": f"statistics.{name}" for name in ("isotropic_mean", "isotropic_std", "anisotropic_mean",
+                                                           "anisotropic_std", "mean", "std")},
+}
+
+
+def _shallow(config) -> dict:
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _from_fields(cls, values: dict, where: str):
+    """``cls(**values)``; a key ``cls`` does not have raises a ValueError naming it."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"the {where} has keys {unknown} that {cls.__name__} does not know"
+                         + (f" (its keys: {names})" if len(names) <= 12 else ""))
+    return cls(**values)
+
+
+def _nest_stress(values: dict, base: StressConfig) -> dict:
+    """``values`` with its flat ``stress_*`` entries (:data:`FLAT_STRESS_KEYS`) moved into its
+    ``stress`` entry, applied to ``base``; both forms at once raise (one would be lost)."""
+    flat = {key: values[key] for key in values if key in FLAT_STRESS_KEYS}
+    if not flat:
+        return values
+    if "stress" in values:
+        raise ValueError(f"the stress head's options are given twice, as 'stress' and as {sorted(flat)}: "
+                         "give one form")
+    grouped = {FLAT_STRESS_KEYS[key]: value for key, value in flat.items()}
+    statistics = {name.split(".", 1)[1]: value for name, value in grouped.items() if name.startswith("statistics.")}
+    options = {name: value for name, value in grouped.items() if not name.startswith("statistics.")}
+    if statistics:
+        options["statistics"] = _from_fields(StressStatistics, {**_shallow(base.statistics), **statistics},
+                                             "stress statistics")
+    rest = {key: value for key, value in values.items() if key not in flat}
+    return {**rest, "stress": base.replace(**options)}
 
 
 @dataclass(frozen=True)
@@ -87,26 +206,11 @@ class EquiformerV2Config:
             divided by ``avg_num_nodes``, an extensive energy; the released OC20 models) or
             ``"mean"`` (divided by the system's atom count: a per-atom energy, fairchem's scalar
             head with ``reduce: mean``).
-        stress_head: ``None`` (no stress output), ``"decomposed"`` (a
-            :class:`~so2nn.models.StressHead` with isotropic :math:`l = 0` and anisotropic
-            :math:`l = 2` parts, OMat24's), ``"rank2"`` (the plain rank-2 block) or
-            ``"equivariant"`` (so2nn's decomposed head whose anisotropic part is exactly
-            equivariant for any weights: the choice for models trained with so2nn; the
-            reference's two forms are not equivariant). Needs ``direct_forces``.
-        stress_edge_level_mlp: the stress head's MLPs act on each edge, before the mean over edges.
-        stress_num_mlp_layers: linear maps in each of the stress head's MLPs.
-        stress_source_target_embedding: the stress head reads source and target features of each edge.
-        stress_extensive: the stress head sums over the atoms of a system instead of averaging.
-        stress_avg_num_nodes: divides that sum for the decomposed head (the reference head's own
-            ``avg_num_nodes``, not the energy's).
-        stress_isotropic_mean, stress_isotropic_std: de-normalisation of the isotropic part
-            (eV/Angstrom^3).
-        stress_anisotropic_mean, stress_anisotropic_std: de-normalisation of the anisotropic
-            part (eV/Angstrom^3); a non-zero mean is added to each of its five components, as
-            fairchem's trainer does (not rotation equivariant: the head warns;
-            ``stress_head="equivariant"`` needs it, and ``stress_mean``, to be 0).
-        stress_mean, stress_std: de-normalisation of the whole tensor (eV/Angstrom^3): of the
-            plain block's output, and of the decomposed head's rebuilt tensor.
+        stress: the direct stress head (a :class:`StressConfig`: ``stress.head`` is ``None``, no
+            stress output, by default; ``"decomposed"``, ``"rank2"`` or ``"equivariant"``), its
+            options and its statistics. A dict is accepted (as a checkpoint stores it); configs
+            with the older flat ``stress_*`` entries load through :meth:`from_dict`, and
+            :meth:`replace` takes those entries too.
         checkpoint_activations: recompute each block's activations in backward instead of
             storing them (memory for large systems; same numbers, about 1/3 more compute).
         recompute_edge_activations: in training with direct forces, recompute the cheap
@@ -176,21 +280,8 @@ class EquiformerV2Config:
     forces_std: float = 1.0
     forces_mean: float = 0.0  # non-zero only for a fairchem checkpoint with one (breaks equivariance)
     energy_reduce: str = "sum"  # "sum": divide the sum by avg_num_nodes; "mean": by the atom count
-    # Direct stress (StressHead, model.heads["stress"]): None | "decomposed" | "rank2" | "equivariant"
-    # (so2nn's exactly equivariant head), its options
-    # (the reference's rank2_symmetric_head) and its de-normalisation (eV/A^3).
-    stress_head: str | None = None
-    stress_edge_level_mlp: bool = False
-    stress_num_mlp_layers: int = 2
-    stress_source_target_embedding: bool = False
-    stress_extensive: bool = False
-    stress_avg_num_nodes: float = 1.0
-    stress_isotropic_mean: float = 0.0
-    stress_isotropic_std: float = 1.0
-    stress_anisotropic_mean: float = 0.0
-    stress_anisotropic_std: float = 1.0
-    stress_mean: float = 0.0
-    stress_std: float = 1.0
+    # Direct stress (model.heads["stress"]): the head's kind, options and statistics (eV/A^3)
+    stress: StressConfig = field(default_factory=StressConfig)
     # Memory for large systems: recompute each transformer block's activations in backward
     # (torch.utils.checkpoint) instead of storing them; same numbers, ~1/3 more compute.
     checkpoint_activations: bool = False
@@ -242,44 +333,38 @@ class EquiformerV2Config:
         self._check_stress()
 
     def _check_stress(self) -> None:
-        if self.stress_head not in (None, "decomposed", "rank2", "equivariant"):
-            raise ValueError(f"stress_head must be None, 'decomposed', 'rank2' or 'equivariant', "
-                             f"got {self.stress_head!r}")
-        for name in ("stress_edge_level_mlp", "stress_source_target_embedding", "stress_extensive"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        layers = self.stress_num_mlp_layers
-        if not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1):
-            raise ValueError(f"stress_num_mlp_layers must be an int >= 1, got {layers!r}")
-        for name in ("stress_avg_num_nodes", "stress_isotropic_std", "stress_anisotropic_std", "stress_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        parts = ("stress_isotropic_mean", "stress_isotropic_std", "stress_anisotropic_mean", "stress_anisotropic_std")
-        defaults = {name: f.default for f in fields(self) if (name := f.name).startswith("stress_")}
-        changed = [name for name in (*parts, "stress_mean", "stress_std") if getattr(self, name) != defaults[name]]
-        if self.stress_head is None and changed:
-            raise ValueError(f"stress statistics {changed} are set but the model has no stress head (stress_head=None)")
-        if self.stress_head == "rank2" and any(name in parts for name in changed):
-            raise ValueError(f"{[n for n in changed if n in parts]} apply to stress_head='decomposed' or "
-                             "'equivariant' only: the plain rank-2 head is de-normalised with stress_mean "
-                             "and stress_std")
-        nonzero = [name for name in ("stress_anisotropic_mean", "stress_mean") if getattr(self, name) != 0.0]
-        if self.stress_head == "equivariant" and nonzero:
-            raise ValueError(f"stress_head='equivariant' needs {nonzero} = 0: a constant added to every "
-                             "component of the stress is not rotation equivariant")
-        if self.stress_head is not None and not self.direct_forces:
-            raise ValueError("stress_head needs direct_forces=True: a conservative model's stress is the virial, "
+        if isinstance(self.stress, dict):
+            object.__setattr__(self, "stress", _from_fields(StressConfig, self.stress, "stress config"))
+        if not isinstance(self.stress, StressConfig):
+            raise TypeError(f"stress must be a StressConfig, got {self.stress!r}")
+        if self.stress.head is not None and not self.direct_forces:
+            raise ValueError("a stress head needs direct_forces=True: a conservative model's stress is the virial, "
                              "not a head")
 
     def replace(self, **changes) -> EquiformerV2Config:
-        """A copy with ``changes`` applied (validated)."""
+        """A copy with ``changes`` applied (validated). The flat ``stress_*`` entries of older
+        configs (:data:`FLAT_STRESS_KEYS`) change the ``stress`` group."""
+        changes = _nest_stress(changes, self.stress)
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The config as plain values (``stress`` a nested dict), as checkpoints store it."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EquiformerV2Config:
+        """The config of a dict (:meth:`to_dict`'s, or a checkpoint's written by an older so2nn,
+        whose stress options are the flat ``stress_*`` entries of :data:`FLAT_STRESS_KEYS`).
+        A key the config does not know raises a ValueError naming it.
+
+        Example:
+            >>> EquiformerV2Config.from_dict({"lmax": 4, "stress_head": "equivariant"}).stress.head
+            'equivariant'
+        """
+        return _from_fields(cls, _nest_stress(dict(values), StressConfig()), "config")
 
 
 #: The configurations of the released models, by name: ``"oc20-31M"`` (S2EF All+MD),

@@ -23,11 +23,12 @@ from ..so3 import CoefficientLayout, EdgeRotation
 from ._checkpoint import atomic_save, load_model, model_checkpoint
 from ._config import EquiformerV2Config
 from ._dens import DenoisingEmbedding, DenoisingForceHead
-from ._heads import EnergyHead, ForceHead, StressHead
+from ._heads import EnergyHead, ForceHead
 from ._inputs import AtomicInputs, read_inputs
 from ._protocol import TargetStatistics
 from ._registry import load_weights, register_importer, register_model
 from ._strain import apply_strain, stress_from_strain_gradient
+from ._stress_heads import STRESS_HEADS
 from .fairchem import is_fairchem_checkpoint, load_fairchem_checkpoint
 
 __all__ = ["EquiformerV2", "TransformerBlock"]
@@ -109,8 +110,8 @@ class EquiformerV2(nn.Module):
        gradient as the forces.
 
     The heads are ``model.heads["energy"]``, ``model.heads["forces"]`` (only with direct
-    forces) and ``model.heads["stress"]`` (:class:`~so2nn.models.StressHead`, only with
-    ``config.stress_head``); ``energy_lin_ref`` (per-element reference energies in eV, added after
+    forces) and ``model.heads["stress"]`` (a :class:`~so2nn.models.StressHead` of the kind
+    ``config.stress.head`` names, only with one); ``energy_lin_ref`` (per-element reference energies in eV, added after
     de-normalisation, with ``use_energy_lin_ref``: OC22's and fairchem's element references) is
     a model weight, handed to the energy head.
 
@@ -157,10 +158,11 @@ class EquiformerV2(nn.Module):
     Returns: ``{"energy": [B], "forces": [N, 3]}`` (eV, eV/Angstrom for OC20-trained weights;
     no ``"forces"`` for an energy-only model, ``config.regress_forces=False``), and
     ``"stress": [B, 3, 3]`` (eV/Angstrom^3, :class:`~so2nn.models.StressHead`, ASE's sign:
-    positive is tensile) when ``config.stress_head`` is set. Which stress is exactly rotation
-    equivariant: ``stress_head="equivariant"`` (for any weights); the reference's
-    ``"decomposed"`` and ``"rank2"`` heads only with one linear map and zero last bias (the
-    released checkpoints' heads are not: see :class:`~so2nn.models.StressHead`).
+    positive is tensile) when ``config.stress.head`` is set. Which stress is exactly rotation
+    equivariant: ``stress.head="equivariant"`` (:class:`~so2nn.models.EquivariantStressHead`,
+    for any weights); the reference's ``"decomposed"`` and ``"rank2"`` heads only with one
+    linear map and zero last bias (the released checkpoints' heads are not: see
+    :class:`~so2nn.models.DecomposedStressHead`).
     An atom without neighbours within ``max_radius`` gets zero force and contributes its
     isolated-atom energy. A conservative model (``direct_forces=False``) given a periodic input
     also returns ``"stress" [B, 3, 3]`` (eV/Angstrom^3, ASE's sign: positive is tensile, the
@@ -192,7 +194,7 @@ class EquiformerV2(nn.Module):
             from ._config import preset
 
             config = preset(config)
-        self.config = c = config
+        c = config
         self.layout = layout = CoefficientLayout(c.lmax, c.mmax)
         self.sphere_embedding = nn.Embedding(c.max_num_elements, c.sphere_channels)
         # The reference hard-codes 600 Gaussians of width 2 steps over [0, max_radius].
@@ -224,18 +226,31 @@ class EquiformerV2(nn.Module):
                 grid_resolution=c.grid_resolution, recompute=c.recompute_edge_activations, forces_std=c.forces_std,
                 kernels=c.kernels, forces_mean=c.forces_mean,
             )
-        if c.stress_head is not None:  # after energy and forces (the parameter order of the heads)
-            self.heads["stress"] = StressHead(
-                layout, sphere_channels=c.sphere_channels, norm_type=c.norm_type,
-                decompose=c.stress_head in ("decomposed", "equivariant"),
-                equivariant=c.stress_head == "equivariant",
-                edge_level_mlp=c.stress_edge_level_mlp,
-                num_mlp_layers=c.stress_num_mlp_layers, source_target_embedding=c.stress_source_target_embedding,
-                extensive=c.stress_extensive, avg_num_nodes=c.stress_avg_num_nodes,
-                **self._stress_statistics(c),
-            )
+        if c.stress.head is not None:  # after energy and forces (the parameter order of the heads)
+            head = STRESS_HEADS[c.stress.head]
+            self.heads["stress"] = head(layout, sphere_channels=c.sphere_channels, norm_type=c.norm_type,
+                                        **head.options(c.stress))
         self.register_parameter("energy_lin_ref", nn.Parameter(torch.zeros(c.max_num_elements), requires_grad=False)
                                 if c.use_energy_lin_ref else None)
+        # The config less the target statistics the heads hold: their one home, which `config` reads.
+        self._architecture = c.replace(**self._statistics_defaults())
+
+    @property
+    def config(self) -> EquiformerV2Config:
+        """The model's configuration as it is now. Its target statistics are read from the heads,
+        their one home (``energy_mean``, ``energy_std`` from the energy head, ``forces_std``,
+        ``forces_mean`` from a direct force head; ``stress.statistics`` is the stress head's
+        record): :meth:`with_target_statistics` sets them there."""
+        heads = self.heads
+        stats = dict(energy_mean=heads["energy"].energy_mean, energy_std=heads["energy"].energy_std)
+        if "forces" in heads:
+            stats.update(forces_std=heads["forces"].forces_std, forces_mean=heads["forces"].forces_mean)
+        return self._architecture.replace(**stats)
+
+    def _statistics_defaults(self) -> dict[str, float]:
+        """The config entries of the statistics the heads hold, at their defaults."""
+        return dict(energy_mean=0.0, energy_std=1.0, **(dict(forces_std=1.0, forces_mean=0.0)
+                                                        if "forces" in self.heads else {}))
 
     # -- the model protocol (so2nn.models.AtomisticModel) --------------------------------------
 
@@ -244,17 +259,9 @@ class EquiformerV2(nn.Module):
         """A model with fresh weights (the same as ``EquiformerV2(config)``)."""
         return cls(config)
 
-    @staticmethod
-    def _stress_statistics(c: EquiformerV2Config) -> dict[str, float]:
-        if c.stress_head == "rank2":
-            return dict(stress_mean=c.stress_mean, stress_std=c.stress_std)
-        return dict(isotropic_mean=c.stress_isotropic_mean, isotropic_std=c.stress_isotropic_std,
-                    anisotropic_mean=c.stress_anisotropic_mean, anisotropic_std=c.stress_anisotropic_std,
-                    stress_mean=c.stress_mean, stress_std=c.stress_std)
-
     @property
     def output_names(self) -> tuple[str, ...]:
-        c = self.config
+        c = self._architecture
         forces = ("forces",) if c.regress_forces else ()
         # the stress: a stress head's, or (conservative models) the strain derivative of the energy
         stress = ("stress",) if "stress" in self.heads or (c.regress_forces and not c.direct_forces) else ()
@@ -267,23 +274,24 @@ class EquiformerV2(nn.Module):
         return TargetStatistics(c.energy_mean, c.energy_std, c.forces_std, references)
 
     def with_target_statistics(self, stats: TargetStatistics) -> EquiformerV2:
-        """This model (changed in place), de-normalising with ``stats``: config and heads updated
-        (``forces_mean`` back to zero: ``stats`` scale forces only); element references, when
-        given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
-        changes = dict(energy_mean=stats.energy_mean, energy_std=stats.energy_std, forces_std=stats.forces_std,
-                       forces_mean=0.0)
+        """This model (changed in place), de-normalising with ``stats``, set in the heads that
+        read them (``forces_mean`` back to zero: ``stats`` scale forces only; a model without a
+        force head keeps ``forces_std`` in its config, the scale of its gradient forces' loss);
+        element references, when given, become ``energy_lin_ref`` (``use_energy_lin_ref=True``)."""
+        c = self._architecture
+        changes = {} if "forces" in self.heads else dict(forces_std=stats.forces_std)
         if stats.element_references is not None:
             references = torch.as_tensor(stats.element_references, dtype=torch.float64)
-            if references.shape != (self.config.max_num_elements,):
-                raise ValueError(f"element_references must have {self.config.max_num_elements} entries (one per "
+            if references.shape != (c.max_num_elements,):
+                raise ValueError(f"element_references must have {c.max_num_elements} entries (one per "
                                  f"atomic number), got {tuple(references.shape)}")
             changes["use_energy_lin_ref"] = True
             if self.energy_lin_ref is None:
                 weight = self.sphere_embedding.weight
-                self.energy_lin_ref = nn.Parameter(weight.new_zeros(self.config.max_num_elements), requires_grad=False)
+                self.energy_lin_ref = nn.Parameter(weight.new_zeros(c.max_num_elements), requires_grad=False)
             with torch.no_grad():
                 self.energy_lin_ref.copy_(references)
-        self.config = self.config.replace(**changes)
+        self._architecture = c.replace(**changes)
         self.heads["energy"].set_statistics(stats.energy_mean, stats.energy_std)
         if "forces" in self.heads:
             self.heads["forces"].set_statistics(stats.forces_std)
@@ -291,7 +299,7 @@ class EquiformerV2(nn.Module):
 
     def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Radius graph (``max_radius``, ``max_neighbors`` per atom, ``graph_mode``) of the inputs."""
-        c = self.config
+        c = self._architecture
         return radius_graph(
             inputs.pos.detach(), c.max_radius, inputs.cell if inputs.periodic else None,
             inputs.pbc if inputs.periodic else None, inputs.batch, c.max_neighbors, mode=c.graph_mode,
@@ -362,13 +370,13 @@ class EquiformerV2(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
-        c = self.config
+        c = self._architecture
         return f"lmax={c.lmax}, mmax={c.mmax}, num_layers={c.num_layers}, sphere_channels={c.sphere_channels}"
 
     # -- forward ---------------------------------------------------------------------------------
 
     def forward(self, data=None, *, validate: bool = True, **fields) -> dict[str, torch.Tensor]:
-        c = self.config
+        c = self._architecture
         inputs = read_inputs(data, fields, c, validate)
         if inputs.edge_index is None:
             inputs.edge_index, inputs.cell_offsets = self.build_graph(inputs)
@@ -420,16 +428,16 @@ class EquiformerV2(nn.Module):
         return out
 
     def _check_distances(self, distance: torch.Tensor, edge_index: torch.Tensor) -> None:
-        close = distance < self.config.min_distance
+        close = distance < self._architecture.min_distance
         if distance.numel() and bool(close.any()):
             e = int(close.nonzero()[0, 0])
             raise ValueError(
                 f"atoms {int(edge_index[0, e])} and {int(edge_index[1, e])} are {float(distance[e].detach()):.3g} A "
-                f"apart (< min_distance={self.config.min_distance}): overlapping atoms"
+                f"apart (< min_distance={self._architecture.min_distance}): overlapping atoms"
             )
 
     def _block(self, block, x, edge_features, numbers, edge_index, rotation, batch, num_systems) -> torch.Tensor:
-        if self.config.checkpoint_activations and torch.is_grad_enabled():
+        if self._architecture.checkpoint_activations and torch.is_grad_enabled():
             # store only the block's input; rerun it in backward (same dropout masks)
             return torch.utils.checkpoint.checkpoint(
                 block, x, edge_features, numbers, edge_index, rotation, batch, num_systems, use_reentrant=False

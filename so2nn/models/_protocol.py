@@ -23,7 +23,9 @@ class ModelConfig(Protocol):
     """A model's configuration: a frozen dataclass, everything the model's shape depends on.
 
     Its fields are written to checkpoints as ``to_dict()`` and read back as
-    ``ConfigClass(**fields)``; ``replace`` makes a validated copy (unknown keys raise).
+    ``ConfigClass(**fields)``, or with the class's optional ``from_dict(fields)`` classmethod
+    where it has one (a config whose fields changed layout reads its older checkpoints there;
+    unknown keys raise); ``replace`` makes a validated copy (unknown keys raise).
     """
 
     max_num_elements: int  #: atomic numbers ``0 .. max_num_elements - 1`` have an embedding

@@ -95,9 +95,13 @@ def build_model(config) -> nn.Module:
 
 
 def config_from_dict(cls: type, fields: dict):
-    """``cls.config_class(**fields)``; keys the config does not have raise a ValueError naming them."""
+    """``cls.config_class(**fields)``, or the config class's own ``from_dict(fields)`` where it
+    has one (to read the older layouts of its fields); keys the config does not have raise a
+    ValueError naming them."""
     import dataclasses
 
+    if hasattr(cls.config_class, "from_dict"):
+        return cls.config_class.from_dict(fields)
     known = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(fields) - known)
     if unknown:

@@ -31,7 +31,18 @@ _DERIVED = ("energy_mean", "energy_std", "forces_std", "forces_mean", "use_energ
 
 def _head_of(field: str) -> str | None:
     """The head a config entry belongs to (the stress head's options), or None."""
-    return "stress" if field.startswith("stress_") else None
+    return "stress" if field == "stress" or field.startswith("stress_") else None
+
+
+def _as_entries(old, changes: dict) -> dict:
+    """``changes`` as entries of ``old`` (a config): names of an older layout of the config
+    (EquiformerV2's flat ``stress_*``) become the entry they change, in plain values."""
+    legacy = {name: value for name, value in changes.items() if name not in old.to_dict()}
+    if not legacy:
+        return changes
+    current, grouped = old.to_dict(), old.replace(**legacy).to_dict()  # raises naming a key it does not know
+    return {**{k: v for k, v in grouped.items() if v != current[k]},
+            **{k: v for k, v in changes.items() if k not in legacy}}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -52,8 +63,8 @@ def pretrained_model(checkpoint, *, use_ema: bool = True, trust: bool = False, r
     ``use_ema``. The architecture is the checkpoint's. ``config_changes`` may change the
     :data:`FINE_TUNING_SETTINGS` (the cutoff, ``max_neighbors`` and ``graph_mode`` with a
     warning: the pretrained weights then see other neighbours) and add a head the checkpoint
-    has none of (``stress_head="equivariant"``, say, with its ``stress_*`` options), whose
-    weights are fresh (seeded with ``seed``). ``reinit_heads`` names heads whose weights start
+    has none of (``stress={"head": "equivariant"}``, say, or the older flat
+    ``stress_head="equivariant"``), whose weights are fresh (seeded with ``seed``). ``reinit_heads`` names heads whose weights start
     fresh instead of from the checkpoint (their options may then change too). Any other change
     (one that would change a weight's shape, or what the weights compute) raises a ValueError
     naming it.
@@ -67,6 +78,7 @@ def pretrained_model(checkpoint, *, use_ema: bool = True, trust: bool = False, r
     state = load_checkpoint(checkpoint, trust=trust)
     source = load_model(state, use_ema)
     old = source.config
+    config_changes = _as_entries(old, config_changes)
     heads = getattr(source, "heads", None)
     if heads is None and (reinit_heads or any(_head_of(k) for k in config_changes)):
         raise ValueError(f"{type(source).__name__} has no `heads`: cannot add or re-initialise a head")

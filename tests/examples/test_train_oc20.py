@@ -85,3 +85,21 @@ def test_train_oc20_fine_tunes_a_checkpoint_and_resumes(tmp_path):
     out = _run(*data, "--init", str(fairchem), "--out", str(tmp_path / "fc"), "--max-steps", "2", "--eval-every", "2",
                "--refit", "all", "--set", "max_neighbors=8", "--val-subset", "4")
     assert "fairchem" in out and "force MAE" in out, out
+
+
+def test_set_takes_the_stress_group_and_the_older_flat_stress_entries():
+    """``--set stress_head='"equivariant"'`` (the flat entry of older configs) and
+    ``--set stress='{"head": "equivariant"}'`` give the same model config; a key the config does
+    not know stops with its name."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("train_oc20_example_set", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    flat = example.model_config(example.parse_args(["--set", 'stress_head="equivariant"', "--set", "stress_extensive=true"]))
+    nested = example.model_config(example.parse_args(["--set", 'stress={"head": "equivariant", "extensive": true}']))
+    assert flat == nested and flat.stress.head == "equivariant" and flat.stress.extensive
+    with pytest.raises(SystemExit, match="--set 'stress_gate=1': expected KEY=VALUE"):
+        example.model_config(example.parse_args(["--set", "stress_gate=1"]))

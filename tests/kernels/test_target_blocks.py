@@ -114,7 +114,7 @@ def test_model_in_blocks_equals_unblocked(monkeypatch):
     config = EquiformerV2Config(
         lmax=3, mmax=2, num_layers=2, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
         attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        num_distance_basis=16, max_radius=5.0, max_neighbors=12, grid_resolution=10, stress_head="decomposed")
+        num_distance_basis=16, max_radius=5.0, max_neighbors=12, grid_resolution=10, stress={"head": "decomposed"})
     torch.manual_seed(0)
     model = EquiformerV2(config).double().eval()
     systems = [fcc111("Cu", (2, 2, 3), vacuum=5.0, periodic=True), bulk("NaCl", "rocksalt", 5.6) * (2, 1, 1),

@@ -40,7 +40,8 @@ def _slabs(layers, seed=0):
 
 def _model(direct, kernels="auto", stress_head=None):
     torch.manual_seed(0)
-    return EquiformerV2(EquiformerV2Config(**CONFIG, direct_forces=direct, kernels=kernels, stress_head=stress_head))
+    config = EquiformerV2Config(**CONFIG, direct_forces=direct, kernels=kernels)
+    return EquiformerV2(config if stress_head is None else config.replace(stress_head=stress_head))
 
 
 def _train_step(model, fields):

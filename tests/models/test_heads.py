@@ -128,6 +128,24 @@ def test_the_model_composes_its_heads():
         direct.with_target_statistics(TargetStatistics(element_references=(0.0,)))
 
 
+def test_target_statistics_have_one_home_the_heads():
+    """The heads hold the statistics they de-normalise with; the config reads them there, so a
+    head's statistics set by any route are the config's (and the checkpoint's). A model without
+    a force head keeps its force scale (the loss scale of gradient forces) in its config."""
+    direct, conservative = tiny(energy_mean=-2.0, forces_std=0.5, forces_mean=0.1), tiny(direct_forces=False)
+    energy, forces = direct.heads["energy"], direct.heads["forces"]
+    assert (energy.energy_mean, forces.forces_std, forces.forces_mean) == (-2.0, 0.5, 0.1)
+    energy.set_statistics(4.0, 2.0)
+    forces.set_statistics(0.3)
+    c = direct.config
+    assert (c.energy_mean, c.energy_std, c.forces_std, c.forces_mean) == (4.0, 2.0, 0.3, 0.0)
+    assert direct.target_statistics == TargetStatistics(4.0, 2.0, 0.3)
+    again = EquiformerV2(direct.config)
+    assert (again.heads["energy"].energy_mean, again.heads["forces"].forces_std) == (4.0, 0.3)
+    conservative.with_target_statistics(TargetStatistics(energy_mean=1.0, energy_std=2.0, forces_std=0.7))
+    assert conservative.heads["energy"].energy_std == 2.0 and conservative.config.forces_std == 0.7
+
+
 def test_unknown_inputs_raise_and_oc20_metadata_is_tolerated():
     model = tiny()
     pos, numbers = torch.tensor([[0.0, 0, 0], [1.1, 0, 0]], dtype=torch.float64), torch.tensor([8, 1])

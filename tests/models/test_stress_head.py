@@ -1,7 +1,10 @@
-"""The direct stress head: its equation and basis, how it rotates, its configuration, and the
-import of the reference's rank-2 head options (``rank2_symmetric_head``)."""
+"""The direct stress heads (one class per kind): their equations and basis, how they rotate,
+their configuration (``StressConfig``, and the flat ``stress_*`` entries of older configs), and
+the import of the reference's rank-2 head options (``rank2_symmetric_head``)."""
 
 import warnings
+from operator import attrgetter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +12,20 @@ import torch
 from ase import Atoms
 from hypothesis import given, settings
 
-from so2nn.models import STRESS_BASIS, EquiformerV2, EquiformerV2Config, StressHead
+from so2nn.models import (
+    FLAT_STRESS_KEYS,
+    STRESS_BASIS,
+    STRESS_HEADS,
+    DecomposedStressHead,
+    EquiformerV2,
+    EquiformerV2Config,
+    EquivariantStressHead,
+    Rank2StressHead,
+    StressConfig,
+    StressHead,
+    StressStatistics,
+    load_model,
+)
 from so2nn.models.fairchem import stress_config_from_fairchem
 from so2nn.so3 import CoefficientLayout, spherical_harmonics
 from so2nn.testing import equivariance_error, random_rotation
@@ -21,27 +37,26 @@ TINY = dict(
     max_neighbors=12, max_num_elements=20, alpha_drop=0.0, drop_path_rate=0.0, activation="gate", use_grid_mlp=False,
 )
 VARIANTS = {
-    "decomposed": dict(stress_head="decomposed"),
-    "decomposed_edge_source_target": dict(stress_head="decomposed", stress_edge_level_mlp=True,
-                                          stress_source_target_embedding=True),
-    "decomposed_extensive": dict(stress_head="decomposed", stress_extensive=True, stress_avg_num_nodes=2.5),
-    "rank2": dict(stress_head="rank2"),
-    "rank2_edge_extensive": dict(stress_head="rank2", stress_edge_level_mlp=True, stress_extensive=True),
-    "equivariant": dict(stress_head="equivariant"),
+    "decomposed": StressConfig(head="decomposed"),
+    "decomposed_edge_source_target": StressConfig(head="decomposed", edge_level_mlp=True,
+                                                  source_target_embedding=True),
+    "decomposed_extensive": StressConfig(head="decomposed", extensive=True, avg_num_nodes=2.5),
+    "rank2": StressConfig(head="rank2"),
+    "rank2_edge_extensive": StressConfig(head="rank2", edge_level_mlp=True, extensive=True),
+    "equivariant": StressConfig(head="equivariant"),
 }
 EQUIVARIANT_VARIANTS = {
-    "node": dict(stress_head="equivariant"),
-    "edge_source_target_3_layers": dict(stress_head="equivariant", stress_edge_level_mlp=True,
-                                        stress_source_target_embedding=True, stress_num_mlp_layers=3),
-    "extensive": dict(stress_head="equivariant", stress_extensive=True, stress_avg_num_nodes=2.5,
-                      stress_isotropic_mean=0.1, stress_isotropic_std=0.3, stress_anisotropic_std=0.2,
-                      stress_std=2.0),
+    "node": StressConfig(head="equivariant"),
+    "edge_source_target_3_layers": StressConfig(head="equivariant", edge_level_mlp=True,
+                                                source_target_embedding=True, num_mlp_layers=3),
+    "extensive": StressConfig(head="equivariant", extensive=True, avg_num_nodes=2.5, statistics=StressStatistics(
+        isotropic_mean=0.1, isotropic_std=0.3, anisotropic_std=0.2, std=2.0)),
 }
 
 
-def tiny(seed=0, **changes):
+def tiny(stress: StressConfig, seed=0, **changes):
     torch.manual_seed(seed)
-    model = EquiformerV2(EquiformerV2Config(**{**TINY, **changes})).double().eval()
+    model = EquiformerV2(EquiformerV2Config(**TINY, stress=stress, **changes)).double().eval()
     with torch.no_grad():  # norms off their trivial initialisation
         for name, p in model.heads["stress"].named_parameters():
             if "norm" in name:
@@ -79,8 +94,8 @@ def test_decomposed_head_is_its_equation():
     torch.manual_seed(0)
     layout = CoefficientLayout(2, 1)
     with pytest.warns(UserWarning, match="anisotropic_mean=0.01 is added to every component"):
-        head = StressHead(layout, sphere_channels=4, isotropic_mean=0.2, isotropic_std=3.0, anisotropic_mean=0.01,
-                          anisotropic_std=0.5).double()
+        head = DecomposedStressHead(layout, sphere_channels=4, statistics=StressStatistics(
+            isotropic_mean=0.2, isotropic_std=3.0, anisotropic_mean=0.01, anisotropic_std=0.5)).double()
     x, vec = torch.randn(3, 9, 4, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     edge_index, batch = torch.tensor([[0, 1, 2, 0, 1], [1, 0, 0, 2, 2]]), torch.tensor([0, 0, 1])
     w = head.harmonics_norm(spherical_harmonics(2, vec, normalize=False)[:, :, None])[:, :, 0]
@@ -100,7 +115,7 @@ def test_decomposed_head_is_its_equation():
 
 def test_rank2_head_is_its_equation():
     torch.manual_seed(1)
-    head = StressHead(CoefficientLayout(2, 1), sphere_channels=4, decompose=False, stress_std=2.0).double()
+    head = Rank2StressHead(CoefficientLayout(2, 1), sphere_channels=4, statistics=StressStatistics(std=2.0)).double()
     x, vec = torch.randn(3, 9, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     edge_index = torch.tensor([[0, 1, 2, 0], [1, 0, 0, 2]])
     w = head.harmonics_norm(spherical_harmonics(2, vec, normalize=False)[:, :, None])[:, :, 0]
@@ -118,7 +133,7 @@ def test_rank2_head_is_its_equation():
 def test_linear_readout_stress_rotates_as_a_matrix(variant, R):
     """With one linear map and no bias the readout commutes with rotations: S(R x) = R S R^T
     (exactly, with gate activations in the backbone), and S is symmetric."""
-    model = tiny(**VARIANTS[variant], stress_num_mlp_layers=1)
+    model = tiny(VARIANTS[variant].replace(num_mlp_layers=1))
     with torch.no_grad():
         for name, p in model.heads["stress"].named_parameters():
             if name.startswith(("anisotropic_mlp", "tensor_mlp")) and name.endswith("bias"):
@@ -145,7 +160,7 @@ def perturbed(model, scale=0.5):
 def test_equivariant_head_rotates_as_a_matrix_for_any_weights(variant, R):
     """stress_head='equivariant' with two or more layers and random non-zero biases (gates,
     isotropic MLP): S(R x) = R S R^T to float64 rounding (measured: about 1e-15)."""
-    model = perturbed(tiny(**EQUIVARIANT_VARIANTS[variant]))
+    model = perturbed(tiny(EQUIVARIANT_VARIANTS[variant]))
     assert all(p.abs().min() > 0 for n, p in model.heads["stress"].named_parameters() if n.endswith("bias"))
     pos, cell, _ = crystal()
     errors = equivariance_error(stress_of(model), [pos, cell], ["vector", "vector"],
@@ -160,8 +175,9 @@ def test_equivariant_head_is_its_equation():
     """Anisotropic part: bias-free channel maps of the l = 2 features, gated by SiLU of the
     invariants, then a bias-free map to one channel; rebuilt with the basis."""
     torch.manual_seed(2)
-    head = StressHead(CoefficientLayout(2, 1), sphere_channels=4, equivariant=True, num_mlp_layers=3,
-                      isotropic_mean=0.2, isotropic_std=3.0, anisotropic_std=0.5).double()
+    head = EquivariantStressHead(CoefficientLayout(2, 1), sphere_channels=4, num_mlp_layers=3,
+                                 statistics=StressStatistics(isotropic_mean=0.2, isotropic_std=3.0,
+                                                             anisotropic_std=0.5)).double()
     mlp = head.anisotropic_mlp
     assert [n for n, _ in mlp.named_parameters()] == [
         "linears.0.weight", "linears.1.weight", "linears.2.weight", "gates.0.weight", "gates.0.bias",
@@ -187,7 +203,7 @@ def test_equivariant_head_is_its_equation():
 
 def test_equivariant_head_trains():
     """A few optimiser steps on a stress target of a tiny periodic batch: the loss falls."""
-    model = tiny(stress_head="equivariant").train()
+    model = tiny(StressConfig(head="equivariant")).train()
     pos, cell, numbers = crystal()
     batch = dict(pos=torch.cat([pos, pos * 1.02]), cell=torch.cat([cell, cell * 1.02]),
                  atomic_numbers=torch.cat([numbers, numbers]), natoms=torch.tensor([3, 3]))
@@ -213,7 +229,7 @@ def test_componentwise_mlp_rotates_only_approximately(variant):
     rotation: 0.65 of max|S| for the decomposed head, 0.16 for the plain block; fairchem's own
     heads are off by the same amount): the loose bounds below catch a change that would make
     the reference's form silently different (exact, or wildly off)."""
-    model = tiny(**VARIANTS[variant])
+    model = tiny(VARIANTS[variant])
     with torch.no_grad():
         for p in model.heads["stress"].parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -230,7 +246,7 @@ def test_componentwise_mlp_rotates_only_approximately(variant):
 
 
 def test_the_model_returns_stress_and_saves_it(tmp_path):
-    model = tiny(stress_head="decomposed", stress_isotropic_mean=0.1, stress_isotropic_std=0.02)
+    model = tiny(StressConfig(head="decomposed", statistics=StressStatistics(isotropic_mean=0.1, isotropic_std=0.02)))
     assert list(model.heads) == ["energy", "forces", "stress"]
     assert model.output_names == ("energy", "forces", "stress")
     keys = [k for k in model.state_dict() if k.startswith("heads.")]
@@ -255,21 +271,92 @@ def test_the_model_returns_stress_and_saves_it(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(stress_head="full"), "stress_head must be None, 'decomposed', 'rank2' or 'equivariant'"),
+    (dict(stress=StressConfig(head="rank2")), None),
+    (dict(stress_head="full"), r"stress.head must be None, 'decomposed', 'rank2', 'equivariant', got 'full'"),
     (dict(stress_head="equivariant", stress_anisotropic_mean=0.01),
-     r"stress_head='equivariant' needs \['stress_anisotropic_mean'\] = 0"),
-    (dict(stress_head="equivariant", stress_mean=0.01), r"needs \['stress_mean'\] = 0"),
-    (dict(stress_head="rank2", stress_num_mlp_layers=0), "stress_num_mlp_layers must be an int >= 1"),
-    (dict(stress_head="rank2", stress_extensive=1), "stress_extensive must be a bool"),
-    (dict(stress_head="decomposed", stress_anisotropic_std=0.0), "stress_anisotropic_std must be > 0"),
-    (dict(stress_std=2.0), "set but the model has no stress head"),
+     r"the equivariant stress head needs stress statistics \['anisotropic_mean'\] = 0"),
+    (dict(stress_head="equivariant", stress_mean=0.01), r"needs stress statistics \['mean'\] = 0"),
+    (dict(stress_head="rank2", stress_num_mlp_layers=0), "stress.num_mlp_layers must be an int >= 1"),
+    (dict(stress_head="rank2", stress_extensive=1), "stress.extensive must be a bool"),
+    (dict(stress_head="decomposed", stress_anisotropic_std=0.0), "anisotropic_std must be > 0"),
+    (dict(stress_head="decomposed", stress_isotropic_mean=float("nan")), "isotropic_mean must be a finite number"),
+    (dict(stress_std=2.0), r"stress statistics \['std'\] are set but the model has no stress head"),
     (dict(stress_head="rank2", stress_isotropic_std=2.0),
-     "apply to stress_head='decomposed' or 'equivariant' only"),
-    (dict(stress_head="decomposed", direct_forces=False), "stress_head needs direct_forces=True"),
+     r"\['isotropic_std'\] apply to the decomposed stress heads \('decomposed', 'equivariant'\) only"),
+    (dict(stress_head="decomposed", direct_forces=False), "a stress head needs direct_forces=True"),
+    (dict(stress=StressConfig(head="rank2"), stress_extensive=True), "given twice, as 'stress' and as"),
+    (dict(stress={"head": "rank2", "gate": True}), r"has keys \['gate'\] that StressConfig does not know"),
+    (dict(stress={"head": "rank2", "statistics": {"scale": 2.0}}),
+     r"has keys \['scale'\] that StressStatistics does not know"),
 ])
 def test_bad_stress_configuration(changes, message):
-    with pytest.raises(ValueError, match=message):
-        EquiformerV2Config(**{**TINY, **changes})
+    """Each check once, the same from every entry: nested, a dict (as checkpoints store it),
+    or the flat entries of older configs (through replace and from_dict)."""
+    for make in (lambda: EquiformerV2Config(**TINY).replace(**changes),
+                 lambda: EquiformerV2Config.from_dict({**TINY, **changes})):
+        if message is None:
+            assert make().stress.head == "rank2"
+        else:
+            with pytest.raises(ValueError, match=message):
+                make()
+
+
+def test_flat_stress_entries_map_onto_the_stress_config():
+    """The twelve flat entries of older configs land in StressConfig, nothing lost: every one of
+    them set to a non-default value comes back from the nested config."""
+    flat = dict(stress_head="decomposed", stress_edge_level_mlp=True, stress_num_mlp_layers=3,
+                stress_source_target_embedding=True, stress_extensive=True, stress_avg_num_nodes=2.5,
+                stress_isotropic_mean=0.1, stress_isotropic_std=0.3, stress_anisotropic_mean=0.02,
+                stress_anisotropic_std=0.2, stress_mean=0.01, stress_std=2.0)
+    config = EquiformerV2Config.from_dict({**TINY, **flat})
+    assert config.stress == StressConfig(head="decomposed", edge_level_mlp=True, num_mlp_layers=3,
+                                         source_target_embedding=True, extensive=True, avg_num_nodes=2.5,
+                                         statistics=StressStatistics(0.1, 0.3, 0.02, 0.2, 0.01, 2.0))
+    assert EquiformerV2Config(**TINY).replace(**flat) == config
+    assert EquiformerV2Config.from_dict(config.to_dict()) == config == EquiformerV2Config(**config.to_dict())
+    # replace with flat entries changes only those entries of the group
+    assert config.replace(stress_extensive=False).stress == config.stress.replace(extensive=False)
+    assert config.replace(stress_std=3.0).stress.statistics.isotropic_std == 0.3
+    # the model builds the kind the config names, with the same statistics record
+    model = EquiformerV2(config.replace(stress_anisotropic_mean=0.0, stress_mean=0.0))
+    head = model.heads["stress"]
+    assert type(head) is DecomposedStressHead and head.statistics is model.config.stress.statistics
+    assert set(STRESS_HEADS) == {"decomposed", "rank2", "equivariant"} and all(
+        cls.kind == name and issubclass(cls, StressHead) for name, cls in STRESS_HEADS.items())
+    with pytest.raises(TypeError, match="StressHead is the base of the stress heads"):
+        StressHead(CoefficientLayout(2), sphere_channels=2)
+
+
+def test_checkpoints_with_flat_stress_entries_load_with_identical_outputs(tmp_path):
+    """so2nn checkpoints written when the config had the flat stress_* entries (fixtures made by
+    that code, one per head kind) load, build the same kind and give the same stress."""
+    fixture = torch.load(Path(__file__).parent / "fixtures" / "flat_stress_models.pt", weights_only=True)
+    expected = fixture["expected"]
+    kinds = {"decomposed": DecomposedStressHead, "rank2": Rank2StressHead, "equivariant": EquivariantStressHead}
+    for kind, cls in kinds.items():
+        checkpoint = fixture[kind]
+        assert checkpoint["config"]["stress_head"] == kind and "stress" not in checkpoint["config"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a mean added to every component warns (rank2's)
+            model = load_model(checkpoint).double().eval()
+        assert type(model.heads["stress"]) is cls
+        flat = {k: v for k, v in checkpoint["config"].items() if k.startswith("stress_")}
+        grouped = model.config.stress
+        assert len(flat) == 12 and all(attrgetter(where)(grouped) == flat[key]
+                                       for key, where in FLAT_STRESS_KEYS.items())
+        assert list(model.state_dict()) == list(checkpoint["model"])  # same keys, same order
+        with torch.no_grad():
+            out = model(**expected["input"])
+        for name in ("energy", "forces", "stress"):
+            torch.testing.assert_close(out[name], expected[kind][name], rtol=1e-12, atol=1e-12, msg=name)
+        # saved again, the config is nested, and it loads to the same model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save(tmp_path / f"{kind}.pt")
+            again = load_model(tmp_path / f"{kind}.pt")
+        saved = torch.load(tmp_path / f"{kind}.pt", weights_only=True)["config"]
+        assert saved["stress"]["head"] == kind and not any(k.startswith("stress_") for k in saved)
+        assert again.config == model.config
 
 
 def test_reference_head_options_map_onto_the_config():
@@ -290,19 +377,23 @@ def test_reference_head_options_map_onto_the_config():
         stress_config_from_fairchem({"module": "rank2_symmetric_head", "use_denoising": True})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        StressHead(CoefficientLayout(2), sphere_channels=2)  # zero means: no warning
+        for cls in STRESS_HEADS.values():
+            cls(CoefficientLayout(2), sphere_channels=2)  # zero means: no warning
 
 
 def test_equivariant_head_checks_and_saves(tmp_path):
-    with pytest.raises(ValueError, match="equivariant=True is a decomposed stress head"):
-        StressHead(CoefficientLayout(2), sphere_channels=2, decompose=False, equivariant=True)
-    with pytest.raises(ValueError, match="the equivariant stress head needs anisotropic_mean=0"):
-        StressHead(CoefficientLayout(2), sphere_channels=2, equivariant=True, anisotropic_mean=0.1)
-    model = perturbed(tiny(stress_head="equivariant"))
+    with pytest.raises(ValueError, match=r"the equivariant stress head needs stress statistics \['anisotropic_mean'\]"):
+        EquivariantStressHead(CoefficientLayout(2), sphere_channels=2,
+                              statistics=StressStatistics(anisotropic_mean=0.1))
+    with pytest.raises(ValueError, match=r"\['isotropic_std'\] apply to the decomposed stress heads"):
+        Rank2StressHead(CoefficientLayout(2), sphere_channels=2, statistics=StressStatistics(isotropic_std=2.0))
+    with pytest.raises(TypeError, match="statistics must be a StressStatistics"):
+        DecomposedStressHead(CoefficientLayout(2), sphere_channels=2, statistics={"std": 2.0})
+    model = perturbed(tiny(StressConfig(head="equivariant")))
     assert "equivariant" in repr(model.heads["stress"])
     model.save(tmp_path / "model.pt")
     again = EquiformerV2.from_checkpoint(tmp_path / "model.pt").double()
-    assert again.config.stress_head == "equivariant"
+    assert again.config.stress.head == "equivariant" and type(again.heads["stress"]) is EquivariantStressHead
     pos, cell, numbers = crystal()
     stress = model(pos=pos, cell=cell, atomic_numbers=numbers)["stress"]
     torch.testing.assert_close(again(pos=pos, cell=cell, atomic_numbers=numbers)["stress"], stress,

@@ -3,6 +3,7 @@ backbone, learning-rate groups, added heads, energy referencing, provenance and 
 it pays: a slab model fine-tuned on bulk crystals beats the same architecture trained from
 scratch for as many steps."""
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -117,6 +118,19 @@ def test_added_and_reinitialised_heads(pretrained):
     weights, own = source.state_dict(), model.state_dict()
     assert any(not torch.equal(weights[k], own[k]) for k in own if k.startswith("heads.forces."))
     assert all(torch.equal(weights[k], own[k]) for k in own if not k.startswith("heads.forces."))
+
+
+def test_a_stress_head_is_added_by_its_group_or_by_the_older_flat_entries(pretrained, tmp_path):
+    """``stress={...}`` and the flat ``stress_*`` entries of older configs add the same head; the
+    provenance records the group in plain values (a checkpoint loads it as data)."""
+    flat, record = pretrained_model(pretrained, stress_head="equivariant", stress_extensive=True, stress_avg_num_nodes=4)
+    nested, _ = pretrained_model(pretrained, stress={"head": "equivariant", "extensive": True, "avg_num_nodes": 4.0})
+    assert flat.config == nested.config and flat.config.stress.extensive and record["added_heads"] == ["stress"]
+    assert record["config_changes"] == {"stress": dataclasses.asdict(nested.config.stress)}
+    torch.save(record, tmp_path / "record.pt")
+    assert torch.load(tmp_path / "record.pt", weights_only=True) == record
+    with pytest.raises(ValueError, match=r"unknown configuration keys: \['stress_gate'\]"):
+        pretrained_model(pretrained, stress_gate=True)
 
 
 def test_architecture_changes_raise_and_graph_changes_warn(pretrained):

@@ -147,7 +147,7 @@ def equiformer_v2_config(model: FairchemModelConfig, normalizers: dict, changes:
     stress_head = stress_head if isinstance(stress_head, dict) else None
     out.update(stress_config_from_fairchem(stress_head, normalizers))
     out.update(changes)
-    return EquiformerV2Config(**out)
+    return EquiformerV2Config.from_dict(out)  # the stress options as flat keys: from_dict groups them
 
 
 def _graph_mode_from_fairchem(cfg: dict) -> dict:
