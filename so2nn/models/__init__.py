@@ -8,7 +8,7 @@ from ._equiformer_v2 import EquiformerV2, TransformerBlock
 from ._fairchem import FAIRCHEM_IGNORED_KEYS
 from ._heads import STRESS_BASIS, EnergyHead, ForceHead, GatedTensorMLP, StressHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
-from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
+from ._protocol import AtomisticModel, ModelConfig, TargetStatistics, target_statistics_fields
 from ._registry import (
     build_model,
     load_model,
@@ -47,5 +47,6 @@ __all__ = [
     "read_inputs",
     "register_model",
     "registered_models",
+    "target_statistics_fields",
     "upgrade_checkpoint",
 ]

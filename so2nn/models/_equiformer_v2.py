@@ -173,6 +173,9 @@ class EquiformerV2(nn.Module):
     """
 
     config_class = EquiformerV2Config
+    #: The config entries that :meth:`with_target_statistics` sets
+    #: (:func:`~so2nn.models.target_statistics_fields`).
+    target_statistics_fields = ("energy_mean", "energy_std", "forces_std", "forces_mean", "use_energy_lin_ref")
 
     def __init__(self, config: EquiformerV2Config | str = "oc20-31M") -> None:
         super().__init__()

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import TargetStatistics, build_model, load_model
+from ..models import TargetStatistics, build_model, load_model, target_statistics_fields
 from ..models._checkpoint import load_checkpoint
 
 __all__ = ["FINE_TUNING_SETTINGS", "REFIT_CHOICES", "file_sha256", "parameter_groups", "pretrained_model",
@@ -26,7 +26,6 @@ FINE_TUNING_SETTINGS = ("alpha_drop", "drop_path_rate", "proj_drop", "max_radius
 _FUNCTION_CHANGING = ("max_radius", "max_neighbors", "graph_mode")
 #: How the energy referencing is set from the new training set (see :func:`referenced_statistics`).
 REFIT_CHOICES = ("references", "none", "all")
-_DERIVED = ("energy_mean", "energy_std", "forces_std", "forces_mean", "use_energy_lin_ref")
 
 
 def _head_of(field: str) -> str | None:
@@ -76,12 +75,13 @@ def pretrained_model(checkpoint, *, use_ema: bool = True, trust: bool = False, r
     if unknown:
         raise ValueError(f"re-initialise heads {unknown}: the checkpoint's model has heads {sorted(present)}")
     problems = []
+    derived = target_statistics_fields(source)
     for name, value in config_changes.items():
         if name not in old.to_dict():
             problems.append(f"{name}: not a {type(old).__name__} entry")
         elif value == getattr(old, name) or name in FINE_TUNING_SETTINGS:
             continue
-        elif name in _DERIVED:
+        elif name in derived:
             problems.append(f"{name}: set by the energy referencing of the run (refit=...), not by hand")
         elif _head_of(name) is not None and (_head_of(name) in reinit or _head_of(name) not in present):
             continue  # an option of a head that starts fresh

@@ -19,9 +19,23 @@ from ._provenance import data_fingerprint
 __all__ = ["evaluate_model", "write_predictions"]
 
 
-def _batches(dataset, indices: Sequence[int], batch_size: int):
+def model_outputs(model, dataset, indices: Sequence[int], batch_size: int, device,
+                  autocast: Callable | None = None):
+    """The one batching loop of evaluation: ``model`` on the items ``indices`` of ``dataset``,
+    ``batch_size`` at a time, in order, under ``autocast()`` (default: none). Serves the
+    Trainer's validation and predictions, :func:`evaluate_model` and :func:`write_predictions`.
+
+    Yields:
+        ``(items, batch, out)``: the batch's items as read, their ``Batch`` on ``device`` and
+        the model's outputs on it.
+    """
+    device = torch.device(device)
     for start in range(0, len(indices), batch_size):
-        yield Batch.from_data_list([dataset[i] for i in indices[start:start + batch_size]])
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        batch = Batch.from_data_list(items).to(device)
+        with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+            out = model(batch)
+        yield items, batch, out
 
 
 def _bar(total: int, desc: str, progress: bool, initial: int = 0):
@@ -39,10 +53,7 @@ def accumulate_metrics(model, dataset, indices: Sequence[int], batch_size: int, 
     in order) to ``metrics``; the loop behind :func:`evaluate_model` and the Trainer's validation."""
     model.eval()
     bar = _bar(len(indices), "evaluate", progress)
-    for batch in _batches(dataset, indices, batch_size):
-        batch = batch.to(device)
-        with autocast() if autocast is not None else torch.autocast(batch.pos.device.type, enabled=False):
-            out = model(batch)
+    for _, batch, out in model_outputs(model, dataset, indices, batch_size, device, autocast):
         fixed = getattr(batch, "fixed", None)
         mask = ~fixed.bool() if free_atoms_only and fixed is not None else None
         metrics.update(out["energy"].float(), batch.energy.view(-1), out["forces"].float(), batch.forces,
@@ -203,10 +214,8 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
     bar = _bar(len(dataset), "predict", progress, initial=done)
     batches = 0
     try:
-        for start in range(done, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-            batch = Batch.from_data_list(items).to(device)
-            out = model(batch)
+        indices = range(done, len(dataset))
+        for items, batch, out in model_outputs(model, dataset, indices, batch_size, device):
             free = ~batch.fixed.bool() if getattr(batch, "fixed", None) is not None else \
                 torch.ones(batch.num_nodes, dtype=torch.bool, device=device)
             ids.extend(_system_id(item) for item in items)
@@ -216,7 +225,7 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
             batches += 1
             if bar is not None:
                 bar.update(len(items))
-            finished = start + batch_size >= len(dataset)
+            finished = done + batches * batch_size >= len(dataset)
             if not finished and (batches % save_every == 0 or batches == stop_after):
                 save(partial, final=False)
             if not finished and batches == stop_after:

@@ -15,7 +15,7 @@ from ase.calculators.emt import EMT
 from torch_geometric.data import Batch, Data
 
 from so2nn.calculators import So2nnCalculator
-from so2nn.models import AtomisticModel, load_model
+from so2nn.models import AtomisticModel, load_model, target_statistics_fields
 from so2nn.training import Trainer, TrainingConfig
 
 HERE = Path(__file__).parent
@@ -68,7 +68,12 @@ def test_a_model_outside_so2nn_trains_saves_reloads_and_runs_in_ase(tmp_path):
     trainer.fit(stop_after=20)
     assert trainer.step == 20 and not (tmp_path / "model.pt").exists()
     del trainer
-    resumed = Trainer.resume(tmp_path / "checkpoint.pt", train, val, tmp_path, progress=False)
+    # asked for with a fresh config: the statistics the run set (target_statistics_fields, here
+    # the default: the config's entries named as TargetStatistics' fields) are not compared
+    assert target_statistics_fields(tiny_model.TinyModel) == ("energy_mean", "energy_std", "forces_std",
+                                                              "element_references")
+    resumed = Trainer.resume(tmp_path / "checkpoint.pt", train, val, tmp_path, progress=False,
+                             model_config=tiny_model.TinyConfig())
     assert isinstance(resumed.model, tiny_model.TinyModel) and resumed.ema.num_updates == 20
     metrics = resumed.fit()
     assert resumed.step == 40 and resumed.ema.num_updates == 40
