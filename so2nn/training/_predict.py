@@ -85,9 +85,7 @@ def evaluate_model(model, dataset, batch_size: int = 16, device: str | torch.dev
         >>> from so2nn.data import make_emt_dataset, open_dataset
         >>> from so2nn.models import EquiformerV2, EquiformerV2Config
         >>> _, val = make_emt_dataset(tempfile.mkdtemp(), train_systems=1, val_systems=1, frames_per_system=2)
-        >>> model = EquiformerV2(EquiformerV2Config(lmax=1, mmax=1, num_layers=1, sphere_channels=8,
-        ...     attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4, attn_value_channels=4,
-        ...     ffn_hidden_channels=8, edge_channels=8, num_distance_basis=8, grid_resolution=None))
+        >>> model = EquiformerV2(EquiformerV2Config.tiny())
         >>> sorted(evaluate_model(model, open_dataset(val)))[:3]
         ['efwt', 'energy_mae', 'energy_mae_mean_baseline']
     """
@@ -157,9 +155,7 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
         >>> from so2nn.models import EquiformerV2, EquiformerV2Config
         >>> root = tempfile.mkdtemp()
         >>> _, val = make_emt_dataset(root, train_systems=1, val_systems=2, frames_per_system=2)
-        >>> model = EquiformerV2(EquiformerV2Config(lmax=1, mmax=1, num_layers=1, sphere_channels=8,
-        ...     attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4, attn_value_channels=4,
-        ...     ffn_hidden_channels=8, edge_channels=8, num_distance_basis=8, grid_resolution=None))
+        >>> model = EquiformerV2(EquiformerV2Config.tiny())
         >>> path = write_predictions(model, open_dataset(val), root + "/val.npz", batch_size=3)
         >>> result = np.load(path)
         >>> result["ids"].tolist(), result["energy"].dtype, len(np.split(result["forces"], result["chunk_idx"]))
