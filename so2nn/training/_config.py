@@ -76,37 +76,60 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        for name in ("max_steps", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every", "log_every"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "eval_batch_size",
+            "eval_every",
+            "checkpoint_every",
+            "log_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.stress_loss not in ("decomposed", "plain"):
             raise ValueError(f"stress_loss must be 'decomposed' or 'plain', got {self.stress_loss!r}")
         wrong = "stress_coefficient" if self.stress_loss == "decomposed" else "stress_isotropic_coefficient"
-        if getattr(self, wrong) is not None or (self.stress_loss == "plain"
-                                                and self.stress_anisotropic_coefficient is not None):
-            raise ValueError(f"stress_loss={self.stress_loss!r} takes "
-                             + ("stress_isotropic_coefficient and stress_anisotropic_coefficient"
-                                if self.stress_loss == "decomposed" else "stress_coefficient")
-                             + ", not the other stress coefficients")
+        if getattr(self, wrong) is not None or (
+            self.stress_loss == "plain" and self.stress_anisotropic_coefficient is not None
+        ):
+            raise ValueError(
+                f"stress_loss={self.stress_loss!r} takes "
+                + (
+                    "stress_isotropic_coefficient and stress_anisotropic_coefficient"
+                    if self.stress_loss == "decomposed"
+                    else "stress_coefficient"
+                )
+                + ", not the other stress coefficients"
+            )
         if not 0 <= self.warmup_steps:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.backbone_lr_factor > 0:
             raise ValueError(f"backbone_lr_factor must be > 0, got {self.backbone_lr_factor}")
 
-
     @property
     def stress_coefficients(self) -> dict[str, float]:
         """The stress terms of the loss and their coefficients (defaults filled in)."""
-        names = (("stress", self.stress_coefficient),) if self.stress_loss == "plain" else (
-            ("stress_isotropic", self.stress_isotropic_coefficient),
-            ("stress_anisotropic", self.stress_anisotropic_coefficient))
+        names = (
+            (("stress", self.stress_coefficient),)
+            if self.stress_loss == "plain"
+            else (
+                ("stress_isotropic", self.stress_isotropic_coefficient),
+                ("stress_anisotropic", self.stress_anisotropic_coefficient),
+            )
+        )
         return {name: DEFAULT_STRESS_COEFFICIENT if value is None else value for name, value in names}
 
     @property
     def stress_coefficient_set(self) -> bool:
         """Whether a stress coefficient was set (then stress must be in the data and the model)."""
-        return any(value is not None for value in (self.stress_coefficient, self.stress_isotropic_coefficient,
-                                                   self.stress_anisotropic_coefficient))
+        return any(
+            value is not None
+            for value in (
+                self.stress_coefficient,
+                self.stress_isotropic_coefficient,
+                self.stress_anisotropic_coefficient,
+            )
+        )
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,9 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as error:
-                raise ValueError("tensorboard logging needs the tensorboard package: pip install tensorboard") from error
+                raise ValueError(
+                    "tensorboard logging needs the tensorboard package: pip install tensorboard"
+                ) from error
             self._writer = SummaryWriter(self.out_dir / "tensorboard")
 
     def write(self, name: str, row: dict) -> None:

@@ -113,11 +113,17 @@ def decomposed_stress_loss(pred: torch.Tensor, true: torch.Tensor,
     """
     (iso_pred, aniso_pred) = decompose_stress(pred.float().reshape(-1, 3, 3))
     (iso_true, aniso_true) = decompose_stress(true.float().reshape(-1, 3, 3))
-    return (iso_pred - iso_true).abs().mean() / stress_std, (aniso_pred - aniso_true).abs().mean() / stress_std
+    isotropic = (iso_pred - iso_true).abs().mean() / stress_std
+    return isotropic, (aniso_pred - aniso_true).abs().mean() / stress_std
 
 
-def s2ef_loss(out: dict[str, torch.Tensor], batch: Batch, config: TrainingConfig, statistics: TargetStatistics,
-              stress_std: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def s2ef_loss(
+    out: dict[str, torch.Tensor],
+    batch: Batch,
+    config: TrainingConfig,
+    statistics: TargetStatistics,
+    stress_std: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""The weighted training loss of a model's outputs ``out`` on ``batch``, and its terms.
 
     :math:`\lambda_E\,\mathcal L_E + \lambda_F\,\mathcal L_F` (:func:`energy_loss`, per atom
@@ -136,15 +142,18 @@ def s2ef_loss(out: dict[str, torch.Tensor], batch: Batch, config: TrainingConfig
     fixed = getattr(batch, "fixed", None)
     free = None if fixed is None else ~fixed.bool()
     mask = free if config.train_on_free_atoms and free is not None and bool(free.any()) else None
-    terms = {"energy_loss": energy_loss(out["energy"], batch.energy, statistics.energy_std, natoms),
-             "force_loss": force_loss(out["forces"], batch.forces, statistics.forces_std, mask)}
+    terms = {
+        "energy_loss": energy_loss(out["energy"], batch.energy, statistics.energy_std, natoms),
+        "force_loss": force_loss(out["forces"], batch.forces, statistics.forces_std, mask),
+    }
     loss = config.energy_coefficient * terms["energy_loss"] + config.force_coefficient * terms["force_loss"]
     if stress_std is not None:
         if config.stress_loss == "plain":
             terms["stress_loss"] = stress_loss(out["stress"], batch.stress, stress_std)
         else:
             terms["stress_isotropic_loss"], terms["stress_anisotropic_loss"] = decomposed_stress_loss(
-                out["stress"], batch.stress, stress_std)
+                out["stress"], batch.stress, stress_std
+            )
         for name, coefficient in config.stress_coefficients.items():
             loss = loss + coefficient * terms[f"{name}_loss"]
     return loss, terms

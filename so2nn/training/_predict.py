@@ -115,14 +115,23 @@ def _system_id(item) -> str:
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy would append .npz to the name
+    # a file object: numpy would append .npz to the name
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 
 @torch.no_grad()
-def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int = 16,
-                      device: str | torch.device = "cpu", dtype: str = "float16", save_every: int = 50,
-                      progress: bool = False, stop_after: int | None = None) -> Path | None:
+def write_predictions(
+    model,
+    dataset,
+    path: str | os.PathLike,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    dtype: str = "float16",
+    save_every: int = 50,
+    progress: bool = False,
+    stop_after: int | None = None,
+) -> Path | None:
     r"""Write ``model``'s predictions on ``dataset`` in OC20's S2EF submission format: an
     ``.npz`` with
 
@@ -158,7 +167,8 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
         >>> model = EquiformerV2(EquiformerV2Config.tiny())
         >>> path = write_predictions(model, open_dataset(val), root + "/val.npz", batch_size=3)
         >>> result = np.load(path)
-        >>> result["ids"].tolist(), result["energy"].dtype, len(np.split(result["forces"], result["chunk_idx"]))
+        >>> frames = np.split(result["forces"], result["chunk_idx"])
+        >>> result["ids"].tolist(), result["energy"].dtype, len(frames)
         (['1_0', '1_1', '2_0', '2_1'], dtype('float16'), 4)
     """
     if dtype not in ("float16", "float32"):
@@ -171,8 +181,16 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
     partial = path.with_name(path.name[: -len(".npz")] + ".partial.npz")
     device = torch.device(device)
     model = model.to(device).eval()
-    fingerprint = json.dumps({"model": _model_hash(model), "data": data_fingerprint(dataset),
-                              "batch_size": batch_size, "dtype": dtype}, sort_keys=True, default=str)
+    fingerprint = json.dumps(
+        {
+            "model": _model_hash(model),
+            "data": data_fingerprint(dataset),
+            "batch_size": batch_size,
+            "dtype": dtype,
+        },
+        sort_keys=True,
+        default=str,
+    )
     ids: list[str] = []
     energies: list[np.ndarray] = []
     forces: list[np.ndarray] = []
@@ -181,13 +199,16 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
         try:
             with np.load(partial) as saved:
                 if str(saved["fingerprint"]) != fingerprint:
-                    raise ValueError(f"{partial}: partial predictions of another model, dataset or options "
-                                     f"(batch size, dtype); delete it to start again")
+                    raise ValueError(
+                        f"{partial}: partial predictions of another model, dataset or options "
+                        f"(batch size, dtype); delete it to start again"
+                    )
                 ids = saved["ids"].tolist()
                 energies, forces, counts = [saved["energy"]], [saved["forces"]], saved["counts"].tolist()
         except (OSError, KeyError, EOFError) as error:
-            raise ValueError(f"{partial}: cannot read the partial predictions ({error}); delete it to start "
-                             f"again") from error
+            raise ValueError(
+                f"{partial}: cannot read the partial predictions ({error}); delete it to start again"
+            ) from error
     done = len(ids)
     target = np.float16 if dtype == "float16" else np.float32
 
@@ -195,25 +216,44 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
         energy = np.concatenate(energies) if energies else np.zeros(0, target)
         force = np.concatenate(forces) if forces else np.zeros((0, 3), target)
         if not final:
-            _save_npz(file, {"ids": np.array(ids, dtype=str), "energy": energy, "forces": force,
-                             "counts": np.array(counts, dtype=np.int64), "fingerprint": np.array(fingerprint)})
+            _save_npz(
+                file,
+                {
+                    "ids": np.array(ids, dtype=str),
+                    "energy": energy,
+                    "forces": force,
+                    "counts": np.array(counts, dtype=np.int64),
+                    "fingerprint": np.array(fingerprint),
+                },
+            )
             return
         unique, first = np.unique(np.array(ids, dtype=str), return_index=True)
         if len(unique) != len(ids):
-            raise ValueError(f"the dataset repeats system ids ({len(ids) - len(unique)} duplicates): "
-                             f"the submission format needs one prediction per '<sid>_<fid>'")
+            raise ValueError(
+                f"the dataset repeats system ids ({len(ids) - len(unique)} duplicates): "
+                f"the submission format needs one prediction per '<sid>_<fid>'"
+            )
         chunks = np.split(force, np.cumsum(counts)[:-1]) if counts else []
-        _save_npz(file, {"ids": unique, "energy": energy[first],
-                         "forces": np.concatenate([chunks[i] for i in first]) if len(first) else force,
-                         "chunk_idx": np.cumsum([counts[i] for i in first])[:-1].astype(np.int64)})
+        _save_npz(
+            file,
+            {
+                "ids": unique,
+                "energy": energy[first],
+                "forces": np.concatenate([chunks[i] for i in first]) if len(first) else force,
+                "chunk_idx": np.cumsum([counts[i] for i in first])[:-1].astype(np.int64),
+            },
+        )
 
     bar = _bar(len(dataset), "predict", progress, initial=done)
     batches = 0
     try:
         indices = range(done, len(dataset))
         for items, batch, out in model_outputs(model, dataset, indices, batch_size, device):
-            free = ~batch.fixed.bool() if getattr(batch, "fixed", None) is not None else \
-                torch.ones(batch.num_nodes, dtype=torch.bool, device=device)
+            free = (
+                ~batch.fixed.bool()
+                if getattr(batch, "fixed", None) is not None
+                else torch.ones(batch.num_nodes, dtype=torch.bool, device=device)
+            )
             ids.extend(_system_id(item) for item in items)
             energies.append(out["energy"].detach().reshape(-1).float().cpu().numpy().astype(target))
             forces.append(out["forces"].detach()[free].float().cpu().numpy().astype(target))

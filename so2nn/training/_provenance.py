@@ -48,7 +48,11 @@ def data_fingerprint(dataset) -> dict:
         return {"type": "Subset", "length": len(indices), "indices": _summary(indices),
                 "of": data_fingerprint(dataset.dataset)}
     if isinstance(dataset, ConcatDataset):
-        return {"type": "ConcatDataset", "length": len(dataset), "parts": [data_fingerprint(d) for d in dataset.datasets]}
+        return {
+            "type": "ConcatDataset",
+            "length": len(dataset),
+            "parts": [data_fingerprint(d) for d in dataset.datasets],
+        }
     record: dict = {"type": type(dataset).__name__, "length": len(dataset)}
     if getattr(dataset, "path", None) is not None:
         record["path"] = str(dataset.path)
@@ -79,7 +83,10 @@ def fingerprint_differences(recorded: dict, current: dict, what: str) -> list[st
     if recorded.get("length") != current.get("length"):
         out.append(f"{what}: {recorded.get('length')} records in the run, {current.get('length')} now")
     if recorded.get("indices") != current.get("indices"):
-        out.append(f"{what}: other subset indices ({recorded.get('indices')} in the run, {current.get('indices')} now)")
+        out.append(
+            f"{what}: other subset indices ({recorded.get('indices')} in the run, "
+            f"{current.get('indices')} now)"
+        )
     if "of" in recorded or "of" in current:
         out += fingerprint_differences(recorded.get("of") or {}, current.get("of") or {}, what)
     old_parts, new_parts = recorded.get("parts") or [], current.get("parts") or []
@@ -100,16 +107,27 @@ def fingerprint_differences(recorded: dict, current: dict, what: str) -> list[st
         elif old["mtime_ns"] != new["mtime_ns"]:
             out.append(f"{what}: {path} was modified since the run (same size, other modification time)")
     if not out and recorded.get("records_per_file") != current.get("records_per_file"):
-        out.append(f"{what}: other records per file ({recorded.get('records_per_file')} in the run, "
-                   f"{current.get('records_per_file')} now)")
+        out.append(
+            f"{what}: other records per file ({recorded.get('records_per_file')} in the run, "
+            f"{current.get('records_per_file')} now)"
+        )
     if not out and recorded.get("energies") != current.get("energies"):
-        out.append(f"{what}: energies of items 0, middle, last: {recorded.get('energies')} in the run, "
-                   f"{current.get('energies')} now")
+        out.append(
+            f"{what}: energies of items 0, middle, last: {recorded.get('energies')} in the run, "
+            f"{current.get('energies')} now"
+        )
     return out
 
 
-def check_resume(state: dict, config: TrainingConfig, model_config: ModelConfig | None, train_set, val_set,
-                 allow_data_change: bool = False, where: str = "the checkpoint") -> ModelConfig:
+def check_resume(
+    state: dict,
+    config: TrainingConfig,
+    model_config: ModelConfig | None,
+    train_set,
+    val_set,
+    allow_data_change: bool = False,
+    where: str = "the checkpoint",
+) -> ModelConfig:
     """Check that resuming the run of ``state`` (an so2nn training checkpoint, upgraded) with
     ``config``, ``model_config`` (None: not compared) and these datasets is the same run, and
     return the run's model config.
@@ -140,19 +158,33 @@ def check_resume(state: dict, config: TrainingConfig, model_config: ModelConfig 
     data_problems = []
     recorded_data = state.get("data")
     if recorded_data is None:
-        warnings.warn("the checkpoint records no data sources (written by an older so2nn): "
-                      "cannot check that the resume uses the run's data", stacklevel=3)
+        warnings.warn(
+            "the checkpoint records no data sources (written by an older so2nn): "
+            "cannot check that the resume uses the run's data",
+            stacklevel=3,
+        )
     else:
-        for key, what, dataset in (("train", "training data", train_set), ("val", "validation data", val_set)):
+        for key, what, dataset in (
+            ("train", "training data", train_set),
+            ("val", "validation data", val_set),
+        ):
             data_problems += fingerprint_differences(recorded_data[key], data_fingerprint(dataset), what)
     if data_problems and allow_data_change:
-        warnings.warn("resuming on data that differs from the run's: " + "; ".join(data_problems), stacklevel=3)
+        warnings.warn(
+            "resuming on data that differs from the run's: " + "; ".join(data_problems), stacklevel=3
+        )
     elif data_problems:
-        problems += [*data_problems, ("(the same data moved or copied elsewhere: allow_data_change=True, "
-                                      "--allow-data-change on the command line)")]
+        problems += [
+            *data_problems,
+            (
+                "(the same data moved or copied elsewhere: allow_data_change=True, "
+                "--allow-data-change on the command line)"
+            ),
+        ]
     if problems:
         raise ValueError(
-            f"cannot resume {where}: this would not be the same run.\n  " + "\n  ".join(problems)
+            f"cannot resume {where}: this would not be the same run.\n  "
+            + "\n  ".join(problems)
             + f"\nA resume may change only {', '.join(RESUMABLE)} (and the device, threads, logging); "
             "for another recipe or other data, start a new run in another output directory."
         )

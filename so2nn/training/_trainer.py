@@ -165,7 +165,8 @@ class Trainer:
         torch.manual_seed(config.seed + self.dist.rank)
 
     @staticmethod
-    def _training_set_statistics(model, train_set, config: TrainingConfig) -> tuple[RunStatistics, AtomisticModel]:
+    def _training_set_statistics(model, train_set,
+                                 config: TrainingConfig) -> tuple[RunStatistics, AtomisticModel]:
         """The run's statistics from the training set, and the model with its target statistics
         as ``config`` asks (the training set's, or its own)."""
         elements = model.config.max_num_elements if config.element_references else None
@@ -179,7 +180,8 @@ class Trainer:
                 tuple(stats["element_references"]) if config.element_references else own.element_references,
             ))
         # the baseline "predict the training mean" uses the raw energies
-        return RunStatistics(stats.get("raw_energy_mean", stats["energy_mean"]), stats.get("stress_std")), model
+        statistics = RunStatistics(stats.get("raw_energy_mean", stats["energy_mean"]), stats.get("stress_std"))
+        return statistics, model
 
     def _check_stress(self, model) -> bool:
         data, outputs = self.stress_std is not None, "stress" in model.output_names
@@ -227,8 +229,8 @@ class Trainer:
         if state.get("format") != "so2nn" or "optimizer" not in state:
             raise ValueError("not a so2nn training checkpoint (no optimiser state): cannot resume from it")
         state = upgrade_checkpoint(state)
-        config = dataclasses.replace(config if config is not None else TrainingConfig(**state["training_config"]),
-                                     **config_changes)
+        recorded = TrainingConfig(**state["training_config"])
+        config = dataclasses.replace(config if config is not None else recorded, **config_changes)
         where = checkpoint if not isinstance(checkpoint, dict) else "the checkpoint"
         run_model = check_resume(state, config, model_config, train_set, val_set, allow_data_change, where)
         model = model_class(state["model_type"]).from_config(run_model)
@@ -485,8 +487,8 @@ class Trainer:
         """Learning curves and energy/force parity plots of the validation set, as a PNG
         (:func:`~so2nn.training.plot_summary`; default ``out_dir/summary.png``)."""
         path = self.out_dir / "summary.png" if path is None else Path(path)
-        return plot_summary(read_log(self.out_dir / TRAIN_LOG), read_log(self.out_dir / VAL_LOG), self.predictions(),
-                            path)
+        train, val = read_log(self.out_dir / TRAIN_LOG), read_log(self.out_dir / VAL_LOG)
+        return plot_summary(train, val, self.predictions(), path)
 
     def close(self) -> None:
         self.log.close()

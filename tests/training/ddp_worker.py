@@ -14,13 +14,23 @@ from so2nn.training import Trainer, TrainingConfig  # noqa: E402
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
-    model_config = EquiformerV2Config.tiny(max_neighbors=12, grid_resolution=None, alpha_drop=0.1, drop_path_rate=0.05)
-    config = TrainingConfig(max_steps=6, batch_size=2, lr=1e-3, warmup_steps=1, eval_every=3, checkpoint_every=3, log_every=1)
+    model_config = EquiformerV2Config.tiny(
+        max_neighbors=12, grid_resolution=None, alpha_drop=0.1, drop_path_rate=0.05
+    )
+    config = TrainingConfig(
+        max_steps=6, batch_size=2, lr=1e-3, warmup_steps=1, eval_every=3, checkpoint_every=3, log_every=1
+    )
     trainer = Trainer(model_config, emt_frames(12, 0), emt_frames(5, 1), config, out, progress=False)
     metrics = trainer.fit()
     rank = trainer.dist.rank
-    torch.save({"params": [p.detach() for p in trainer.model.parameters()], "metrics": metrics,
-                "world_size": trainer.dist.world_size}, out / f"rank{rank}.pt")
+    torch.save(
+        {
+            "params": [p.detach() for p in trainer.model.parameters()],
+            "metrics": metrics,
+            "world_size": trainer.dist.world_size,
+        },
+        out / f"rank{rank}.pt",
+    )
     trainer.close()
 
 

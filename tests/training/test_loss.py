@@ -44,14 +44,25 @@ def test_each_term_by_hand():
     # a pure pressure error is all isotropic; a traceless one all anisotropic
     pressure = torch.eye(3).expand(2, 3, 3) * 0.3
     shear = torch.tensor([[0.0, 0.2, 0.0], [0.2, 0.0, 0.0], [0.0, 0.0, 0.0]]).expand(2, 3, 3)
-    assert float(decomposed_stress_loss(pressure, torch.zeros(2, 3, 3), 1.0)[1]) == pytest.approx(0.0, abs=1e-7)
+    assert float(decomposed_stress_loss(pressure, torch.zeros(2, 3, 3), 1.0)[1]) == pytest.approx(
+        0.0, abs=1e-7
+    )
     assert float(decomposed_stress_loss(shear, torch.zeros(2, 3, 3), 1.0)[0]) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_the_weighted_loss_and_the_free_atoms():
     rng = np.random.default_rng(1)
-    items = [Data(pos=_random(rng, n, 3), energy=_random(rng, 1), forces=_random(rng, n, 3), natoms=n,
-                  fixed=torch.tensor([True] + [False] * (n - 1)), stress=_random(rng, 1, 3, 3)) for n in (3, 4)]
+    items = [
+        Data(
+            pos=_random(rng, n, 3),
+            energy=_random(rng, 1),
+            forces=_random(rng, n, 3),
+            natoms=n,
+            fixed=torch.tensor([True] + [False] * (n - 1)),
+            stress=_random(rng, 1, 3, 3),
+        )
+        for n in (3, 4)
+    ]
     batch = Batch.from_data_list(items)
     out = {"energy": _random(rng, 2), "forces": _random(rng, 7, 3), "stress": _random(rng, 2, 3, 3)}
     stats = TargetStatistics(energy_mean=0.0, energy_std=2.0, forces_std=0.5)
@@ -67,9 +78,11 @@ def test_the_weighted_loss_and_the_free_atoms():
     assert sorted(plain) == ["energy_loss", "force_loss"]
     # every atom fixed: the force loss falls back to all atoms, rather than to the mean of nothing
     batch.fixed = torch.ones(7, dtype=torch.bool)
-    assert torch.equal(s2ef_loss(out, batch, config, stats)[1]["force_loss"],
-                       force_loss(out["forces"], batch.forces, 0.5))
+    assert torch.equal(
+        s2ef_loss(out, batch, config, stats)[1]["force_loss"], force_loss(out["forces"], batch.forces, 0.5)
+    )
     all_atoms = TrainingConfig(train_on_free_atoms=False)
     batch.fixed = free.logical_not()
-    assert torch.equal(s2ef_loss(out, batch, all_atoms, stats)[1]["force_loss"],
-                       force_loss(out["forces"], batch.forces, 0.5))
+    assert torch.equal(
+        s2ef_loss(out, batch, all_atoms, stats)[1]["force_loss"], force_loss(out["forces"], batch.forces, 0.5)
+    )
