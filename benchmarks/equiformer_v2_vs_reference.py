@@ -93,52 +93,25 @@ def batch_inputs(size, copies, config):
     cell = torch.tensor(np.stack([np.array(a.cell) for a in systems]), dtype=torch.float32)
     natoms = torch.tensor([len(a) for a in systems])
     batch = torch.repeat_interleave(torch.arange(copies), natoms)
-    edge_index, offsets = radius_graph(
-        pos, config.max_radius, cell, None, batch, config.max_neighbors, mode="reference"
-    )
-    return dict(
-        pos=pos,
-        atomic_numbers=numbers,
-        cell=cell,
-        natoms=natoms,
-        batch=batch,
-        edge_index=edge_index,
-        cell_offsets=offsets,
-    )
+    edge_index, offsets = radius_graph(pos, config.max_radius, cell, None, batch, config.max_neighbors, mode="reference")
+    return dict(pos=pos, atomic_numbers=numbers, cell=cell, natoms=natoms, batch=batch,
+                edge_index=edge_index, cell_offsets=offsets)
 
 
 def reference_config(config):
     """The reference's constructor arguments for an so2nn config."""
     return dict(
-        use_pbc=True,
-        regress_forces=True,
-        otf_graph=False,
-        max_neighbors=config.max_neighbors,
-        max_radius=config.max_radius,
-        max_num_elements=config.max_num_elements,
-        num_layers=config.num_layers,
-        sphere_channels=config.sphere_channels,
-        attn_hidden_channels=config.attn_hidden_channels,
-        num_heads=config.num_heads,
-        attn_alpha_channels=config.attn_alpha_channels,
-        attn_value_channels=config.attn_value_channels,
-        ffn_hidden_channels=config.ffn_hidden_channels,
-        norm_type=config.norm_type,
-        lmax_list=[config.lmax],
-        mmax_list=[config.mmax],
-        grid_resolution=config.grid_resolution,
-        edge_channels=config.edge_channels,
-        use_atom_edge_embedding=config.use_atom_edge_embedding,
-        num_distance_basis=config.num_distance_basis,
-        use_attn_renorm=config.use_attn_renorm,
-        use_gate_act=False,
-        use_grid_mlp=config.use_grid_mlp,
-        use_sep_s2_act=True,
-        alpha_drop=config.alpha_drop,
-        drop_path_rate=config.drop_path_rate,
-        proj_drop=config.proj_drop,
-        weight_init="uniform",
-        avg_num_nodes=config.avg_num_nodes,
+        use_pbc=True, regress_forces=True, otf_graph=False, max_neighbors=config.max_neighbors,
+        max_radius=config.max_radius, max_num_elements=config.max_num_elements, num_layers=config.num_layers,
+        sphere_channels=config.sphere_channels, attn_hidden_channels=config.attn_hidden_channels,
+        num_heads=config.num_heads, attn_alpha_channels=config.attn_alpha_channels,
+        attn_value_channels=config.attn_value_channels, ffn_hidden_channels=config.ffn_hidden_channels,
+        norm_type=config.norm_type, lmax_list=[config.lmax], mmax_list=[config.mmax],
+        grid_resolution=config.grid_resolution, edge_channels=config.edge_channels,
+        use_atom_edge_embedding=config.use_atom_edge_embedding, num_distance_basis=config.num_distance_basis,
+        use_attn_renorm=config.use_attn_renorm, use_gate_act=False, use_grid_mlp=config.use_grid_mlp,
+        use_sep_s2_act=True, alpha_drop=config.alpha_drop, drop_path_rate=config.drop_path_rate,
+        proj_drop=config.proj_drop, weight_init="uniform", avg_num_nodes=config.avg_num_nodes,
         avg_degree=config.avg_degree,
     )
 
@@ -161,9 +134,8 @@ def build_models(case, with_reference, checkpoint_activations=False):
         params = dict(reference.named_parameters())
         weights = {k: v.detach() for k, v in reference.state_dict().items() if k in params}
         checkpoint = {"state_dict": weights, "config": {"model": {"name": "equiformer_v2", **kwargs}}}
-        ours = EquiformerV2.from_fairchem(
-            checkpoint, graph_mode="reference", checkpoint_activations=checkpoint_activations
-        )
+        ours = EquiformerV2.from_fairchem(checkpoint, graph_mode="reference",
+                                          checkpoint_activations=checkpoint_activations)
     else:
         reference = None
         ours = EquiformerV2(config.replace(checkpoint_activations=checkpoint_activations))
@@ -179,19 +151,13 @@ def reference_data(inputs):
     edge_start = 0
     for b, n in enumerate(inputs["natoms"].tolist()):
         ne = int(counts[b])
-        data.append(
-            Data(
-                pos=inputs["pos"][start : start + n],
-                atomic_numbers=inputs["atomic_numbers"][start : start + n].float(),
-                cell=inputs["cell"][b : b + 1],
-                natoms=torch.tensor([n]),
-                edge_index=inputs["edge_index"][:, edge_start : edge_start + ne] - start,
-                cell_offsets=inputs["cell_offsets"][edge_start : edge_start + ne].float(),
-                neighbors=torch.tensor([ne]),
-                tags=torch.ones(n, dtype=torch.long),
-                fixed=torch.zeros(n),
-            )
-        )
+        data.append(Data(
+            pos=inputs["pos"][start:start + n], atomic_numbers=inputs["atomic_numbers"][start:start + n].float(),
+            cell=inputs["cell"][b:b + 1], natoms=torch.tensor([n]),
+            edge_index=inputs["edge_index"][:, edge_start:edge_start + ne] - start,
+            cell_offsets=inputs["cell_offsets"][edge_start:edge_start + ne].float(), neighbors=torch.tensor([ne]),
+            tags=torch.ones(n, dtype=torch.long), fixed=torch.zeros(n),
+        ))
         start += n
         edge_start += ne
     return Batch.from_data_list(data)
@@ -315,24 +281,9 @@ def peak_rss():
 
 
 def measure_memory(args, impl, case, mode, ckpt=False):
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        "--impl",
-        impl,
-        "--case",
-        case,
-        "--mode",
-        mode,
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-    ]
-    command += (
-        ["--tf32"] * args.tf32 + ["--bf16"] * args.bf16 + ["--compile"] * args.compile + ["--ckpt"] * ckpt
-    )
+    command = [sys.executable, __file__, "--worker", "--impl", impl, "--case", case, "--mode", mode,
+               "--device", args.device, "--threads", str(args.threads)]
+    command += ["--tf32"] * args.tf32 + ["--bf16"] * args.bf16 + ["--compile"] * args.compile + ["--ckpt"] * ckpt
     result = subprocess.run(command, capture_output=True, text=True)
     for line in result.stdout.splitlines():
         if line.startswith("PEAK "):
@@ -353,12 +304,8 @@ def allocator():
 
 
 def find_tcmalloc():
-    patterns = [
-        "/usr/lib/x86_64-linux-gnu/libtcmalloc*.so*",
-        "/usr/lib/libtcmalloc*.so*",
-        "/usr/local/lib/libtcmalloc*.so*",
-        str(Path(sys.prefix) / "lib" / "libtcmalloc*.so*"),
-    ]
+    patterns = ["/usr/lib/x86_64-linux-gnu/libtcmalloc*.so*", "/usr/lib/libtcmalloc*.so*", "/usr/local/lib/libtcmalloc*.so*",
+                str(Path(sys.prefix) / "lib" / "libtcmalloc*.so*")]
     found = sorted(p for pattern in patterns for p in glob.glob(pattern) if "debug" not in p)
     return found[0] if found else None
 
@@ -380,21 +327,15 @@ def fmt_bytes(value):
 def run_case(args, case, device, peak):
     reference, ours, inputs = build_models(case, not args.no_reference)
     num_edges, num_atoms = inputs["edge_index"].shape[1], len(inputs["pos"])
-    print(
-        f"\n== {case}: {CASES[case][0]}, {num_atoms} atoms, {num_edges} edges, batch {len(inputs['natoms'])}, "
-        f"{ours.num_params / 1e6:.1f}M parameters"
-    )
+    print(f"\n== {case}: {CASES[case][0]}, {num_atoms} atoms, {num_edges} edges, batch {len(inputs['natoms'])}, "
+          f"{ours.num_params / 1e6:.1f}M parameters")
     runners = {"so2nn": Runner(ours, inputs, False, device, autocast_dtype(args))}
     if reference is not None:
         runners["reference"] = Runner(reference, inputs, True, device, autocast_dtype(args))
         with torch.no_grad():
             a, b = runners["so2nn"].eval(), runners["reference"].eval()
-        diff = float(
-            (a["forces"].float() - b["forces"].float()).abs().max() / b["forces"].float().abs().max()
-        )
-        print(
-            f"   same numbers: forces max |diff| / max |F| = {diff:.1e} (the reference rolls its frames at random)"
-        )
+        diff = float((a["forces"].float() - b["forces"].float()).abs().max() / b["forces"].float().abs().max())
+        print(f"   same numbers: forces max |diff| / max |F| = {diff:.1e} (the reference rolls its frames at random)")
     if args.compile:
         compiled = Runner(torch.compile(ours), inputs, False, device, autocast_dtype(args))
         start = time.perf_counter()
@@ -413,13 +354,8 @@ def run_case(args, case, device, peak):
     for mode in ("eval", "train"):
         ours_t = statistics.median(times["so2nn", mode])
         line = f"   {mode:5s}  so2nn {ours_t:7.3f} s"
-        result = {
-            "case": case,
-            "mode": mode,
-            "so2nn_s": ours_t,
-            "gflop": flops[mode] / 1e9,
-            "gflops": flops[mode] / ours_t / 1e9,
-        }
+        result = {"case": case, "mode": mode, "so2nn_s": ours_t, "gflop": flops[mode] / 1e9,
+                  "gflops": flops[mode] / ours_t / 1e9}
         if "reference" in runners:
             ref_t = statistics.median(times["reference", mode])
             line += f"   reference {ref_t:7.3f} s   speed-up {ref_t / ours_t:5.2f}x"
@@ -428,10 +364,8 @@ def run_case(args, case, device, peak):
             comp_t = statistics.median(times["so2nn compiled", mode])
             line += f"   compiled {comp_t:7.3f} s"
             result.update(compiled_s=comp_t)
-        line += (
-            f"   | {flops[mode] / 1e9:6.0f} GFLOP, {flops[mode] / ours_t / 1e9:5.0f} GFLOP/s "
-            f"= {100 * flops[mode] / ours_t / 1e9 / peak:3.0f}% of matmul peak"
-        )
+        line += (f"   | {flops[mode] / 1e9:6.0f} GFLOP, {flops[mode] / ours_t / 1e9:5.0f} GFLOP/s "
+                 f"= {100 * flops[mode] / ours_t / 1e9 / peak:3.0f}% of matmul peak")
         print(line, flush=True)
         rows.append(result)
     del runners, reference, ours
@@ -463,21 +397,14 @@ def run_case(args, case, device, peak):
         for _ in range(args.repeats):
             t_plain.append(timed(plain.train_step, device))
             t_ckpt.append(timed(ckpt.train_step, device))
-        print(
-            f"   checkpoint_activations train step: {statistics.median(t_ckpt):.3f} s "
-            f"(without: {statistics.median(t_plain):.3f} s)",
-            flush=True,
-        )
-        rows[-1].update(
-            checkpointed_train_s=statistics.median(t_ckpt), plain_train_s=statistics.median(t_plain)
-        )
+        print(f"   checkpoint_activations train step: {statistics.median(t_ckpt):.3f} s "
+              f"(without: {statistics.median(t_plain):.3f} s)", flush=True)
+        rows[-1].update(checkpointed_train_s=statistics.median(t_ckpt), plain_train_s=statistics.median(t_plain))
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["31M", "31Mx4", "153M"], choices=sorted(CASES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
@@ -485,16 +412,11 @@ def main() -> None:
     parser.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (both implementations)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(so2nn model)")
-    parser.add_argument(
-        "--checkpoint-activations",
-        action="store_true",
-        help="also so2nn with checkpoint_activations=True (train memory and time)",
-    )
+    parser.add_argument("--checkpoint-activations", action="store_true",
+                        help="also so2nn with checkpoint_activations=True (train memory and time)")
     parser.add_argument("--no-reference", action="store_true", help="so2nn only (fairchem not needed)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument(
-        "--tcmalloc", action="store_true", help="re-run under LD_PRELOAD=libtcmalloc if found"
-    )
+    parser.add_argument("--tcmalloc", action="store_true", help="re-run under LD_PRELOAD=libtcmalloc if found")
     parser.add_argument("--json", help="write the results here")
     # internal: the memory subprocess
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -523,25 +445,15 @@ def main() -> None:
     precision = "bf16 autocast" if args.bf16 else ("tf32" if args.tf32 else "fp32")
     peak_dtype = torch.bfloat16 if args.bf16 else torch.float32
     peak = matmul_peak(device, peak_dtype)
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU, {torch.get_num_threads()} threads"
-    )
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; precision {precision}; allocator: {allocator()}")
     print(f"matmul peak ({peak_dtype}, 2048^3, best of 5): {peak:.0f} GFLOP/s")
     results = []
     for case in args.cases:
         results += run_case(args, case, device, peak)
     if args.json:
-        meta = dict(
-            device=name,
-            torch=torch.__version__,
-            precision=precision,
-            allocator=allocator(),
-            peak_gflops=peak,
-            command=" ".join(sys.argv),
-        )
+        meta = dict(device=name, torch=torch.__version__, precision=precision, allocator=allocator(), peak_gflops=peak,
+                    command=" ".join(sys.argv))
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 

@@ -29,17 +29,11 @@ def slab():
     atoms = fcc111("Cu", (4, 4, 4), vacuum=8.0)
     add_adsorbate(atoms, Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]]), 1.5, "fcc")
     atoms.pbc = (True, True, True)
-    return (
-        torch.tensor(atoms.positions),
-        torch.tensor(np.array(atoms.cell))[None],
-        torch.tensor(atoms.numbers),
-    )
+    return (torch.tensor(atoms.positions), torch.tensor(np.array(atoms.cell))[None], torch.tensor(atoms.numbers))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=sorted(PRESETS))
     parser.add_argument("--resolutions", nargs="+", type=int, default=[18, 24, 36])
     parser.add_argument("--threads", type=int, default=2)
@@ -49,9 +43,7 @@ def main() -> None:
     pos, cell, numbers = slab()
     R = random_rotation(torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 66-atom Cu(111)+OH slab")
-    print(
-        "| preset | resolution | force equivariance error (relative, float64) | energy error (relative) | float32 eval (s) |"
-    )
+    print("| preset | resolution | force equivariance error (relative, float64) | energy error (relative) | float32 eval (s) |")
     print("|---|---|---|---|---|")
     for name in args.presets:
         torch.manual_seed(0)
@@ -71,13 +63,8 @@ def main() -> None:
             seconds = sorted(seconds)[1]
             model = model.double()
             call = lambda p, c: model(pos=p, cell=c, atomic_numbers=numbers)  # noqa: E731
-            energy, forces = equivariance_error(
-                call, [pos, cell], ["vector", "vector"], {"energy": None, "forces": "vector"}, R
-            )
-            print(
-                f"| {name} | {resolution} | {forces.relative:.1e} | {energy.relative:.1e} | {seconds:.2f} |",
-                flush=True,
-            )
+            energy, forces = equivariance_error(call, [pos, cell], ["vector", "vector"], {"energy": None, "forces": "vector"}, R)
+            print(f"| {name} | {resolution} | {forces.relative:.1e} | {energy.relative:.1e} | {seconds:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,18 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's so2nn, not another installed copy
 # (repeat of the 4-atom cubic cell, cutoff): 864, 4,000, 32,000 and 100,000 atoms at 6 A; 4,000 at 12 A
-CASES = [
-    ((6, 6, 6), 6.0),
-    ((10, 10, 10), 6.0),
-    ((20, 20, 20), 6.0),
-    ((25, 25, 40), 6.0),
-    ((10, 10, 10), 12.0),
-]
+CASES = [((6, 6, 6), 6.0), ((10, 10, 10), 6.0), ((20, 20, 20), 6.0), ((25, 25, 40), 6.0), ((10, 10, 10), 12.0)]
 DENSE_REPEATS = {864: (6, 6, 6), 2048: (8, 8, 8), 4000: (10, 10, 10)}
 # the reference rules of the cap, at 4,000 atoms
-MODE_CASES = [
-    (mode, (10, 10, 10), cutoff) for mode in ("reference", "reference_nonstrict") for cutoff in (6.0, 12.0)
-]
+MODE_CASES = [(mode, (10, 10, 10), cutoff) for mode in ("reference", "reference_nonstrict") for cutoff in (6.0, 12.0)]
 
 
 def _status(field: str) -> int:
@@ -53,15 +45,8 @@ def _status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(
-    impl: str,
-    repeat: tuple[int, int, int],
-    cutoff: float,
-    cap: int,
-    repeats: int,
-    threads: int,
-    mode: str = "tie_stable",
-) -> dict:
+def worker(impl: str, repeat: tuple[int, int, int], cutoff: float, cap: int, repeats: int, threads: int,
+           mode: str = "tie_stable") -> dict:
     import numpy as np
     import torch
     import vesin
@@ -104,39 +89,15 @@ def worker(
         start = time.perf_counter()
         search.compute(points, box, True, "ijS")
         search_times.append(time.perf_counter() - start)
-    return {
-        "impl": impl,
-        "mode": mode,
-        "atoms": len(atoms),
-        "cutoff": cutoff,
-        "cap": cap,
-        "edges": int(edge_index.shape[1]),
-        "seconds": statistics.median(times),
-        "peak_bytes": peak,
-        "vesin_seconds": statistics.median(search_times),
-    }
+    return {"impl": impl, "mode": mode, "atoms": len(atoms), "cutoff": cutoff, "cap": cap,
+            "edges": int(edge_index.shape[1]),
+            "seconds": statistics.median(times), "peak_bytes": peak, "vesin_seconds": statistics.median(search_times)}
 
 
 def run_case(impl: str, repeat, cutoff: float, cap: int, repeats: int, threads: int, mode: str) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        "--impl",
-        impl,
-        "--repeat",
-        *map(str, repeat),
-        "--cutoff",
-        str(cutoff),
-        "--cap",
-        str(cap),
-        "--repeats",
-        str(repeats),
-        "--threads",
-        str(threads),
-        "--mode",
-        mode,
-    ]
+    command = [sys.executable, __file__, "--worker", "--impl", impl, "--repeat", *map(str, repeat),
+               "--cutoff", str(cutoff), "--cap", str(cap), "--repeats", str(repeats), "--threads", str(threads),
+               "--mode", mode]
     out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -148,61 +109,31 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, nargs=3, default=[10, 10, 10], help="copies of the cubic cell")
     parser.add_argument("--cutoff", type=float, default=6.0)
     parser.add_argument("--cap", type=int, default=20, help="max_num_neighbors")
-    parser.add_argument(
-        "--mode",
-        choices=["tie_stable", "reference", "reference_nonstrict"],
-        default="tie_stable",
-        help="the cap's rule (radius_graph's mode) of a --worker run",
-    )
+    parser.add_argument("--mode", choices=["tie_stable", "reference", "reference_nonstrict"], default="tie_stable",
+                        help="the cap's rule (radius_graph's mode) of a --worker run")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument(
-        "--dense-atoms",
-        type=int,
-        nargs="*",
-        default=[864, 2048],
-        choices=sorted(DENSE_REPEATS),
-        help="sizes at which to time the previous dense algorithm too",
-    )
+    parser.add_argument("--dense-atoms", type=int, nargs="*", default=[864, 2048], choices=sorted(DENSE_REPEATS),
+                        help="sizes at which to time the previous dense algorithm too")
     args = parser.parse_args()
     if args.worker:
-        print(
-            json.dumps(
-                worker(
-                    args.impl,
-                    tuple(args.repeat),
-                    args.cutoff,
-                    args.cap,
-                    args.repeats,
-                    args.threads,
-                    args.mode,
-                )
-            )
-        )
+        print(json.dumps(worker(args.impl, tuple(args.repeat), args.cutoff, args.cap, args.repeats, args.threads,
+                                args.mode)))
         return
     import torch
 
-    print(
-        f"torch {torch.__version__}, {args.threads} threads, float32, cap {args.cap} (tie-stable unless named)"
-    )
-    print(
-        "| implementation | atoms | cutoff | edges | time | peak memory above baseline | vesin search alone |"
-    )
+    print(f"torch {torch.__version__}, {args.threads} threads, float32, cap {args.cap} (tie-stable unless named)")
+    print("| implementation | atoms | cutoff | edges | time | peak memory above baseline | vesin search alone |")
     print("|---|---|---|---|---|---|---|")
     runs = [("so2nn", "tie_stable", repeat, cutoff) for repeat, cutoff in CASES]
     runs += [("so2nn", mode, repeat, cutoff) for mode, repeat, cutoff in MODE_CASES]
     runs += [("dense", "tie_stable", DENSE_REPEATS[n], 6.0) for n in args.dense_atoms]
     for impl, mode, repeat, cutoff in runs:
-        r = run_case(
-            impl, repeat, cutoff, args.cap, args.repeats if impl == "so2nn" else 1, args.threads, mode
-        )
+        r = run_case(impl, repeat, cutoff, args.cap, args.repeats if impl == "so2nn" else 1, args.threads, mode)
         name = "radius_graph (cell lists)" if impl == "so2nn" else "previous dense algorithm"
         name += f', mode="{mode}"' if mode != "tie_stable" else ""
-        print(
-            f"| {name} | {r['atoms']:,} | {r['cutoff']:g} A | {r['edges']:,} | {r['seconds']:.3f} s "
-            f"| {r['peak_bytes'] / 2**30:.3f} GiB | {r['vesin_seconds']:.3f} s |",
-            flush=True,
-        )
+        print(f"| {name} | {r['atoms']:,} | {r['cutoff']:g} A | {r['edges']:,} | {r['seconds']:.3f} s "
+              f"| {r['peak_bytes'] / 2**30:.3f} GiB | {r['vesin_seconds']:.3f} s |", flush=True)
 
 
 if __name__ == "__main__":

@@ -56,19 +56,14 @@ UNREACHABLE_FMAX = 1e-9  # every system takes exactly --steps FIRE steps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--systems", type=int, default=32, help="systems of the so2nn rows")
     p.add_argument("--reference-systems", type=int, default=8, help="systems of the reference rows")
     p.add_argument("--steps", type=int, default=10, help="FIRE steps per system")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument(
-        "--reference-python",
-        type=Path,
-        default=ROOT / ".venv-reference" / "bin" / "python",
-        help="the reference environment's interpreter",
-    )
+    p.add_argument("--reference-python", type=Path, default=ROOT / ".venv-reference" / "bin" / "python",
+                   help="the reference environment's interpreter")
     p.add_argument("--no-reference", action="store_true", help="only the so2nn rows")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 systems, 2 steps: checks that it runs")
     p.add_argument("--worker", choices=["reference"], help=argparse.SUPPRESS)
@@ -109,9 +104,8 @@ def config(quick: bool):
     from so2nn.models import preset
 
     if quick:
-        return preset("oc20-31M", graph_mode="reference").replace(
-            lmax=2, mmax=1, num_layers=2, sphere_channels=32, ffn_hidden_channels=32, attn_hidden_channels=16
-        )
+        return preset("oc20-31M", graph_mode="reference").replace(lmax=2, mmax=1, num_layers=2, sphere_channels=32,
+                                                                  ffn_hidden_channels=32, attn_hidden_channels=16)
     return preset("oc20-31M", graph_mode="reference")
 
 
@@ -119,6 +113,7 @@ def reference_checkpoint(path: Path, quick: bool) -> None:
     """A fairchem 1.x checkpoint of the reference EquiformerV2 with random weights (seed 0)."""
     import torch
     from equiformer_v2_vs_reference import reference_config
+
     from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2 as Reference
 
     kwargs = reference_config(config(quick))
@@ -126,27 +121,11 @@ def reference_checkpoint(path: Path, quick: bool) -> None:
     model = Reference(**kwargs)
     # every key, buffers too, as the released checkpoints hold them (fairchem loads strictly)
     state = {f"module.{k}": v.detach() for k, v in model.state_dict().items()}
-    torch.save(
-        {
-            "state_dict": state,
-            "normalizers": {},
-            "config": {
-                "model": "equiformer_v2",
-                "model_attributes": {k: v for k, v in kwargs.items() if k != "otf_graph"},
-                "trainer": "ocp",
-                "task": {"dataset": "ase_db"},
-                "optim": {},
-                "dataset": {"src": ""},
-                "outputs": {},
-                "loss_functions": [],
-                "evaluation_metrics": {},
-                "logger": "tensorboard",
-                "amp": False,
-                "gpus": 0,
-            },
-        },
-        path,
-    )
+    torch.save({"state_dict": state, "normalizers": {}, "config": {
+        "model": "equiformer_v2", "model_attributes": {k: v for k, v in kwargs.items() if k != "otf_graph"},
+        "trainer": "ocp", "task": {"dataset": "ase_db"}, "optim": {}, "dataset": {"src": ""}, "outputs": {},
+        "loss_functions": [], "evaluation_metrics": {}, "logger": "tensorboard", "amp": False, "gpus": 0,
+    }}, path)
 
 
 def timed_fire(calculator, atoms_list, steps: int) -> float:
@@ -185,20 +164,13 @@ def so2nn_rows(args, checkpoint: Path | None) -> list[dict]:
     calculator = So2nnCalculator(model, device="cpu", dtype=torch.float32)
     timed_fire(calculator, atoms[:1], 1)  # warm-up
     ase = timed_fire(calculator, atoms, args.steps)
-    return [
-        row("so2nn torch-sim (batched)", len(atoms), args.steps, batched),
-        row("so2nn ASE (one at a time)", len(atoms), args.steps, ase),
-    ]
+    return [row("so2nn torch-sim (batched)", len(atoms), args.steps, batched),
+            row("so2nn ASE (one at a time)", len(atoms), args.steps, ase)]
 
 
 def row(name: str, count: int, steps: int, seconds: float) -> dict:
-    return {
-        "row": name,
-        "systems": count,
-        "steps": steps,
-        "seconds": seconds,
-        "structure_steps_per_s": count * steps / seconds,
-    }
+    return {"row": name, "systems": count, "steps": steps, "seconds": seconds,
+            "structure_steps_per_s": count * steps / seconds}
 
 
 def reference_worker(args) -> None:
@@ -219,9 +191,7 @@ def reference_worker(args) -> None:
         seconds = timed_fire(calculator, atoms, args.steps)
         out.append(row("reference ASE (one at a time)", len(atoms), args.steps, seconds))
     except Exception as error:  # noqa: BLE001 - reported in the table, not hidden
-        out.append(
-            {"row": "reference ASE (one at a time)", "error": f"{type(error).__name__}: {error}"[:300]}
-        )
+        out.append({"row": "reference ASE (one at a time)", "error": f"{type(error).__name__}: {error}"[:300]})
     try:
         import torch_sim as ts
         from torch_sim.models.fairchem import FairChemModel
@@ -234,21 +204,11 @@ def reference_worker(args) -> None:
         state = init(ts.io.atoms_to_state(atoms, torch.device("cpu"), torch.float32))
         for _ in range(args.steps):
             state = step(state)
-        out.append(
-            row(
-                "reference torch-sim FairChemModel (batched)",
-                len(atoms),
-                args.steps,
-                time.perf_counter() - start,
-            )
-        )
+        out.append(row("reference torch-sim FairChemModel (batched)", len(atoms), args.steps,
+                       time.perf_counter() - start))
     except Exception as error:  # noqa: BLE001
-        out.append(
-            {
-                "row": "reference torch-sim FairChemModel (batched)",
-                "error": f"{type(error).__name__}: {error}"[:300],
-            }
-        )
+        out.append({"row": "reference torch-sim FairChemModel (batched)",
+                    "error": f"{type(error).__name__}: {error}"[:300]})
     print(json.dumps(out))
 
 
@@ -265,61 +225,36 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         if not args.no_reference:
             checkpoint = Path(folder) / "reference.pt"
-            command = [
-                str(args.reference_python),
-                "-c",
-                "import sys; sys.path[:0] = sys.argv[1:3]; import torch_sim_throughput as t; "
-                f"t.reference_checkpoint(__import__('pathlib').Path(sys.argv[3]), {args.quick})",
-                str(ROOT),
-                str(Path(__file__).resolve().parent),
-                str(checkpoint),
-            ]
+            command = [str(args.reference_python), "-c",
+                       "import sys; sys.path[:0] = sys.argv[1:3]; import torch_sim_throughput as t; "
+                       f"t.reference_checkpoint(__import__('pathlib').Path(sys.argv[3]), {args.quick})",
+                       str(ROOT), str(Path(__file__).resolve().parent), str(checkpoint)]
             made = subprocess.run(command, capture_output=True, text=True)
             if made.returncode != 0:
-                raise SystemExit(
-                    f"building the reference model failed (is {args.reference_python} the reference "
-                    f"environment? see benchmarks/setup_reference.sh):\n{made.stderr[-2000:]}"
-                )
+                raise SystemExit(f"building the reference model failed (is {args.reference_python} the reference "
+                                 f"environment? see benchmarks/setup_reference.sh):\n{made.stderr[-2000:]}")
         rows += so2nn_rows(args, checkpoint)
         if not args.no_reference:
-            command = [
-                str(args.reference_python),
-                str(Path(__file__).resolve()),
-                "--worker",
-                "reference",
-                "--checkpoint",
-                str(checkpoint),
-                "--reference-systems",
-                str(args.reference_systems),
-                "--steps",
-                str(args.steps),
-                "--threads",
-                str(args.threads),
-            ] + (["--quick"] if args.quick else [])
+            command = [str(args.reference_python), str(Path(__file__).resolve()), "--worker", "reference",
+                       "--checkpoint", str(checkpoint), "--reference-systems", str(args.reference_systems),
+                       "--steps", str(args.steps), "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
             # this clone's stand-ins first (setup_reference.sh also puts them on the environment's path)
             shims = str(ROOT / "benchmarks" / "reference_shims")
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(filter(None, [shims, os.environ.get("PYTHONPATH")])),
-            }
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [shims, os.environ.get("PYTHONPATH")]))}
             worker = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
             if worker.returncode != 0:
                 rows.append({"row": "reference rows", "error": worker.stderr[-500:]})
             else:
                 rows += json.loads(worker.stdout.strip().splitlines()[-1])
     sizes = [len(a) for a in systems(max(args.systems, args.reference_systems))]
-    print(
-        f"FIRE throughput, {'quick model' if args.quick else 'oc20-31M'}, float32, CPU, {args.threads} threads, "
-        f"graph_mode='reference', systems of {min(sizes)}-{max(sizes)} atoms, {args.steps} steps each"
-    )
+    print(f"FIRE throughput, {'quick model' if args.quick else 'oc20-31M'}, float32, CPU, {args.threads} threads, "
+          f"graph_mode='reference', systems of {min(sizes)}-{max(sizes)} atoms, {args.steps} steps each")
     print(f"  {'row':<46} {'systems':>7} {'seconds':>9} {'structure-steps/s':>18}")
     for r in rows:
         if "error" in r:
             print(f"  {r['row']:<46} failed: {r['error']}")
         else:
-            print(
-                f"  {r['row']:<46} {r['systems']:>7} {r['seconds']:>9.2f} {r['structure_steps_per_s']:>18.3f}"
-            )
+            print(f"  {r['row']:<46} {r['systems']:>7} {r['seconds']:>9.2f} {r['structure_steps_per_s']:>18.3f}")
     return rows
 
 

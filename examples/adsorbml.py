@@ -78,54 +78,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     model.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="model precision")
     systems = p.add_argument_group("systems")
-    systems.add_argument(
-        "--metals", nargs="+", choices=METALS, default=["Cu", "Pt"], help="fcc(111) slab metals"
-    )
-    systems.add_argument(
-        "--adsorbates",
-        nargs="+",
-        choices=sorted(ADSORBATES),
-        default=["O", "CO"],
-        help="adsorbates (binding atom first)",
-    )
-    systems.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=[2, 2],
-        metavar=("NX", "NY"),
-        help="surface cell of the three-layer slab, in surface atoms",
-    )
-    systems.add_argument(
-        "--placements",
-        type=int,
-        default=24,
-        help="initial placements per slab/adsorbate pair (AdsorbML: 20 or more)",
-    )
+    systems.add_argument("--metals", nargs="+", choices=METALS, default=["Cu", "Pt"], help="fcc(111) slab metals")
+    systems.add_argument("--adsorbates", nargs="+", choices=sorted(ADSORBATES), default=["O", "CO"],
+                         help="adsorbates (binding atom first)")
+    systems.add_argument("--size", type=int, nargs=2, default=[2, 2], metavar=("NX", "NY"),
+                         help="surface cell of the three-layer slab, in surface atoms")
+    systems.add_argument("--placements", type=int, default=24,
+                         help="initial placements per slab/adsorbate pair (AdsorbML: 20 or more)")
     systems.add_argument("--seed", type=int, default=0, help="random seed of the placements")
     relax = p.add_argument_group("relaxations")
-    relax.add_argument(
-        "--fmax", type=float, default=0.05, help="converged below this force (eV/A), model and EMT"
-    )
+    relax.add_argument("--fmax", type=float, default=0.05, help="converged below this force (eV/A), model and EMT")
     relax.add_argument("--steps", type=int, default=200, help="FIRE steps at most per model relaxation")
     relax.add_argument("--emt-steps", type=int, default=300, help="FIRE steps at most per EMT relaxation")
     relax.add_argument("--batch-size", type=int, default=32, help="placements the model relaxes together")
     report = p.add_argument_group("report")
-    report.add_argument(
-        "--k-max", type=int, default=5, help="report k = 1..k-max best placements sent to EMT"
-    )
-    report.add_argument(
-        "--threshold",
-        type=float,
-        default=0.1,
-        help="success: within this of the lowest EMT energy over all placements (eV)",
-    )
-    report.add_argument(
-        "--bond-scale",
-        type=float,
-        default=1.25,
-        help="two atoms are bonded within this times the sum of their covalent radii",
-    )
+    report.add_argument("--k-max", type=int, default=5, help="report k = 1..k-max best placements sent to EMT")
+    report.add_argument("--threshold", type=float, default=0.1,
+                        help="success: within this of the lowest EMT energy over all placements (eV)")
+    report.add_argument("--bond-scale", type=float, default=1.25,
+                        help="two atoms are bonded within this times the sum of their covalent radii")
     report.add_argument("--out", type=Path, default=Path("runs/adsorbml"), help="output directory")
     report.add_argument("--no-plot", action="store_true", help="do not draw adsorbml.png")
     args = p.parse_args(argv)
@@ -148,8 +119,7 @@ def find_checkpoint(args) -> Path:
     raise SystemExit(
         f"no model: pass --checkpoint PATH (an so2nn or fairchem checkpoint), or train one first with\n"
         f"  python examples/train_oc20.py\n"
-        f"which writes {TRAINED_MODEL} (a few minutes on a CPU), then run this example again"
-    )
+        f"which writes {TRAINED_MODEL} (a few minutes on a CPU), then run this example again")
 
 
 def clean_slab(metal: str, size: tuple[int, int]) -> Atoms:
@@ -158,9 +128,7 @@ def clean_slab(metal: str, size: tuple[int, int]) -> Atoms:
     return slab
 
 
-def placements(
-    metal: str, adsorbate: str, size: tuple[int, int], count: int, rng: np.random.Generator
-) -> list[Atoms]:
+def placements(metal: str, adsorbate: str, size: tuple[int, int], count: int, rng: np.random.Generator) -> list[Atoms]:
     """``count`` initial structures of ``adsorbate`` on the metal's fcc(111) slab (the heuristic
     of the module docstring), tagged and constrained as OC20."""
     symbols, positions = ADSORBATES[adsorbate]
@@ -252,33 +220,22 @@ def main(argv=None) -> dict:
     print(f"{len(pairs)} slab/adsorbate pairs x {args.placements} placements = {len(everything)} structures")
 
     t0 = time.perf_counter()
-    relaxed = relax_batch(
-        model, everything, fmax=args.fmax, max_steps=args.steps, batch_size=args.batch_size, progress=True
-    )
+    relaxed = relax_batch(model, everything, fmax=args.fmax, max_steps=args.steps, batch_size=args.batch_size,
+                          progress=True)
     model_seconds = time.perf_counter() - t0
-    print(
-        f"model relaxations: {model_seconds:.1f} s, {sum(r.steps for r in relaxed)} FIRE steps, "
-        f"{sum(r.converged for r in relaxed)}/{len(relaxed)} converged"
-    )
+    print(f"model relaxations: {model_seconds:.1f} s, {sum(r.steps for r in relaxed)} FIRE steps, "
+          f"{sum(r.converged for r in relaxed)}/{len(relaxed)} converged")
     by_pair, k = {}, 0
     for pair in pairs:
-        by_pair[pair] = relaxed[k : k + args.placements]
+        by_pair[pair] = relaxed[k:k + args.placements]
         k += args.placements
 
     rows = []  # one per placement
     for pair in pairs:
         for n, (start, result) in enumerate(zip(starts[pair], by_pair[pair])):
-            rows.append(
-                {
-                    "metal": pair[0],
-                    "adsorbate": pair[1],
-                    "placement": n,
-                    "site": start.info["site"],
-                    "model_energy": result.energy,
-                    "model_converged": result.converged,
-                    "model_anomaly": anomaly(start, result.atoms, args.bond_scale),
-                }
-            )
+            rows.append({"metal": pair[0], "adsorbate": pair[1], "placement": n, "site": start.info["site"],
+                         "model_energy": result.energy, "model_converged": result.converged,
+                         "model_anomaly": anomaly(start, result.atoms, args.bond_scale)})
 
     t0 = time.perf_counter()
     ground = {}  # every placement relaxed with EMT: the baseline that AdsorbML saves
@@ -286,33 +243,23 @@ def main(argv=None) -> dict:
         atoms, energy, calls = emt_relax(start, args.fmax, args.emt_steps)
         row.update(emt_energy=energy, emt_calls=calls, emt_anomaly=anomaly(start, atoms, args.bond_scale))
     for pair in pairs:
-        valid = [
-            r["emt_energy"] for r in rows if (r["metal"], r["adsorbate"]) == pair and not r["emt_anomaly"]
-        ]
+        valid = [r["emt_energy"] for r in rows if (r["metal"], r["adsorbate"]) == pair and not r["emt_anomaly"]]
         ground[pair] = min(valid) if valid else None
-    baseline_calls = {
-        pair: sum(r["emt_calls"] for r in rows if (r["metal"], r["adsorbate"]) == pair) for pair in pairs
-    }
+    baseline_calls = {pair: sum(r["emt_calls"] for r in rows if (r["metal"], r["adsorbate"]) == pair)
+                      for pair in pairs}
 
     # AdsorbML: the best k valid model relaxations, relaxed again with EMT from the model's structure
     ranked = {}
     for pair in pairs:
-        mine = [
-            (r, res)
-            for r, res in zip([r for r in rows if (r["metal"], r["adsorbate"]) == pair], by_pair[pair])
-            if not r["model_anomaly"]
-        ]
+        mine = [(r, res) for r, res in zip([r for r in rows if (r["metal"], r["adsorbate"]) == pair], by_pair[pair])
+                if not r["model_anomaly"]]
         ranked[pair] = sorted(mine, key=lambda item: item[0]["model_energy"])[: args.k_max]
     for pair in progress(pairs, "EMT, the model's best"):
         for rank, (row, result) in enumerate(ranked[pair], start=1):
             start = starts[pair][row["placement"]]
             atoms, energy, calls = emt_relax(result.atoms, args.fmax, args.emt_steps)
-            row.update(
-                rank=rank,
-                ml_emt_energy=energy,
-                ml_emt_calls=calls,
-                ml_emt_anomaly=anomaly(start, atoms, args.bond_scale),
-            )
+            row.update(rank=rank, ml_emt_energy=energy, ml_emt_calls=calls,
+                       ml_emt_anomaly=anomaly(start, atoms, args.bond_scale))
     emt_seconds = time.perf_counter() - t0
 
     table = []
@@ -326,36 +273,23 @@ def main(argv=None) -> dict:
             calls += sum(row["ml_emt_calls"] for row in top)
             relaxations += len(top)
         total_calls = sum(baseline_calls[pair] for pair in scored)
-        table.append(
-            {
-                "k": kk,
-                "success_rate": success / max(len(scored), 1),
-                "emt_relaxations": relaxations,
-                "baseline_relaxations": args.placements * len(scored),
-                "emt_calls": calls,
-                "baseline_calls": total_calls,
-                "calls_saved": 1.0 - calls / total_calls if total_calls else float("nan"),
-            }
-        )
+        table.append({"k": kk, "success_rate": success / max(len(scored), 1), "emt_relaxations": relaxations,
+                      "baseline_relaxations": args.placements * len(scored), "emt_calls": calls,
+                      "baseline_calls": total_calls,
+                      "calls_saved": 1.0 - calls / total_calls if total_calls else float("nan")})
 
-    print("\nground truth (every placement relaxed with EMT, anomalies discarded), eV:")
+    print(f"\nground truth (every placement relaxed with EMT, anomalies discarded), eV:")
     for pair in pairs:
         anomalies = sum(bool(r["emt_anomaly"]) for r in rows if (r["metal"], r["adsorbate"]) == pair)
         model_anomalies = sum(bool(r["model_anomaly"]) for r in rows if (r["metal"], r["adsorbate"]) == pair)
         truth = "no valid EMT relaxation" if ground[pair] is None else f"{ground[pair]:9.4f}"
-        print(
-            f"  {pair[1]:>4} on {pair[0]}(111): {truth}   anomalies: EMT {anomalies}, model {model_anomalies}"
-            f" of {args.placements}"
-        )
+        print(f"  {pair[1]:>4} on {pair[0]}(111): {truth}   anomalies: EMT {anomalies}, model {model_anomalies}"
+              f" of {args.placements}")
     print(f"\nAdsorbML over {len(scored)} pairs (success: within {args.threshold} eV of the ground truth):")
-    print(
-        f"  {'k':>2}  {'success':>8}  {'EMT relaxations':>16}  {'EMT force calls':>18}  {'calls saved':>11}"
-    )
+    print(f"  {'k':>2}  {'success':>8}  {'EMT relaxations':>16}  {'EMT force calls':>18}  {'calls saved':>11}")
     for row in table:
-        print(
-            f"  {row['k']:>2}  {row['success_rate']:>8.1%}  {row['emt_relaxations']:>7} of {row['baseline_relaxations']:<6}"
-            f"  {row['emt_calls']:>8} of {row['baseline_calls']:<7}  {row['calls_saved']:>11.1%}"
-        )
+        print(f"  {row['k']:>2}  {row['success_rate']:>8.1%}  {row['emt_relaxations']:>7} of {row['baseline_relaxations']:<6}"
+              f"  {row['emt_calls']:>8} of {row['baseline_calls']:<7}  {row['calls_saved']:>11.1%}")
     print(f"time: model {model_seconds:.1f} s (all placements, batched), EMT {emt_seconds:.1f} s")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -363,10 +297,8 @@ def main(argv=None) -> dict:
     write_csv(args.out / "placements.csv", rows)
     if not args.no_plot:
         plot(args.out / "adsorbml.png", table, args.threshold)
-    print(
-        f"written: {args.out / 'results.csv'}, {args.out / 'placements.csv'}"
-        + ("" if args.no_plot else f", {args.out / 'adsorbml.png'}")
-    )
+    print(f"written: {args.out / 'results.csv'}, {args.out / 'placements.csv'}"
+          + ("" if args.no_plot else f", {args.out / 'adsorbml.png'}"))
     return {"table": table, "placements": rows, "ground_truth": ground}
 
 

@@ -19,14 +19,7 @@ from ase.build import molecule
 from torch import nn
 
 from so2nn.graph import edge_vectors, radius_graph
-from so2nn.layers import (
-    EdgeDegreeEmbedding,
-    EquivariantGraphAttention,
-    FeedForwardNetwork,
-    RadialBasis,
-    SeparableLayerNorm,
-    SO3Linear,
-)
+from so2nn.layers import EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, RadialBasis, SeparableLayerNorm, SO3Linear
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant, random_rotation
 
@@ -45,29 +38,17 @@ def morse_forces(pos: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
 class VectorNet(nn.Module):
     """Atom types -> equivariant features -> one vector per atom."""
 
-    def __init__(
-        self, layout: CoefficientLayout, channels: int = 16, num_blocks: int = 2, num_basis: int = 16
-    ):
+    def __init__(self, layout: CoefficientLayout, channels: int = 16, num_blocks: int = 2, num_basis: int = 16):
         super().__init__()
         self.layout = layout
         self.basis = RadialBasis(num_basis, CUTOFF)
         self.atom_embedding = nn.Embedding(10, channels)
-        self.edge_degree = EdgeDegreeEmbedding(
-            layout, channels, [num_basis, 16], max_num_elements=10, rescale_factor=4.0
-        )
+        self.edge_degree = EdgeDegreeEmbedding(layout, channels, [num_basis, 16], max_num_elements=10, rescale_factor=4.0)
         self.norms = nn.ModuleList(SeparableLayerNorm(layout, channels) for _ in range(2 * num_blocks))
         self.attention = nn.ModuleList(
             EquivariantGraphAttention(
-                layout,
-                channels,
-                channels,
-                num_heads=2,
-                attn_alpha_channels=8,
-                attn_value_channels=8,
-                output_channels=channels,
-                edge_channels_list=[num_basis, 16, 16],
-                max_num_elements=10,
-                activation="gate",
+                layout, channels, channels, num_heads=2, attn_alpha_channels=8, attn_value_channels=8,
+                output_channels=channels, edge_channels_list=[num_basis, 16, 16], max_num_elements=10, activation="gate",
             )
             for _ in range(num_blocks)
         )
@@ -93,26 +74,18 @@ def sample(generator: torch.Generator):
     """A randomly rotated, rattled molecule with its graph and Morse forces."""
     atoms = molecule(MOLECULES[int(torch.randint(len(MOLECULES), (1,), generator=generator))])
     pos = torch.tensor(atoms.positions, dtype=torch.get_default_dtype())
-    pos = pos @ random_rotation(generator, pos.dtype).T + 0.1 * torch.randn(
-        pos.shape, generator=generator, dtype=pos.dtype
-    )
+    pos = pos @ random_rotation(generator, pos.dtype).T + 0.1 * torch.randn(pos.shape, generator=generator, dtype=pos.dtype)
     numbers = torch.tensor(atoms.numbers)
     edge_index, _ = radius_graph(pos, CUTOFF)
     return pos, numbers, edge_index, morse_forces(pos, edge_index)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--steps", type=int, default=600, help="training steps, one molecule each (default: 600)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600, help="training steps, one molecule each (default: 600)")
     parser.add_argument("--lmax", type=int, default=2, help="largest degree of the features (default: 2)")
     parser.add_argument("--mmax", type=int, default=1, help="largest order kept in edge frames (default: 1)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the weights and the samples (default: 0)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the samples (default: 0)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -123,9 +96,7 @@ def main() -> None:
 
     def validation_mae() -> float:
         with torch.no_grad():
-            return sum(float((model(p, z, e) - f).abs().mean()) for p, z, e, f in validation) / len(
-                validation
-            )
+            return sum(float((model(p, z, e) - f).abs().mean()) for p, z, e, f in validation) / len(validation)
 
     baseline = sum(float(f.abs().mean()) for *_, f in validation) / len(validation)
     print(f"{sum(p.numel() for p in model.parameters())} parameters; predicting zero: MAE {baseline:.4f}")
@@ -138,9 +109,7 @@ def main() -> None:
         optimizer.step()
         schedule.step()
         if step % 50 == 0 or step == args.steps:
-            print(
-                f"step {step:4d}  train loss {loss.item():.4f}  validation MAE {validation_mae():.4f}  ({time.perf_counter() - start:.0f} s)"
-            )
+            print(f"step {step:4d}  train loss {loss.item():.4f}  validation MAE {validation_mae():.4f}  ({time.perf_counter() - start:.0f} s)")
 
     pos, numbers, edge_index, _ = validation[0]
     model = model.double()
@@ -154,9 +123,7 @@ def main() -> None:
 
 def validation_mae_double(model, validation) -> float:
     with torch.no_grad():
-        return sum(
-            float((model(p.double(), z, e) - f.double()).abs().mean()) for p, z, e, f in validation
-        ) / len(validation)
+        return sum(float((model(p.double(), z, e) - f.double()).abs().mean()) for p, z, e, f in validation) / len(validation)
 
 
 if __name__ == "__main__":

@@ -60,98 +60,44 @@ def tiny_model_config(metal: str, repeat: int) -> EquiformerV2Config:
     """
     a = bulk(metal, "fcc", cubic=True).cell[0, 0]
     return EquiformerV2Config(
-        lmax=2,
-        mmax=1,
-        num_layers=1,
-        sphere_channels=16,
-        attn_hidden_channels=16,
-        num_heads=2,
-        attn_alpha_channels=8,
-        attn_value_channels=8,
-        ffn_hidden_channels=16,
-        edge_channels=16,
-        num_distance_basis=32,
-        max_radius=round(1.1 * a, 3),
-        max_neighbors=50,
-        alpha_drop=0.0,
-        drop_path_rate=0.0,
-        direct_forces=False,
-        activation="gate",
-        use_grid_mlp=False,
-        avg_num_nodes=4.0 * repeat**3,
+        lmax=2, mmax=1, num_layers=1, sphere_channels=16, attn_hidden_channels=16, num_heads=2,
+        attn_alpha_channels=8, attn_value_channels=8, ffn_hidden_channels=16, edge_channels=16,
+        num_distance_basis=32, max_radius=round(1.1 * a, 3), max_neighbors=50, alpha_drop=0.0, drop_path_rate=0.0,
+        direct_forces=False, activation="gate", use_grid_mlp=False, avg_num_nodes=4.0 * repeat**3,
     )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     model = p.add_argument_group("model")
-    model.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="so2nn or fairchem checkpoint of a model with stress (default: a tiny conservative "
-        "model trained first on EMT frames of the metal, see --train-*)",
-    )
-    model.add_argument(
-        "--train-frames",
-        type=int,
-        default=128,
-        help="EMT frames (strained, rattled cells) the tiny model trains on (%(default)s)",
-    )
+    model.add_argument("--checkpoint", type=Path,
+                       help="so2nn or fairchem checkpoint of a model with stress (default: a tiny conservative "
+                            "model trained first on EMT frames of the metal, see --train-*)")
+    model.add_argument("--train-frames", type=int, default=128,
+                       help="EMT frames (strained, rattled cells) the tiny model trains on (%(default)s)")
     model.add_argument("--train-steps", type=int, default=400, help="its training steps (%(default)s)")
-    model.add_argument(
-        "--train-out",
-        type=Path,
-        default=Path("runs/relax_bulk_model"),
-        help="where it is trained; its model.pt is reused when it exists (%(default)s)",
-    )
+    model.add_argument("--train-out", type=Path, default=Path("runs/relax_bulk_model"),
+                       help="where it is trained; its model.pt is reused when it exists (%(default)s)")
     model.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    model.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default="float64",
-        help="(%(default)s: a cell relaxation differences small energies)",
-    )
+    model.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                       help="(%(default)s: a cell relaxation differences small energies)")
     system = p.add_argument_group("system")
     system.add_argument("--metal", choices=METALS, default="Cu", help="the fcc metal (%(default)s)")
-    system.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="the conventional cubic cell repeated this many times along each axis (%(default)s)",
-    )
-    system.add_argument(
-        "--strain",
-        type=float,
-        default=0.03,
-        help="initial stretch of the cell (fraction), with a shear of a third of it (%(default)s)",
-    )
-    system.add_argument(
-        "--rattle",
-        type=float,
-        default=0.05,
-        help="standard deviation of the initial displacements, A (%(default)s)",
-    )
-    system.add_argument(
-        "--seed", type=int, default=0, help="of the rattle and the training data (%(default)s)"
-    )
+    system.add_argument("--repeat", type=int, default=1,
+                        help="the conventional cubic cell repeated this many times along each axis (%(default)s)")
+    system.add_argument("--strain", type=float, default=0.03,
+                        help="initial stretch of the cell (fraction), with a shear of a third of it (%(default)s)")
+    system.add_argument("--rattle", type=float, default=0.05,
+                        help="standard deviation of the initial displacements, A (%(default)s)")
+    system.add_argument("--seed", type=int, default=0, help="of the rattle and the training data (%(default)s)")
     relaxation = p.add_argument_group("relaxation")
     relaxation.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="BFGS", help="(%(default)s)")
-    relaxation.add_argument(
-        "--fmax",
-        type=float,
-        default=0.01,
-        help="converged below this on every atom and on the cell (the filter's "
-        "generalised forces, eV/A) (%(default)s)",
-    )
-    relaxation.add_argument(
-        "--steps", type=int, default=200, help="at most this many optimiser steps (%(default)s)"
-    )
-    relaxation.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs/relax_bulk/relax.traj"),
-        help="the model's trajectory, ASE .traj (%(default)s)",
-    )
+    relaxation.add_argument("--fmax", type=float, default=0.01,
+                            help="converged below this on every atom and on the cell (the filter's "
+                                 "generalised forces, eV/A) (%(default)s)")
+    relaxation.add_argument("--steps", type=int, default=200, help="at most this many optimiser steps (%(default)s)")
+    relaxation.add_argument("--out", type=Path, default=Path("runs/relax_bulk/relax.traj"),
+                            help="the model's trajectory, ASE .traj (%(default)s)")
     args = p.parse_args(argv)
     if not args.fmax > 0 or args.steps < 1 or args.train_steps < 1 or args.repeat < 1:
         p.error("--fmax must be > 0; --steps, --train-steps and --repeat >= 1")
@@ -199,42 +145,20 @@ def train_tiny_model(args) -> Path:
     start = time.perf_counter()
     frames = emt_frames(args.metal, args.repeat, args.train_frames, args.seed)
     split = len(frames) - max(2, len(frames) // 5)
-    print(
-        f"no --checkpoint: training a tiny conservative model on {split} EMT frames of strained {args.metal} "
-        f"cells ({args.train_steps} steps), validating on {len(frames) - split}",
-        flush=True,
-    )
+    print(f"no --checkpoint: training a tiny conservative model on {split} EMT frames of strained {args.metal} "
+          f"cells ({args.train_steps} steps), validating on {len(frames) - split}", flush=True)
     # Energies carry the cell's equation of state: weigh them as much as the forces.
-    config = TrainingConfig(
-        max_steps=args.train_steps,
-        batch_size=4,
-        eval_batch_size=8,
-        lr=5e-3,
-        warmup_steps=args.train_steps // 10,
-        energy_coefficient=20.0,
-        force_coefficient=20.0,
-        eval_every=args.train_steps,
-        checkpoint_every=args.train_steps,
-        ema_decay=0.9,
-        seed=args.seed,
-    )
+    config = TrainingConfig(max_steps=args.train_steps, batch_size=4, eval_batch_size=8, lr=5e-3,
+                            warmup_steps=args.train_steps // 10, energy_coefficient=20.0, force_coefficient=20.0,
+                            eval_every=args.train_steps, checkpoint_every=args.train_steps, ema_decay=0.9,
+                            seed=args.seed)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = Trainer(
-        tiny_model_config(args.metal, args.repeat),
-        frames[:split],
-        frames[split:],
-        config,
-        args.train_out,
-        device=device,
-        progress=False,
-    )
+    trainer = Trainer(tiny_model_config(args.metal, args.repeat), frames[:split], frames[split:], config, args.train_out, device=device,
+                      progress=False)
     metrics = trainer.fit()
     trainer.close()
-    print(
-        f"trained in {time.perf_counter() - start:.0f} s: validation energy MAE {metrics['energy_mae']:.4f} eV, "
-        f"force MAE {metrics['forces_mae']:.4f} eV/A -> {path}",
-        flush=True,
-    )
+    print(f"trained in {time.perf_counter() - start:.0f} s: validation energy MAE {metrics['energy_mae']:.4f} eV, "
+          f"force MAE {metrics['forces_mae']:.4f} eV/A -> {path}", flush=True)
     return path
 
 
@@ -258,10 +182,8 @@ def relax(atoms: Atoms, optimizer: str, fmax: float, steps: int, trajectory=None
     def record():
         energies.append(atoms.get_potential_energy())
         if label:
-            print(
-                f"  {label} step {len(energies) - 1:3d}: energy {energies[-1]:10.5f} eV, "
-                f"max force {max_force(atoms):.4f} eV/A, pressure {pressure(atoms):+8.4f} GPa"
-            )
+            print(f"  {label} step {len(energies) - 1:3d}: energy {energies[-1]:10.5f} eV, "
+                  f"max force {max_force(atoms):.4f} eV/A, pressure {pressure(atoms):+8.4f} GPa")
 
     dynamics.attach(record, interval=1)
     converged = bool(dynamics.run(fmax=fmax, steps=steps))
@@ -270,19 +192,15 @@ def relax(atoms: Atoms, optimizer: str, fmax: float, steps: int, trajectory=None
 
 def lattice(atoms: Atoms, repeat: int) -> str:
     a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
-    return (
-        f"a b c = {a / repeat:.4f} {b / repeat:.4f} {c / repeat:.4f} A (per cubic cell), "
-        f"angles {alpha:.2f} {beta:.2f} {gamma:.2f} deg, {atoms.get_volume() / len(atoms):.4f} A^3/atom"
-    )
+    return (f"a b c = {a / repeat:.4f} {b / repeat:.4f} {c / repeat:.4f} A (per cubic cell), "
+            f"angles {alpha:.2f} {beta:.2f} {gamma:.2f} deg, {atoms.get_volume() / len(atoms):.4f} A^3/atom")
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = strained_crystal(args.metal, args.repeat, args.strain, args.rattle, args.seed)
-    print(
-        f"fcc {args.metal}, {len(start)} atoms, cell stretched {100 * args.strain:.1f}% and sheared "
-        f"{100 * args.strain / 3:.1f}%, rattled {args.rattle} A"
-    )
+    print(f"fcc {args.metal}, {len(start)} atoms, cell stretched {100 * args.strain:.1f}% and sheared "
+          f"{100 * args.strain / 3:.1f}%, rattled {args.rattle} A")
     checkpoint = args.checkpoint if args.checkpoint is not None else train_tiny_model(args)
     calc = So2nnCalculator(checkpoint, device=args.device, dtype=args.dtype)
     if "stress" not in calc.implemented_properties:
@@ -293,20 +211,15 @@ def main(argv=None) -> dict:
     atoms = start.copy()
     atoms.calc = calc
     c = calc.model.config
-    print(
-        f"model: {type(calc.model).__name__} lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} from "
-        f"{checkpoint}, {calc.device} {args.dtype}"
-    )
+    print(f"model: {type(calc.model).__name__} lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} from "
+          f"{checkpoint}, {calc.device} {args.dtype}")
     print(f"start: {lattice(atoms, args.repeat)}; pressure {pressure(atoms):+.4f} GPa")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    print(
-        f"relaxing positions and cell with the model ({args.optimizer} on FrechetCellFilter, fmax {args.fmax}, "
-        f"at most {args.steps} steps):"
-    )
-    energies, converged = relax(
-        atoms, args.optimizer, args.fmax, args.steps, trajectory=str(args.out), label="model"
-    )
+    print(f"relaxing positions and cell with the model ({args.optimizer} on FrechetCellFilter, fmax {args.fmax}, "
+          f"at most {args.steps} steps):")
+    energies, converged = relax(atoms, args.optimizer, args.fmax, args.steps, trajectory=str(args.out),
+                                label="model")
     final_pressure, final_force = pressure(atoms), max_force(atoms)
 
     emt = start.copy()  # the same start, relaxed by EMT itself
@@ -321,31 +234,18 @@ def main(argv=None) -> dict:
         return f"{len(energies) - 1} steps, {'converged' if converged else 'NOT converged'}"
 
     print(f"trajectory ({len(energies)} frames): {args.out}")
-    print(
-        f"model: {outcome(energies, converged)}; energy {energies[0]:.5f} -> {energies[-1]:.5f} eV; "
-        f"final pressure {final_pressure:+.4f} GPa, max force {final_force:.4f} eV/A"
-    )
+    print(f"model: {outcome(energies, converged)}; energy {energies[0]:.5f} -> {energies[-1]:.5f} eV; "
+          f"final pressure {final_pressure:+.4f} GPa, max force {final_force:.4f} eV/A")
     print(f"  relaxed lattice: {lattice(atoms, args.repeat)}")
-    print(
-        f"EMT:   {outcome(emt_energies, emt_converged)}; energy {emt_energies[0]:.5f} -> {emt_energies[-1]:.5f} eV; "
-        f"final pressure {pressure(emt):+.4f} GPa"
-    )
+    print(f"EMT:   {outcome(emt_energies, emt_converged)}; energy {emt_energies[0]:.5f} -> {emt_energies[-1]:.5f} eV; "
+          f"final pressure {pressure(emt):+.4f} GPa")
     print(f"  relaxed lattice: {lattice(emt, args.repeat)}")
-    print(
-        f"volume: model {100 * volume_error:+.2f}% from EMT's; EMT's pressure at the model's relaxed cell "
-        f"{emt_pressure_at_model:+.4f} GPa"
-    )
-    return {
-        "energies": energies,
-        "converged": converged,
-        "pressure": final_pressure,
-        "max_force": final_force,
-        "cellpar": atoms.cell.cellpar().tolist(),
-        "emt_cellpar": emt.cell.cellpar().tolist(),
-        "emt_converged": emt_converged,
-        "volume_error": volume_error,
-        "emt_pressure_at_model": emt_pressure_at_model,
-    }
+    print(f"volume: model {100 * volume_error:+.2f}% from EMT's; EMT's pressure at the model's relaxed cell "
+          f"{emt_pressure_at_model:+.4f} GPa")
+    return {"energies": energies, "converged": converged, "pressure": final_pressure, "max_force": final_force,
+            "cellpar": atoms.cell.cellpar().tolist(), "emt_cellpar": emt.cell.cellpar().tolist(),
+            "emt_converged": emt_converged, "volume_error": volume_error,
+            "emt_pressure_at_model": emt_pressure_at_model}
 
 
 if __name__ == "__main__":

@@ -25,33 +25,20 @@ def main(argv=None) -> None:
     parser.add_argument("--lmax", type=int, default=4, help="largest degree of the features (default: 4)")
     parser.add_argument("--mmax", type=int, default=2, help="largest order kept in edge frames (default: 2)")
     parser.add_argument("--resolution", type=int, default=18, help="S2 grid points per angle (default: 18)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random features and rotation (default: 0)"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random features and rotation (default: 0)")
     args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float64)
 
     # Ethanol-like positions (Angstrom).
     pos = torch.tensor(
-        [
-            [0.0, 0.0, 0.0],
-            [1.52, 0.0, 0.0],
-            [2.0, 1.35, 0.0],
-            [-0.4, 1.0, 0.1],
-            [-0.4, -0.5, 0.9],
-            [-0.4, -0.5, -0.9],
-            [1.9, -0.5, 0.9],
-            [1.9, -0.5, -0.9],
-            [2.95, 1.3, 0.0],
-        ]
+        [[0.0, 0.0, 0.0], [1.52, 0.0, 0.0], [2.0, 1.35, 0.0], [-0.4, 1.0, 0.1], [-0.4, -0.5, 0.9],
+         [-0.4, -0.5, -0.9], [1.9, -0.5, 0.9], [1.9, -0.5, -0.9], [2.95, 1.3, 0.0]]
     )
     edge_index, _ = radius_graph(pos, cutoff=2.0)
     vec = edge_vectors(pos, edge_index)
     layout = CoefficientLayout(lmax=args.lmax, mmax=args.mmax)
-    print(
-        f"{pos.shape[0]} atoms, {edge_index.shape[1]} edges, {layout}: "
-        f"{layout.dim} coefficients per node, {layout.edge_dim} kept per edge"
-    )
+    print(f"{pos.shape[0]} atoms, {edge_index.shape[1]} edges, {layout}: "
+          f"{layout.dim} coefficients per node, {layout.edge_dim} kept per edge")
 
     # 1. In its own frame, an edge's spherical harmonics have only m = 0 components.
     rotation = EdgeRotation(layout, vec)

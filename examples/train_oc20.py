@@ -68,47 +68,21 @@ from so2nn.data import open_dataset
 from so2nn.data.emt import make_bulk_dataset, make_dataset
 from so2nn.models import PRESETS, EquiformerV2Config, load_model, preset
 from so2nn.models._checkpoint import load_checkpoint
-from so2nn.training import (
-    DEFAULT_STRESS_COEFFICIENT,
-    Trainer,
-    TrainingConfig,
-    evaluate_model,
-    referencing_table,
-    write_predictions,
-)
+from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model, referencing_table,
+                            write_predictions)
 
 # Not a released model: a small EquiformerV2 (same architecture, fewer and narrower layers,
 # lmax 2) that learns the embedded EMT data on a laptop CPU in minutes.
 TINY = EquiformerV2Config(
-    lmax=2,
-    mmax=1,
-    num_layers=2,
-    sphere_channels=32,
-    attn_hidden_channels=32,
-    num_heads=4,
-    attn_alpha_channels=16,
-    attn_value_channels=8,
-    ffn_hidden_channels=32,
-    edge_channels=32,
-    num_distance_basis=64,
-    max_radius=5.0,
-    max_neighbors=16,
-    alpha_drop=0.0,
-    drop_path_rate=0.0,
-    grid_resolution=None,
+    lmax=2, mmax=1, num_layers=2, sphere_channels=32, attn_hidden_channels=32, num_heads=4, attn_alpha_channels=16,
+    attn_value_channels=8, ffn_hidden_channels=32, edge_channels=32, num_distance_basis=64, max_radius=5.0, max_neighbors=16,
+    alpha_drop=0.0, drop_path_rate=0.0, grid_resolution=None,
     recompute_edge_activations=False,  # memory is no concern at this size: store, don't recompute
 )
 
 # Recipe of the tiny default run (the paper's recipe, scaled to a 2-core CPU and minutes).
-TINY_TRAINING = dict(
-    max_steps=1000,
-    batch_size=8,
-    lr=1e-3,
-    warmup_steps=50,
-    eval_every=250,
-    checkpoint_every=250,
-    element_references=True,
-)
+TINY_TRAINING = dict(max_steps=1000, batch_size=8, lr=1e-3, warmup_steps=50, eval_every=250, checkpoint_every=250,
+                     element_references=True)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -117,105 +91,48 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (
-            "default" in text
-            or action.default is None
-            or action.default is False
-            or action.default == []
-            or action.default == argparse.SUPPRESS
-        ):
+        if "default" in text or action.default is None or action.default is False or action.default == [] \
+                or action.default == argparse.SUPPRESS:
             return text
-        default = (
-            " ".join(map(str, action.default))
-            if isinstance(action.default, (tuple, list))
-            else action.default
-        )
+        default = " ".join(map(str, action.default)) if isinstance(action.default, (tuple, list)) else action.default
         return f"{text} (default: {default})".strip()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=_HelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[-3:]).replace("``", ""),
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[-3:]).replace("``", ""))
     data = p.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        type=Path,
-        help="training data: S2EF LMDB file or directory of shards, extxyz+txt "
-        "directory, or ASE database (default: the embedded EMT dataset, generated once)",
-    )
+    data.add_argument("--data", type=Path, help="training data: S2EF LMDB file or directory of shards, extxyz+txt "
+                      "directory, or ASE database (default: the embedded EMT dataset, generated once)")
     data.add_argument("--val-data", type=Path, help="validation data, same formats (required with --data)")
     data.add_argument("--val-subset", type=int, help="evaluate on the first N validation items only")
-    data.add_argument(
-        "--cache-dir", type=Path, default=Path("runs/data"), help="where the embedded dataset is generated"
-    )
-    data.add_argument(
-        "--emt-systems",
-        type=int,
-        nargs=2,
-        default=(150, 20),
-        metavar=("TRAIN", "VAL"),
-        help="systems in the embedded dataset's train and val splits (10 frames each for slabs, 8 for bulk)",
-    )
-    data.add_argument(
-        "--embedded",
-        choices=["slabs", "bulk"],
-        default="slabs",
-        help="the embedded EMT dataset: adsorbates on slabs (OC20-like), or bulk crystals and alloys "
-        "with stress",
-    )
+    data.add_argument("--cache-dir", type=Path, default=Path("runs/data"), help="where the embedded dataset is generated")
+    data.add_argument("--emt-systems", type=int, nargs=2, default=(150, 20), metavar=("TRAIN", "VAL"),
+                      help="systems in the embedded dataset's train and val splits (10 frames each for slabs, "
+                      "8 for bulk)")
+    data.add_argument("--embedded", choices=["slabs", "bulk"], default="slabs",
+                      help="the embedded EMT dataset: adsorbates on slabs (OC20-like), or bulk crystals and alloys "
+                      "with stress")
     model = p.add_argument_group("model")
-    model.add_argument(
-        "--preset",
-        choices=["tiny", *PRESETS],
-        help="model architecture (default: tiny on the embedded data, oc20-31M with --data)",
-    )
+    model.add_argument("--preset", choices=["tiny", *PRESETS], help="model architecture (default: tiny on the "
+                       "embedded data, oc20-31M with --data)")
     model.add_argument("--tiny", action="store_true", help="same as --preset tiny: a small model for CPUs")
-    model.add_argument(
-        "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a model config entry, e.g. --set lmax=4 --set grid_resolution=24 (repeatable)",
-    )
-    model.add_argument(
-        "--init",
-        type=Path,
-        metavar="CHECKPOINT",
-        help="fine-tune this checkpoint (fairchem's or "
-        "so2nn's): its architecture and weights, a fresh optimiser and schedule (see below)",
-    )
+    model.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                       help="override a model config entry, e.g. --set lmax=4 --set grid_resolution=24 (repeatable)")
+    model.add_argument("--init", type=Path, metavar="CHECKPOINT", help="fine-tune this checkpoint (fairchem's or "
+                       "so2nn's): its architecture and weights, a fresh optimiser and schedule (see below)")
     model.add_argument("--freeze-backbone", action="store_true", help="with --init: train the heads only")
-    model.add_argument(
-        "--backbone-lr-factor",
-        type=float,
-        default=1.0,
-        help="the backbone's learning rate as a fraction of --lr (e.g. 0.1 with --init)",
-    )
-    model.add_argument(
-        "--reinit-head",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="with --init: start this head (energy, forces, stress) from fresh weights (repeatable)",
-    )
-    model.add_argument(
-        "--refit",
-        choices=["references", "none", "all"],
-        default="references",
-        help="with --init: re-fit the element references and energy mean on --data, keeping the "
-        "checkpoint's scales (references), keep all the checkpoint's statistics (none), or re-fit "
-        "them all (all)",
-    )
-    model.add_argument(
-        "--conservative-forces", action="store_true", help="forces = -dE/dpos instead of the direct head"
-    )
-    train = p.add_argument_group(
-        "training (defaults: the EquiformerV2 paper's recipe; the tiny default run's, "
-        "scaled to a CPU and minutes, where they differ)"
-    )
+    model.add_argument("--backbone-lr-factor", type=float, default=1.0,
+                       help="the backbone's learning rate as a fraction of --lr (e.g. 0.1 with --init)")
+    model.add_argument("--reinit-head", action="append", default=[], metavar="NAME",
+                       help="with --init: start this head (energy, forces, stress) from fresh weights (repeatable)")
+    model.add_argument("--refit", choices=["references", "none", "all"], default="references",
+                       help="with --init: re-fit the element references and energy mean on --data, keeping the "
+                       "checkpoint's scales (references), keep all the checkpoint's statistics (none), or re-fit "
+                       "them all (all)")
+    model.add_argument("--conservative-forces", action="store_true", help="forces = -dE/dpos instead of the direct head")
+    train = p.add_argument_group("training (defaults: the EquiformerV2 paper's recipe; the tiny default run's, "
+                                 "scaled to a CPU and minutes, where they differ)")
     defaults = TrainingConfig()
     tiny = TINY_TRAINING
 
@@ -223,123 +140,56 @@ def parse_args(argv=None) -> argparse.Namespace:
         return f"(default: {getattr(defaults, name)}; the tiny run: {tiny[name]})"
 
     train.add_argument("--max-steps", type=int, help=f"optimisation steps {default('max_steps')}")
-    train.add_argument(
-        "--batch-size", type=int, help=f"systems per batch per process {default('batch_size')}"
-    )
-    train.add_argument(
-        "--eval-batch-size", type=int, default=defaults.eval_batch_size, help="systems per validation batch"
-    )
+    train.add_argument("--batch-size", type=int, help=f"systems per batch per process {default('batch_size')}")
+    train.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="systems per validation batch")
     train.add_argument("--lr", type=float, help=f"peak learning rate of AdamW {default('lr')}")
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     train.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps {default('warmup_steps')}")
-    train.add_argument(
-        "--clip-grad-norm", type=float, default=defaults.clip_grad_norm, help="gradient norm clip"
-    )
-    train.add_argument(
-        "--ema-decay", type=float, default=defaults.ema_decay, help="decay of the weights' moving average"
-    )
-    train.add_argument(
-        "--energy-coefficient", type=float, default=defaults.energy_coefficient, help="lambda_E"
-    )
+    train.add_argument("--clip-grad-norm", type=float, default=defaults.clip_grad_norm, help="gradient norm clip")
+    train.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the weights' moving average")
+    train.add_argument("--energy-coefficient", type=float, default=defaults.energy_coefficient, help="lambda_E")
     train.add_argument("--force-coefficient", type=float, default=defaults.force_coefficient, help="lambda_F")
-    train.add_argument(
-        "--energy-per-atom",
-        action="store_true",
-        help="energy loss per atom, |E - E'| / N (the OMat24 recipe; default: per system)",
-    )
-    train.add_argument(
-        "--stress-loss",
-        choices=["decomposed", "plain"],
-        default=defaults.stress_loss,
-        help="with stress in the data and the model: isotropic + anisotropic stress MAE (the OMat24 "
-        "recipe), or a plain stress MAE (natural for conservative models)",
-    )
-    for name, what in (
-        ("stress-coefficient", "plain stress MAE"),
-        ("stress-isotropic-coefficient", "isotropic stress MAE (tr/3)"),
-        ("stress-anisotropic-coefficient", "anisotropic (traceless) stress MAE"),
-    ):
-        train.add_argument(
-            f"--{name}",
-            type=float,
-            help=f"coefficient of the {what} (default: "
-            f"{DEFAULT_STRESS_COEFFICIENT}; setting it requires stress in the data and the model)",
-        )
-    train.add_argument(
-        "--all-atoms",
-        action="store_true",
-        help="train and evaluate forces on fixed atoms too (default: free atoms only, OC20's convention)",
-    )
+    train.add_argument("--energy-per-atom", action="store_true", help="energy loss per atom, |E - E'| / N "
+                       "(the OMat24 recipe; default: per system)")
+    train.add_argument("--stress-loss", choices=["decomposed", "plain"], default=defaults.stress_loss,
+                       help="with stress in the data and the model: isotropic + anisotropic stress MAE (the OMat24 "
+                       "recipe), or a plain stress MAE (natural for conservative models)")
+    for name, what in (("stress-coefficient", "plain stress MAE"),
+                       ("stress-isotropic-coefficient", "isotropic stress MAE (tr/3)"),
+                       ("stress-anisotropic-coefficient", "anisotropic (traceless) stress MAE")):
+        train.add_argument(f"--{name}", type=float, help=f"coefficient of the {what} (default: "
+                           f"{DEFAULT_STRESS_COEFFICIENT}; setting it requires stress in the data and the model)")
+    train.add_argument("--all-atoms", action="store_true", help="train and evaluate forces on fixed atoms too "
+                       "(default: free atoms only, OC20's convention)")
     train.add_argument("--no-normalize", action="store_true", help="do not normalise energies and forces")
-    train.add_argument(
-        "--element-references",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="fit per-element linear energy references on the training set (default: on for the tiny "
-        "run, off for presets, as the paper trained OC20)",
-    )
+    train.add_argument("--element-references", action=argparse.BooleanOptionalAction, default=None,
+                       help="fit per-element linear energy references on the training set (default: on for the tiny "
+                       "run, off for presets, as the paper trained OC20)")
     train.add_argument("--eval-every", type=int, help=f"steps between validations {default('eval_every')}")
-    train.add_argument(
-        "--checkpoint-every", type=int, help=f"steps between checkpoints {default('checkpoint_every')}"
-    )
-    train.add_argument(
-        "--log-every", type=int, default=defaults.log_every, help="steps between rows of train_log.csv"
-    )
-    train.add_argument(
-        "--seed", type=int, default=defaults.seed, help="seed of the weights, data order and dropout"
-    )
+    train.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints {default('checkpoint_every')}")
+    train.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between rows of train_log.csv")
+    train.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights, data order and dropout")
     run = p.add_argument_group("run")
     run.add_argument("--out", type=Path, default=Path("runs/train_oc20"), help="output directory")
     run.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is available, else cpu)")
-    run.add_argument(
-        "--amp",
-        choices=["none", "bf16", "fp16"],
-        default="none",
-        help="mixed precision (fp16 uses loss scaling)",
-    )
+    run.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                     help="mixed precision (fp16 uses loss scaling)")
     run.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
-    run.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's, one per core); on a "
-        "shared machine fewer than the free cores, e.g. 1",
-    )
-    run.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its checkpoint.pt (same command plus --resume; see below)",
-    )
-    run.add_argument(
-        "--allow-data-change",
-        action="store_true",
-        help="--resume on data whose files differ from the run's (moved or copied)",
-    )
-    run.add_argument(
-        "--stop-after", type=int, help="stop (with a checkpoint) after this many steps of this process"
-    )
-    run.add_argument(
-        "--evaluate",
-        type=Path,
-        metavar="CHECKPOINT",
-        help="evaluate this checkpoint on --val-data "
-        "(default: the embedded validation split) and stop; no training",
-    )
-    run.add_argument(
-        "--predict",
-        type=Path,
-        metavar="CHECKPOINT",
-        help="write this checkpoint's predictions for "
-        "--val-data in OC20's S2EF submission format (see --predictions) and stop; resumable",
-    )
-    run.add_argument(
-        "--predictions", type=Path, help="the .npz that --predict writes (default: OUT/predictions.npz)"
-    )
-    run.add_argument(
-        "--prediction-dtype",
-        choices=["float16", "float32"],
-        default="float16",
-        help="precision of the predicted energies and forces (OC20's submissions: float16)",
-    )
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); on a "
+                     "shared machine fewer than the free cores, e.g. 1")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt "
+                     "(same command plus --resume; see below)")
+    run.add_argument("--allow-data-change", action="store_true",
+                     help="--resume on data whose files differ from the run's (moved or copied)")
+    run.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps of this process")
+    run.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate this checkpoint on --val-data "
+                     "(default: the embedded validation split) and stop; no training")
+    run.add_argument("--predict", type=Path, metavar="CHECKPOINT", help="write this checkpoint's predictions for "
+                     "--val-data in OC20's S2EF submission format (see --predictions) and stop; resumable")
+    run.add_argument("--predictions", type=Path, help="the .npz that --predict writes (default: "
+                     "OUT/predictions.npz)")
+    run.add_argument("--prediction-dtype", choices=["float16", "float32"], default="float16",
+                     help="precision of the predicted energies and forces (OC20's submissions: float16)")
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plot", action="store_true", help="skip summary.png")
@@ -365,9 +215,7 @@ def config_changes(args) -> dict:
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in EquiformerV2Config.__dataclass_fields__:
-            raise SystemExit(
-                f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(EquiformerV2Config.__dataclass_fields__)}"
-            )
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(EquiformerV2Config.__dataclass_fields__)}")
         changes[key] = json.loads(value) if value not in ("None", "none") else None
     return changes
 
@@ -384,37 +232,19 @@ def model_config(args) -> EquiformerV2Config:
 def training_config(args) -> TrainingConfig:
     tiny = args.init is None and (args.preset or ("tiny" if args.data is None else None)) == "tiny"
     values = dict(TINY_TRAINING) if tiny else {}
-    flags = dict(
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        element_references=args.element_references,
-    )
+    flags = dict(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                 eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                 element_references=args.element_references)
     values.update({k: v for k, v in flags.items() if v is not None})
     return TrainingConfig(
-        **values,
-        eval_batch_size=args.eval_batch_size,
-        weight_decay=args.weight_decay,
-        clip_grad_norm=args.clip_grad_norm,
-        ema_decay=args.ema_decay,
-        energy_coefficient=args.energy_coefficient,
-        force_coefficient=args.force_coefficient,
-        train_on_free_atoms=not args.all_atoms,
-        energy_per_atom=args.energy_per_atom,
-        stress_loss=args.stress_loss,
-        stress_coefficient=args.stress_coefficient,
+        **values, eval_batch_size=args.eval_batch_size, weight_decay=args.weight_decay,
+        clip_grad_norm=args.clip_grad_norm, ema_decay=args.ema_decay, energy_coefficient=args.energy_coefficient,
+        force_coefficient=args.force_coefficient, train_on_free_atoms=not args.all_atoms,
+        energy_per_atom=args.energy_per_atom, stress_loss=args.stress_loss, stress_coefficient=args.stress_coefficient,
         stress_isotropic_coefficient=args.stress_isotropic_coefficient,
         stress_anisotropic_coefficient=args.stress_anisotropic_coefficient,
-        eval_on_free_atoms=not args.all_atoms,
-        normalize_targets=not args.no_normalize,
-        log_every=args.log_every,
-        amp=args.amp,
-        seed=args.seed,
-        num_workers=args.num_workers,
-        freeze_backbone=args.freeze_backbone,
+        eval_on_free_atoms=not args.all_atoms, normalize_targets=not args.no_normalize, log_every=args.log_every,
+        amp=args.amp, seed=args.seed, num_workers=args.num_workers, freeze_backbone=args.freeze_backbone,
         backbone_lr_factor=args.backbone_lr_factor,
     )
 
@@ -434,17 +264,13 @@ def datasets(args):
 
 def validation_summary(metrics: dict) -> str:
     """The summary line of a validation (training's last, or --evaluate's)."""
-    line = (
-        f"energy MAE {metrics['energy_mae']:.4f} eV vs {metrics['energy_mae_mean_baseline']:.4f} for predicting "
-        f"the training mean; force MAE {metrics['forces_mae']:.4f} eV/A vs {metrics['forces_mae_zero_baseline']:.4f} "
-        f"for predicting zero; force cosine {metrics['forces_cos']:.3f}; EFwT {100 * metrics['efwt']:.1f}%"
-    )
+    line = (f"energy MAE {metrics['energy_mae']:.4f} eV vs {metrics['energy_mae_mean_baseline']:.4f} for predicting "
+            f"the training mean; force MAE {metrics['forces_mae']:.4f} eV/A vs {metrics['forces_mae_zero_baseline']:.4f} "
+            f"for predicting zero; force cosine {metrics['forces_cos']:.3f}; EFwT {100 * metrics['efwt']:.1f}%")
     if "stress_mae" in metrics:
-        line += (
-            f"; stress MAE {1000 * metrics['stress_mae']:.2f} meV/A^3 (isotropic "
-            f"{1000 * metrics['stress_isotropic_mae']:.2f}, anisotropic {1000 * metrics['stress_anisotropic_mae']:.2f})"
-            f" vs {1000 * metrics['stress_mae_zero_baseline']:.2f} for predicting zero"
-        )
+        line += (f"; stress MAE {1000 * metrics['stress_mae']:.2f} meV/A^3 (isotropic "
+                 f"{1000 * metrics['stress_isotropic_mae']:.2f}, anisotropic {1000 * metrics['stress_anisotropic_mae']:.2f})"
+                 f" vs {1000 * metrics['stress_mae_zero_baseline']:.2f} for predicting zero")
     return line
 
 
@@ -460,10 +286,8 @@ def describe_model(model) -> str:
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     parameters = sum(p.numel() for p in model.parameters())
     if isinstance(c, EquiformerV2Config):
-        return (
-            f"EquiformerV2 lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} channels={c.sphere_channels}, "
-            f"{parameters:,} parameters, {dtype}"
-        )
+        return (f"EquiformerV2 lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} channels={c.sphere_channels}, "
+                f"{parameters:,} parameters, {dtype}")
     return f"{type(model).__name__}, {parameters:,} parameters, {dtype}"
 
 
@@ -490,38 +314,18 @@ def evaluate_or_predict(args) -> dict:
         baseline = state.get("train_energy_mean")
         source = "the training run's" if baseline is not None else "the model's"
         baseline = float(model.target_statistics.energy_mean if baseline is None else baseline)
-        print(
-            f"data: {describe('validation', val)}; energy baseline {baseline:.4f} eV ({source} mean)",
-            flush=True,
-        )
-        metrics = evaluate_model(
-            model,
-            val,
-            args.eval_batch_size,
-            device,
-            free_atoms_only=not args.all_atoms,
-            energy_baseline=baseline,
-            progress=not args.no_progress,
-        )
+        print(f"data: {describe('validation', val)}; energy baseline {baseline:.4f} eV ({source} mean)", flush=True)
+        metrics = evaluate_model(model, val, args.eval_batch_size, device, free_atoms_only=not args.all_atoms,
+                                 energy_baseline=baseline, progress=not args.no_progress)
         print(f"evaluated {checkpoint}: {validation_summary(metrics)}")
         return metrics
     path = args.predictions if args.predictions is not None else args.out / "predictions.npz"
     print(f"data: {describe('prediction', val)}; predictions to {path}", flush=True)
-    written = write_predictions(
-        model,
-        val,
-        path,
-        args.eval_batch_size,
-        device,
-        dtype=args.prediction_dtype,
-        progress=not args.no_progress,
-        stop_after=args.stop_after,
-    )
+    written = write_predictions(model, val, path, args.eval_batch_size, device, dtype=args.prediction_dtype,
+                                progress=not args.no_progress, stop_after=args.stop_after)
     if written is None:
-        print(
-            f"stopped after {args.stop_after} batches; continue with the same command (partial results in "
-            f"{path.with_name(path.stem + '.partial.npz')})"
-        )
+        print(f"stopped after {args.stop_after} batches; continue with the same command (partial results in "
+              f"{path.with_name(path.stem + '.partial.npz')})")
         return {"predictions": None}
     print(f"predictions of {len(val)} systems: {written}")
     return {"predictions": str(written)}
@@ -546,31 +350,15 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
         try:
             # a fine-tuning run's architecture is its source checkpoint's: not compared with a preset
-            trainer = Trainer.resume(
-                checkpoint,
-                train,
-                val,
-                args.out,
-                **common,
-                config=training_config(args),
-                model_config=None if args.init else model_config(args),
-                allow_data_change=args.allow_data_change,
-            )
+            trainer = Trainer.resume(checkpoint, train, val, args.out, **common, config=training_config(args),
+                                     model_config=None if args.init else model_config(args),
+                                     allow_data_change=args.allow_data_change)
         except ValueError as error:
             raise SystemExit(f"--resume: {error}") from None
     elif args.init is not None:
         try:
-            trainer = Trainer.from_pretrained(
-                args.init,
-                train,
-                val,
-                training_config(args),
-                args.out,
-                **common,
-                refit=args.refit,
-                reinit_heads=args.reinit_head,
-                **config_changes(args),
-            )
+            trainer = Trainer.from_pretrained(args.init, train, val, training_config(args), args.out, **common,
+                                              refit=args.refit, reinit_heads=args.reinit_head, **config_changes(args))
         except (ValueError, FileNotFoundError) as error:
             raise SystemExit(f"--init: {error}") from None
     else:
@@ -579,33 +367,23 @@ def main(argv=None) -> dict:
     if main_process:  # what this run runs on, before it runs
         cfg = trainer.config
         print(f"so2nn {so2nn.__version__}: {describe_model(trainer.model)}", flush=True)
-        print(
-            f"device {where(trainer.device)}, {trainer.dist.world_size} process(es), AMP {cfg.amp}",
-            flush=True,
-        )
+        print(f"device {where(trainer.device)}, {trainer.dist.world_size} process(es), AMP {cfg.amp}", flush=True)
         print(f"data: {describe('training', train)}; {describe('validation', val)}", flush=True)
         if trainer.finetune is not None:
             source, frozen = trainer.finetune["source"], trainer.finetune["frozen"]
-            print(
-                f"fine-tuning {source['path']} (sha256 {source['sha256'][:12]}, {source['format']}): "
-                f"{'backbone frozen' if frozen else 'backbone lr x' + str(trainer.finetune['backbone_lr_factor'])}"
-                f"{', new heads ' + ', '.join(source['added_heads']) if source['added_heads'] else ''}"
-                f"{', re-initialised ' + ', '.join(source['reinitialised_heads']) if source['reinitialised_heads'] else ''}",
-                flush=True,
-            )
+            print(f"fine-tuning {source['path']} (sha256 {source['sha256'][:12]}, {source['format']}): "
+                  f"{'backbone frozen' if frozen else 'backbone lr x' + str(trainer.finetune['backbone_lr_factor'])}"
+                  f"{', new heads ' + ', '.join(source['added_heads']) if source['added_heads'] else ''}"
+                  f"{', re-initialised ' + ', '.join(source['reinitialised_heads']) if source['reinitialised_heads'] else ''}",
+                  flush=True)
             print(referencing_table(trainer.finetune["statistics"]), flush=True)
-        print(
-            f"{'resuming at step ' + str(trainer.step) if args.resume else 'starting'}: {cfg.max_steps} steps of "
-            f"batch {cfg.batch_size}, peak lr {cfg.lr}; output in {args.out}",
-            flush=True,
-        )
+        print(f"{'resuming at step ' + str(trainer.step) if args.resume else 'starting'}: {cfg.max_steps} steps of "
+              f"batch {cfg.batch_size}, peak lr {cfg.lr}; output in {args.out}", flush=True)
     metrics = trainer.fit(stop_after=args.stop_after)
     if main_process:
         if trainer.step < trainer.config.max_steps:
-            print(
-                f"stopped at step {trainer.step} of {trainer.config.max_steps}: {trainer.summary()}; "
-                f"continue with the same command plus --resume (checkpoint: {args.out / 'checkpoint.pt'})"
-            )
+            print(f"stopped at step {trainer.step} of {trainer.config.max_steps}: {trainer.summary()}; "
+                  f"continue with the same command plus --resume (checkpoint: {args.out / 'checkpoint.pt'})")
         else:
             print(f"trained {trainer.summary()}")
             print(f"validation (EMA weights): {validation_summary(metrics)}")

@@ -42,60 +42,25 @@ from so2nn.so3 import edge_frames  # noqa: E402
 OUT = ROOT / "tests" / "models" / "fixtures" / "dens_31M.pt"
 NUM_ROLLS = 4
 BACKBONE = dict(
-    model="equiformer_v2_dens_backbone",
-    use_pbc=True,
-    use_pbc_single=True,
-    regress_forces=True,
-    otf_graph=False,
-    max_neighbors=20,
-    max_radius=6.0,
-    max_num_elements=96,
-    num_layers=2,
-    sphere_channels=8,
-    attn_hidden_channels=8,
-    num_heads=2,
-    attn_alpha_channels=4,
-    attn_value_channels=4,
-    ffn_hidden_channels=8,
-    norm_type="layer_norm_sh",
-    lmax_list=[4],
-    mmax_list=[2],
-    grid_resolution=18,
-    edge_channels=8,
-    use_grid_mlp=True,
-    alpha_drop=0.0,
-    drop_path_rate=0.0,
-    weight_init="uniform",
-    avg_num_nodes=31.2,
-    avg_degree=61.9,
-    use_force_encoding=True,
-    use_noise_schedule_sigma_encoding=True,
+    model="equiformer_v2_dens_backbone", use_pbc=True, use_pbc_single=True, regress_forces=True, otf_graph=False,
+    max_neighbors=20, max_radius=6.0, max_num_elements=96, num_layers=2, sphere_channels=8, attn_hidden_channels=8,
+    num_heads=2, attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, norm_type="layer_norm_sh",
+    lmax_list=[4], mmax_list=[2], grid_resolution=18, edge_channels=8, use_grid_mlp=True, alpha_drop=0.0,
+    drop_path_rate=0.0, weight_init="uniform", avg_num_nodes=31.2, avg_degree=61.9,
+    use_force_encoding=True, use_noise_schedule_sigma_encoding=True,
 )
-HEADS = {
-    "energy": {"module": "eqV2_DeNS_scalar_head", "use_denoising": True},
-    "forces": {"module": "eqV2_DeNS_vector_head"},
-}
-MODEL = {
-    "name": "hydra",
-    "pass_through_head_outputs": True,
-    "otf_graph": False,
-    "backbone": BACKBONE,
-    "heads": HEADS,
-}
+HEADS = {"energy": {"module": "eqV2_DeNS_scalar_head", "use_denoising": True},
+         "forces": {"module": "eqV2_DeNS_vector_head"}}
+MODEL = {"name": "hydra", "pass_through_head_outputs": True, "otf_graph": False, "backbone": BACKBONE, "heads": HEADS}
 # The DeNS trainer's settings (training only: noise added to positions, forces as input).
-OPTIM = {
-    "use_denoising_pos": True,
-    "denoising_pos_coefficient": 10.0,
-    "denoising_pos_params": {"prob": 0.5, "fixed_noise_std": True, "std": 0.1, "corrupt_ratio": 0.5},
-}
+OPTIM = {"use_denoising_pos": True, "denoising_pos_coefficient": 10.0,
+         "denoising_pos_params": {"prob": 0.5, "fixed_noise_std": True, "std": 0.1, "corrupt_ratio": 0.5}}
 
 
 def systems():
     crystal = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
-    crystal.set_cell(
-        np.array(crystal.cell) @ np.array([[1.0, 0.0, 0.0], [0.12, 1.0, 0.0], [0.07, -0.05, 1.0]]),
-        scale_atoms=True,
-    )  # triclinic
+    crystal.set_cell(np.array(crystal.cell) @ np.array([[1.0, 0.0, 0.0], [0.12, 1.0, 0.0], [0.07, -0.05, 1.0]]),
+                     scale_atoms=True)  # triclinic
     crystal.rattle(0.05, seed=3)
     # The reference adds the periodic offsets (offset @ cell) in float32 even in a float64 model;
     # a cell on a 1/1024 A grid makes that product exact, so float64 parity can be tested to 1e-12.
@@ -110,35 +75,17 @@ def inputs_of(atoms):
     numbers = torch.tensor(atoms.numbers)
     periodic = bool(atoms.pbc.any())
     cell = torch.tensor(np.array(atoms.cell), dtype=torch.float64)[None] if periodic else torch.zeros(1, 3, 3)
-    edge_index, offsets = radius_graph(
-        pos,
-        BACKBONE["max_radius"],
-        cell if periodic else None,
-        None,
-        None,
-        BACKBONE["max_neighbors"],
-        mode="reference",
-    )
-    return dict(
-        pos=pos,
-        atomic_numbers=numbers,
-        cell=cell,
-        natoms=torch.tensor([len(numbers)]),
-        edge_index=edge_index,
-        cell_offsets=offsets,
-        periodic=periodic,
-    )
+    edge_index, offsets = radius_graph(pos, BACKBONE["max_radius"], cell if periodic else None, None, None,
+                                       BACKBONE["max_neighbors"], mode="reference")
+    return dict(pos=pos, atomic_numbers=numbers, cell=cell, natoms=torch.tensor([len(numbers)]),
+                edge_index=edge_index, cell_offsets=offsets, periodic=periodic)
 
 
 def build_reference(state_dict, dtype):
     """The reference model in ``dtype``, built under that default dtype (it makes some constants in it)."""
     torch.set_default_dtype(dtype)
-    model = HydraModel(
-        backbone=dict(BACKBONE),
-        heads={k: dict(v) for k, v in HEADS.items()},
-        pass_through_head_outputs=True,
-        otf_graph=False,
-    ).eval()
+    model = HydraModel(backbone=dict(BACKBONE), heads={k: dict(v) for k, v in HEADS.items()},
+                       pass_through_head_outputs=True, otf_graph=False).eval()
     if state_dict is not None:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         assert not unexpected and all(_is_buffer(k) for k in missing), (missing, unexpected)
@@ -148,57 +95,33 @@ def build_reference(state_dict, dtype):
 
 
 def _is_buffer(key):
-    return any(
-        part in key
-        for part in (
-            "SO3_rotation",
-            "mappingReduced",
-            "SO3_grid",
-            "expand_index",
-            "offset",
-            "balance_degree_weight",
-        )
-    )
+    return any(part in key for part in ("SO3_rotation", "mappingReduced", "SO3_grid", "expand_index", "offset",
+                                        "balance_degree_weight"))
 
 
 def reference_call(model, inputs, dtype):
     """The reference at prediction: a batch without ``denoising_pos_forward`` (no noise, zero force input)."""
     torch.set_default_dtype(dtype)
     n = len(inputs["pos"])
-    data = Data(
-        pos=inputs["pos"].to(dtype),
-        atomic_numbers=inputs["atomic_numbers"].float(),
-        cell=inputs["cell"].to(dtype),
-        natoms=inputs["natoms"],
-        edge_index=inputs["edge_index"],
-        cell_offsets=inputs["cell_offsets"].float(),
-        neighbors=torch.tensor([inputs["edge_index"].shape[1]]),
-        tags=torch.ones(n, dtype=torch.long),
-        fixed=torch.zeros(n),
-    )
+    data = Data(pos=inputs["pos"].to(dtype), atomic_numbers=inputs["atomic_numbers"].float(),
+                cell=inputs["cell"].to(dtype), natoms=inputs["natoms"], edge_index=inputs["edge_index"],
+                cell_offsets=inputs["cell_offsets"].float(), neighbors=torch.tensor([inputs["edge_index"].shape[1]]),
+                tags=torch.ones(n, dtype=torch.long), fixed=torch.zeros(n))
     captured = {}
     hook = model.output_heads["forces"].denoising_pos_block.register_forward_hook(
-        lambda module, args, out: captured.update(
-            denoising=out.embedding.narrow(1, 1, 3).reshape(-1, 3).clone()
-        )
-    )
+        lambda module, args, out: captured.update(denoising=out.embedding.narrow(1, 1, 3).reshape(-1, 3).clone()))
     with torch.no_grad():
         out = model(Batch.from_data_list([data]))
     hook.remove()
     torch.set_default_dtype(torch.float32)
-    return {
-        "energy": out["energy"].detach().clone(),
-        "forces": out["forces"].detach().clone(),
-        "denoising_positions": captured["denoising"],
-    }
+    return {"energy": out["energy"].detach().clone(), "forces": out["forces"].detach().clone(),
+            "denoising_positions": captured["denoising"]}
 
 
 def main() -> None:
     torch.manual_seed(0)
     model = build_reference(None, torch.float32)
-    with (
-        torch.no_grad()
-    ):  # move norms, attention and biases (zero at initialisation) off their trivial values
+    with torch.no_grad():  # move norms, attention and biases (zero at initialisation) off their trivial values
         for name, p in model.named_parameters():
             if "norm" in name or "alpha" in name or name.endswith("bias") or "embedding" in name:
                 p.add_(0.2 * torch.randn_like(p))
@@ -214,11 +137,7 @@ def main() -> None:
                 rolls = [reference_call(reference, inputs, dtype) for _ in range(NUM_ROLLS)]
             reference.backbone._init_edge_rot_mat = lambda data, edge_index, vec: edge_frames(vec)
             patched[str(dtype)] = reference_call(reference, inputs, dtype)
-        cases[system] = {
-            "inputs": inputs,
-            "reference_same_frames": patched,
-            "reference_random_rolls_float64": rolls,
-        }
+        cases[system] = {"inputs": inputs, "reference_same_frames": patched, "reference_random_rolls_float64": rolls}
         energy = float(patched["torch.float64"]["energy"])
         print(f"{system}: {inputs['edge_index'].shape[1]} edges, energy {energy:.6f}")
     checkpoint = {

@@ -44,10 +44,8 @@ def structures() -> dict[str, Atoms]:
     fcc = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
     bcc = bulk("Fe", "bcc", a=2.87, cubic=True) * (2, 2, 2)
     alloy = bulk("Cu", "fcc", a=3.7) * (2, 2, 2)  # the primitive cell: already oblique
-    alloy.set_cell(
-        np.array(alloy.cell) @ np.array([[1.0, 0.08, -0.05], [0.03, 0.95, 0.1], [0.0, -0.07, 1.06]]),
-        scale_atoms=True,
-    )
+    alloy.set_cell(np.array(alloy.cell) @ np.array([[1.0, 0.08, -0.05], [0.03, 0.95, 0.1], [0.0, -0.07, 1.06]]),
+                   scale_atoms=True)
     alloy.numbers[::3] = 46  # Pd
     alloy.rattle(0.12, seed=3)
     rocksalt = bulk("MgO", "rocksalt", a=4.21, cubic=True) * (2, 1, 1)
@@ -63,16 +61,8 @@ def structures() -> dict[str, Atoms]:
     water.rattle(0.02, seed=5)
     water.positions += 1.0
     cube = Atoms("Ar", positions=[[0.5, 1.0, 1.5]], cell=np.eye(3) * 6.0, pbc=True)
-    systems = {
-        "fcc_cu": fcc,
-        "bcc_fe": bcc,
-        "triclinic_alloy": alloy,
-        "rattled_rocksalt": rocksalt,
-        "slab_adsorbate": slab,
-        "small_cell": small,
-        "water_in_box": water,
-        "cutoff_shell": cube,
-    }
+    systems = {"fcc_cu": fcc, "bcc_fe": bcc, "triclinic_alloy": alloy, "rattled_rocksalt": rocksalt,
+               "slab_adsorbate": slab, "small_cell": small, "water_in_box": water, "cutoff_shell": cube}
     for atoms in systems.values():
         atoms.wrap()
     return systems
@@ -81,35 +71,18 @@ def structures() -> dict[str, Atoms]:
 def reference_graph(atoms: Atoms, cutoff: float, strict: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(edge_index [2, E], cell_offsets [E, 3])`` of the reference backbone's graph."""
     backbone = EquiformerV2Backbone(
-        max_neighbors=MAX_NEIGHBORS,
-        max_radius=cutoff,
-        enforce_max_neighbors_strictly=strict,
-        otf_graph=True,
-        use_pbc=True,
-        num_layers=1,
-        lmax_list=[1],
-        mmax_list=[1],
-        sphere_channels=4,
-        attn_hidden_channels=4,
-        num_heads=1,
-        attn_alpha_channels=4,
-        attn_value_channels=4,
-        ffn_hidden_channels=4,
-        edge_channels=4,
+        max_neighbors=MAX_NEIGHBORS, max_radius=cutoff, enforce_max_neighbors_strictly=strict, otf_graph=True,
+        use_pbc=True, num_layers=1, lmax_list=[1], mmax_list=[1], sphere_channels=4, attn_hidden_channels=4,
+        num_heads=1, attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=4, edge_channels=4,
         num_distance_basis=8,
     )
-    data = Data(
-        pos=torch.tensor(atoms.positions, dtype=torch.float32),
-        cell=torch.tensor(np.array(atoms.cell), dtype=torch.float32)[None],
-        atomic_numbers=torch.tensor(atoms.numbers),
-        natoms=torch.tensor([len(atoms)]),
-        pbc=torch.tensor(atoms.pbc)[None],
-    )
+    data = Data(pos=torch.tensor(atoms.positions, dtype=torch.float32),
+                cell=torch.tensor(np.array(atoms.cell), dtype=torch.float32)[None],
+                atomic_numbers=torch.tensor(atoms.numbers), natoms=torch.tensor([len(atoms)]),
+                pbc=torch.tensor(atoms.pbc)[None])
     batch = Batch.from_data_list([data])
     # as its forward calls it
-    graph = backbone.generate_graph(
-        batch, enforce_max_neighbors_strictly=backbone.enforce_max_neighbors_strictly
-    )
+    graph = backbone.generate_graph(batch, enforce_max_neighbors_strictly=backbone.enforce_max_neighbors_strictly)
     offsets = graph.cell_offsets.round().long()
     assert torch.equal(offsets.to(graph.cell_offsets.dtype), graph.cell_offsets)
     return graph.edge_index.numpy(), offsets.numpy()

@@ -45,58 +45,23 @@ from so2nn.so3 import edge_frames  # noqa: E402
 
 OUT = ROOT / "tests" / "models" / "fixtures" / "fairchem_normalization.pt"
 BACKBONE = dict(
-    use_pbc=False,
-    regress_forces=True,
-    otf_graph=False,
-    max_neighbors=20,
-    max_radius=5.0,
-    max_num_elements=90,
-    num_layers=1,
-    sphere_channels=8,
-    attn_hidden_channels=8,
-    num_heads=2,
-    attn_alpha_channels=4,
-    attn_value_channels=4,
-    ffn_hidden_channels=8,
-    norm_type="layer_norm_sh",
-    lmax_list=[2],
-    mmax_list=[1],
-    grid_resolution=18,
-    edge_channels=4,
-    use_grid_mlp=True,
-    alpha_drop=0.0,
-    drop_path_rate=0.0,
-    weight_init="uniform",
-    avg_num_nodes=5.5,
+    use_pbc=False, regress_forces=True, otf_graph=False, max_neighbors=20, max_radius=5.0, max_num_elements=90,
+    num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
+    attn_value_channels=4, ffn_hidden_channels=8, norm_type="layer_norm_sh", lmax_list=[2], mmax_list=[1],
+    grid_resolution=18, edge_channels=4, use_grid_mlp=True, alpha_drop=0.0, drop_path_rate=0.0,
+    weight_init="uniform", avg_num_nodes=5.5,
 )
 # what fairchem 1.10's trainer stores beside the model config (values only concern training)
 TRAINER_CONFIG = dict(
-    trainer="ocp",
-    optim={"batch_size": 4, "lr_initial": 2e-4, "optimizer": "AdamW", "max_epochs": 1},
-    loss_functions=[
-        {"energy": {"fn": "mae", "coefficient": 1}},
-        {"forces": {"fn": "l2mae", "coefficient": 10}},
-    ],
+    trainer="ocp", optim={"batch_size": 4, "lr_initial": 2e-4, "optimizer": "AdamW", "max_epochs": 1},
+    loss_functions=[{"energy": {"fn": "mae", "coefficient": 1}}, {"forces": {"fn": "l2mae", "coefficient": 10}}],
     evaluation_metrics={"metrics": {"energy": ["mae"], "forces": ["mae"]}, "primary_metric": "energy_mae"},
-    logger="wandb",
-    amp=False,
-    gpus=0,
-    task={},
-    slurm={},
-    gp_gpus=None,
+    logger="wandb", amp=False, gpus=0, task={}, slurm={}, gp_gpus=None,
     cmd={"identifier": "", "seed": 0, "checkpoint_dir": "checkpoints/run"},
-    val_dataset={"src": "val"},
-    test_dataset={},
-    relax_dataset={},
-    outputs={
-        "energy": {"level": "system", "property": "energy"},
-        "forces": {
-            "level": "atom",
-            "property": "forces",
-            "train_on_free_atoms": True,
-            "eval_on_free_atoms": True,
-        },
-    },
+    val_dataset={"src": "val"}, test_dataset={}, relax_dataset={},
+    outputs={"energy": {"level": "system", "property": "energy"},
+             "forces": {"level": "atom", "property": "forces", "train_on_free_atoms": True,
+                        "eval_on_free_atoms": True}},
 )
 
 
@@ -109,33 +74,20 @@ def batch_inputs():
     for atoms in systems:
         pos = torch.tensor(atoms.positions, dtype=torch.float64)
         numbers = torch.tensor(atoms.numbers)
-        edge_index, _ = radius_graph(
-            pos, BACKBONE["max_radius"], None, None, None, BACKBONE["max_neighbors"], mode="reference"
-        )
-        data.append(
-            Data(
-                pos=pos,
-                atomic_numbers=numbers.double(),
-                cell=torch.zeros(1, 3, 3, dtype=torch.float64),
-                natoms=torch.tensor([len(numbers)]),
-                edge_index=edge_index,
-                cell_offsets=torch.zeros(edge_index.shape[1], 3, dtype=torch.float64),
-                neighbors=torch.tensor([edge_index.shape[1]]),
-                tags=torch.ones(len(numbers), dtype=torch.long),
-                fixed=torch.zeros(len(numbers)),
-            )
-        )
+        edge_index, _ = radius_graph(pos, BACKBONE["max_radius"], None, None, None, BACKBONE["max_neighbors"],
+                                     mode="reference")
+        data.append(Data(pos=pos, atomic_numbers=numbers.double(), cell=torch.zeros(1, 3, 3, dtype=torch.float64),
+                         natoms=torch.tensor([len(numbers)]), edge_index=edge_index,
+                         cell_offsets=torch.zeros(edge_index.shape[1], 3, dtype=torch.float64),
+                         neighbors=torch.tensor([edge_index.shape[1]]), tags=torch.ones(len(numbers), dtype=torch.long),
+                         fixed=torch.zeros(len(numbers))))
         fields["pos"].append(pos)
         fields["atomic_numbers"].append(numbers)
         fields["edge_index"].append(edge_index + offset)
         fields["natoms"].append(len(numbers))
         offset += len(numbers)
-    inputs = {
-        "pos": torch.cat(fields["pos"]),
-        "atomic_numbers": torch.cat(fields["atomic_numbers"]),
-        "edge_index": torch.cat(fields["edge_index"], dim=1),
-        "natoms": torch.tensor(fields["natoms"]),
-    }
+    inputs = {"pos": torch.cat(fields["pos"]), "atomic_numbers": torch.cat(fields["atomic_numbers"]),
+              "edge_index": torch.cat(fields["edge_index"], dim=1), "natoms": torch.tensor(fields["natoms"])}
     return Batch.from_data_list(data), inputs
 
 
@@ -165,32 +117,21 @@ def predict(model, batch, normalizers, elementrefs, property_of=lambda out, key:
     result = {}
     for key in ("energy", "forces"):
         # shaped per system or per atom, as the trainer's _forward shapes it
-        pred = property_of(out, key).reshape(
-            len(batch.natoms) if key == "energy" else int(batch.natoms.sum()), -1
-        )
+        pred = property_of(out, key).reshape(len(batch.natoms) if key == "energy" else int(batch.natoms.sum()), -1)
         if key in normalizers:
             pred = normalizers[key](pred)
         if key in elementrefs:
             pred = elementrefs[key](pred, batch)
-        result[key] = (
-            pred.detach().clone().reshape(-1, 3) if key == "forces" else pred.detach().clone().reshape(-1)
-        )
+        result[key] = pred.detach().clone().reshape(-1, 3) if key == "forces" else pred.detach().clone().reshape(-1)
     return result
 
 
 def hydra_case(reduce, normalizers, legacy_names, batch):
     torch.manual_seed(1)  # the same weights for both hydra cases (the fixture stores them once)
     # the backbone holds an OC22-style energy_lin_ref that no hydra head adds
-    backbone = {
-        "model": "equiformer_v2_backbone",
-        **BACKBONE,
-        "load_energy_lin_ref": True,
-        "use_energy_lin_ref": True,
-    }
-    heads = {
-        "energy": {"module": "equiformerV2_scalar_head", "reduce": reduce},
-        "forces": {"module": "equiformerV2_vector_head"},
-    }
+    backbone = {"model": "equiformer_v2_backbone", **BACKBONE, "load_energy_lin_ref": True, "use_energy_lin_ref": True}
+    heads = {"energy": {"module": "equiformerV2_scalar_head", "reduce": reduce},
+             "forces": {"module": "equiformerV2_vector_head"}}
     model = HydraModel(backbone=backbone, heads=heads, otf_graph=False).eval()
     perturb(model)
     with torch.no_grad():
@@ -210,59 +151,33 @@ def hydra_case(reduce, normalizers, legacy_names, batch):
         "state_dict": {"module." + k: v.float() for k, v in model.state_dict().items() if k in params},
         "normalizers": {names.get(k, k): state(k, v) for k, v in normalizers.items()},
         "elementrefs": {k: v.state_dict() for k, v in elementrefs.items()},
-        "config": {
-            **TRAINER_CONFIG,
-            "model": {
-                "name": "hydra",
-                "backbone": backbone,
-                "heads": heads,
-                "otf_graph": False,
-                "pass_through_head_outputs": False,
-            },
-            "dataset": {
-                "format": "ase_db",
-                "src": "train",
-                "a2g_args": {"r_energy": True, "r_forces": True},
-                "transforms": {
-                    "normalizer": {
-                        "fit": {
-                            "targets": {"forces": {"mean": 0.0}, "energy": {}},
-                            "batch_size": 64,
-                            "num_batches": 10,
-                        }
-                    },
-                    "element_references": {"fit": {"targets": ["energy"], "batch_size": 64}},
-                },
-            },
-        },
-        "val_metrics": {},
-        "amp": None,
+        "config": {**TRAINER_CONFIG,
+                   "model": {"name": "hydra", "backbone": backbone, "heads": heads, "otf_graph": False,
+                             "pass_through_head_outputs": False},
+                   "dataset": {"format": "ase_db", "src": "train", "a2g_args": {"r_energy": True, "r_forces": True},
+                               "transforms": {"normalizer": {"fit": {"targets": {"forces": {"mean": 0.0}, "energy": {}},
+                                                                     "batch_size": 64, "num_batches": 10}},
+                                              "element_references": {"fit": {"targets": ["energy"],
+                                                                             "batch_size": 64}}}}},
+        "val_metrics": {}, "amp": None,
     }
     return {"checkpoint": checkpoint, "reference": reference}
 
 
 def oc22_case(batch):
     torch.manual_seed(3)
-    config = {
-        **BACKBONE,
-        "use_energy_lin_ref": True,
-        "load_energy_lin_ref": True,
-        "enforce_max_neighbors_strictly": True,
-    }
+    config = {**BACKBONE, "use_energy_lin_ref": True, "load_energy_lin_ref": True,
+              "enforce_max_neighbors_strictly": True}
     config.pop("avg_num_nodes")
     model = Monolithic(**config).eval()
     perturb(model)
     with torch.no_grad():
         model.energy_lin_ref.copy_(dyadic(torch.randn(BACKBONE["max_num_elements"]) * 3))
     patch_frames(model)
-    normalizers = {
-        "energy": Normalizer(
-            mean=torch.tensor(0.25, dtype=torch.float64), rmsd=torch.tensor(4.0, dtype=torch.float64)
-        ),
-        "forces": Normalizer(
-            mean=torch.tensor(0.0, dtype=torch.float64), rmsd=torch.tensor(0.75, dtype=torch.float64)
-        ),
-    }
+    normalizers = {"energy": Normalizer(mean=torch.tensor(0.25, dtype=torch.float64),
+                                        rmsd=torch.tensor(4.0, dtype=torch.float64)),
+                   "forces": Normalizer(mean=torch.tensor(0.0, dtype=torch.float64),
+                                        rmsd=torch.tensor(0.75, dtype=torch.float64))}
     elementrefs = {"energy": LinearReferences(dyadic(torch.randn(119, dtype=torch.float64)))}
     reference = predict(model, batch, normalizers, elementrefs)
     model.use_energy_lin_ref = False
@@ -272,23 +187,12 @@ def oc22_case(batch):
         "state_dict": {"module." + k: v.float() for k, v in model.state_dict().items() if k in params},
         "normalizers": {k: v.state_dict() for k, v in normalizers.items()},
         "elementrefs": {k: v.state_dict() for k, v in elementrefs.items()},
-        "config": {
-            **TRAINER_CONFIG,
-            "trainer": "equiformerv2_forces",
-            "model": {"name": "equiformer_v2", **config},
-            "dataset": {
-                "format": "oc22_lmdb",
-                "src": "train",
-                "key_mapping": {"y": "energy", "force": "forces"},
-                "lin_ref": "oc22_linfit_coeffs.npz",
-                "transforms": {
-                    "normalizer": {
-                        "energy": {"mean": 0.25, "stdev": 4.0},
-                        "forces": {"mean": 0.0, "stdev": 0.75},
-                    }
-                },
-            },
-        },
+        "config": {**TRAINER_CONFIG, "trainer": "equiformerv2_forces",
+                   "model": {"name": "equiformer_v2", **config},
+                   "dataset": {"format": "oc22_lmdb", "src": "train", "key_mapping": {"y": "energy", "force": "forces"},
+                               "lin_ref": "oc22_linfit_coeffs.npz",
+                               "transforms": {"normalizer": {"energy": {"mean": 0.25, "stdev": 4.0},
+                                                             "forces": {"mean": 0.0, "stdev": 0.75}}}}},
     }
     return {"checkpoint": checkpoint, "reference": reference, "reference_without_energy_lin_ref": without}
 
@@ -299,33 +203,19 @@ def main() -> None:
     batch, inputs = batch_inputs()
     f64 = dict(dtype=torch.float64)
     cases = {
-        "hydra_sum": hydra_case(
-            "sum",
-            {
-                "energy": Normalizer(torch.tensor(-1.25, **f64), torch.tensor(2.7, **f64)),
-                "forces": Normalizer(torch.tensor(0.0, **f64), torch.tensor(0.6, **f64)),
-            },
-            legacy_names=False,
-            batch=batch,
-        ),
+        "hydra_sum": hydra_case("sum", {"energy": Normalizer(torch.tensor(-1.25, **f64), torch.tensor(2.7, **f64)),
+                                        "forces": Normalizer(torch.tensor(0.0, **f64), torch.tensor(0.6, **f64))},
+                                legacy_names=False, batch=batch),
         # a per-atom energy head, legacy names and fields, and a force normaliser with a mean
-        "hydra_mean": hydra_case(
-            "mean",
-            {
-                "energy": Normalizer(torch.tensor(0.5, **f64), torch.tensor(1.5, **f64)),
-                "forces": Normalizer(torch.tensor(0.05, **f64), torch.tensor(0.4, **f64)),
-            },
-            legacy_names=True,
-            batch=batch,
-        ),
+        "hydra_mean": hydra_case("mean", {"energy": Normalizer(torch.tensor(0.5, **f64), torch.tensor(1.5, **f64)),
+                                          "forces": Normalizer(torch.tensor(0.05, **f64), torch.tensor(0.4, **f64))},
+                                 legacy_names=True, batch=batch),
         "oc22": oc22_case(batch),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     # the hydra cases share their weights: stored once, put back into each checkpoint by the test
     shared = cases["hydra_sum"]["checkpoint"].pop("state_dict")
-    assert all(
-        torch.equal(shared[k], v) for k, v in cases["hydra_mean"]["checkpoint"].pop("state_dict").items()
-    )
+    assert all(torch.equal(shared[k], v) for k, v in cases["hydra_mean"]["checkpoint"].pop("state_dict").items())
     torch.save({"inputs": inputs, "hydra_state_dict": shared, "cases": cases}, OUT)
     print(f"{OUT.relative_to(ROOT)}: {OUT.stat().st_size / 1e3:.0f} kB")
 

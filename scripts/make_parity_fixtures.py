@@ -94,17 +94,10 @@ def build_reference(config, state_dict, dtype):
 
 def reference_call(model, inputs, dtype):
     torch.set_default_dtype(dtype)
-    data = Data(
-        pos=inputs["pos"].to(dtype),
-        atomic_numbers=inputs["atomic_numbers"].float(),
-        cell=inputs["cell"].to(dtype),
-        natoms=inputs["natoms"],
-        edge_index=inputs["edge_index"],
-        cell_offsets=inputs["cell_offsets"].float(),
-        neighbors=torch.tensor([inputs["edge_index"].shape[1]]),
-        tags=torch.ones(len(inputs["pos"]), dtype=torch.long),
-        fixed=torch.zeros(len(inputs["pos"])),
-    )
+    data = Data(pos=inputs["pos"].to(dtype), atomic_numbers=inputs["atomic_numbers"].float(), cell=inputs["cell"].to(dtype),
+                natoms=inputs["natoms"], edge_index=inputs["edge_index"], cell_offsets=inputs["cell_offsets"].float(),
+                neighbors=torch.tensor([inputs["edge_index"].shape[1]]),
+                tags=torch.ones(len(inputs["pos"]), dtype=torch.long), fixed=torch.zeros(len(inputs["pos"])))
     with torch.no_grad():
         out = model(Batch.from_data_list([data]))
     torch.set_default_dtype(torch.float32)
@@ -115,116 +108,50 @@ def reference_call(model, inputs, dtype):
 # the released checkpoint families: trainer-written checkpoints, the trainer's predictions
 # ---------------------------------------------------------------------------------------------
 FAMILY_BACKBONE = dict(
-    use_pbc=True,
-    regress_forces=True,
-    otf_graph=True,
-    max_neighbors=20,
-    max_radius=6.0,
-    max_num_elements=96,
-    num_layers=2,
-    sphere_channels=8,
-    attn_hidden_channels=8,
-    num_heads=2,
-    attn_alpha_channels=4,
-    attn_value_channels=4,
-    ffn_hidden_channels=8,
-    norm_type="layer_norm_sh",
-    lmax_list=[3],
-    mmax_list=[1],
-    grid_resolution=8,
-    edge_channels=8,
-    num_distance_basis=32,
-    use_grid_mlp=True,
-    alpha_drop=0.0,
-    drop_path_rate=0.0,
-    weight_init="uniform",
-    avg_num_nodes=31.17,
-    avg_degree=61.95,
+    use_pbc=True, regress_forces=True, otf_graph=True, max_neighbors=20, max_radius=6.0, max_num_elements=96,
+    num_layers=2, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
+    attn_value_channels=4, ffn_hidden_channels=8, norm_type="layer_norm_sh", lmax_list=[3], mmax_list=[1], grid_resolution=8,
+    edge_channels=8, num_distance_basis=32, use_grid_mlp=True, alpha_drop=0.0, drop_path_rate=0.0,
+    weight_init="uniform", avg_num_nodes=31.17, avg_degree=61.95,
     enforce_max_neighbors_strictly=False,  # OC22's and OMat24's rule: the cap keeps near-ties
 )
-STRESS_OUTPUT = {
-    "level": "system",
-    "property": "stress",
-    "decomposition": {"stress_isotropic": {"irrep_dim": 0}, "stress_anisotropic": {"irrep_dim": 2}},
-}
+STRESS_OUTPUT = {"level": "system", "property": "stress",
+                 "decomposition": {"stress_isotropic": {"irrep_dim": 0}, "stress_anisotropic": {"irrep_dim": 2}}}
 STRESS_HEAD = dict(output_name="stress", decompose=True, use_source_target_embedding=True)
 FAMILIES = {
     "omat": dict(
-        model={
-            "name": "hydra",
-            "otf_graph": True,
-            "pass_through_head_outputs": True,
-            "backbone": {"model": "equiformer_v2_backbone", **FAMILY_BACKBONE},
-            "heads": {
-                "energy": {"module": "equiformer_v2_energy_head"},
-                "forces": {"module": "equiformer_v2_force_head"},
-                "stress": {"module": "rank2_symmetric_head", **STRESS_HEAD},
-            },
-        },
-        outputs={
-            "energy": {"level": "system", "property": "energy"},
-            "forces": {
-                "level": "atom",
-                "property": "forces",
-                "train_on_free_atoms": True,
-                "eval_on_free_atoms": True,
-            },
-            "stress": STRESS_OUTPUT,
-        },
-        normalizers={
-            "energy": (0.0, 1.7),
-            "forces": (0.0, 1.3),
-            "stress_isotropic": (-0.004, 0.021),
-            "stress_anisotropic": (0.0, 0.017),
-        },
+        model={"name": "hydra", "otf_graph": True, "pass_through_head_outputs": True,
+               "backbone": {"model": "equiformer_v2_backbone", **FAMILY_BACKBONE},
+               "heads": {"energy": {"module": "equiformer_v2_energy_head"},
+                         "forces": {"module": "equiformer_v2_force_head"},
+                         "stress": {"module": "rank2_symmetric_head", **STRESS_HEAD}}},
+        outputs={"energy": {"level": "system", "property": "energy"},
+                 "forces": {"level": "atom", "property": "forces", "train_on_free_atoms": True,
+                            "eval_on_free_atoms": True},
+                 "stress": STRESS_OUTPUT},
+        normalizers={"energy": (0.0, 1.7), "forces": (0.0, 1.3), "stress_isotropic": (-0.004, 0.021),
+                     "stress_anisotropic": (0.0, 0.017)},
         systems=("cu_strained", "nacl_triclinic"),
     ),
     "dens": dict(
-        model={
-            "name": "hydra",
-            "otf_graph": True,
-            "pass_through_head_outputs": True,
-            "backbone": {
-                "model": "equiformer_v2_dens_backbone",
-                **FAMILY_BACKBONE,
-                "use_force_encoding": True,
-                "use_noise_schedule_sigma_encoding": True,
-            },
-            "heads": {
-                "energy": {"module": "eqV2_DeNS_scalar_head"},
-                "forces": {"module": "eqV2_DeNS_vector_head"},
-                "stress": {"module": "dens_rank2_symmetric_head", **STRESS_HEAD},
-            },
-        },
-        outputs={
-            "energy": {"level": "system", "property": "energy"},
-            "forces": {
-                "level": "atom",
-                "property": "forces",
-                "train_on_free_atoms": True,
-                "eval_on_free_atoms": True,
-            },
-            "stress": STRESS_OUTPUT,
-        },
-        normalizers={
-            "energy": (0.0, 1.9),
-            "forces": (0.0, 1.1),
-            "stress_isotropic": (0.003, 0.024),
-            "stress_anisotropic": (0.0, 0.015),
-        },
+        model={"name": "hydra", "otf_graph": True, "pass_through_head_outputs": True,
+               "backbone": {"model": "equiformer_v2_dens_backbone", **FAMILY_BACKBONE, "use_force_encoding": True,
+                            "use_noise_schedule_sigma_encoding": True},
+               "heads": {"energy": {"module": "eqV2_DeNS_scalar_head"},
+                         "forces": {"module": "eqV2_DeNS_vector_head"},
+                         "stress": {"module": "dens_rank2_symmetric_head", **STRESS_HEAD}}},
+        outputs={"energy": {"level": "system", "property": "energy"},
+                 "forces": {"level": "atom", "property": "forces", "train_on_free_atoms": True,
+                            "eval_on_free_atoms": True},
+                 "stress": STRESS_OUTPUT},
+        normalizers={"energy": (0.0, 1.9), "forces": (0.0, 1.1), "stress_isotropic": (0.003, 0.024),
+                     "stress_anisotropic": (0.0, 0.015)},
         systems=("nacl_triclinic",),
     ),
     "oc22": dict(
-        model={
-            "name": "equiformer_v2",
-            **FAMILY_BACKBONE,
-            "use_energy_lin_ref": True,
-            "load_energy_lin_ref": True,
-        },
-        outputs={
-            "energy": {"level": "system"},
-            "forces": {"level": "atom", "train_on_free_atoms": True, "eval_on_free_atoms": True},
-        },
+        model={"name": "equiformer_v2", **FAMILY_BACKBONE, "use_energy_lin_ref": True, "load_energy_lin_ref": True},
+        outputs={"energy": {"level": "system"},
+                 "forces": {"level": "atom", "train_on_free_atoms": True, "eval_on_free_atoms": True}},
         normalizers={"energy": (-0.35, 2.2), "forces": (0.0, 1.4)},
         systems=("mgo_slab_oh",),
     ),
@@ -276,59 +203,27 @@ def trainer_checkpoint(spec, seed):
             if key.endswith("energy_lin_ref"):  # OC22: per-element energies in normalised units
                 p.copy_(torch.randn_like(p))
     generator = torch.Generator().manual_seed(seed + 1)
-    normalizers = {
-        k: Normalizer(mean=float(m), rmsd=float(s)).state_dict() for k, (m, s) in spec["normalizers"].items()
-    }
+    normalizers = {k: Normalizer(mean=float(m), rmsd=float(s)).state_dict() for k, (m, s) in spec["normalizers"].items()}
     references = -3.0 + torch.randn(97, generator=generator)  # eV per atom of each element
     references[0] = 0.0
     config = {
-        "trainer": "ocp",
-        "model": spec["model"],
-        "outputs": spec["outputs"],
-        "task": {},
-        "dataset": {"format": "ase_db", "src": "data/train"},
-        "loss_functions": [
-            {"energy": {"fn": "per_atom_mae", "coefficient": 20}},
-            {"forces": {"fn": "l2mae", "coefficient": 10}},
-        ],
-        "evaluation_metrics": {
-            "primary_metric": "energy_mae",
-            "metrics": {"energy": ["mae"], "forces": ["mae"]},
-        },
-        "optim": {
-            "batch_size": 8,
-            "eval_batch_size": 8,
-            "max_epochs": 1,
-            "lr_initial": 2e-4,
-            "optimizer": "AdamW",
-            "ema_decay": 0.999,
-        },
-        "logger": "wandb",
-        "amp": False,
-        "gpus": 0,
-        "slurm": {},
-        "gp_gpus": None,
-        "cmd": {
-            "identifier": "",
-            "print_every": 100,
-            "seed": seed,
-            "timestamp_id": "fixture",
-            "commit": None,
-            "version": "1.10.0",
-        },
-        "val_dataset": {},
-        "test_dataset": {},
-        "relax_dataset": {},
+        "trainer": "ocp", "model": spec["model"], "outputs": spec["outputs"],
+        "task": {}, "dataset": {"format": "ase_db", "src": "data/train"},
+        "loss_functions": [{"energy": {"fn": "per_atom_mae", "coefficient": 20}},
+                           {"forces": {"fn": "l2mae", "coefficient": 10}}],
+        "evaluation_metrics": {"primary_metric": "energy_mae", "metrics": {"energy": ["mae"], "forces": ["mae"]}},
+        "optim": {"batch_size": 8, "eval_batch_size": 8, "max_epochs": 1, "lr_initial": 2e-4,
+                  "optimizer": "AdamW", "ema_decay": 0.999},
+        "logger": "wandb", "amp": False, "gpus": 0, "slurm": {}, "gp_gpus": None,
+        "cmd": {"identifier": "", "print_every": 100, "seed": seed, "timestamp_id": "fixture",
+                "commit": None, "version": "1.10.0"},
+        "val_dataset": {}, "test_dataset": {}, "relax_dataset": {},
     }
     return {
-        "state_dict": {
-            "module." + k: v.detach() for k, v in model.state_dict().items()
-        },  # shared buffers stay shared
+        "state_dict": {"module." + k: v.detach() for k, v in model.state_dict().items()},  # shared buffers stay shared
         "normalizers": normalizers,
         "elementrefs": {"energy": LinearReferences(references).state_dict()},
-        "config": config,
-        "val_metrics": None,
-        "amp": None,
+        "config": config, "val_metrics": None, "amp": None,
     }
 
 
@@ -345,25 +240,17 @@ def make_family_fixture(family: str) -> None:
         references = {str(dtype): FairchemReference(path, dtype) for dtype in DTYPES}
         for name in spec["systems"]:
             atoms = atoms_of[name]
-            entry = {
-                "numbers": torch.tensor(atoms.numbers),
-                "positions": torch.tensor(atoms.positions),
-                "cell": torch.tensor(np.array(atoms.cell)),
-                "pbc": torch.tensor(atoms.pbc),
-                "graph": {},
-                "reference_same_frames": {},
-                "reference_random_rolls": {},
-            }
+            entry = {"numbers": torch.tensor(atoms.numbers), "positions": torch.tensor(atoms.positions),
+                     "cell": torch.tensor(np.array(atoms.cell)), "pbc": torch.tensor(atoms.pbc),
+                     "graph": {}, "reference_same_frames": {}, "reference_random_rolls": {}}
             for key, reference in references.items():
                 entry["graph"][key] = reference.graph(atoms)
                 entry["reference_same_frames"][key] = reference.predict(atoms, frames="so2nn")
                 entry["reference_random_rolls"][key] = [reference.predict(atoms) for _ in range(FAMILY_ROLLS)]
             edges = entry["graph"]["torch.float64"][0]
             degree = torch.bincount(edges[1], minlength=len(atoms))
-            print(
-                f"  {family}/{name}: {len(atoms)} atoms, {edges.shape[1]} edges, "
-                f"in-degree {int(degree.min())}..{int(degree.max())} (cap {FAMILY_BACKBONE['max_neighbors']})"
-            )
+            print(f"  {family}/{name}: {len(atoms)} atoms, {edges.shape[1]} edges, "
+                  f"in-degree {int(degree.min())}..{int(degree.max())} (cap {FAMILY_BACKBONE['max_neighbors']})")
             systems[name] = entry
     fixture = {"checkpoint": checkpoint, "systems": systems}
     path = OUT / f"eqv2_family_{family}.pt"
@@ -372,9 +259,7 @@ def make_family_fixture(family: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", action="store_true", help="only the checkpoint-family fixtures")
     parser.add_argument("--oc20", action="store_true", help="only the OC20 fixtures")
     args = parser.parse_args()
@@ -400,11 +285,7 @@ def make_oc20_fixtures() -> None:
             params = dict(model.named_parameters())
             weights = {k: v.detach().clone() for k, v in model.state_dict().items() if k in params}
             rolls, patched = {}, {}
-            rotated = {
-                **inputs,
-                "pos": inputs["pos"].double() @ ROTATION.T,
-                "cell": inputs["cell"].double() @ ROTATION.T,
-            }
+            rotated = {**inputs, "pos": inputs["pos"].double() @ ROTATION.T, "cell": inputs["cell"].double() @ ROTATION.T}
             for dtype in DTYPES:
                 reference = build_reference(config, weights, dtype)
                 rolls[str(dtype)] = [reference_call(reference, inputs, dtype) for _ in range(NUM_ROLLS)]
@@ -425,9 +306,7 @@ def make_oc20_fixtures() -> None:
             }
             path = OUT / f"eqv2_{arch}_{system}.pt"
             torch.save(fixture, path)
-            print(
-                f"{path.relative_to(ROOT)}: {path.stat().st_size / 1e3:.0f} kB, {inputs['edge_index'].shape[1]} edges"
-            )
+            print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1e3:.0f} kB, {inputs['edge_index'].shape[1]} edges")
 
 
 if __name__ == "__main__":

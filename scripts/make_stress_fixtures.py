@@ -104,39 +104,24 @@ def inputs_of(systems):
     for atoms in systems:
         p = torch.tensor(atoms.positions, dtype=torch.float64)
         c = torch.tensor(np.array(atoms.cell), dtype=torch.float64)[None]
-        e, o = radius_graph(
-            p, BACKBONE["max_radius"], c, None, None, BACKBONE["max_neighbors"], mode="reference"
-        )
+        e, o = radius_graph(p, BACKBONE["max_radius"], c, None, None, BACKBONE["max_neighbors"], mode="reference")
         pos.append(p), numbers.append(torch.tensor(atoms.numbers)), cells.append(c), natoms.append(len(atoms))
         edges.append(e + start), offsets.append(o)
         start += len(atoms)
-    return dict(
-        pos=torch.cat(pos),
-        atomic_numbers=torch.cat(numbers),
-        cell=torch.cat(cells),
-        natoms=torch.tensor(natoms),
-        edge_index=torch.cat(edges, 1),
-        cell_offsets=torch.cat(offsets),
-    )
+    return dict(pos=torch.cat(pos), atomic_numbers=torch.cat(numbers), cell=torch.cat(cells),
+                natoms=torch.tensor(natoms), edge_index=torch.cat(edges, 1), cell_offsets=torch.cat(offsets))
 
 
 def reference_batch(inputs, dtype):
     data, start = [], 0
     for b, n in enumerate(inputs["natoms"].tolist()):
         mask = (inputs["edge_index"][1] >= start) & (inputs["edge_index"][1] < start + n)
-        data.append(
-            Data(
-                pos=inputs["pos"][start : start + n].to(dtype),
-                atomic_numbers=inputs["atomic_numbers"][start : start + n].float(),
-                cell=inputs["cell"][b : b + 1].to(dtype),
-                natoms=torch.tensor([n]),
-                edge_index=inputs["edge_index"][:, mask] - start,
-                cell_offsets=inputs["cell_offsets"][mask].float(),
-                neighbors=torch.tensor([int(mask.sum())]),
-                tags=torch.ones(n, dtype=torch.long),
-                fixed=torch.zeros(n),
-            )
-        )
+        data.append(Data(pos=inputs["pos"][start:start + n].to(dtype),
+                         atomic_numbers=inputs["atomic_numbers"][start:start + n].float(),
+                         cell=inputs["cell"][b:b + 1].to(dtype), natoms=torch.tensor([n]),
+                         edge_index=inputs["edge_index"][:, mask] - start,
+                         cell_offsets=inputs["cell_offsets"][mask].float(), neighbors=torch.tensor([int(mask.sum())]),
+                         tags=torch.ones(n, dtype=torch.long), fixed=torch.zeros(n)))
         start += n
     return Batch.from_data_list(data)
 
@@ -144,14 +129,8 @@ def reference_batch(inputs, dtype):
 def trainer_predict(model, batch, outputs, normalizers):
     """What fairchem's OCPTrainer.predict returns for ``batch``, run by the trainer's own code
     (its task set-up, ``_forward`` with the stress recombination, ``_denorm_preds``)."""
-    trainer = SimpleNamespace(
-        config={"outputs": outputs},
-        name="s2ef",
-        model=model,
-        device="cpu",
-        normalizers=normalizers,
-        elementrefs={},
-    )
+    trainer = SimpleNamespace(config={"outputs": outputs}, name="s2ef", model=model, device="cpu",
+                              normalizers=normalizers, elementrefs={})
     trainer._denorm_preds = lambda key, pred, b: OCPTrainer._denorm_preds(trainer, key, pred, b)
     BaseTrainer.load_task(trainer)
     out = OCPTrainer._forward(trainer, batch)
@@ -164,18 +143,11 @@ def main() -> None:
     inputs = inputs_of(crystals())
     fixture = {"inputs": inputs, "variants": {}}
     for name, (options, stress_output, stress_norms) in VARIANTS.items():
-        heads = {
-            "energy": {"module": "equiformerV2_scalar_head"},
-            "forces": {"module": "equiformerV2_vector_head"},
-            "stress": {"module": "rank2_symmetric_head", "output_name": "stress", **options},
-        }
+        heads = {"energy": {"module": "equiformerV2_scalar_head"}, "forces": {"module": "equiformerV2_vector_head"},
+                 "stress": {"module": "rank2_symmetric_head", "output_name": "stress", **options}}
         torch.manual_seed(0)
-        model = HydraModel(
-            backbone=dict(BACKBONE),
-            heads={k: dict(v) for k, v in heads.items()},
-            otf_graph=False,
-            pass_through_head_outputs=True,
-        ).eval()
+        model = HydraModel(backbone=dict(BACKBONE), heads={k: dict(v) for k, v in heads.items()}, otf_graph=False,
+                           pass_through_head_outputs=True).eval()
         with torch.no_grad():  # move norms, attention and the stress head off their trivial init
             torch.manual_seed(1)  # (the stress head's construction drew from the generator)
             for key, p in model.named_parameters():
@@ -187,9 +159,7 @@ def main() -> None:
                 p.copy_(p.float())  # float32 values, stored losslessly as float32
         model.backbone._init_edge_rot_mat = lambda data, edge_index, vec: edge_frames(vec)
         norms = {**ENERGY_FORCES, **stress_norms}
-        normalizers = {
-            k: Normalizer(mean=torch.tensor(m), rmsd=torch.tensor(s)) for k, (m, s) in norms.items()
-        }
+        normalizers = {k: Normalizer(mean=torch.tensor(m), rmsd=torch.tensor(s)) for k, (m, s) in norms.items()}
         outputs = {"energy": {"level": "system"}, "forces": {"level": "atom"}, "stress": stress_output}
         with torch.no_grad():
             reference = trainer_predict(model, reference_batch(inputs, dtype), outputs, normalizers)
@@ -201,9 +171,7 @@ def main() -> None:
         if "shared_state_dict" not in fixture:
             fixture["shared_state_dict"] = {"module." + k: v for k, v in shared.items()}
         stored = fixture["shared_state_dict"]
-        assert not (bad := [k for k, v in shared.items() if not torch.equal(stored["module." + k], v)]), bad[
-            :5
-        ]
+        assert not (bad := [k for k, v in shared.items() if not torch.equal(stored["module." + k], v)]), bad[:5]
         statistics = {}
         for key, (mean, std) in norms.items():
             mean_field, std_field = FIELDS[key]
@@ -213,35 +181,21 @@ def main() -> None:
         fixture["variants"][name] = {
             "checkpoint": {
                 "state_dict": {"module." + k: v for k, v in weights.items() if k not in shared},  # + shared
-                "config": {
-                    "model": {
-                        "name": "hydra",
-                        "backbone": dict(BACKBONE),
-                        "heads": heads,
-                        "otf_graph": False,
-                        "pass_through_head_outputs": True,
-                    },
-                    "outputs": outputs,
-                },
+                "config": {"model": {"name": "hydra", "backbone": dict(BACKBONE), "heads": heads,
+                                     "otf_graph": False, "pass_through_head_outputs": True},
+                           "outputs": outputs},
             },
             # the normalisers as fairchem's trainer saves them, and the so2nn config they mean
-            "normalizers": {
-                k: {"mean": torch.tensor(m), "rmsd": torch.tensor(s)} for k, (m, s) in norms.items()
-            },
+            "normalizers": {k: {"mean": torch.tensor(m), "rmsd": torch.tensor(s)} for k, (m, s) in norms.items()},
             "statistics": statistics,
-            "reference_same_frames": {
-                "energy": reference["energy"].view(-1),
-                "forces": reference["forces"],
-                "stress": reference["stress"].view(-1, 3, 3),
-            },
+            "reference_same_frames": {"energy": reference["energy"].view(-1), "forces": reference["forces"],
+                                      "stress": reference["stress"].view(-1, 3, 3)},
         }
         print(name, {k: tuple(v.shape) for k, v in reference.items()})
     torch.set_default_dtype(torch.float32)
     torch.save(fixture, OUT)
-    print(
-        f"{OUT.relative_to(ROOT)}: {OUT.stat().st_size / 1e3:.0f} kB, {inputs['edge_index'].shape[1]} edges, "
-        f"{len(inputs['pos'])} atoms"
-    )
+    print(f"{OUT.relative_to(ROOT)}: {OUT.stat().st_size / 1e3:.0f} kB, {inputs['edge_index'].shape[1]} edges, "
+          f"{len(inputs['pos'])} atoms")
 
 
 if __name__ == "__main__":
