@@ -84,10 +84,7 @@ class So2nnCalculator(Calculator):
     Example:
         >>> from ase.build import molecule
         >>> from so2nn.models import EquiformerV2, EquiformerV2Config
-        >>> model = EquiformerV2(EquiformerV2Config(
-        ...     lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-        ...     attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        ...     num_distance_basis=16, max_radius=5.0))
+        >>> model = EquiformerV2(EquiformerV2Config.tiny())
         >>> atoms = molecule("H2O")
         >>> atoms.calc = So2nnCalculator(model, device="cpu", dtype=torch.float64)
         >>> atoms.get_forces().shape

@@ -8,7 +8,7 @@ from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
 from ._heads import EnergyHead, ForceHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
-from ._protocol import AtomisticModel, ModelConfig, TargetStatistics
+from ._protocol import AtomisticModel, ModelConfig, TargetStatistics, target_statistics_fields
 from ._registry import (
     Importer,
     build_model,
@@ -72,5 +72,6 @@ __all__ = [
     "register_model",
     "registered_importers",
     "registered_models",
+    "target_statistics_fields",
     "upgrade_checkpoint",
 ]

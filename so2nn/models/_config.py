@@ -366,6 +366,21 @@ class EquiformerV2Config:
         """
         return _from_fields(cls, _nest_stress(dict(values), StressConfig()), "config")
 
+    @classmethod
+    def tiny(cls, **changes) -> EquiformerV2Config:
+        """The smallest useful EquiformerV2 (lmax 2, mmax 1, one layer of 8 channels, 5 Angstrom
+        cutoff, no dropout): not a released model, but one that runs in milliseconds, shared by
+        so2nn's tests and docstring examples. ``changes`` as in :meth:`replace`.
+
+        Example:
+            >>> config = EquiformerV2Config.tiny(max_neighbors=12)
+            >>> config.lmax, config.mmax, config.num_layers, config.sphere_channels, config.max_neighbors
+            (2, 1, 1, 8, 12)
+        """
+        return cls(lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
+                   attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
+                   num_distance_basis=16, max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0).replace(**changes)
+
 
 #: The configurations of the released models, by name: ``"oc20-31M"`` (S2EF All+MD),
 #: ``"oc20-83M"`` (S2EF-2M), ``"oc20-153M"`` (S2EF All+MD) and ``"oc22-121M"`` (OC22

@@ -173,10 +173,7 @@ class EquiformerV2(nn.Module):
     keep theirs (``create_graph``), so that a loss on them trains the weights.
 
     Example:
-        >>> config = EquiformerV2Config(
-        ...     lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-        ...     attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        ...     num_distance_basis=16, max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0)
+        >>> config = EquiformerV2Config.tiny()
         >>> model = EquiformerV2(config).eval()
         >>> pos = torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])   # a water molecule
         >>> out = model(pos=pos, atomic_numbers=torch.tensor([8, 1, 1]))
@@ -187,6 +184,9 @@ class EquiformerV2(nn.Module):
     """
 
     config_class = EquiformerV2Config
+    #: The config entries that :meth:`with_target_statistics` sets
+    #: (:func:`~so2nn.models.target_statistics_fields`).
+    target_statistics_fields = ("energy_mean", "energy_std", "forces_std", "forces_mean", "use_energy_lin_ref")
 
     def __init__(self, config: EquiformerV2Config | str = "oc20-31M") -> None:
         super().__init__()

@@ -8,6 +8,7 @@ all three with no code written for it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -15,7 +16,7 @@ import torch
 
 from ._inputs import AtomicInputs
 
-__all__ = ["AtomisticModel", "ModelConfig", "TargetStatistics"]
+__all__ = ["AtomisticModel", "ModelConfig", "TargetStatistics", "target_statistics_fields"]
 
 
 @runtime_checkable
@@ -102,7 +103,11 @@ class AtomisticModel(Protocol):
     outputs are de-normalised with; ``with_target_statistics(stats)`` returns the model that
     uses ``stats`` (the same module, changed in place, or a new one with the same weights),
     with ``config`` updated to match: a trainer gives the model its training set's
-    statistics this way before training.
+    statistics this way before training. The config entries that change with them are
+    :func:`target_statistics_fields` of the model: its class attribute
+    ``target_statistics_fields`` where it has one (optional, not a protocol member), else the
+    config's entries named as :class:`TargetStatistics`' fields. A resume does not compare them
+    with the run's, and a fine-tuning run sets them from its energy referencing, not by hand.
 
     The type is registered with :func:`~so2nn.models.register_model` under a name that
     checkpoints record; see the "Adding a model" section of the architecture page.
@@ -127,3 +132,25 @@ class AtomisticModel(Protocol):
     def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def forward(self, data: Any = None, **fields: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+def target_statistics_fields(model: Any) -> tuple[str, ...]:
+    """The config entries of ``model`` (a model or a model type) that its target statistics set.
+
+    A model type declares them as the class attribute ``target_statistics_fields``; without
+    one they are its config's fields named as :class:`TargetStatistics`' fields
+    (``energy_mean``, ``energy_std``, ``forces_std``, ``element_references``).
+
+    Example:
+        >>> from so2nn.models import EquiformerV2
+        >>> target_statistics_fields(EquiformerV2)
+        ('energy_mean', 'energy_std', 'forces_std', 'forces_mean', 'use_energy_lin_ref')
+    """
+    declared = getattr(model, "target_statistics_fields", None)
+    if declared is not None:
+        return tuple(declared)
+    config_class = getattr(model, "config_class", None)
+    if config_class is None or not dataclasses.is_dataclass(config_class):
+        return ()
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return tuple(field.name for field in dataclasses.fields(TargetStatistics) if field.name in names)

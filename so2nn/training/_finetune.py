@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import TargetStatistics, build_model, load_model
+from ..models import TargetStatistics, build_model, load_model, target_statistics_fields
 from ..models._checkpoint import load_checkpoint
 
 __all__ = ["FINE_TUNING_SETTINGS", "REFIT_CHOICES", "file_sha256", "parameter_groups", "pretrained_model",
@@ -19,14 +19,23 @@ __all__ = ["FINE_TUNING_SETTINGS", "REFIT_CHOICES", "file_sha256", "parameter_gr
 
 #: Model config entries a fine-tuning run may change: regularisation, the graph, the grid and
 #: memory options. None of them changes a weight's shape.
-FINE_TUNING_SETTINGS = ("alpha_drop", "drop_path_rate", "proj_drop", "max_radius", "max_neighbors", "graph_mode",
-                        "grid_resolution", "checkpoint_activations", "recompute_edge_activations", "kernels")
+FINE_TUNING_SETTINGS = (
+    "alpha_drop",
+    "drop_path_rate",
+    "proj_drop",
+    "max_radius",
+    "max_neighbors",
+    "graph_mode",
+    "grid_resolution",
+    "checkpoint_activations",
+    "recompute_edge_activations",
+    "kernels",
+)
 #: Of those, the ones that change the function the pretrained weights compute (the neighbours
 #: each atom sees): allowed, with a warning.
 _FUNCTION_CHANGING = ("max_radius", "max_neighbors", "graph_mode")
 #: How the energy referencing is set from the new training set (see :func:`referenced_statistics`).
 REFIT_CHOICES = ("references", "none", "all")
-_DERIVED = ("energy_mean", "energy_std", "forces_std", "forces_mean", "use_energy_lin_ref")
 
 
 def _head_of(field: str) -> str | None:
@@ -54,8 +63,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def pretrained_model(checkpoint, *, use_ema: bool = True, trust: bool = False, reinit_heads=(), seed: int = 0,
-                     **config_changes) -> tuple[nn.Module, dict]:
+def pretrained_model(
+    checkpoint, *, use_ema: bool = True, trust: bool = False, reinit_heads=(), seed: int = 0, **config_changes
+) -> tuple[nn.Module, dict]:
     """A model with a checkpoint's architecture and weights, to fine-tune, and its provenance.
 
     ``checkpoint`` is an so2nn checkpoint (``model.pt``, ``checkpoint.pt``, :meth:`save`) or an
@@ -88,27 +98,36 @@ def pretrained_model(checkpoint, *, use_ema: bool = True, trust: bool = False, r
     if unknown:
         raise ValueError(f"re-initialise heads {unknown}: the checkpoint's model has heads {sorted(present)}")
     problems = []
+    derived = target_statistics_fields(source)
     for name, value in config_changes.items():
         if name not in old.to_dict():
             problems.append(f"{name}: not a {type(old).__name__} entry")
         elif value == getattr(old, name) or name in FINE_TUNING_SETTINGS:
             continue
-        elif name in _DERIVED:
+        elif name in derived:
             problems.append(f"{name}: set by the energy referencing of the run (refit=...), not by hand")
         elif _head_of(name) is not None and (_head_of(name) in reinit or _head_of(name) not in present):
             continue  # an option of a head that starts fresh
         else:
             problems.append(f"{name}: {getattr(old, name)!r} in the checkpoint, {value!r} asked")
     if problems:
-        raise ValueError("fine-tuning keeps the checkpoint's architecture (these would change a weight's shape "
-                         "or what the weights compute; start from scratch to change them, or re-initialise the "
-                         "head they belong to):\n  " + "\n  ".join(problems))
-    moved = [f"{k}: {getattr(old, k)!r} -> {config_changes[k]!r}" for k in _FUNCTION_CHANGING
-             if k in config_changes and config_changes[k] != getattr(old, k)]
+        raise ValueError(
+            "fine-tuning keeps the checkpoint's architecture (these would change a weight's shape "
+            "or what the weights compute; start from scratch to change them, or re-initialise the "
+            "head they belong to):\n  " + "\n  ".join(problems)
+        )
+    moved = [
+        f"{k}: {getattr(old, k)!r} -> {config_changes[k]!r}"
+        for k in _FUNCTION_CHANGING
+        if k in config_changes and config_changes[k] != getattr(old, k)
+    ]
     if moved:
-        warnings.warn("fine-tuning with another graph than the checkpoint was trained on (" + "; ".join(moved)
-                      + "): the pretrained weights see other neighbours, and the first steps re-learn them",
-                      stacklevel=2)
+        warnings.warn(
+            "fine-tuning with another graph than the checkpoint was trained on ("
+            + "; ".join(moved)
+            + "): the pretrained weights see other neighbours, and the first steps re-learn them",
+            stacklevel=2,
+        )
     config = old.replace(**config_changes)
     torch.manual_seed(seed)
     model = build_model(config)
@@ -118,11 +137,16 @@ def pretrained_model(checkpoint, *, use_ema: bool = True, trust: bool = False, r
     taken = {k: v for k, v in weights.items() if not k.startswith(fresh)}
     missing = sorted(k for k in own if not k.startswith(fresh) and k not in taken)
     extra = sorted(set(taken) - set(own))
-    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in taken.items()
-              if k in own and v.shape != own[k].shape]
+    shapes = [
+        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in taken.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if missing or extra or shapes:
-        raise ValueError(f"the checkpoint's weights do not fit the fine-tuning model: missing {missing}, "
-                         f"unknown {extra}, shapes {shapes}")
+        raise ValueError(
+            f"the checkpoint's weights do not fit the fine-tuning model: missing {missing}, "
+            f"unknown {extra}, shapes {shapes}"
+        )
     model.load_state_dict({**own, **taken})
     provenance = {
         "path": None if source_path is None else str(source_path.resolve()),
@@ -137,11 +161,17 @@ def pretrained_model(checkpoint, *, use_ema: bool = True, trust: bool = False, r
 
 
 def _statistics(stats: TargetStatistics) -> dict:
-    return {"energy_mean": stats.energy_mean, "energy_std": stats.energy_std, "forces_std": stats.forces_std,
-            "element_references": None if stats.element_references is None else list(stats.element_references)}
+    return {
+        "energy_mean": stats.energy_mean,
+        "energy_std": stats.energy_std,
+        "forces_std": stats.forces_std,
+        "element_references": None if stats.element_references is None else list(stats.element_references),
+    }
 
 
-def referenced_statistics(checkpoint: TargetStatistics, data: dict, refit: str) -> tuple[TargetStatistics, dict]:
+def referenced_statistics(
+    checkpoint: TargetStatistics, data: dict, refit: str
+) -> tuple[TargetStatistics, dict]:
     r"""The target statistics a fine-tuning run uses, from the checkpoint's and the new training set's.
 
     ``data`` is :func:`~so2nn.data.target_statistics` of the training set with element
@@ -166,9 +196,14 @@ def referenced_statistics(checkpoint: TargetStatistics, data: dict, refit: str) 
     else:
         used = TargetStatistics(data["energy_mean"], data["energy_std"], data["forces_rms"], references)
     new = TargetStatistics(data["energy_mean"], data["energy_std"], data["forces_rms"], references)
-    record = {"refit": refit, "checkpoint": _statistics(checkpoint), "training_set": _statistics(new),
-              "used": _statistics(used), "raw_energy_mean": data.get("raw_energy_mean", data["energy_mean"]),
-              "stress_std": data.get("stress_std")}  # the stress loss's scale, when the data has stress
+    record = {
+        "refit": refit,
+        "checkpoint": _statistics(checkpoint),
+        "training_set": _statistics(new),
+        "used": _statistics(used),
+        "raw_energy_mean": data.get("raw_energy_mean", data["energy_mean"]),
+        "stress_std": data.get("stress_std"),
+    }  # the stress loss's scale, when the data has stress
     return used, record
 
 
@@ -176,9 +211,11 @@ def referencing_table(record: dict) -> str:
     """The statistics of a fine-tuning run (:func:`referenced_statistics`'s record) as a table.
 
     Example:
-        >>> stats = {"energy_mean": -0.1, "energy_std": 0.5, "forces_rms": 0.2, "element_references": [0.0, -3.0],
+        >>> stats = {"energy_mean": -0.1, "energy_std": 0.5, "forces_rms": 0.2,
+        ...          "element_references": [0.0, -3.0],
         ...          "raw_energy_mean": -12.1}
-        >>> print(referencing_table(referenced_statistics(TargetStatistics(1.0, 2.0, 0.3), stats, "references")[1]))
+        >>> used, record = referenced_statistics(TargetStatistics(1.0, 2.0, 0.3), stats, "references")
+        >>> print(referencing_table(record))
         energy referencing (refit=references)   checkpoint   training set   used
           energy_mean (eV)                       1.0000        -0.1000    -0.1000
           energy_std (eV)                        2.0000         0.5000     2.0000
@@ -188,27 +225,41 @@ def referencing_table(record: dict) -> str:
     """
     columns = [record["checkpoint"], record["training_set"], record["used"]]
     lines = [f"{'energy referencing (refit=' + record['refit'] + ')':<38}  checkpoint   training set   used"]
-    for key, label in (("energy_mean", "energy_mean (eV)"), ("energy_std", "energy_std (eV)"),
-                       ("forces_std", "forces_std (eV/A)")):
+    for key, label in (
+        ("energy_mean", "energy_mean (eV)"),
+        ("energy_std", "energy_std (eV)"),
+        ("forces_std", "forces_std (eV/A)"),
+    ):
         a, b, c = (column[key] for column in columns)
         lines.append(f"  {label:<34}{a:>11.4f}    {b:>11.4f}{c:>11.4f}")
-    marks = ["none" if column["element_references"] is None else
-             ("fitted" if column is not columns[0] and column["element_references"] ==
-              columns[1]["element_references"] else "stored") for column in columns]
+    marks = [
+        "none"
+        if column["element_references"] is None
+        else (
+            "fitted"
+            if column is not columns[0] and column["element_references"] == columns[1]["element_references"]
+            else "stored"
+        )
+        for column in columns
+    ]
     lines.append(f"  {'element references':<34}{marks[0]:>11}    {marks[1]:>11}{marks[2]:>11}")
     lines.append(f"  (training energies: mean {record['raw_energy_mean']:.4f} eV before the references)")
     return "\n".join(lines)
 
 
-def parameter_groups(model: nn.Module, freeze_backbone: bool, backbone_lr_factor: float, lr: float) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, freeze_backbone: bool, backbone_lr_factor: float, lr: float
+) -> list[dict]:
     """The optimiser's parameter groups: one of all weights, or (when the backbone is frozen or
     has its own learning rate) the heads' at ``lr`` first, then the backbone's at
     ``backbone_lr_factor * lr``. Freezing turns off the backbone's gradients (in place)."""
     if not freeze_backbone and backbone_lr_factor == 1.0:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if not isinstance(getattr(model, "heads", None), nn.ModuleDict):
-        raise ValueError(f"{type(model).__name__} has no `heads` (a ModuleDict): "
-                         "cannot tell the backbone from the heads, to freeze it or give it its own learning rate")
+        raise ValueError(
+            f"{type(model).__name__} has no `heads` (a ModuleDict): "
+            "cannot tell the backbone from the heads, to freeze it or give it its own learning rate"
+        )
     heads, backbone = [], []
     for name, parameter in model.named_parameters():
         (heads if name.startswith("heads.") else backbone).append(parameter)
@@ -216,5 +267,11 @@ def parameter_groups(model: nn.Module, freeze_backbone: bool, backbone_lr_factor
         for parameter in backbone:
             parameter.requires_grad_(False)
         return [{"params": [p for p in heads if p.requires_grad], "lr": lr, "name": "heads"}]
-    return [{"params": [p for p in heads if p.requires_grad], "lr": lr, "name": "heads"},
-            {"params": [p for p in backbone if p.requires_grad], "lr": lr * backbone_lr_factor, "name": "backbone"}]
+    return [
+        {"params": [p for p in heads if p.requires_grad], "lr": lr, "name": "heads"},
+        {
+            "params": [p for p in backbone if p.requires_grad],
+            "lr": lr * backbone_lr_factor,
+            "name": "backbone",
+        },
+    ]

@@ -29,12 +29,16 @@ class S2EFMetrics:
 
     Example:
         >>> m = S2EFMetrics()
-        >>> m.update(torch.tensor([1.0]), torch.tensor([1.01]), torch.ones(2, 3), torch.ones(2, 3), torch.zeros(2, dtype=torch.long))
+        >>> m.update(torch.tensor([1.0]), torch.tensor([1.01]), torch.ones(2, 3), torch.ones(2, 3),
+        ...          torch.zeros(2, dtype=torch.long))
         >>> m.compute()["efwt"]
         1.0
         >>> m.update_stress(torch.eye(3).expand(1, 3, 3), torch.zeros(1, 3, 3))
-        >>> {k: round(v, 4) for k, v in m.compute().items() if k.startswith("stress")}
-        {'stress_mae': 0.3333, 'stress_isotropic_mae': 1.0, 'stress_anisotropic_mae': 0.0, 'stress_mae_zero_baseline': 0.0}
+        >>> stress = {k: round(v, 4) for k, v in m.compute().items() if k.startswith("stress")}
+        >>> stress["stress_mae"], stress["stress_isotropic_mae"], stress["stress_anisotropic_mae"]
+        (0.3333, 1.0, 0.0)
+        >>> stress["stress_mae_zero_baseline"]
+        0.0
     """
 
     ENERGY_THRESHOLD = 0.02
@@ -46,8 +50,12 @@ class S2EFMetrics:
         self._stress_sums = torch.zeros(5, dtype=torch.float64)
 
     def update(self, energy_pred, energy_true, forces_pred, forces_true, batch, mask=None) -> None:
-        """``energy_*: [B]``, ``forces_*: [N, 3]``, ``batch: [N]`` (system of each atom), ``mask: [N]`` bool."""
-        energy_pred, energy_true = energy_pred.detach().double().view(-1), energy_true.detach().double().view(-1)
+        """``energy_*: [B]``, ``forces_*: [N, 3]``, ``batch: [N]`` (system of each atom), ``mask: [N]``
+        bool."""
+        energy_pred, energy_true = (
+            energy_pred.detach().double().view(-1),
+            energy_true.detach().double().view(-1),
+        )
         forces_pred, forces_true = forces_pred.detach().double(), forces_true.detach().double()
         if mask is None:
             mask = torch.ones(forces_true.shape[0], dtype=torch.bool, device=forces_true.device)
@@ -58,30 +66,37 @@ class S2EFMetrics:
         )
         within = (energy_error <= self.ENERGY_THRESHOLD) & (max_force_error <= self.FORCE_THRESHOLD)
         cosine = torch.nn.functional.cosine_similarity(forces_pred[mask], forces_true[mask], dim=1)
-        sums = torch.stack([
-            energy_error.sum(),
-            torch.tensor(float(energy_true.numel()), dtype=torch.float64, device=energy_error.device),
-            force_error[mask].sum(),
-            torch.tensor(3.0 * int(mask.sum()), dtype=torch.float64, device=energy_error.device),
-            cosine.sum(),
-            within.double().sum(),
-            (energy_true - self.energy_baseline).abs().sum(),
-            forces_true[mask].abs().sum(),
-        ])
+        sums = torch.stack(
+            [
+                energy_error.sum(),
+                torch.tensor(float(energy_true.numel()), dtype=torch.float64, device=energy_error.device),
+                force_error[mask].sum(),
+                torch.tensor(3.0 * int(mask.sum()), dtype=torch.float64, device=energy_error.device),
+                cosine.sum(),
+                within.double().sum(),
+                (energy_true - self.energy_baseline).abs().sum(),
+                forces_true[mask].abs().sum(),
+            ]
+        )
         self._sums += sums.cpu()
 
     def update_stress(self, stress_pred, stress_true) -> None:
         """``stress_*: [B, 3, 3]`` (eV/A^3)."""
-        pred, true = stress_pred.detach().double().reshape(-1, 3, 3), stress_true.detach().double().reshape(-1, 3, 3)
+        pred, true = (
+            stress_pred.detach().double().reshape(-1, 3, 3),
+            stress_true.detach().double().reshape(-1, 3, 3),
+        )
         iso_pred, aniso_pred = decompose_stress(pred)
         iso_true, aniso_true = decompose_stress(true)
-        self._stress_sums += torch.stack([
-            (pred - true).abs().sum(),
-            (iso_pred - iso_true).abs().sum(),
-            (aniso_pred - aniso_true).abs().sum(),
-            true.abs().sum(),
-            torch.tensor(float(true.shape[0]), dtype=torch.float64, device=true.device),
-        ]).cpu()
+        self._stress_sums += torch.stack(
+            [
+                (pred - true).abs().sum(),
+                (iso_pred - iso_true).abs().sum(),
+                (aniso_pred - aniso_true).abs().sum(),
+                true.abs().sum(),
+                torch.tensor(float(true.shape[0]), dtype=torch.float64, device=true.device),
+            ]
+        ).cpu()
 
     def compute(self, reduce=None) -> dict[str, float]:
         sums = torch.cat([self._sums, self._stress_sums])
@@ -90,12 +105,16 @@ class S2EFMetrics:
         e_err, systems, f_err, components, cos, within, e_base, f_base = sums[:8].tolist()
         s_err, iso_err, aniso_err, s_base, stressed = sums[8:].tolist()
         atoms = components / 3
-        stress = {} if stressed == 0 else {
-            "stress_mae": s_err / (9 * stressed),
-            "stress_isotropic_mae": iso_err / stressed,
-            "stress_anisotropic_mae": aniso_err / (9 * stressed),
-            "stress_mae_zero_baseline": s_base / (9 * stressed),
-        }
+        stress = (
+            {}
+            if stressed == 0
+            else {
+                "stress_mae": s_err / (9 * stressed),
+                "stress_isotropic_mae": iso_err / stressed,
+                "stress_anisotropic_mae": aniso_err / (9 * stressed),
+                "stress_mae_zero_baseline": s_base / (9 * stressed),
+            }
+        )
         return {
             "energy_mae": e_err / max(systems, 1),
             "forces_mae": f_err / max(components, 1),

@@ -19,9 +19,23 @@ from ._provenance import data_fingerprint
 __all__ = ["evaluate_model", "write_predictions"]
 
 
-def _batches(dataset, indices: Sequence[int], batch_size: int):
+def model_outputs(model, dataset, indices: Sequence[int], batch_size: int, device,
+                  autocast: Callable | None = None):
+    """The one batching loop of evaluation: ``model`` on the items ``indices`` of ``dataset``,
+    ``batch_size`` at a time, in order, under ``autocast()`` (default: none). Serves the
+    Trainer's validation and predictions, :func:`evaluate_model` and :func:`write_predictions`.
+
+    Yields:
+        ``(items, batch, out)``: the batch's items as read, their ``Batch`` on ``device`` and
+        the model's outputs on it.
+    """
+    device = torch.device(device)
     for start in range(0, len(indices), batch_size):
-        yield Batch.from_data_list([dataset[i] for i in indices[start:start + batch_size]])
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        batch = Batch.from_data_list(items).to(device)
+        with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+            out = model(batch)
+        yield items, batch, out
 
 
 def _bar(total: int, desc: str, progress: bool, initial: int = 0):
@@ -39,10 +53,7 @@ def accumulate_metrics(model, dataset, indices: Sequence[int], batch_size: int, 
     in order) to ``metrics``; the loop behind :func:`evaluate_model` and the Trainer's validation."""
     model.eval()
     bar = _bar(len(indices), "evaluate", progress)
-    for batch in _batches(dataset, indices, batch_size):
-        batch = batch.to(device)
-        with autocast() if autocast is not None else torch.autocast(batch.pos.device.type, enabled=False):
-            out = model(batch)
+    for _, batch, out in model_outputs(model, dataset, indices, batch_size, device, autocast):
         fixed = getattr(batch, "fixed", None)
         mask = ~fixed.bool() if free_atoms_only and fixed is not None else None
         metrics.update(out["energy"].float(), batch.energy.view(-1), out["forces"].float(), batch.forces,
@@ -74,9 +85,7 @@ def evaluate_model(model, dataset, batch_size: int = 16, device: str | torch.dev
         >>> from so2nn.data import make_emt_dataset, open_dataset
         >>> from so2nn.models import EquiformerV2, EquiformerV2Config
         >>> _, val = make_emt_dataset(tempfile.mkdtemp(), train_systems=1, val_systems=1, frames_per_system=2)
-        >>> model = EquiformerV2(EquiformerV2Config(lmax=1, mmax=1, num_layers=1, sphere_channels=8,
-        ...     attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4, attn_value_channels=4,
-        ...     ffn_hidden_channels=8, edge_channels=8, num_distance_basis=8, grid_resolution=None))
+        >>> model = EquiformerV2(EquiformerV2Config.tiny())
         >>> sorted(evaluate_model(model, open_dataset(val)))[:3]
         ['efwt', 'energy_mae', 'energy_mae_mean_baseline']
     """
@@ -106,14 +115,23 @@ def _system_id(item) -> str:
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy would append .npz to the name
+    # a file object: numpy would append .npz to the name
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 
 @torch.no_grad()
-def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int = 16,
-                      device: str | torch.device = "cpu", dtype: str = "float16", save_every: int = 50,
-                      progress: bool = False, stop_after: int | None = None) -> Path | None:
+def write_predictions(
+    model,
+    dataset,
+    path: str | os.PathLike,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    dtype: str = "float16",
+    save_every: int = 50,
+    progress: bool = False,
+    stop_after: int | None = None,
+) -> Path | None:
     r"""Write ``model``'s predictions on ``dataset`` in OC20's S2EF submission format: an
     ``.npz`` with
 
@@ -146,12 +164,11 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
         >>> from so2nn.models import EquiformerV2, EquiformerV2Config
         >>> root = tempfile.mkdtemp()
         >>> _, val = make_emt_dataset(root, train_systems=1, val_systems=2, frames_per_system=2)
-        >>> model = EquiformerV2(EquiformerV2Config(lmax=1, mmax=1, num_layers=1, sphere_channels=8,
-        ...     attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4, attn_value_channels=4,
-        ...     ffn_hidden_channels=8, edge_channels=8, num_distance_basis=8, grid_resolution=None))
+        >>> model = EquiformerV2(EquiformerV2Config.tiny())
         >>> path = write_predictions(model, open_dataset(val), root + "/val.npz", batch_size=3)
         >>> result = np.load(path)
-        >>> result["ids"].tolist(), result["energy"].dtype, len(np.split(result["forces"], result["chunk_idx"]))
+        >>> frames = np.split(result["forces"], result["chunk_idx"])
+        >>> result["ids"].tolist(), result["energy"].dtype, len(frames)
         (['1_0', '1_1', '2_0', '2_1'], dtype('float16'), 4)
     """
     if dtype not in ("float16", "float32"):
@@ -164,8 +181,16 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
     partial = path.with_name(path.name[: -len(".npz")] + ".partial.npz")
     device = torch.device(device)
     model = model.to(device).eval()
-    fingerprint = json.dumps({"model": _model_hash(model), "data": data_fingerprint(dataset),
-                              "batch_size": batch_size, "dtype": dtype}, sort_keys=True, default=str)
+    fingerprint = json.dumps(
+        {
+            "model": _model_hash(model),
+            "data": data_fingerprint(dataset),
+            "batch_size": batch_size,
+            "dtype": dtype,
+        },
+        sort_keys=True,
+        default=str,
+    )
     ids: list[str] = []
     energies: list[np.ndarray] = []
     forces: list[np.ndarray] = []
@@ -174,13 +199,16 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
         try:
             with np.load(partial) as saved:
                 if str(saved["fingerprint"]) != fingerprint:
-                    raise ValueError(f"{partial}: partial predictions of another model, dataset or options "
-                                     f"(batch size, dtype); delete it to start again")
+                    raise ValueError(
+                        f"{partial}: partial predictions of another model, dataset or options "
+                        f"(batch size, dtype); delete it to start again"
+                    )
                 ids = saved["ids"].tolist()
                 energies, forces, counts = [saved["energy"]], [saved["forces"]], saved["counts"].tolist()
         except (OSError, KeyError, EOFError) as error:
-            raise ValueError(f"{partial}: cannot read the partial predictions ({error}); delete it to start "
-                             f"again") from error
+            raise ValueError(
+                f"{partial}: cannot read the partial predictions ({error}); delete it to start again"
+            ) from error
     done = len(ids)
     target = np.float16 if dtype == "float16" else np.float32
 
@@ -188,27 +216,44 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
         energy = np.concatenate(energies) if energies else np.zeros(0, target)
         force = np.concatenate(forces) if forces else np.zeros((0, 3), target)
         if not final:
-            _save_npz(file, {"ids": np.array(ids, dtype=str), "energy": energy, "forces": force,
-                             "counts": np.array(counts, dtype=np.int64), "fingerprint": np.array(fingerprint)})
+            _save_npz(
+                file,
+                {
+                    "ids": np.array(ids, dtype=str),
+                    "energy": energy,
+                    "forces": force,
+                    "counts": np.array(counts, dtype=np.int64),
+                    "fingerprint": np.array(fingerprint),
+                },
+            )
             return
         unique, first = np.unique(np.array(ids, dtype=str), return_index=True)
         if len(unique) != len(ids):
-            raise ValueError(f"the dataset repeats system ids ({len(ids) - len(unique)} duplicates): "
-                             f"the submission format needs one prediction per '<sid>_<fid>'")
+            raise ValueError(
+                f"the dataset repeats system ids ({len(ids) - len(unique)} duplicates): "
+                f"the submission format needs one prediction per '<sid>_<fid>'"
+            )
         chunks = np.split(force, np.cumsum(counts)[:-1]) if counts else []
-        _save_npz(file, {"ids": unique, "energy": energy[first],
-                         "forces": np.concatenate([chunks[i] for i in first]) if len(first) else force,
-                         "chunk_idx": np.cumsum([counts[i] for i in first])[:-1].astype(np.int64)})
+        _save_npz(
+            file,
+            {
+                "ids": unique,
+                "energy": energy[first],
+                "forces": np.concatenate([chunks[i] for i in first]) if len(first) else force,
+                "chunk_idx": np.cumsum([counts[i] for i in first])[:-1].astype(np.int64),
+            },
+        )
 
     bar = _bar(len(dataset), "predict", progress, initial=done)
     batches = 0
     try:
-        for start in range(done, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-            batch = Batch.from_data_list(items).to(device)
-            out = model(batch)
-            free = ~batch.fixed.bool() if getattr(batch, "fixed", None) is not None else \
-                torch.ones(batch.num_nodes, dtype=torch.bool, device=device)
+        indices = range(done, len(dataset))
+        for items, batch, out in model_outputs(model, dataset, indices, batch_size, device):
+            free = (
+                ~batch.fixed.bool()
+                if getattr(batch, "fixed", None) is not None
+                else torch.ones(batch.num_nodes, dtype=torch.bool, device=device)
+            )
             ids.extend(_system_id(item) for item in items)
             energies.append(out["energy"].detach().reshape(-1).float().cpu().numpy().astype(target))
             forces.append(out["forces"].detach()[free].float().cpu().numpy().astype(target))
@@ -216,7 +261,7 @@ def write_predictions(model, dataset, path: str | os.PathLike, batch_size: int =
             batches += 1
             if bar is not None:
                 bar.update(len(items))
-            finished = start + batch_size >= len(dataset)
+            finished = done + batches * batch_size >= len(dataset)
             if not finished and (batches % save_every == 0 or batches == stop_after):
                 save(partial, final=False)
             if not finished and batches == stop_after:

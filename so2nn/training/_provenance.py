@@ -1,15 +1,20 @@
-"""What a training run was run on, recorded in its checkpoint so that a resume can check it."""
+"""What a training run was run on, recorded in its checkpoint, and the checks of a resume against it."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Subset
 
 from ..data._extxyz import sidecar_path
+from ..models import ModelConfig, model_class, target_statistics_fields
+from ..models._registry import config_from_dict
+from ._config import RESUMABLE, TrainingConfig
 
-__all__ = ["data_fingerprint", "fingerprint_differences"]
+__all__ = ["check_resume", "data_fingerprint", "fingerprint_differences"]
 
 _PROBES = 3  # items whose energies are recorded (first, middle, last): cheap, and catch in-memory swaps
 
@@ -43,7 +48,11 @@ def data_fingerprint(dataset) -> dict:
         return {"type": "Subset", "length": len(indices), "indices": _summary(indices),
                 "of": data_fingerprint(dataset.dataset)}
     if isinstance(dataset, ConcatDataset):
-        return {"type": "ConcatDataset", "length": len(dataset), "parts": [data_fingerprint(d) for d in dataset.datasets]}
+        return {
+            "type": "ConcatDataset",
+            "length": len(dataset),
+            "parts": [data_fingerprint(d) for d in dataset.datasets],
+        }
     record: dict = {"type": type(dataset).__name__, "length": len(dataset)}
     if getattr(dataset, "path", None) is not None:
         record["path"] = str(dataset.path)
@@ -74,7 +83,10 @@ def fingerprint_differences(recorded: dict, current: dict, what: str) -> list[st
     if recorded.get("length") != current.get("length"):
         out.append(f"{what}: {recorded.get('length')} records in the run, {current.get('length')} now")
     if recorded.get("indices") != current.get("indices"):
-        out.append(f"{what}: other subset indices ({recorded.get('indices')} in the run, {current.get('indices')} now)")
+        out.append(
+            f"{what}: other subset indices ({recorded.get('indices')} in the run, "
+            f"{current.get('indices')} now)"
+        )
     if "of" in recorded or "of" in current:
         out += fingerprint_differences(recorded.get("of") or {}, current.get("of") or {}, what)
     old_parts, new_parts = recorded.get("parts") or [], current.get("parts") or []
@@ -95,12 +107,93 @@ def fingerprint_differences(recorded: dict, current: dict, what: str) -> list[st
         elif old["mtime_ns"] != new["mtime_ns"]:
             out.append(f"{what}: {path} was modified since the run (same size, other modification time)")
     if not out and recorded.get("records_per_file") != current.get("records_per_file"):
-        out.append(f"{what}: other records per file ({recorded.get('records_per_file')} in the run, "
-                   f"{current.get('records_per_file')} now)")
+        out.append(
+            f"{what}: other records per file ({recorded.get('records_per_file')} in the run, "
+            f"{current.get('records_per_file')} now)"
+        )
     if not out and recorded.get("energies") != current.get("energies"):
-        out.append(f"{what}: energies of items 0, middle, last: {recorded.get('energies')} in the run, "
-                   f"{current.get('energies')} now")
+        out.append(
+            f"{what}: energies of items 0, middle, last: {recorded.get('energies')} in the run, "
+            f"{current.get('energies')} now"
+        )
     return out
+
+
+def check_resume(
+    state: dict,
+    config: TrainingConfig,
+    model_config: ModelConfig | None,
+    train_set,
+    val_set,
+    allow_data_change: bool = False,
+    where: str = "the checkpoint",
+) -> ModelConfig:
+    """Check that resuming the run of ``state`` (an so2nn training checkpoint, upgraded) with
+    ``config``, ``model_config`` (None: not compared) and these datasets is the same run, and
+    return the run's model config.
+
+    Raises a ValueError naming each difference: a training setting other than the
+    :data:`~so2nn.training.RESUMABLE` ones, a ``max_steps`` before the run's step, a model config
+    entry (but the :func:`~so2nn.models.target_statistics_fields`, which the run derived from its
+    data), and data whose :func:`data_fingerprint` differs from the recorded one (a warning
+    instead with ``allow_data_change``).
+    """
+    recorded = TrainingConfig(**state["training_config"])
+    problems = [
+        f"{field.name}: {getattr(recorded, field.name)!r} in the run, {getattr(config, field.name)!r} now"
+        for field in dataclasses.fields(TrainingConfig)
+        if field.name not in RESUMABLE and getattr(config, field.name) != getattr(recorded, field.name)
+    ]
+    if config.max_steps < state["step"]:
+        problems.append(f"max_steps: {config.max_steps} is before the run's step {state['step']}")
+    model_type = model_class(state["model_type"])
+    run_model = config_from_dict(model_type, state["config"])
+    if model_config is not None:
+        derived = target_statistics_fields(model_type)
+        problems += [
+            f"model {name}: {getattr(run_model, name)!r} in the run, {getattr(model_config, name)!r} now"
+            for name in run_model.to_dict()
+            if name not in derived and _plain(getattr(model_config, name)) != _plain(getattr(run_model, name))
+        ]
+    data_problems = []
+    recorded_data = state.get("data")
+    if recorded_data is None:
+        warnings.warn(
+            "the checkpoint records no data sources (written by an older so2nn): "
+            "cannot check that the resume uses the run's data",
+            stacklevel=3,
+        )
+    else:
+        for key, what, dataset in (
+            ("train", "training data", train_set),
+            ("val", "validation data", val_set),
+        ):
+            data_problems += fingerprint_differences(recorded_data[key], data_fingerprint(dataset), what)
+    if data_problems and allow_data_change:
+        warnings.warn(
+            "resuming on data that differs from the run's: " + "; ".join(data_problems), stacklevel=3
+        )
+    elif data_problems:
+        problems += [
+            *data_problems,
+            (
+                "(the same data moved or copied elsewhere: allow_data_change=True, "
+                "--allow-data-change on the command line)"
+            ),
+        ]
+    if problems:
+        raise ValueError(
+            f"cannot resume {where}: this would not be the same run.\n  "
+            + "\n  ".join(problems)
+            + f"\nA resume may change only {', '.join(RESUMABLE)} (and the device, threads, logging); "
+            "for another recipe or other data, start a new run in another output directory."
+        )
+    return run_model
+
+
+def _plain(value):
+    """Config values as compared across a checkpoint round trip (tuples and lists alike)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _stat(path: Path) -> dict:

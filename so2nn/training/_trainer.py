@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import random
 import signal
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,124 +17,30 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Batch
 
 from ..data import target_statistics
-from ..models import AtomisticModel, ModelConfig, TargetStatistics, build_model, model_class, upgrade_checkpoint
+from ..models import (
+    AtomisticModel,
+    ModelConfig,
+    TargetStatistics,
+    build_model,
+    model_class,
+    upgrade_checkpoint,
+)
 from ..models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
-from ..models._registry import config_from_dict
+from ._config import RunStatistics, TrainingConfig
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._finetune import parameter_groups, pretrained_model, referenced_statistics
-from ._metrics import S2EFMetrics, decompose_stress
+from ._logging import TRAIN_LOG, VAL_LOG, RunLog, read_log
+from ._loss import s2ef_loss
+from ._metrics import S2EFMetrics
+from ._plots import plot_summary, predictions
 from ._predict import accumulate_metrics
-from ._provenance import data_fingerprint, fingerprint_differences
+from ._provenance import check_resume, data_fingerprint
 from ._schedule import warmup_cosine
 
-__all__ = ["DEFAULT_STRESS_COEFFICIENT", "Trainer", "TrainingConfig"]
+__all__ = ["Trainer"]
 
-TRAIN_LOG, VAL_LOG = "train_log.csv", "val_log.csv"
 CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
-
-#: Training settings a resume may change: they decide how long the run goes and what it logs,
-#: not what a step computes. (A longer ``max_steps`` stretches the cosine schedule from the
-#: current step on, as the reference's trainer does when a run is extended.)
-RESUMABLE = ("max_steps", "eval_every", "checkpoint_every", "log_every", "eval_batch_size", "num_workers")
-#: The coefficient of each stress term of the loss that :class:`TrainingConfig` leaves at ``None``.
-DEFAULT_STRESS_COEFFICIENT = 10.0
-#: Model config entries the Trainer derives from the training set (not chosen by the user).
-_DERIVED_MODEL_FIELDS = ("energy_mean", "energy_std", "forces_std", "forces_mean", "use_energy_lin_ref")
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Every setting of a training run (the EquiformerV2 paper's recipe by default).
-
-    The loss is :math:`\\lambda_E\\,\\mathrm{MAE}(E) + \\lambda_F\\,\\frac1N\\sum_i
-    \\lVert \\hat F_i - F_i \\rVert_2` on normalised targets (energy minus the training mean,
-    over its standard deviation; forces over their RMS), forces of free atoms only when the
-    data marks fixed atoms and ``train_on_free_atoms``. ``energy_per_atom`` takes the energy
-    MAE per atom, :math:`|\\hat E - E| / N` (the OMat24 recipe).
-
-    Stress joins the loss when the training data has it and the model outputs it (``"stress"``
-    in its ``output_names``). ``stress_loss="decomposed"`` (the OMat24 recipe) adds
-    :math:`\\lambda_p\\,\\mathrm{MAE}(p) + \\lambda_a\\,\\mathrm{MAE}(\\sigma - pI)`, with
-    :math:`p = \\frac13\\mathrm{tr}\\,\\sigma` the isotropic (l = 0) part of predicted and true
-    stress and :math:`\\sigma - pI` the traceless (l = 2) part, its MAE over the 9 components;
-    ``stress_loss="plain"`` adds :math:`\\lambda_\\sigma\\,\\mathrm{MAE}(\\sigma)` over the 9
-    components (natural for conservative models, whose stress is the strain derivative of the
-    energy). Both are divided by :math:`\\sigma_S`, the standard deviation of the training
-    stress (``stress_std`` of :func:`~so2nn.data.target_statistics`). A coefficient left at
-    ``None`` is :data:`DEFAULT_STRESS_COEFFICIENT`; setting one while the data or the model has
-    no stress raises, data with stress for a model without it warns once.
-
-    Example:
-        >>> config = TrainingConfig(max_steps=100, batch_size=4)
-        >>> config.lr, config.energy_coefficient, config.force_coefficient
-        (0.0002, 4.0, 100.0)
-    """
-
-    max_steps: int = 2000
-    batch_size: int = 8
-    eval_batch_size: int = 16
-    lr: float = 2e-4
-    weight_decay: float = 1e-3
-    warmup_steps: int = 100
-    warmup_factor: float = 0.2
-    min_lr_factor: float = 0.01
-    clip_grad_norm: float = 100.0
-    ema_decay: float = 0.999
-    energy_coefficient: float = 4.0
-    force_coefficient: float = 100.0
-    train_on_free_atoms: bool = True
-    eval_on_free_atoms: bool = True
-    normalize_targets: bool = True
-    element_references: bool = False  # fit per-element energy references (linear) on the training set
-    energy_per_atom: bool = False  # energy MAE per atom (the OMat24 recipe) instead of per system
-    stress_loss: str = "decomposed"  # "decomposed" (isotropic + anisotropic MAE) | "plain" (MAE)
-    stress_coefficient: float | None = None  # lambda_sigma of the plain stress loss
-    stress_isotropic_coefficient: float | None = None  # lambda_p of the decomposed loss
-    stress_anisotropic_coefficient: float | None = None  # lambda_a of the decomposed loss
-    eval_every: int = 500
-    checkpoint_every: int = 200
-    log_every: int = 10
-    amp: str = "none"  # "none" | "bf16" | "fp16"
-    seed: int = 0
-    num_workers: int = 0
-    freeze_backbone: bool = False  # train the heads only (the model's ``heads``)
-    backbone_lr_factor: float = 1.0  # the backbone's learning rate is this times the heads' ``lr``
-
-    def __post_init__(self) -> None:
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        for name in ("max_steps", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.stress_loss not in ("decomposed", "plain"):
-            raise ValueError(f"stress_loss must be 'decomposed' or 'plain', got {self.stress_loss!r}")
-        wrong = "stress_coefficient" if self.stress_loss == "decomposed" else "stress_isotropic_coefficient"
-        if getattr(self, wrong) is not None or (self.stress_loss == "plain"
-                                                and self.stress_anisotropic_coefficient is not None):
-            raise ValueError(f"stress_loss={self.stress_loss!r} takes "
-                             + ("stress_isotropic_coefficient and stress_anisotropic_coefficient"
-                                if self.stress_loss == "decomposed" else "stress_coefficient")
-                             + ", not the other stress coefficients")
-        if not 0 <= self.warmup_steps:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not self.backbone_lr_factor > 0:
-            raise ValueError(f"backbone_lr_factor must be > 0, got {self.backbone_lr_factor}")
-
-
-    @property
-    def stress_coefficients(self) -> dict[str, float]:
-        """The stress terms of the loss and their coefficients (defaults filled in)."""
-        names = (("stress", self.stress_coefficient),) if self.stress_loss == "plain" else (
-            ("stress_isotropic", self.stress_isotropic_coefficient),
-            ("stress_anisotropic", self.stress_anisotropic_coefficient))
-        return {name: DEFAULT_STRESS_COEFFICIENT if value is None else value for name, value in names}
-
-    @property
-    def stress_coefficient_set(self) -> bool:
-        """Whether a stress coefficient was set (then stress must be in the data and the model)."""
-        return any(value is not None for value in (self.stress_coefficient, self.stress_isotropic_coefficient,
-                                                   self.stress_anisotropic_coefficient))
 
 
 def _collate(items) -> Batch:
@@ -185,6 +89,15 @@ class Trainer:
         config: :class:`TrainingConfig`.
         out_dir: where checkpoints and logs go.
         device: ``"cpu"`` or ``"cuda"`` (under torchrun, each process's own GPU).
+        progress: show a progress bar (main process only).
+        tensorboard: log to TensorBoard too, under ``out_dir/tensorboard``.
+        statistics: the run's :class:`RunStatistics`, when they are known (:meth:`resume` and
+            :meth:`from_pretrained` give them, with a model that has its target statistics
+            already). By default they are computed from ``train_set``, and the model gets the
+            training set's target statistics as ``config.normalize_targets`` and
+            ``config.element_references`` say.
+        finetune: the record of where a fine-tuning run started (:meth:`from_pretrained`
+            builds it), written into every checkpoint and ``model.pt`` of the run.
 
     A complete run (data, training, a resume, the exported model) is the training tutorial
     of the docs, ``docs/tutorials/train_oc20.md``, whose code the test suite runs.
@@ -199,8 +112,8 @@ class Trainer:
     _clock: tuple[float, float] | None = None  # (fit start, run_seconds then) while fit runs
 
     def __init__(self, model, train_set, val_set, config: TrainingConfig, out_dir,
-                 device: str = "cpu", progress: bool = True, tensorboard: bool = False,
-                 _checkpoint: dict | None = None, _finetune: dict | None = None) -> None:
+                 device: str = "cpu", progress: bool = True, tensorboard: bool = False, *,
+                 statistics: RunStatistics | None = None, finetune: dict | None = None) -> None:
         self.config = config
         self.train_set, self.val_set = train_set, val_set
         self.out_dir = Path(out_dir)
@@ -221,27 +134,13 @@ class Trainer:
             raise ValueError(f"the trainer fits energies and forces, and the model's outputs "
                              f"{tuple(model.output_names)} have no 'forces' (an energy-only model)")
         #: Where a fine-tuning run started (:meth:`from_pretrained`), recorded in its checkpoints.
-        self.finetune = _finetune if _checkpoint is None else _checkpoint.get("finetune")
-        if _finetune is not None:
-            self.train_energy_mean = _finetune["statistics"]["raw_energy_mean"]
-            self.stress_std = _finetune["statistics"].get("stress_std")
-        elif _checkpoint is None:
-            elements = model.config.max_num_elements if config.element_references else None
-            stats = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,
-                                      element_references=elements)
-            # the baseline "predict the training mean" uses the raw energies
-            self.train_energy_mean = stats.get("raw_energy_mean", stats["energy_mean"])
-            self.stress_std = stats.get("stress_std")
-            own = model.target_statistics
-            if config.normalize_targets or config.element_references:
-                model = model.with_target_statistics(TargetStatistics(
-                    *((stats["energy_mean"], stats["energy_std"], stats["forces_rms"]) if config.normalize_targets
-                      else (own.energy_mean, own.energy_std, own.forces_std)),
-                    tuple(stats["element_references"]) if config.element_references else own.element_references,
-                ))
-        else:
-            self.train_energy_mean = _checkpoint["train_energy_mean"]
-            self.stress_std = _checkpoint.get("stress_std")
+        self.finetune = finetune
+        if statistics is None:
+            statistics, model = self._training_set_statistics(model, train_set, config)
+        #: The baseline "predict the training mean" of the validation (raw training energies).
+        self.train_energy_mean = statistics.train_energy_mean
+        #: The stress loss's scale (None: the training data has no stress).
+        self.stress_std = statistics.stress_std
         #: Whether the loss and the validation include stress (the data has it, the model outputs it).
         self.use_stress = self._check_stress(model)
         self.model = model.to(self.device)
@@ -260,18 +159,29 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._stop_requested = False
-        self._writer = None
-        if tensorboard and self.dist.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as error:
-                raise ValueError("tensorboard logging needs the tensorboard package: pip install tensorboard") from error
-            self._writer = SummaryWriter(self.out_dir / "tensorboard")
+        self.log = RunLog(self.out_dir, self.dist.is_main, tensorboard)
         # Each process draws dropout masks from its own stream; the data order comes from the
         # sampler's (seed, epoch), never from the global generator.
         torch.manual_seed(config.seed + self.dist.rank)
-        if _checkpoint is not None:
-            self._load_state(_checkpoint)
+
+    @staticmethod
+    def _training_set_statistics(model, train_set,
+                                 config: TrainingConfig) -> tuple[RunStatistics, AtomisticModel]:
+        """The run's statistics from the training set, and the model with its target statistics
+        as ``config`` asks (the training set's, or its own)."""
+        elements = model.config.max_num_elements if config.element_references else None
+        stats = target_statistics(train_set, free_atoms_only=False, max_items=10_000, seed=config.seed,
+                                  element_references=elements)
+        own = model.target_statistics
+        if config.normalize_targets or config.element_references:
+            model = model.with_target_statistics(TargetStatistics(
+                *((stats["energy_mean"], stats["energy_std"], stats["forces_rms"]) if config.normalize_targets
+                  else (own.energy_mean, own.energy_std, own.forces_std)),
+                tuple(stats["element_references"]) if config.element_references else own.element_references,
+            ))
+        # the baseline "predict the training mean" uses the raw energies
+        statistics = RunStatistics(stats.get("raw_energy_mean", stats["energy_mean"]), stats.get("stress_std"))
+        return statistics, model
 
     def _check_stress(self, model) -> bool:
         data, outputs = self.stress_std is not None, "stress" in model.output_names
@@ -321,44 +231,14 @@ class Trainer:
         state = upgrade_checkpoint(state)
         recorded = TrainingConfig(**state["training_config"])
         config = dataclasses.replace(config if config is not None else recorded, **config_changes)
-        problems = [
-            f"{field.name}: {getattr(recorded, field.name)!r} in the run, {getattr(config, field.name)!r} now"
-            for field in dataclasses.fields(TrainingConfig)
-            if field.name not in RESUMABLE and getattr(config, field.name) != getattr(recorded, field.name)
-        ]
-        if config.max_steps < state["step"]:
-            problems.append(f"max_steps: {config.max_steps} is before the run's step {state['step']}")
-        model_type = model_class(state["model_type"])
-        run_model = config_from_dict(model_type, state["config"])
-        if model_config is not None:
-            problems += [
-                f"model {name}: {getattr(run_model, name)!r} in the run, {getattr(model_config, name)!r} now"
-                for name in run_model.to_dict()
-                if name not in _DERIVED_MODEL_FIELDS
-                and _plain(getattr(model_config, name)) != _plain(getattr(run_model, name))
-            ]
-        data_problems = []
-        recorded_data = state.get("data")
-        if recorded_data is None:
-            warnings.warn("the checkpoint records no data sources (written by an older so2nn): "
-                          "cannot check that the resume uses the run's data", stacklevel=2)
-        else:
-            for key, what, dataset in (("train", "training data", train_set), ("val", "validation data", val_set)):
-                data_problems += fingerprint_differences(recorded_data[key], data_fingerprint(dataset), what)
-        if data_problems and allow_data_change:
-            warnings.warn("resuming on data that differs from the run's: " + "; ".join(data_problems), stacklevel=2)
-        elif data_problems:
-            problems += [*data_problems, ("(the same data moved or copied elsewhere: allow_data_change=True, "
-                                          "--allow-data-change on the command line)")]
-        if problems:
-            where = checkpoint if not isinstance(checkpoint, dict) else "the checkpoint"
-            raise ValueError(
-                f"cannot resume {where}: this would not be the same run.\n  " + "\n  ".join(problems)
-                + f"\nA resume may change only {', '.join(RESUMABLE)} (and the device, threads, logging); "
-                "for another recipe or other data, start a new run in another output directory."
-            )
-        model = model_type.from_config(run_model)
-        return cls(model, train_set, val_set, config, out_dir, device, progress, tensorboard, _checkpoint=state)
+        where = checkpoint if not isinstance(checkpoint, dict) else "the checkpoint"
+        run_model = check_resume(state, config, model_config, train_set, val_set, allow_data_change, where)
+        model = model_class(state["model_type"]).from_config(run_model)
+        trainer = cls(model, train_set, val_set, config, out_dir, device, progress, tensorboard,
+                      statistics=RunStatistics(state["train_energy_mean"], state.get("stress_std")),
+                      finetune=state.get("finetune"))
+        trainer._load_state(state)
+        return trainer
 
     @classmethod
     def from_pretrained(cls, checkpoint, train_set, val_set, config: TrainingConfig, out_dir, device: str = "cpu",
@@ -395,7 +275,9 @@ class Trainer:
             model = model.with_target_statistics(used)
         record = {"source": provenance, "frozen": ["backbone"] if config.freeze_backbone else [],
                   "backbone_lr_factor": config.backbone_lr_factor, "statistics": statistics}
-        return cls(model, train_set, val_set, config, out_dir, device, progress, tensorboard, _finetune=record)
+        return cls(model, train_set, val_set, config, out_dir, device, progress, tensorboard,
+                   statistics=RunStatistics(statistics["raw_energy_mean"], statistics.get("stress_std")),
+                   finetune=record)
 
     def _load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -409,21 +291,7 @@ class Trainer:
         if len(rng) != self.dist.world_size:
             raise ValueError(f"the checkpoint was written by {len(rng)} processes, this run has {self.dist.world_size}")
         _set_rng_state(rng[self.dist.rank])
-        if self.dist.is_main:  # drop log rows written after the checkpoint (a run killed mid-interval)
-            self._truncate_log(TRAIN_LOG)
-            self._truncate_log(VAL_LOG)
-
-    def _truncate_log(self, name: str) -> None:
-        path = self.out_dir / name
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        with open(path, "w", newline="") as f:
-            if rows:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(r for r in rows if int(r["step"]) <= self.step)
+        self.log.truncate(self.step)  # drop log rows written after the checkpoint (a run killed mid-interval)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -485,31 +353,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _loss(self, out: dict, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted loss and its terms (``energy_loss``, ``force_loss``, and with stress
-        ``stress_loss`` or ``stress_isotropic_loss`` and ``stress_anisotropic_loss``)."""
-        c, cfg = self.model.target_statistics, self.config
-        energy_error = (out["energy"].float() - batch.energy.view(-1).float()).abs()
-        if cfg.energy_per_atom:
-            energy_error = energy_error / batch.natoms.view(-1).float()
-        energy_loss = energy_error.mean() / c.energy_std
-        force_error = (out["forces"].float() - batch.forces.float()).norm(dim=1)
-        fixed = getattr(batch, "fixed", None)
-        if cfg.train_on_free_atoms and fixed is not None and bool((~fixed.bool()).any()):
-            force_error = force_error[~fixed.bool()]
-        force_loss = force_error.mean() / c.forces_std
-        terms = {"energy_loss": energy_loss, "force_loss": force_loss}
-        loss = cfg.energy_coefficient * energy_loss + cfg.force_coefficient * force_loss
-        if self.use_stress:
-            pred, true = out["stress"].float().view(-1, 3, 3), batch.stress.float().view(-1, 3, 3)
-            if cfg.stress_loss == "plain":
-                terms["stress_loss"] = (pred - true).abs().mean() / self.stress_std
-            else:
-                (iso_pred, aniso_pred), (iso_true, aniso_true) = decompose_stress(pred), decompose_stress(true)
-                terms["stress_isotropic_loss"] = (iso_pred - iso_true).abs().mean() / self.stress_std
-                terms["stress_anisotropic_loss"] = (aniso_pred - aniso_true).abs().mean() / self.stress_std
-            for name, coefficient in cfg.stress_coefficients.items():
-                loss = loss + coefficient * terms[f"{name}_loss"]
-        return loss, terms
+        """The weighted loss and its terms (:func:`~so2nn.training.s2ef_loss`)."""
+        return s2ef_loss(out, batch, self.config, self.model.target_statistics,
+                         self.stress_std if self.use_stress else None)
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         self.ddp_model.train()
@@ -565,7 +411,7 @@ class Trainer:
                         stats["atoms_per_s"] = atoms * self.dist.world_size / max(elapsed, 1e-9)
                         stats["steps_per_s"] = cfg.log_every / max(elapsed, 1e-9)
                         tick, atoms = time.perf_counter(), 0
-                        self._log(TRAIN_LOG, {"step": self.step, "epoch": self.epoch, **stats})
+                        self.log.write(TRAIN_LOG, {"step": self.step, "epoch": self.epoch, **stats})
                         if bar is not None:
                             bar.set_postfix(loss=f"{stats['loss']:.3f}", atoms_s=f"{stats['atoms_per_s']:.0f}")
                     if bar is not None:
@@ -628,88 +474,23 @@ class Trainer:
         accumulate_metrics(model, dataset, shard, self.config.eval_batch_size, self.device, metrics,
                            self.config.eval_on_free_atoms, self._autocast)
         result = metrics.compute(reduce=self.dist.sum)
-        self._log(VAL_LOG, {"step": self.step, **result})
+        self.log.write(VAL_LOG, {"step": self.step, **result})
         return result
 
-    def _log(self, name: str, row: dict) -> None:
-        if not self.dist.is_main:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / name
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        if self._writer is not None:
-            prefix = "train" if name == TRAIN_LOG else "val"
-            for key, value in row.items():
-                if key not in ("step", "epoch"):
-                    self._writer.add_scalar(f"{prefix}/{key}", value, row["step"])
-
-    @torch.no_grad()
     def predictions(self, dataset=None) -> dict[str, torch.Tensor]:
-        """EMA-model predictions and targets on ``dataset`` (default: validation), for plots."""
+        """EMA-model predictions and targets on ``dataset`` (default: validation), for plots
+        (:func:`~so2nn.training.predictions`)."""
         dataset = self.val_set if dataset is None else dataset
-        model = self.ema.module.eval()
-        pred_e, true_e, pred_f, true_f = [], [], [], []
-        for start in range(0, len(dataset), self.config.eval_batch_size):
-            batch = _collate([dataset[i] for i in range(start, min(len(dataset), start + self.config.eval_batch_size))])
-            out = model(batch.to(self.device))
-            pred_e.append(out["energy"].float().cpu())
-            true_e.append(batch.energy.view(-1).cpu())
-            pred_f.append(out["forces"].float().cpu())
-            true_f.append(batch.forces.cpu())
-        return {"energy_pred": torch.cat(pred_e), "energy_true": torch.cat(true_e),
-                "forces_pred": torch.cat(pred_f), "forces_true": torch.cat(true_f)}
+        return predictions(self.ema.module, dataset, self.config.eval_batch_size, self.device)
 
     def plot(self, path=None) -> Path:
-        """Learning curves and energy/force parity plots of the validation set, as a PNG."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        """Learning curves and energy/force parity plots of the validation set, as a PNG
+        (:func:`~so2nn.training.plot_summary`; default ``out_dir/summary.png``)."""
         path = self.out_dir / "summary.png" if path is None else Path(path)
-        train = _read_csv(self.out_dir / TRAIN_LOG)
-        val = _read_csv(self.out_dir / VAL_LOG)
-        pred = self.predictions()
-        fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
-        axes[0].plot(train["step"], train["loss"], lw=1)
-        axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
-        if val:
-            axes[1].plot(val["step"], val["energy_mae"], "o-", label="energy MAE (eV)")
-            axes[1].plot(val["step"], val["forces_mae"], "s-", label="force MAE (eV/A)")
-            axes[1].axhline(val["energy_mae_mean_baseline"][-1], color="C0", ls=":", label="predict mean energy")
-            axes[1].axhline(val["forces_mae_zero_baseline"][-1], color="C1", ls=":", label="predict zero forces")
-            axes[1].set(xlabel="step", yscale="log", title="validation (EMA weights)")
-            axes[1].legend(fontsize=8)
-        for ax, key, unit in ((axes[2], "energy", "eV"), (axes[3], "forces", "eV/A")):
-            t, p = pred[f"{key}_true"].reshape(-1), pred[f"{key}_pred"].reshape(-1)
-            ax.scatter(t, p, s=4, alpha=0.5)
-            lo, hi = float(torch.minimum(t.min(), p.min())), float(torch.maximum(t.max(), p.max()))
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            ax.set(xlabel=f"true {key} ({unit})", ylabel=f"predicted {key} ({unit})", title=f"{key} parity (validation)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        train, val = read_log(self.out_dir / TRAIN_LOG), read_log(self.out_dir / VAL_LOG)
+        return plot_summary(train, val, self.predictions(), path)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self.log.close()
         self.dist.close()
 
-
-def _read_csv(path: Path) -> dict[str, list[float]]:
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {key: [float(r[key]) for r in rows] for key in rows[0]} if rows else {}
-
-
-def _plain(value):
-    """Config values as compared across a checkpoint round trip (tuples and lists alike)."""
-    return list(value) if isinstance(value, tuple) else value

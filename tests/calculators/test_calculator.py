@@ -16,19 +16,14 @@ from so2nn.calculators import EquiformerV2Calculator, fixed_atoms_mask
 from so2nn.models import INPUT_FIELDS, EquiformerV2, EquiformerV2Config
 from so2nn.testing import strategies as so2st
 
-TINY = dict(
-    lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-    attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-    num_distance_basis=16, max_radius=5.0, max_neighbors=20, max_num_elements=30, alpha_drop=0.0,
-    drop_path_rate=0.0,
-)
+TINY = dict(max_neighbors=20, max_num_elements=30)  # changes to EquiformerV2Config.tiny()
 GATE = dict(activation="gate", use_grid_mlp=False)  # exactly equivariant: no S2 grid
 FIXTURES = Path(__file__).parents[1] / "models" / "fixtures"
 
 
 def tiny_model(seed=0, **changes):
     torch.manual_seed(seed)
-    return EquiformerV2(EquiformerV2Config(**{**TINY, **changes})).double().eval()
+    return EquiformerV2(EquiformerV2Config.tiny(**{**TINY, **changes})).double().eval()
 
 
 def oc20_slab():

@@ -13,17 +13,12 @@ from ase.stress import voigt_6_to_full_3x3_stress
 from so2nn.calculators import So2nnCalculator
 from so2nn.models import EquiformerV2, EquiformerV2Config
 
-TINY = dict(
-    lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-    attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-    num_distance_basis=16, max_radius=5.0, max_neighbors=100, max_num_elements=30, alpha_drop=0.0,
-    drop_path_rate=0.0, energy_std=10.0,
-)
+TINY = dict(max_neighbors=100, max_num_elements=30, energy_std=10.0)  # changes to EquiformerV2Config.tiny()
 
 
 def tiny_model(seed=0, **changes):
     torch.manual_seed(seed)
-    return EquiformerV2(EquiformerV2Config(**{**TINY, "direct_forces": False, **changes})).double().eval()
+    return EquiformerV2(EquiformerV2Config.tiny(**{**TINY, "direct_forces": False, **changes})).double().eval()
 
 
 def sheared_crystal():

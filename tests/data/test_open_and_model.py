@@ -14,9 +14,7 @@ from so2nn.data import (
 )
 from so2nn.models import EquiformerV2, EquiformerV2Config
 
-TINY = EquiformerV2Config(lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-                          attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-                          num_distance_basis=16, max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0)
+TINY = EquiformerV2Config.tiny()
 
 
 def test_open_dataset_picks_the_reader(tmp_path, oc20_frames):

@@ -27,11 +27,7 @@ def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_tiny_adsorbml_run_reports_every_k(tmp_path):
     torch.manual_seed(0)
-    EquiformerV2(EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-        attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        num_distance_basis=16, max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0, forces_std=0.05,
-    )).save(tmp_path / "tiny.pt")
+    EquiformerV2(EquiformerV2Config.tiny(forces_std=0.05)).save(tmp_path / "tiny.pt")
     result = run(tmp_path, "--checkpoint", "tiny.pt", "--metals", "Cu", "--adsorbates", "O", "CO",
                  "--placements", "4", "--k-max", "2", "--steps", "5", "--fmax", "0.01", "--emt-steps", "20", "--batch-size", "3",
                  "--out", "out")

@@ -22,11 +22,7 @@ STEP = re.compile(r"model step +(\d+): energy +([-0-9.]+) eV, max force ([0-9.]+
 
 def save_tiny_model(path: Path) -> None:
     torch.manual_seed(0)
-    config = EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-        attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        num_distance_basis=16, max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0,
-    )
+    config = EquiformerV2Config.tiny()
     EquiformerV2(config).save(path)
 
 

@@ -55,10 +55,7 @@ def test_trains_a_tiny_model_relaxes_the_cell_and_reports_pressure_and_lattice(t
 
 def test_a_model_without_stress_is_refused_with_a_clear_message(tmp_path):
     torch.manual_seed(0)
-    EquiformerV2(EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
-        attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8, num_distance_basis=16, max_radius=5.0,
-    )).save(tmp_path / "direct.pt")  # direct forces: no stress
+    EquiformerV2(EquiformerV2Config.tiny()).save(tmp_path / "direct.pt")  # direct forces: no stress
     result = run(tmp_path, "--checkpoint", "direct.pt", check=False)
     assert result.returncode != 0
     assert "gives no stress (its outputs: energy, forces)" in result.stderr, result.stderr

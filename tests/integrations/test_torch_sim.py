@@ -17,14 +17,12 @@ from so2nn.data.emt import ADSORBATES  # noqa: E402
 from so2nn.integrations.torch_sim import TorchSimModel, relax_batch, run_md  # noqa: E402
 from so2nn.models import EquiformerV2, EquiformerV2Config  # noqa: E402
 
-TINY = dict(lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-            attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-            num_distance_basis=16, max_radius=4.5, max_neighbors=12)
+TINY = dict(max_radius=4.5, max_neighbors=12)  # changes to EquiformerV2Config.tiny()
 
 
 def tiny_model(**changes) -> EquiformerV2:
     torch.manual_seed(0)
-    return EquiformerV2(EquiformerV2Config(**(TINY | changes))).double().eval()
+    return EquiformerV2(EquiformerV2Config.tiny(**(TINY | changes))).double().eval()
 
 
 def smooth_model() -> EquiformerV2:

@@ -75,9 +75,7 @@ def test_a_format_1_training_checkpoint_resumes_with_its_ema(tmp_path):
 
 def test_the_registry_resolves_types_and_refuses_what_it_does_not_know(tmp_path):
     assert model_class("equiformer_v2") is EquiformerV2 and model_type(EquiformerV2) == "equiformer_v2"
-    config = EquiformerV2Config(lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-                                attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-                                num_distance_basis=16, max_radius=5.0, max_num_elements=20)
+    config = EquiformerV2Config.tiny(max_num_elements=20, alpha_drop=0.1, drop_path_rate=0.05)
     model = build_model(config)
     assert isinstance(model, EquiformerV2)
     model.save(tmp_path / "model.pt")

@@ -98,11 +98,8 @@ def test_the_calculator_offers_the_energy_only(fixture):
 
 @pytest.mark.parametrize("direct_forces", [True, False])
 def test_an_energy_only_model_trains_and_saves(tmp_path, direct_forces):
-    config = EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-        attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        num_distance_basis=16, max_radius=4.0, alpha_drop=0.0, drop_path_rate=0.0, avg_num_nodes=3.0,
-        regress_forces=False, direct_forces=direct_forces)
+    config = EquiformerV2Config.tiny(max_radius=4.0, avg_num_nodes=3.0, regress_forces=False,
+                                     direct_forces=direct_forces)
     torch.manual_seed(0)
     model = EquiformerV2(config).double()
     assert model.output_names == ("energy",) and "forces" not in model.heads

@@ -205,11 +205,7 @@ def test_accepts_torch_geometric_batches_with_oc20_fields():
 
 
 def _tiny_config(**changes):
-    return EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
-        attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8, num_distance_basis=16, max_num_elements=20,
-        max_radius=5.0, alpha_drop=0.0, drop_path_rate=0.0, **changes,
-    )
+    return EquiformerV2Config.tiny(max_num_elements=20, **changes)
 
 
 def test_save_and_from_checkpoint_round_trip(tmp_path):

@@ -15,12 +15,12 @@ from ase.calculators.emt import EMT
 from torch_geometric.data import Batch, Data
 
 from so2nn.calculators import So2nnCalculator
-from so2nn.models import AtomisticModel, load_model
+from so2nn.models import AtomisticModel, load_model, target_statistics_fields
 from so2nn.training import Trainer, TrainingConfig
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-import tiny_model  # registers the model type, as any user module would
+import tiny_model  # noqa: E402 -- registers the model type, as any user module would
 
 
 def frames(count, seed):
@@ -31,19 +31,29 @@ def frames(count, seed):
         add_adsorbate(slab, "O", 1.6, "fcc")
         slab.rattle(0.15, seed=int(rng.integers(2**31)))
         slab.calc = EMT()
-        out.append(Data(
-            pos=torch.tensor(slab.positions, dtype=torch.float32), atomic_numbers=torch.tensor(slab.numbers),
-            cell=torch.tensor(np.array(slab.cell), dtype=torch.float32).view(1, 3, 3), natoms=len(slab),
-            energy=torch.tensor([slab.get_potential_energy()], dtype=torch.float32),
-            forces=torch.tensor(slab.get_forces(), dtype=torch.float32), tags=torch.zeros(len(slab), dtype=torch.long),
-            fixed=torch.zeros(len(slab), dtype=torch.bool),
-        ))
+        out.append(
+            Data(
+                pos=torch.tensor(slab.positions, dtype=torch.float32),
+                atomic_numbers=torch.tensor(slab.numbers),
+                cell=torch.tensor(np.array(slab.cell), dtype=torch.float32).view(1, 3, 3),
+                natoms=len(slab),
+                energy=torch.tensor([slab.get_potential_energy()], dtype=torch.float32),
+                forces=torch.tensor(slab.get_forces(), dtype=torch.float32),
+                tags=torch.zeros(len(slab), dtype=torch.long),
+                fixed=torch.zeros(len(slab), dtype=torch.bool),
+            )
+        )
     return out
 
 
 def fresh_process(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).parents[2])
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[2],
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,8 +69,18 @@ def test_a_model_outside_so2nn_trains_saves_reloads_and_runs_in_ase(tmp_path):
     torch.manual_seed(0)
     model = tiny_model.TinyModel(tiny_model.TinyConfig())
     assert isinstance(model, AtomisticModel)
-    config = TrainingConfig(max_steps=40, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=100, checkpoint_every=100,
-                            log_every=4, ema_decay=0.8, amp="bf16", element_references=True)
+    config = TrainingConfig(
+        max_steps=40,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=100,
+        checkpoint_every=100,
+        log_every=4,
+        ema_decay=0.8,
+        amp="bf16",
+        element_references=True,
+    )
     trainer = Trainer(model, train, val, config, tmp_path, progress=False)
     assert trainer.model is model and model.config.element_references is not None  # statistics given to it
     assert model.config.energy_std != 1.0
@@ -68,7 +88,17 @@ def test_a_model_outside_so2nn_trains_saves_reloads_and_runs_in_ase(tmp_path):
     trainer.fit(stop_after=20)
     assert trainer.step == 20 and not (tmp_path / "model.pt").exists()
     del trainer
-    resumed = Trainer.resume(tmp_path / "checkpoint.pt", train, val, tmp_path, progress=False)
+    # asked for with a fresh config: the statistics the run set (target_statistics_fields, here
+    # the default: the config's entries named as TargetStatistics' fields) are not compared
+    assert target_statistics_fields(tiny_model.TinyModel) == (
+        "energy_mean",
+        "energy_std",
+        "forces_std",
+        "element_references",
+    )
+    resumed = Trainer.resume(
+        tmp_path / "checkpoint.pt", train, val, tmp_path, progress=False, model_config=tiny_model.TinyConfig()
+    )
     assert isinstance(resumed.model, tiny_model.TinyModel) and resumed.ema.num_updates == 20
     metrics = resumed.fit()
     assert resumed.step == 40 and resumed.ema.num_updates == 40
@@ -84,10 +114,18 @@ def test_a_model_outside_so2nn_trains_saves_reloads_and_runs_in_ase(tmp_path):
     slab.calc = So2nnCalculator(loaded)
     energy, forces = slab.get_potential_energy(), slab.get_forces()
     batch = Batch.from_data_list(val[:1])
-    ema_out = resumed.ema.module.double().eval()(pos=batch.pos.double(), atomic_numbers=batch.atomic_numbers,
-                                                 cell=batch.cell.double(), natoms=batch.natoms)
-    out = loaded(pos=batch.pos.double(), atomic_numbers=batch.atomic_numbers, cell=batch.cell.double(),
-                 natoms=batch.natoms)
+    ema_out = resumed.ema.module.double().eval()(
+        pos=batch.pos.double(),
+        atomic_numbers=batch.atomic_numbers,
+        cell=batch.cell.double(),
+        natoms=batch.natoms,
+    )
+    out = loaded(
+        pos=batch.pos.double(),
+        atomic_numbers=batch.atomic_numbers,
+        cell=batch.cell.double(),
+        natoms=batch.natoms,
+    )
     torch.testing.assert_close(out["energy"], ema_out["energy"], rtol=1e-12, atol=1e-12)
 
     # a fresh process: the type is known once the module that defines it is imported, never before
@@ -119,4 +157,6 @@ print(json.dumps({{"energy": slab.get_potential_energy(), "forces": slab.get_for
     # conservative: the calculator's forces are -dE/dr of its energy
     from ase.calculators.fd import calculate_numerical_forces
 
-    np.testing.assert_allclose(forces[[0, 8]], calculate_numerical_forces(slab, eps=1e-4, iatoms=[0, 8]), atol=1e-6)
+    np.testing.assert_allclose(
+        forces[[0, 8]], calculate_numerical_forces(slab, eps=1e-4, iatoms=[0, 8]), atol=1e-6
+    )

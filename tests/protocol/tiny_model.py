@@ -59,12 +59,27 @@ class TinyModel(nn.Module):
         self.edge_degree = EdgeDegreeEmbedding(layout, channels=c.channels, edge_channels_list=edge_channels,
                                                max_num_elements=None, rescale_factor=4.0)
         self.attention = EquivariantGraphAttention(
-            layout, sphere_channels=c.channels, hidden_channels=c.channels, num_heads=2, attn_alpha_channels=4,
-            attn_value_channels=4, output_channels=c.channels, edge_channels_list=edge_channels,
-            activation="gate", grid_resolution=None, recompute=False,
+            layout,
+            sphere_channels=c.channels,
+            hidden_channels=c.channels,
+            num_heads=2,
+            attn_alpha_channels=4,
+            attn_value_channels=4,
+            output_channels=c.channels,
+            edge_channels_list=edge_channels,
+            activation="gate",
+            grid_resolution=None,
+            recompute=False,
         )
-        self.readout = FeedForwardNetwork(layout, sphere_channels=c.channels, hidden_channels=c.channels,
-                                          output_channels=1, activation="gate", grid_mlp=False, grid_resolution=None)
+        self.readout = FeedForwardNetwork(
+            layout,
+            sphere_channels=c.channels,
+            hidden_channels=c.channels,
+            output_channels=1,
+            activation="gate",
+            grid_mlp=False,
+            grid_resolution=None,
+        )
 
     @classmethod
     def from_config(cls, config: TinyConfig) -> TinyModel:
@@ -80,14 +95,24 @@ class TinyModel(nn.Module):
         return TargetStatistics(c.energy_mean, c.energy_std, c.forces_std, c.element_references)
 
     def with_target_statistics(self, stats: TargetStatistics) -> TinyModel:
-        self.config = self.config.replace(energy_mean=stats.energy_mean, energy_std=stats.energy_std,
-                                          forces_std=stats.forces_std, element_references=stats.element_references)
+        self.config = self.config.replace(
+            energy_mean=stats.energy_mean,
+            energy_std=stats.energy_std,
+            forces_std=stats.forces_std,
+            element_references=stats.element_references,
+        )
         return self
 
     def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:
         cell = inputs.cell if inputs.periodic else None
-        return radius_graph(inputs.pos.detach(), self.config.max_radius, cell, inputs.pbc if inputs.periodic else None,
-                            inputs.batch, self.config.max_neighbors)
+        return radius_graph(
+            inputs.pos.detach(),
+            self.config.max_radius,
+            cell,
+            inputs.pbc if inputs.periodic else None,
+            inputs.batch,
+            self.config.max_neighbors,
+        )
 
     def forward(self, data=None, **fields) -> dict[str, torch.Tensor]:
         c = self.config
@@ -97,8 +122,13 @@ class TinyModel(nn.Module):
         pos = inputs.pos if inputs.pos.requires_grad else inputs.pos.detach().requires_grad_(True)
         numbers, edge_index, batch = inputs.atomic_numbers, inputs.edge_index, inputs.batch
         with torch.enable_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
-            vec = edge_vectors(pos, edge_index, inputs.cell_offsets if inputs.periodic else None,
-                               inputs.cell if inputs.periodic else None, batch)
+            vec = edge_vectors(
+                pos,
+                edge_index,
+                inputs.cell_offsets if inputs.periodic else None,
+                inputs.cell if inputs.periodic else None,
+                batch,
+            )
             rotation = EdgeRotation(self.layout, vec)
             edge_features = self.basis(vec.norm(dim=1))
             x = self.edge_degree(edge_features, numbers, edge_index, rotation, pos.shape[0])
@@ -106,11 +136,16 @@ class TinyModel(nn.Module):
             x = x + self.attention(x, edge_features, numbers, edge_index, rotation)
             node_energy = self.readout(x)[:, 0, 0] * c.energy_std
             if c.element_references is not None:
-                node_energy = node_energy + torch.tensor(c.element_references, dtype=node_energy.dtype,
-                                                         device=pos.device)[numbers]
-            energy = node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) + c.energy_mean
-            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training, allow_unused=True,
-                                          materialize_grads=True)
+                node_energy = (
+                    node_energy
+                    + torch.tensor(c.element_references, dtype=node_energy.dtype, device=pos.device)[numbers]
+                )
+            energy = (
+                node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) + c.energy_mean
+            )
+            (grad,) = torch.autograd.grad(
+                energy.sum(), pos, create_graph=self.training, allow_unused=True, materialize_grads=True
+            )
         if not self.training:
             energy = energy.detach()
         return {"energy": energy, "forces": -grad}

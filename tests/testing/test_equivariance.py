@@ -113,10 +113,8 @@ def test_conservative_model():
     from so2nn.models import EquiformerV2, EquiformerV2Config
 
     torch.manual_seed(0)
-    config = EquiformerV2Config(num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-                                attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-                                num_distance_basis=16, lmax=2, mmax=1, activation="gate", use_grid_mlp=False,
-                                direct_forces=False, max_num_elements=10)
+    config = EquiformerV2Config.tiny(max_radius=12.0, activation="gate", use_grid_mlp=False, direct_forces=False,
+                                     max_num_elements=10)
     model = EquiformerV2(config).double().eval()
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.1, 0.2, -0.1], [-0.3, 1.0, 0.4], [0.5, -0.6, 0.9]], dtype=torch.float64)
     numbers = torch.tensor([6, 8, 1, 1])

@@ -40,10 +40,24 @@ def emt_data():
 @pytest.fixture
 def tiny_model_config():
     return EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=16, attn_hidden_channels=16, num_heads=2, attn_alpha_channels=8,
-        attn_value_channels=4, ffn_hidden_channels=16, edge_channels=16, num_distance_basis=32, max_radius=5.0,
-        max_neighbors=12, alpha_drop=0.1, drop_path_rate=0.1, grid_resolution=None,
+        lmax=2,
+        mmax=1,
+        num_layers=1,
+        sphere_channels=16,
+        attn_hidden_channels=16,
+        num_heads=2,
+        attn_alpha_channels=8,
+        attn_value_channels=4,
+        ffn_hidden_channels=16,
+        edge_channels=16,
+        num_distance_basis=32,
+        max_radius=5.0,
+        max_neighbors=12,
+        alpha_drop=0.1,
+        drop_path_rate=0.1,
+        grid_resolution=None,
     )
+
 
 # stress_model.py registers its model type on import: imported once, as `stress_model`.
 collect_ignore = ["stress_model.py"]

@@ -7,7 +7,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import emt_frames  # noqa: E402
-
 from so2nn.models import EquiformerV2Config  # noqa: E402
 from so2nn.training import Trainer, TrainingConfig  # noqa: E402
 
@@ -15,17 +14,23 @@ from so2nn.training import Trainer, TrainingConfig  # noqa: E402
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
-    model_config = EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
-        attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8, num_distance_basis=16, max_radius=5.0,
-        max_neighbors=12, grid_resolution=None,
+    model_config = EquiformerV2Config.tiny(
+        max_neighbors=12, grid_resolution=None, alpha_drop=0.1, drop_path_rate=0.05
     )
-    config = TrainingConfig(max_steps=6, batch_size=2, lr=1e-3, warmup_steps=1, eval_every=3, checkpoint_every=3, log_every=1)
+    config = TrainingConfig(
+        max_steps=6, batch_size=2, lr=1e-3, warmup_steps=1, eval_every=3, checkpoint_every=3, log_every=1
+    )
     trainer = Trainer(model_config, emt_frames(12, 0), emt_frames(5, 1), config, out, progress=False)
     metrics = trainer.fit()
     rank = trainer.dist.rank
-    torch.save({"params": [p.detach() for p in trainer.model.parameters()], "metrics": metrics,
-                "world_size": trainer.dist.world_size}, out / f"rank{rank}.pt")
+    torch.save(
+        {
+            "params": [p.detach() for p in trainer.model.parameters()],
+            "metrics": metrics,
+            "world_size": trainer.dist.world_size,
+        },
+        out / f"rank{rank}.pt",
+    )
     trainer.close()
 
 

@@ -69,14 +69,24 @@ class StressEAM(nn.Module):
         return TargetStatistics(c.energy_mean, c.energy_std, c.forces_std, c.element_references)
 
     def with_target_statistics(self, stats: TargetStatistics) -> StressEAM:
-        self.config = self.config.replace(energy_mean=stats.energy_mean, energy_std=stats.energy_std,
-                                          forces_std=stats.forces_std, element_references=stats.element_references)
+        self.config = self.config.replace(
+            energy_mean=stats.energy_mean,
+            energy_std=stats.energy_std,
+            forces_std=stats.forces_std,
+            element_references=stats.element_references,
+        )
         return self
 
     def build_graph(self, inputs: AtomicInputs) -> tuple[torch.Tensor, torch.Tensor]:
         cell = inputs.cell if inputs.periodic else None
-        return radius_graph(inputs.pos.detach(), self.config.max_radius, cell, inputs.pbc if inputs.periodic else None,
-                            inputs.batch, self.config.max_neighbors)
+        return radius_graph(
+            inputs.pos.detach(),
+            self.config.max_radius,
+            cell,
+            inputs.pbc if inputs.periodic else None,
+            inputs.batch,
+            self.config.max_neighbors,
+        )
 
     def forward(self, data=None, **fields) -> dict[str, torch.Tensor]:
         c = self.config
@@ -89,26 +99,35 @@ class StressEAM(nn.Module):
         with torch.enable_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
             cell, strained, wrt = inputs.cell if inputs.periodic else None, pos, [pos]
             if with_stress:
-                strain = torch.zeros(inputs.num_systems, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
+                strain = torch.zeros(
+                    inputs.num_systems, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True
+                )
                 symmetric = (strain + strain.transpose(1, 2)) / 2
                 strained = pos + torch.einsum("ni,nij->nj", pos, symmetric[batch])
                 cell = cell + cell @ symmetric
                 wrt.append(strain)
-            vec = edge_vectors(strained, inputs.edge_index, inputs.cell_offsets if inputs.periodic else None,
-                               cell, batch)
+            vec = edge_vectors(
+                strained, inputs.edge_index, inputs.cell_offsets if inputs.periodic else None, cell, batch
+            )
             r = vec.norm(dim=1)
             envelope = 0.5 * (torch.cos(math.pi * r / c.max_radius) + 1.0) * (r < c.max_radius)
             basis = torch.exp(-((r[:, None] - self.centres) ** 2) / 0.5) * envelope[:, None]  # [E, K]
             weights = self.density_weights(numbers[src]).view(-1, c.num_basis, c.channels)
             density = pos.new_zeros(pos.shape[0], c.channels).index_add(
-                0, dst, torch.einsum("ek,ekc->ec", basis, weights))
+                0, dst, torch.einsum("ek,ekc->ec", basis, weights)
+            )
             node_energy = self.mlp(torch.cat([density, self.embedding(numbers)], dim=1))[:, 0] * c.energy_std
             if c.element_references is not None:
-                node_energy = node_energy + torch.tensor(c.element_references, dtype=node_energy.dtype,
-                                                         device=pos.device)[numbers]
-            energy = node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) + c.energy_mean
-            grads = torch.autograd.grad(energy.sum(), wrt, create_graph=self.training, materialize_grads=True,
-                                        allow_unused=True)
+                node_energy = (
+                    node_energy
+                    + torch.tensor(c.element_references, dtype=node_energy.dtype, device=pos.device)[numbers]
+                )
+            energy = (
+                node_energy.new_zeros(inputs.num_systems).index_add(0, batch, node_energy) + c.energy_mean
+            )
+            grads = torch.autograd.grad(
+                energy.sum(), wrt, create_graph=self.training, materialize_grads=True, allow_unused=True
+            )
         out = {"energy": energy if self.training else energy.detach(), "forces": -grads[0]}
         if c.stress:
             if not with_stress:

@@ -29,13 +29,35 @@ def pretrained(tmp_path_factory, emt_data):
     from so2nn.models import EquiformerV2Config
 
     config = EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=16, attn_hidden_channels=16, num_heads=2, attn_alpha_channels=8,
-        attn_value_channels=4, ffn_hidden_channels=16, edge_channels=16, num_distance_basis=32, max_radius=5.0,
-        max_neighbors=12, alpha_drop=0.0, drop_path_rate=0.0, grid_resolution=None)
+        lmax=2,
+        mmax=1,
+        num_layers=1,
+        sphere_channels=16,
+        attn_hidden_channels=16,
+        num_heads=2,
+        attn_alpha_channels=8,
+        attn_value_channels=4,
+        ffn_hidden_channels=16,
+        edge_channels=16,
+        num_distance_basis=32,
+        max_radius=5.0,
+        max_neighbors=12,
+        alpha_drop=0.0,
+        drop_path_rate=0.0,
+        grid_resolution=None,
+    )
     out = tmp_path_factory.mktemp("pretrained")
     train, val = emt_data
-    recipe = TrainingConfig(max_steps=60, batch_size=4, lr=2e-3, warmup_steps=4, eval_every=1000, checkpoint_every=1000,
-                            log_every=60, element_references=True)
+    recipe = TrainingConfig(
+        max_steps=60,
+        batch_size=4,
+        lr=2e-3,
+        warmup_steps=4,
+        eval_every=1000,
+        checkpoint_every=1000,
+        log_every=60,
+        element_references=True,
+    )
     trainer = Trainer(config, train, val, recipe, out, progress=False)
     trainer.fit()
     return out / "model.pt"
@@ -47,8 +69,15 @@ def new_data():
 
 
 def _recipe(**changes):
-    recipe = {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "warmup_steps": 0, "eval_every": 1000,
-              "checkpoint_every": 1000, "log_every": 1}
+    recipe = {
+        "max_steps": 3,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "warmup_steps": 0,
+        "eval_every": 1000,
+        "checkpoint_every": 1000,
+        "log_every": 1,
+    }
     return TrainingConfig(**{**recipe, **changes})
 
 
@@ -61,8 +90,9 @@ def test_starts_from_the_weights_fresh_optimiser_and_records_its_source(pretrain
     assert all(torch.equal(own[k], v) for k, v in source.state_dict().items() if k != "energy_lin_ref")
     assert trainer.step == 0 and not trainer.optimizer.state
     start = trainer.evaluate()
-    fresh = Trainer(source.config, train, val, _recipe(element_references=True), tmp_path / "fresh",
-                    progress=False).evaluate()
+    fresh = Trainer(
+        source.config, train, val, _recipe(element_references=True), tmp_path / "fresh", progress=False
+    ).evaluate()
     assert start["forces_mae"] < 0.5 * fresh["forces_mae"], (start, fresh)  # measured: 0.62 vs 1.63 eV/A
     trainer.fit()
     record = torch.load(tmp_path / "ft" / "model.pt", weights_only=False)["finetune"]
@@ -77,7 +107,9 @@ def test_starts_from_the_weights_fresh_optimiser_and_records_its_source(pretrain
     # model.pt loads like any other and carries the statistics the run used
     model = EquiformerV2.from_checkpoint(tmp_path / "ft" / "model.pt").eval()
     assert model.config.energy_mean == used["energy_mean"]
-    torch.testing.assert_close(model(Batch.from_data_list(val))["energy"], trainer.predictions()["energy_pred"])
+    torch.testing.assert_close(
+        model(Batch.from_data_list(val))["energy"], trainer.predictions()["energy_pred"]
+    )
 
 
 def test_frozen_backbone_changes_the_heads_only(new_data, tmp_path):
@@ -85,8 +117,9 @@ def test_frozen_backbone_changes_the_heads_only(new_data, tmp_path):
     path = tmp_path / "fairchem.pt"
     torch.save(fairchem, path)
     train, val = new_data
-    trainer = Trainer.from_pretrained(path, train, val, _recipe(freeze_backbone=True), tmp_path / "ft", progress=False,
-                                      refit="all")
+    trainer = Trainer.from_pretrained(
+        path, train, val, _recipe(freeze_backbone=True), tmp_path / "ft", progress=False, refit="all"
+    )
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
     after = trainer.model.state_dict()
@@ -95,12 +128,16 @@ def test_frozen_backbone_changes_the_heads_only(new_data, tmp_path):
     record = trainer.finetune
     assert record["frozen"] == ["backbone"] and record["source"]["format"] == "fairchem"
     assert record["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert trainer.model.config.energy_std == record["statistics"]["training_set"]["energy_std"]  # refit="all"
+    assert (
+        trainer.model.config.energy_std == record["statistics"]["training_set"]["energy_std"]
+    )  # refit="all"
 
 
 def test_backbone_learning_rate_group(pretrained, new_data, tmp_path):
     train, val = new_data
-    trainer = Trainer.from_pretrained(pretrained, train, val, _recipe(backbone_lr_factor=0.1), tmp_path, progress=False)
+    trainer = Trainer.from_pretrained(
+        pretrained, train, val, _recipe(backbone_lr_factor=0.1), tmp_path, progress=False
+    )
     heads, backbone = trainer.optimizer.param_groups
     assert (heads["name"], backbone["name"]) == ("heads", "backbone")
     assert backbone["lr"] == pytest.approx(0.1 * heads["lr"])
@@ -162,7 +199,9 @@ def test_resume_of_a_fine_tuning_run_repeats_it(pretrained, new_data, tmp_path):
     whole.fit()
     first = Trainer.from_pretrained(pretrained, train, val, recipe, tmp_path / "split", progress=False)
     first.fit(stop_after=3)
-    resumed = Trainer.resume(tmp_path / "split" / "checkpoint.pt", train, val, tmp_path / "split", progress=False)
+    resumed = Trainer.resume(
+        tmp_path / "split" / "checkpoint.pt", train, val, tmp_path / "split", progress=False
+    )
     assert resumed.finetune == first.finetune
     resumed.fit()
     for key, value in whole.model.state_dict().items():
@@ -188,8 +227,15 @@ def cu_slabs(count: int, seed: int) -> list[Data]:
 @pytest.fixture(scope="module")
 def cu_bulk(tmp_path_factory):
     """Strained and rattled bulk Cu (primitive 8-atom cells) with EMT's stress: 16 + 12 frames."""
-    train, val = make_bulk_dataset(tmp_path_factory.mktemp("bulk"), train_systems=4, val_systems=3,
-                                   frames_per_system=4, seed=0, metals=["Cu"], cells=["primitive-2x2x2"])
+    train, val = make_bulk_dataset(
+        tmp_path_factory.mktemp("bulk"),
+        train_systems=4,
+        val_systems=3,
+        frames_per_system=4,
+        seed=0,
+        metals=["Cu"],
+        cells=["primitive-2x2x2"],
+    )
     return LmdbDataset(train), LmdbDataset(val)
 
 
@@ -210,18 +256,45 @@ def test_a_slab_model_fine_tuned_on_bulk_beats_training_from_scratch(tmp_path, c
     14.3 / 18.7 / 14.0 meV/A^3.
     """
     config = EquiformerV2Config(
-        lmax=2, mmax=1, num_layers=1, sphere_channels=16, attn_hidden_channels=16, num_heads=2, attn_alpha_channels=8,
-        attn_value_channels=4, ffn_hidden_channels=16, edge_channels=16, num_distance_basis=32, max_radius=5.0,
-        max_neighbors=12, alpha_drop=0.0, drop_path_rate=0.0, grid_resolution=None, direct_forces=False)
-    quiet = {"eval_every": 10**6, "checkpoint_every": 10**6, "log_every": 10**6, "element_references": True, "seed": 0}
-    slab = Trainer(config, cu_slabs(64, seed=100), cu_slabs(8, seed=200),
-                   TrainingConfig(max_steps=200, batch_size=4, lr=7e-3, warmup_steps=10, **quiet), tmp_path / "slab",
-                   progress=False)
+        lmax=2,
+        mmax=1,
+        num_layers=1,
+        sphere_channels=16,
+        attn_hidden_channels=16,
+        num_heads=2,
+        attn_alpha_channels=8,
+        attn_value_channels=4,
+        ffn_hidden_channels=16,
+        edge_channels=16,
+        num_distance_basis=32,
+        max_radius=5.0,
+        max_neighbors=12,
+        alpha_drop=0.0,
+        drop_path_rate=0.0,
+        grid_resolution=None,
+        direct_forces=False,
+    )
+    quiet = {
+        "eval_every": 10**6,
+        "checkpoint_every": 10**6,
+        "log_every": 10**6,
+        "element_references": True,
+        "seed": 0,
+    }
+    slab = Trainer(
+        config,
+        cu_slabs(64, seed=100),
+        cu_slabs(8, seed=200),
+        TrainingConfig(max_steps=200, batch_size=4, lr=7e-3, warmup_steps=10, **quiet),
+        tmp_path / "slab",
+        progress=False,
+    )
     slab.fit()
     train, val = cu_bulk
     recipe = TrainingConfig(max_steps=40, batch_size=4, lr=2e-3, warmup_steps=10, **quiet)
-    fine = Trainer.from_pretrained(tmp_path / "slab" / "model.pt", train, val, recipe, tmp_path / "fine",
-                                   progress=False)
+    fine = Trainer.from_pretrained(
+        tmp_path / "slab" / "model.pt", train, val, recipe, tmp_path / "fine", progress=False
+    )
     scratch = Trainer(config, train, val, recipe, tmp_path / "scratch", progress=False)
     assert fine.use_stress and scratch.use_stress  # both fit the stress, a strain derivative of the energy
     # the fresh model: the scratch run at step 0 (the same architecture, seed and statistics)

@@ -8,7 +8,11 @@ from so2nn.training import ExponentialMovingAverage, S2EFMetrics, TrainingConfig
 
 def test_warmup_cosine_shape():
     factors = [warmup_cosine(step, 100, 10, 0.2, 0.01) for step in range(101)]
-    assert factors[0] == pytest.approx(0.2) and factors[5] == pytest.approx(0.6) and factors[10] == pytest.approx(1.0)
+    assert (
+        factors[0] == pytest.approx(0.2)
+        and factors[5] == pytest.approx(0.6)
+        and factors[10] == pytest.approx(1.0)
+    )
     assert all(a >= b for a, b in zip(factors[10:], factors[11:])), "cosine decay must not increase"
     assert factors[55] == pytest.approx(0.01 + 0.5 * 0.99 * (1 + math.cos(math.pi * 0.5)))
     assert factors[100] == pytest.approx(0.01)
@@ -51,7 +55,9 @@ def test_s2ef_metrics_by_hand():
     assert r["forces_mae_zero_baseline"] == pytest.approx(4.0 / 9)
     # free atoms only: the third atom fixed -> forces metrics over the first two
     m = S2EFMetrics()
-    m.update(energy_pred, energy_true, forces_pred, forces_true, batch, mask=torch.tensor([True, True, False]))
+    m.update(
+        energy_pred, energy_true, forces_pred, forces_true, batch, mask=torch.tensor([True, True, False])
+    )
     assert m.compute()["forces_mae"] == pytest.approx(0.02 / 6)
 
 

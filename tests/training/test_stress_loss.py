@@ -38,12 +38,23 @@ def set_terms(trainer, dataset):
 @pytest.mark.parametrize("stress_loss", ["decomposed", "plain"])
 def test_the_stress_loss_falls_on_the_bulk_data(bulk, tmp_path, stress_loss):
     train, val = bulk
-    config = TrainingConfig(max_steps=40, batch_size=4, lr=2e-2, warmup_steps=0, eval_every=40,
-                            checkpoint_every=40, ema_decay=0.5, element_references=True, stress_loss=stress_loss)
+    config = TrainingConfig(
+        max_steps=40,
+        batch_size=4,
+        lr=2e-2,
+        warmup_steps=0,
+        eval_every=40,
+        checkpoint_every=40,
+        ema_decay=0.5,
+        element_references=True,
+        stress_loss=stress_loss,
+    )
     trainer = Trainer(eam(), train, val, config, tmp_path, progress=False)
     assert trainer.use_stress
     assert trainer.stress_std == pytest.approx(target_statistics(train)["stress_std"])
-    names = ["stress_loss"] if stress_loss == "plain" else ["stress_isotropic_loss", "stress_anisotropic_loss"]
+    names = (
+        ["stress_loss"] if stress_loss == "plain" else ["stress_isotropic_loss", "stress_anisotropic_loss"]
+    )
     before = set_terms(trainer, train)
     assert sorted(before) == sorted(["energy_loss", "force_loss", *names])
     first = trainer.evaluate()
@@ -64,33 +75,58 @@ def test_the_stress_loss_falls_on_the_bulk_data(bulk, tmp_path, stress_loss):
 def test_stress_loss_by_hand(bulk, tmp_path):
     """The decomposed terms: MAE of tr/3 and of the traceless part, over the training std."""
     train, val = bulk
-    trainer = Trainer(eam(), train, val, TrainingConfig(batch_size=4, stress_isotropic_coefficient=2.0,
-                      stress_anisotropic_coefficient=3.0), tmp_path, progress=False)
+    trainer = Trainer(
+        eam(),
+        train,
+        val,
+        TrainingConfig(batch_size=4, stress_isotropic_coefficient=2.0, stress_anisotropic_coefficient=3.0),
+        tmp_path,
+        progress=False,
+    )
     batch = Batch.from_data_list(list(train)[:4])
     out = trainer.model.eval()(batch)
     loss, terms = trainer._loss(out, batch)
     pred, true = out["stress"].double(), batch.stress.double()
     iso = (pred.diagonal(dim1=1, dim2=2).sum(-1) - true.diagonal(dim1=1, dim2=2).sum(-1)).abs() / 3
-    diff = pred - true - torch.diag_embed((pred - true).diagonal(dim1=1, dim2=2).sum(-1, keepdim=True).expand(-1, 3) / 3)
-    assert float(terms["stress_isotropic_loss"]) == pytest.approx(float(iso.mean()) / trainer.stress_std, rel=1e-5)
-    assert float(terms["stress_anisotropic_loss"]) == pytest.approx(float(diff.abs().mean()) / trainer.stress_std,
-                                                                    rel=1e-5)
-    expected = (4.0 * terms["energy_loss"] + 100.0 * terms["force_loss"] + 2.0 * terms["stress_isotropic_loss"]
-                + 3.0 * terms["stress_anisotropic_loss"])
+    diff = (
+        pred
+        - true
+        - torch.diag_embed((pred - true).diagonal(dim1=1, dim2=2).sum(-1, keepdim=True).expand(-1, 3) / 3)
+    )
+    assert float(terms["stress_isotropic_loss"]) == pytest.approx(
+        float(iso.mean()) / trainer.stress_std, rel=1e-5
+    )
+    assert float(terms["stress_anisotropic_loss"]) == pytest.approx(
+        float(diff.abs().mean()) / trainer.stress_std, rel=1e-5
+    )
+    expected = (
+        4.0 * terms["energy_loss"]
+        + 100.0 * terms["force_loss"]
+        + 2.0 * terms["stress_isotropic_loss"]
+        + 3.0 * terms["stress_anisotropic_loss"]
+    )
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_data_with_stress_and_a_model_without(bulk, tmp_path):
     train, val = bulk
     with pytest.warns(UserWarning, match="the training data has stress but the model does not output it"):
-        trainer = Trainer(eam(stress=False), train, val, TrainingConfig(batch_size=4), tmp_path,
-                          progress=False)
+        trainer = Trainer(
+            eam(stress=False), train, val, TrainingConfig(batch_size=4), tmp_path, progress=False
+        )
     assert not trainer.use_stress
     assert sorted(trainer.train_step(Batch.from_data_list(list(train)[:4]))) == sorted(
-        ["loss", "energy_loss", "force_loss", "grad_norm", "lr", "atoms"])
+        ["loss", "energy_loss", "force_loss", "grad_norm", "lr", "atoms"]
+    )
     with pytest.raises(ValueError, match="a stress coefficient is set but the model has no stress"):
-        Trainer(eam(stress=False), train, val, TrainingConfig(batch_size=4, stress_coefficient=1.0,
-                stress_loss="plain"), tmp_path, progress=False)
+        Trainer(
+            eam(stress=False),
+            train,
+            val,
+            TrainingConfig(batch_size=4, stress_coefficient=1.0, stress_loss="plain"),
+            tmp_path,
+            progress=False,
+        )
 
 
 def test_a_stress_model_on_data_without_stress(emt_data, tmp_path):
@@ -98,8 +134,14 @@ def test_a_stress_model_on_data_without_stress(emt_data, tmp_path):
     trainer = Trainer(eam(), train, val, TrainingConfig(batch_size=4), tmp_path, progress=False)
     assert not trainer.use_stress and trainer.stress_std is None
     with pytest.raises(ValueError, match="a stress coefficient is set but the training data has no stress"):
-        Trainer(eam(), train, val, TrainingConfig(batch_size=4, stress_isotropic_coefficient=1.0),
-                tmp_path, progress=False)
+        Trainer(
+            eam(),
+            train,
+            val,
+            TrainingConfig(batch_size=4, stress_isotropic_coefficient=1.0),
+            tmp_path,
+            progress=False,
+        )
 
 
 def test_bad_stress_settings_and_mixed_data(bulk, emt_data):
@@ -131,7 +173,10 @@ def test_the_test_models_stress_is_its_strain_derivative(bulk):
             energies = []
             for sign in (1.0, -1.0):
                 moved = batch.clone()
-                moved.pos, moved.cell = batch.pos @ (torch.eye(3) + sign * strain), batch.cell @ (torch.eye(3) + sign * strain)
+                moved.pos, moved.cell = (
+                    batch.pos @ (torch.eye(3) + sign * strain),
+                    batch.cell @ (torch.eye(3) + sign * strain),
+                )
                 energies.append(float(model(moved)["energy"][0]))
             numeric[i, j] = (energies[0] - energies[1]) / (2e-5 * volume)
     torch.testing.assert_close(stress, numeric, rtol=1e-5, atol=1e-9)

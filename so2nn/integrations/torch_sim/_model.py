@@ -60,10 +60,7 @@ class TorchSimModel(ModelInterface):
         >>> import torch_sim as ts
         >>> from ase.build import bulk, molecule
         >>> from so2nn.models import EquiformerV2, EquiformerV2Config
-        >>> model = EquiformerV2(EquiformerV2Config(
-        ...     lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-        ...     attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        ...     num_distance_basis=16, max_radius=4.0))
+        >>> model = EquiformerV2(EquiformerV2Config.tiny(max_radius=4.0))
         >>> sim_model = TorchSimModel(model, dtype=torch.float64)
         >>> state = ts.io.atoms_to_state([bulk("Cu", cubic=True), bulk("Al", cubic=True) * (2, 1, 1)],
         ...                              sim_model.device, sim_model.dtype)

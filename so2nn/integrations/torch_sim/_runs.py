@@ -101,10 +101,7 @@ def relax_batch(
     Example:
         >>> from ase.build import fcc111, add_adsorbate
         >>> from so2nn.models import EquiformerV2, EquiformerV2Config
-        >>> model = EquiformerV2(EquiformerV2Config(
-        ...     lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-        ...     attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        ...     num_distance_basis=16, max_radius=4.0))
+        >>> model = EquiformerV2(EquiformerV2Config.tiny(max_radius=4.0))
         >>> slabs = [fcc111(metal, size=(2, 2, 2), vacuum=5.0, periodic=True) for metal in ("Cu", "Pt")]
         >>> for slab in slabs:
         ...     add_adsorbate(slab, "O", 1.5, "fcc")
@@ -287,10 +284,7 @@ def run_md(
     Example:
         >>> from ase.build import molecule
         >>> from so2nn.models import EquiformerV2, EquiformerV2Config
-        >>> model = EquiformerV2(EquiformerV2Config(
-        ...     lmax=2, mmax=1, num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
-        ...     attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
-        ...     num_distance_basis=16, max_radius=6.0, direct_forces=False))
+        >>> model = EquiformerV2(EquiformerV2Config.tiny(max_radius=6.0, direct_forces=False))
         >>> run = run_md(TorchSimModel(model, dtype=torch.float64), [molecule("H2O"), molecule("CH4")],
         ...              steps=4, timestep_fs=0.5, temperature_K=300.0)
         >>> run.potential_energy.shape, run.time_fs.tolist()
