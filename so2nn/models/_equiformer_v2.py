@@ -390,7 +390,7 @@ class EquiformerV2(nn.Module):
                 if not pos.requires_grad:
                     pos = r = pos.detach().requires_grad_(True)
                 if cell is not None:  # a zero symmetric strain of positions and cell: dE/d(strain) = V stress
-                    strain = pos.new_zeros(inputs.num_systems, 3, 3, requires_grad=True)
+                    strain = pos.new_zeros(inputs.num_systems, 3, 3).requires_grad_(True)  # (not requires_grad=True: compiled, that leaf gets no gradient)
                     r, cell = apply_strain(pos, cell, strain, batch)
             # 1. edge geometry
             vec = edge_vectors(r, edge_index, inputs.cell_offsets if cell is not None else None, cell, batch)
