@@ -22,7 +22,7 @@ from ._finetune import (
 )
 from ._metrics import S2EFMetrics, decompose_stress
 from ._predict import evaluate_model, write_predictions
-from ._provenance import data_fingerprint, fingerprint_differences
+from ._provenance import data_fingerprint, fingerprint_differences, recorded_split
 from ._schedule import warmup_cosine
 from ._trainer import DEFAULT_STRESS_COEFFICIENT, RESUMABLE, Trainer, TrainingConfig
 
@@ -41,6 +41,7 @@ __all__ = [
     "evaluate_model",
     "fingerprint_differences",
     "pretrained_model",
+    "recorded_split",
     "referenced_statistics",
     "referencing_table",
     "warmup_cosine",
