@@ -295,7 +295,7 @@ class AseFileDataset(ShardedDataset):
         if value is None:
             if not required:
                 return None
-            present = sorted(k for k in store if k not in ("numbers", "positions")) + sorted(results)
+            present = [*atoms.info, *(k for k in atoms.arrays if k not in ("numbers", "positions")), *results]
             hint = f" (the frame has: {', '.join(present)})" if present else " (the frame has no targets)"
             what = f"no {target} key ('{key}')" if key is not None else f"no {target}"
             raise DataFormatError(f"{where}: {what} in {source}{hint}")
