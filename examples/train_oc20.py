@@ -75,8 +75,8 @@ from so2nn.data import ValidationSplit, open_dataset
 from so2nn.data.emt import make_bulk_dataset, make_dataset
 from so2nn.models import PRESETS, EquiformerV2Config, load_model, preset
 from so2nn.models._checkpoint import load_checkpoint
-from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model, recorded_split,
-                            referencing_table, write_predictions)
+from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model,
+                            recorded_split, referencing_table, write_predictions)
 
 # Not a released model: a small EquiformerV2 (same architecture, fewer and narrower layers,
 # lmax 2) that learns the embedded EMT data on a laptop CPU in minutes.
@@ -111,11 +111,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = p.add_argument_group("data")
     data.add_argument("--data", type=Path, help="training data: S2EF LMDB file or directory of shards, extxyz+txt "
                       "directory, ASE database, or any file ASE reads (extxyz, .traj, vasprun.xml, OUTCAR; a "
-                      "directory or a quoted glob of them) (default: the embedded EMT dataset, generated once)")
+                      "directory or a quoted glob of them) (default: the embedded EMT dataset, generated "
+                      "once)")
     data.add_argument("--val-data", type=Path, help="validation data, same formats (with --data: this or "
                       "--valid-fraction)")
     data.add_argument("--valid-fraction", type=float, metavar="F", help="hold out this fraction of --data "
-                      "(drawn with --seed) for validation; recorded in the checkpoint, so --resume uses the same")
+                      "(drawn with --seed) for validation; recorded in the checkpoint, so --resume uses the "
+                      "same")
     for target, where in (("energy", "atoms.info"), ("forces", "atoms.arrays"), ("stress", "atoms.info"),
                           ("virial", "atoms.info")):
         data.add_argument(f"--{target}-key", metavar="KEY", help=f"files read through ASE: the {target} is "
@@ -217,7 +219,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.data is not None and (args.val_data is None) == (args.valid_fraction is None):
         p.error("--data needs --val-data or --valid-fraction (one of them)")
     if args.valid_fraction is not None and (args.data is None or args.evaluate or args.predict):
-        p.error("--valid-fraction splits --data for training: give it with --data, without --evaluate/--predict")
+        p.error("--valid-fraction splits --data for training: give it with --data, without "
+                "--evaluate/--predict")
     if args.init is not None and (args.preset is not None or args.conservative_forces):
         p.error("--init takes the checkpoint's architecture: no --preset, --tiny or --conservative-forces")
     if args.init is None and (args.freeze_backbone or args.reinit_head or args.refit != "references"):
@@ -285,7 +288,8 @@ def datasets(args):
         train_path, val_path = embedded_paths(args)
         train, val = open_dataset(train_path), open_dataset(val_path)
     elif args.valid_fraction is None:
-        train, val = open_dataset(args.data, **data_options(args)), open_dataset(args.val_data, **data_options(args))
+        options = data_options(args)
+        train, val = open_dataset(args.data, **options), open_dataset(args.val_data, **options)
     else:
         train, val = split(args, open_dataset(args.data, **data_options(args)))
     if args.val_subset is not None:

@@ -91,11 +91,13 @@ def write_vasprun(path, frames) -> Path:
              '<kpoints><varray name="kpointlist"><v>0 0 0</v></varray>'
              '<varray name="weights"><v>1.0</v></varray></kpoints>',
              '<parameters><i name="PSTRESS">0.0</i></parameters>',
-             f'<atominfo><atoms>{len(first)}</atoms><array name="atoms"><set>{species}</set></array></atominfo>',
+             f'<atominfo><atoms>{len(first)}</atoms>'
+             f'<array name="atoms"><set>{species}</set></array></atominfo>',
              _structure(first, "initialpos")]
     for atoms in frames:
         results = atoms.calc.results
-        energy = f'<i name="e_fr_energy">{results["energy"]:.10f}</i><i name="e_0_energy">{results["energy"]:.10f}</i>'
+        energy = (f'<i name="e_fr_energy">{results["energy"]:.10f}</i>'
+                  f'<i name="e_0_energy">{results["energy"]:.10f}</i>')
         voigt = np.asarray(results["stress"])
         xx, yy, zz, yz, xz, xy = voigt
         stress_kbar = -np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]) / (0.1 * GPa)

@@ -1,4 +1,4 @@
-r"""Any file that ASE reads, as S2EF data: extxyz, ASE trajectories, VASP's ``vasprun.xml`` and ``OUTCAR``, ...
+r"""Any file that ASE reads, as S2EF data: extxyz, ASE trajectories, VASP's ``vasprun.xml``, ``OUTCAR``, ...
 
 The targets of a frame are found by key, as MACE names them: an energy and a stress (or a
 virial) in ``atoms.info``, forces in ``atoms.arrays``, each under the key the user gives
@@ -159,7 +159,8 @@ class AseFileDataset(ShardedDataset):
                 raise DataFormatError("no data files given")
         self.keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key}
         if stress_key is not None and virial_key is not None:
-            raise DataFormatError(f"give a stress key or a virial key, not both ({stress_key!r}, {virial_key!r})")
+            raise DataFormatError(f"give a stress key or a virial key, not both "
+                                  f"({stress_key!r}, {virial_key!r})")
         self.with_targets = with_targets
         self.cache_files = max(1, int(cache_files))
         self.files = list(files)  # read by _buffer and _trajectory while indexing
@@ -251,8 +252,8 @@ class AseFileDataset(ShardedDataset):
         except DataFormatError:
             raise
         except Exception as error:  # ASE raises many kinds on malformed text
-            raise DataFormatError(f"{file}: frame {local} cannot be parsed ({type(error).__name__}: {error})") \
-                from error
+            raise DataFormatError(f"{file}: frame {local} cannot be parsed "
+                                  f"({type(error).__name__}: {error})") from error
 
     def __getitem__(self, index: int) -> Data:
         shard, local = self.locate(index)
@@ -275,9 +276,9 @@ class AseFileDataset(ShardedDataset):
         calc = atoms.calc
         atoms.calc = None  # the targets are chosen above: none is taken from the calculator behind their back
         try:
-            return atoms_to_data(atoms, where, energy, forces, sid=atoms.info.get("sid", self.offset(shard) + local),
-                                 fid=atoms.info.get("fid", 0), with_targets=self.with_targets, stress=stress,
-                                 virial=virial)
+            sid = atoms.info.get("sid", self.offset(shard) + local)
+            return atoms_to_data(atoms, where, energy, forces, sid=sid, fid=atoms.info.get("fid", 0),
+                                 with_targets=self.with_targets, stress=stress, virial=virial)
         finally:
             atoms.calc = calc
 
@@ -291,7 +292,8 @@ class AseFileDataset(ShardedDataset):
         elif key in store:
             value, name, source = store[key], key, f"atoms.{_TARGETS[target]}"
         else:
-            value, name, source = results.get(key), key, f"atoms.{_TARGETS[target]} or the calculator's results"
+            value, name = results.get(key), key
+            source = f"atoms.{_TARGETS[target]} or the calculator's results"
         if value is None:
             if not required:
                 return None
@@ -323,7 +325,8 @@ def _checked(value, where: str, key: str, target: str, natoms: int):
     shapes = ((natoms, 3),) if target == "forces" else _SHAPES[target]
     if array.shape not in shapes:
         expected = " or ".join(str(list(s)) for s in shapes)
-        raise DataFormatError(f"{where}: key '{key}' ({target}) has shape {list(array.shape)}, expected {expected}")
+        raise DataFormatError(f"{where}: key '{key}' ({target}) has shape {list(array.shape)}, "
+                              f"expected {expected}")
     if not np.isfinite(array).all():
         raise DataFormatError(f"{where}: key '{key}' ({target}) holds NaN or inf")
     return float(array.reshape(-1)[0]) if target == "energy" else array
@@ -336,5 +339,6 @@ def _read_all(file: Path, name: str) -> list:
     try:
         frames = ase.io.read(str(file), index=":", format=name)
     except Exception as error:  # each of ASE's parsers raises its own kinds
-        raise DataFormatError(f"{file}: cannot be read as {name} ({type(error).__name__}: {error})") from error
+        raise DataFormatError(f"{file}: cannot be read as {name} "
+                              f"({type(error).__name__}: {error})") from error
     return list(frames) if isinstance(frames, list) else [frames]

@@ -33,7 +33,8 @@ def _kind(path: Path, in_directory: bool = False) -> str | None:
     return "ase-file" if ase_format(path, from_name_only=in_directory) is not None else None
 
 
-_READERS = {"lmdb": LmdbDataset, "extxyz": S2EFExtxyzDataset, "ase-db": AseDBDataset, "ase-file": AseFileDataset}
+_READERS = {"lmdb": LmdbDataset, "extxyz": S2EFExtxyzDataset, "ase-db": AseDBDataset,
+            "ase-file": AseFileDataset}
 
 
 def _one_kind(kinds: set, where: str) -> str:
@@ -95,7 +96,8 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
             raise DataFormatError(f"{unknown}: matched by {path} but of no dataset format")
         kind = _one_kind(kinds, str(path))
     elif path.is_dir():
-        kinds = {kind for p in path.iterdir() if p.is_file() and (kind := _kind(p, in_directory=True)) is not None}
+        kinds = {kind for p in path.iterdir()
+                 if p.is_file() and (kind := _kind(p, in_directory=True)) is not None}
         if not kinds:
             databases = ", ".join("*" + s for s in ASE_DB_SUFFIXES)
             raise DataFormatError(f"{path}: the directory holds no dataset files "

@@ -45,7 +45,8 @@ class ValidationSplit:
             raise ValueError(f"valid_fraction must be between 0 and 1 (exclusive), got {valid_fraction}")
         count = max(1, round(valid_fraction * length))
         if count >= length:
-            raise ValueError(f"a validation split of {valid_fraction} of {length} frames leaves no training frames")
+            raise ValueError(f"a validation split of {valid_fraction} of {length} frames "
+                             f"leaves no training frames")
         held_out = np.random.RandomState(seed).permutation(length)[:count]
         return cls(float(valid_fraction), int(seed), int(length), tuple(sorted(int(i) for i in held_out)))
 

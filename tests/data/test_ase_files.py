@@ -72,7 +72,8 @@ def test_vasprun_in_ase_units(tmp_path):
         atoms.set_cell(atoms.cell * (1 + 0.01 * k), scale_atoms=True)
         atoms.rattle(0.05, seed=k)
         atoms.calc = EMT()
-        results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(), stress=atoms.get_stress())
+        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(),
+                   "stress": atoms.get_stress()}
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
     # VASP writes the stress in kBar, pressure positive: the reader gives ASE's eV/A^3, tension positive
@@ -132,7 +133,8 @@ def test_missing_key_nan_and_shape_errors_name_file_frame_and_key(tmp_path):
     frames = emt_frames(3, seed=9, slabs=False)
     frames[1].calc.results["energy"] = float("nan")
     bad = write_ref_extxyz(tmp_path / "nan.extxyz", frames)
-    with pytest.raises(DataFormatError, match=r"nan\.extxyz: frame 1: key 'REF_energy' \(energy\) holds NaN or inf"):
+    with pytest.raises(DataFormatError,
+                       match=r"nan\.extxyz: frame 1: key 'REF_energy' \(energy\) holds NaN or inf"):
         open_dataset(bad, **keys)[1]
     frames = emt_frames(2, seed=10, slabs=False)
     frames[0].calc.results["forces"] = frames[0].calc.results["forces"][:, :2]

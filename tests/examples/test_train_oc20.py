@@ -100,7 +100,8 @@ def test_fine_tunes_on_a_users_extxyz_with_a_validation_split(tmp_path):
     _run("--tiny", "--data", str(tmp_path / "base.extxyz"), "--valid-fraction", "0.25", *flags,
          "--out", str(tmp_path / "base"), "--max-steps", "4", "--eval-every", "4")
     fine = ["--init", str(tmp_path / "base" / "model.pt"), "--data", str(tmp_path / "my_dft.extxyz"),
-            "--valid-fraction", "0.1", *flags, "--out", str(tmp_path / "ft"), "--max-steps", "12", "--eval-every", "6"]
+            "--valid-fraction", "0.1", *flags, "--out", str(tmp_path / "ft"),
+            "--max-steps", "12", "--eval-every", "6"]
     first = _run(*fine, "--stop-after", "6")
     assert "training " in first and "(36 structures, the rest of 40 (seed 0))" in first, first
     assert "(4 structures, held out of 40 (seed 0))" in first, first
@@ -118,6 +119,6 @@ def test_fine_tunes_on_a_users_extxyz_with_a_validation_split(tmp_path):
     assert [int(r["step"]) for r in val] == [0, 6, 12]
     assert float(val[-1]["forces_mae"]) < float(val[0]["forces_mae"]), val
     # a stress key that the slab frames lack is named, with the file and the frame
-    missing = _run(*fine[:-4], "--out", str(tmp_path / "stress"), "--max-steps", "2", "--stress-key", "REF_stress",
-                   ok=False)
+    missing = _run(*fine[:-4], "--out", str(tmp_path / "stress"), "--max-steps", "2",
+                   "--stress-key", "REF_stress", ok=False)
     assert "my_dft.extxyz: frame 2: no stress key ('REF_stress')" in missing, missing
