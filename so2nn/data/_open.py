@@ -50,15 +50,15 @@ def _one_kind(kinds: set, where: str) -> str:
 def open_dataset(path: str | os.PathLike, **options) -> Dataset:
     """The S2EF dataset at ``path``, read by the reader its file type calls for.
 
-    ==============================================  ==========================================
-    ``path``                                        reader
-    ==============================================  ==========================================
-    ``*.lmdb``, or a directory of them              :class:`LmdbDataset` (OC20 preprocessed)
-    ``*.extxyz[.xz]`` with ``.txt``, or a directory :class:`S2EFExtxyzDataset` (OC20 raw S2EF)
-    ``*.db``, ``*.json``, ``*.aselmdb``, or a dir   :class:`AseDBDataset`
-    any other file ASE reads, or a directory        :class:`AseFileDataset` (extxyz, ``.traj``,
-                                                    ``vasprun.xml``, ``OUTCAR``, ...)
-    ==============================================  ==========================================
+    ================================================  ==========================================
+    ``path``                                          reader
+    ================================================  ==========================================
+    ``*.lmdb``, or a directory of them                :class:`LmdbDataset` (OC20 preprocessed)
+    ``*.extxyz[.xz]`` with ``.txt``, or a directory   :class:`S2EFExtxyzDataset` (OC20 raw S2EF)
+    ``*.db``, ``*.json``, ``*.aselmdb``, or a dir     :class:`AseDBDataset`
+    any other file ASE reads, or a directory          :class:`AseFileDataset` (extxyz, ``.traj``,
+                                                      ``vasprun.xml``, ``OUTCAR``, ...)
+    ================================================  ==========================================
 
     A directory is one dataset (its files in natural name order) and must hold one kind of
     file; of the files only ASE reads, a directory counts those named as extxyz, ``.traj``,
