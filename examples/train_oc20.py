@@ -13,7 +13,14 @@ On real OC20 data, on GPUs::
         --device cuda --amp bf16
 
 ``--data`` takes the preprocessed S2EF LMDBs (a file or a directory of shards), the raw
-``*.extxyz[.xz]`` + ``*.txt`` files, or an ASE database. Outputs go to ``--out``:
+``*.extxyz[.xz]`` + ``*.txt`` files, an ASE database, or any file ASE reads (an extxyz without
+a sidecar, ``.traj``, ``vasprun.xml``, ``OUTCAR``; a directory or a quoted glob of them), the
+targets named as MACE names them; ``--valid-fraction`` holds out part of it for validation::
+
+    python examples/train_oc20.py --init eq2_31M_ec4_allmd.pt --data my_dft.extxyz --valid-fraction 0.1 \\
+        --energy-key REF_energy --forces-key REF_forces --stress-key REF_stress
+
+Outputs go to ``--out``:
 ``checkpoint.pt`` (resume with ``--resume``), ``model.pt`` (load with
 ``EquiformerV2.from_checkpoint``), ``train_log.csv``, ``val_log.csv``, ``metrics.json`` and
 ``summary.png`` (learning curves, energy and force parity plots).
@@ -65,12 +72,12 @@ from pathlib import Path
 import torch
 
 import so2nn
-from so2nn.data import open_dataset
+from so2nn.data import ValidationSplit, open_dataset
 from so2nn.data.emt import make_bulk_dataset, make_dataset
 from so2nn.models import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, load_model, preset
 from so2nn.models._checkpoint import load_checkpoint
-from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model, referencing_table,
-                            write_predictions)
+from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model,
+                            recorded_split, referencing_table, write_predictions)
 
 # Not a released model: a small EquiformerV2 (same architecture, fewer and narrower layers,
 # lmax 2) that learns the embedded EMT data on a laptop CPU in minutes.
@@ -104,8 +111,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 epilog="\n\n".join(__doc__.split("\n\n")[-3:]).replace("``", ""))
     data = p.add_argument_group("data")
     data.add_argument("--data", type=Path, help="training data: S2EF LMDB file or directory of shards, extxyz+txt "
-                      "directory, or ASE database (default: the embedded EMT dataset, generated once)")
-    data.add_argument("--val-data", type=Path, help="validation data, same formats (required with --data)")
+                      "directory, ASE database, or any file ASE reads (extxyz, .traj, vasprun.xml, OUTCAR; a "
+                      "directory or a quoted glob of them) (default: the embedded EMT dataset, generated "
+                      "once)")
+    data.add_argument("--val-data", type=Path, help="validation data, same formats (with --data: this or "
+                      "--valid-fraction)")
+    data.add_argument("--valid-fraction", type=float, metavar="F", help="hold out this fraction of --data "
+                      "(drawn with --seed) for validation; recorded in the checkpoint, so --resume uses the "
+                      "same")
+    for target, where in (("energy", "atoms.info"), ("forces", "atoms.arrays"), ("stress", "atoms.info"),
+                          ("virial", "atoms.info")):
+        data.add_argument(f"--{target}-key", metavar="KEY", help=f"files read through ASE: the {target} is "
+                          f"{where}[KEY] (or the calculator's result KEY; without a key: the calculator's "
+                          f"{target}{'' if target != 'virial' else ', or info[virial]'})")
+    data.add_argument("--data-format", metavar="FORMAT", help="files read through ASE: ASE's name of their "
+                      "format, where ASE cannot tell it (e.g. vasp-out)")
     data.add_argument("--val-subset", type=int, help="evaluate on the first N validation items only")
     data.add_argument("--cache-dir", type=Path, default=Path("runs/data"), help="where the embedded dataset is generated")
     data.add_argument("--emt-systems", type=int, nargs=2, default=(150, 20), metavar=("TRAIN", "VAL"),
@@ -197,8 +217,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.tiny:
         args.preset = "tiny"
-    if args.data is not None and args.val_data is None:
-        p.error("--data needs --val-data")
+    if args.data is not None and (args.val_data is None) == (args.valid_fraction is None):
+        p.error("--data needs --val-data or --valid-fraction (one of them)")
+    if args.valid_fraction is not None and (args.data is None or args.evaluate or args.predict):
+        p.error("--valid-fraction splits --data for training: give it with --data, without "
+                "--evaluate/--predict")
     if args.init is not None and (args.preset is not None or args.conservative_forces):
         p.error("--init takes the checkpoint's architecture: no --preset, --tiny or --conservative-forces")
     if args.init is None and (args.freeze_backbone or args.reinit_head or args.refit != "references"):
@@ -256,12 +279,39 @@ def embedded_paths(args):
     return generate(args.cache_dir, *args.emt_systems)
 
 
+def data_options(args) -> dict:
+    """The target keys and the format, for files read through ASE."""
+    return dict(energy_key=args.energy_key, forces_key=args.forces_key, stress_key=args.stress_key,
+                virial_key=args.virial_key, format=args.data_format)
+
+
 def datasets(args):
-    train_path, val_path = embedded_paths(args) if args.data is None else (args.data, args.val_data)
-    train, val = open_dataset(train_path), open_dataset(val_path)
+    if args.data is None:
+        train_path, val_path = embedded_paths(args)
+        train, val = open_dataset(train_path), open_dataset(val_path)
+    elif args.valid_fraction is None:
+        options = data_options(args)
+        train, val = open_dataset(args.data, **options), open_dataset(args.val_data, **options)
+    else:
+        train, val = split(args, open_dataset(args.data, **data_options(args)))
     if args.val_subset is not None:
         val = torch.utils.data.Subset(val, range(min(args.val_subset, len(val))))
     return train, val
+
+
+def split(args, data):
+    """--valid-fraction: a new run draws the split; a resume takes the run's own from its checkpoint."""
+    checkpoint = args.out / "checkpoint.pt"
+    recorded = recorded_split(checkpoint) if args.resume and checkpoint.is_file() else None
+    if recorded is None:
+        return ValidationSplit.draw(len(data), args.valid_fraction, args.seed).apply(data)
+    if (recorded.valid_fraction, recorded.seed) != (args.valid_fraction, args.seed):
+        raise SystemExit(f"--resume: the run held out --valid-fraction {recorded.valid_fraction} with --seed "
+                         f"{recorded.seed}, not {args.valid_fraction} with {args.seed}: give the run's")
+    try:
+        return recorded.apply(data)
+    except ValueError as error:
+        raise SystemExit(f"--resume: {error}") from None
 
 
 def validation_summary(metrics: dict) -> str:
@@ -305,7 +355,7 @@ def evaluate_or_predict(args) -> dict:
         raise SystemExit(f"{checkpoint}: {error}") from None
     device = torch.device(args.device)
     val_path = args.val_data if args.val_data is not None else embedded_paths(args)[1]
-    val = open_dataset(val_path, **({} if args.evaluate else {"with_targets": False}))
+    val = open_dataset(val_path, **data_options(args), **({} if args.evaluate else {"with_targets": False}))
     if args.val_subset is not None:
         val = torch.utils.data.Subset(val, range(min(args.val_subset, len(val))))
     print(f"so2nn {so2nn.__version__}: {describe_model(model)} from {checkpoint}", flush=True)
@@ -335,7 +385,10 @@ def evaluate_or_predict(args) -> dict:
 
 def describe(name: str, dataset) -> str:
     source = getattr(dataset, "path", None) or getattr(getattr(dataset, "dataset", None), "path", None)
-    return f"{name} {source or type(dataset).__name__} ({len(dataset)} structures)"
+    split = getattr(dataset, "split", None)
+    part = f", {'held out' if name == 'validation' else 'the rest'} of {split.length} (seed {split.seed})" \
+        if split is not None else ""
+    return f"{name} {source or type(dataset).__name__} ({len(dataset)} structures{part})"
 
 
 def main(argv=None) -> dict:

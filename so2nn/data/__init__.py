@@ -11,6 +11,9 @@ into what :class:`~so2nn.models.EquiformerV2` takes.
 - :class:`S2EFExtxyzDataset`: OC20's raw S2EF ``.extxyz[.xz]`` + ``.txt`` files, energies
   referenced as OC20 does; :func:`write_s2ef_extxyz` writes them.
 - :class:`AseDBDataset`: ASE databases (``.db``, ``.json``, ``.aselmdb``).
+- :class:`AseFileDataset`: any other file ASE reads (extxyz, ``.traj``, ``vasprun.xml``,
+  ``OUTCAR``, ...), targets found by MACE-style keys (``REF_energy``, ...).
+- :func:`split_dataset`: a seeded training/validation split of one dataset.
 - :func:`open_dataset`: the right reader for a path.
 - :func:`target_statistics`: energy mean/std and force RMS, for output normalisation.
 - :mod:`so2nn.data.emt`: the embedded EMT dataset, :func:`make_emt_dataset`.
@@ -25,25 +28,30 @@ Example:
 """
 
 from . import emt
+from ._ase_files import AseFileDataset
 from ._asedb import AseDBDataset
 from ._canonical import FIELDS, DataFormatError, atoms_to_data, canonical_data, data_to_atoms
 from ._extxyz import S2EFExtxyzDataset, write_s2ef_extxyz
 from ._lmdb import LmdbDataset, write_lmdb
 from ._open import open_dataset, target_statistics
+from ._split import ValidationSplit, split_dataset
 from .emt import make_dataset as make_emt_dataset
 
 __all__ = [
     "FIELDS",
     "AseDBDataset",
+    "AseFileDataset",
     "DataFormatError",
     "LmdbDataset",
     "S2EFExtxyzDataset",
+    "ValidationSplit",
     "atoms_to_data",
     "canonical_data",
     "data_to_atoms",
     "emt",
     "make_emt_dataset",
     "open_dataset",
+    "split_dataset",
     "target_statistics",
     "write_lmdb",
     "write_s2ef_extxyz",

@@ -7,46 +7,71 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
+from ._ase_files import DIRECTORY_FORMATS, AseFileDataset, ase_format, expand_paths
 from ._asedb import ASE_DB_SUFFIXES, AseDBDataset
 from ._canonical import DataFormatError
-from ._extxyz import S2EFExtxyzDataset, _is_extxyz
+from ._extxyz import S2EFExtxyzDataset, _is_extxyz, sidecar_path
 from ._lmdb import LmdbDataset
 
 __all__ = ["open_dataset", "target_statistics"]
 
 
-def _kind(path: Path) -> str | None:
+_KEY_OPTIONS = ("energy_key", "forces_key", "stress_key", "virial_key", "format")
+
+
+def _kind(path: Path, in_directory: bool = False) -> str | None:
     if path.name.endswith(".lmdb"):
         return "lmdb"
-    if _is_extxyz(path):
+    if _is_extxyz(path) and sidecar_path(path).exists():
         return "extxyz"
     if path.suffix in ASE_DB_SUFFIXES:
         return "ase-db"
-    return None
+    if path.name.endswith((".txt", ".txt.xz")):  # OC20's sidecars are read with their extxyz files
+        return None
+    return "ase-file" if ase_format(path, from_name_only=in_directory) is not None else None
 
 
-_READERS = {"lmdb": LmdbDataset, "extxyz": S2EFExtxyzDataset, "ase-db": AseDBDataset}
+_READERS = {"lmdb": LmdbDataset, "extxyz": S2EFExtxyzDataset, "ase-db": AseDBDataset,
+            "ase-file": AseFileDataset}
+
+
+def _one_kind(kinds: set, where: str) -> str:
+    # OC20's extxyz files are one kind: a file that lacks its sidecar is that reader's error to name
+    if kinds == {"extxyz", "ase-file"}:
+        return "extxyz"
+    if len(kinds) > 1:
+        raise DataFormatError(f"{where}: the directory mixes dataset formats ({', '.join(sorted(kinds))}); "
+                              f"keep one format per directory")
+    return kinds.pop()
 
 
 def open_dataset(path: str | os.PathLike, **options) -> Dataset:
     """The S2EF dataset at ``path``, read by the reader its file type calls for.
 
-    =============================================  ==========================================
-    ``path``                                       reader
-    =============================================  ==========================================
-    ``*.lmdb``, or a directory of them             :class:`LmdbDataset` (OC20 preprocessed)
-    ``*.extxyz[.xz]`` + ``.txt``, or a directory   :class:`S2EFExtxyzDataset` (OC20 raw S2EF)
-    ``*.db``, ``*.json``, ``*.aselmdb``, or a dir  :class:`AseDBDataset`
-    =============================================  ==========================================
+    ================================================  ==========================================
+    ``path``                                          reader
+    ================================================  ==========================================
+    ``*.lmdb``, or a directory of them                :class:`LmdbDataset` (OC20 preprocessed)
+    ``*.extxyz[.xz]`` with ``.txt``, or a directory   :class:`S2EFExtxyzDataset` (OC20 raw S2EF)
+    ``*.db``, ``*.json``, ``*.aselmdb``, or a dir     :class:`AseDBDataset`
+    any other file ASE reads, or a directory          :class:`AseFileDataset` (extxyz, ``.traj``,
+                                                      ``vasprun.xml``, ``OUTCAR``, ...)
+    ================================================  ==========================================
 
     A directory is one dataset (its files in natural name order) and must hold one kind of
-    file. ``options`` go to the reader (``with_targets=False`` for unlabelled data, ...).
+    file; of the files only ASE reads, a directory counts those named as extxyz, ``.traj``,
+    ``vasprun.xml`` or ``OUTCAR`` files. A glob pattern (``"runs/*/OUTCAR"``, quoted on a
+    command line) is the files it matches, of one kind. An extxyz file is OC20's when its
+    ``.txt`` sidecar is beside it, else any extxyz. ``options`` go to the reader
+    (``with_targets=False`` for unlabelled data; ``energy_key``, ``forces_key``, ``stress_key``,
+    ``virial_key`` and ``format`` for :class:`AseFileDataset`).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        DataFormatError: a file type no reader knows, a directory with none or several kinds.
+        FileNotFoundError: ``path`` does not exist, or a pattern matches no file.
+        DataFormatError: a file type no reader knows, a directory with none or several kinds,
+            target keys for a format whose reader has its own names.
 
     Example:
         >>> import tempfile, torch
@@ -60,24 +85,40 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
         >>> type(dataset).__name__, len(dataset.files), len(dataset)
         ('LmdbDataset', 2, 6)
     """
+    files, pattern = expand_paths(path)
     path = Path(path)
-    if not path.exists():
+    if not pattern and not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
-    if path.is_dir():
-        kinds = {kind for p in path.iterdir() if p.is_file() and (kind := _kind(p)) is not None}
+    if pattern:
+        kinds = {_kind(file, in_directory=True) for file in files}
+        if None in kinds:
+            unknown = next(file for file in files if _kind(file, in_directory=True) is None)
+            raise DataFormatError(f"{unknown}: matched by {path} but of no dataset format")
+        kind = _one_kind(kinds, str(path))
+    elif path.is_dir():
+        kinds = {kind for p in path.iterdir()
+                 if p.is_file() and (kind := _kind(p, in_directory=True)) is not None}
         if not kinds:
             databases = ", ".join("*" + s for s in ASE_DB_SUFFIXES)
             raise DataFormatError(f"{path}: the directory holds no dataset files "
-                                  f"(*.lmdb, *.extxyz[.xz] with .txt, {databases})")
-        if len(kinds) > 1:
-            raise DataFormatError(f"{path}: the directory mixes dataset formats ({', '.join(sorted(kinds))}); "
-                                  f"keep one format per directory")
-        kind = kinds.pop()
+                                  f"(*.lmdb, *.extxyz[.xz] with .txt, {databases}, or files ASE reads: "
+                                  f"{', '.join(DIRECTORY_FORMATS)})")
+        kind = _one_kind(kinds, str(path))
     else:
         kind = _kind(path)
         if kind is None:
             raise DataFormatError(f"{path}: unknown dataset file type (expected .lmdb, .extxyz, .extxyz.xz, "
-                                  f"{', '.join(ASE_DB_SUFFIXES)})")
+                                  f"{', '.join(ASE_DB_SUFFIXES)}, or a file ASE reads)")
+    given = [name for name in _KEY_OPTIONS if options.get(name) is not None]
+    if kind != "ase-file":
+        if given:
+            raise DataFormatError(f"{path}: {', '.join(given)} apply to files read through ASE; "
+                                  f"{_READERS[kind].__name__} reads its format's own fields")
+        options = {name: value for name, value in options.items() if name not in _KEY_OPTIONS}
+    if pattern:
+        if kind == "ase-file":
+            return AseFileDataset(files, **options)
+        return ConcatDataset([_READERS[kind](file, **options) for file in files])
     return _READERS[kind](path, **options)
 
 

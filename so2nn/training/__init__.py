@@ -33,7 +33,7 @@ from ._loss import decomposed_stress_loss, energy_loss, force_loss, s2ef_loss, s
 from ._metrics import S2EFMetrics, decompose_stress
 from ._plots import plot_summary, predictions
 from ._predict import evaluate_model, write_predictions
-from ._provenance import check_resume, data_fingerprint, fingerprint_differences
+from ._provenance import check_resume, data_fingerprint, fingerprint_differences, recorded_split
 from ._schedule import warmup_cosine
 from ._trainer import Trainer
 
@@ -60,6 +60,7 @@ __all__ = [
     "plot_summary",
     "predictions",
     "pretrained_model",
+    "recorded_split",
     "referenced_statistics",
     "referencing_table",
     "s2ef_loss",

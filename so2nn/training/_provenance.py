@@ -9,12 +9,13 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Subset
 
+from ..data import ValidationSplit
 from ..data._extxyz import sidecar_path
 from ..models import ModelConfig, model_class, target_statistics_fields
 from ..models._registry import config_from_dict
 from ._config import RESUMABLE, TrainingConfig
 
-__all__ = ["check_resume", "data_fingerprint", "fingerprint_differences"]
+__all__ = ["check_resume", "data_fingerprint", "fingerprint_differences", "recorded_split"]
 
 _PROBES = 3  # items whose energies are recorded (first, middle, last): cheap, and catch in-memory swaps
 
@@ -28,7 +29,9 @@ def data_fingerprint(dataset) -> dict:
     for a test set and for hundreds of GB: a changed file of the same size and modification
     time, in an item not probed, is not seen. ``Subset`` and ``ConcatDataset`` are described
     by their parts; any other dataset (a list of ``Data``, say) by its length and probes. Only
-    plain Python values, so that it can be stored in a checkpoint.
+    plain Python values, so that it can be stored in a checkpoint. A part of a validation split
+    (:func:`~so2nn.data.split_dataset`) records the whole split, which :func:`recorded_split`
+    reads back.
 
     Example:
         >>> import torch
@@ -45,8 +48,11 @@ def data_fingerprint(dataset) -> dict:
     """
     if isinstance(dataset, Subset):
         indices = [int(i) for i in dataset.indices]
-        return {"type": "Subset", "length": len(indices), "indices": _summary(indices),
-                "of": data_fingerprint(dataset.dataset)}
+        record = {"type": "Subset", "length": len(indices), "indices": _summary(indices),
+                  "of": data_fingerprint(dataset.dataset)}
+        if isinstance(getattr(dataset, "split", None), ValidationSplit):
+            record["split"] = dataset.split.to_dict()
+        return record
     if isinstance(dataset, ConcatDataset):
         return {
             "type": "ConcatDataset",
@@ -194,6 +200,21 @@ def check_resume(
 def _plain(value):
     """Config values as compared across a checkpoint round trip (tuples and lists alike)."""
     return list(value) if isinstance(value, tuple) else value
+
+
+def recorded_split(checkpoint) -> ValidationSplit | None:
+    """The validation split a run drew from its training data, from its checkpoint (a path or
+    the loaded dict); ``None`` when the run had a validation set of its own.
+
+    Resuming with the recorded split (:meth:`~so2nn.data.ValidationSplit.apply`) validates on
+    the same frames, whatever the seed or fraction given now.
+    """
+    if not isinstance(checkpoint, dict):
+        from ..models._checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(checkpoint)
+    record = ((checkpoint.get("data") or {}).get("val") or {}).get("split")
+    return None if record is None else ValidationSplit.from_dict(record)
 
 
 def _stat(path: Path) -> dict:

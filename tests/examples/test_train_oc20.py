@@ -103,3 +103,40 @@ def test_set_takes_the_stress_group_and_the_older_flat_stress_entries():
     assert flat == nested and flat.stress.head == "equivariant" and flat.stress.extensive
     with pytest.raises(SystemExit, match="--set 'stress_gate=1': expected KEY=VALUE"):
         example.model_config(example.parse_args(["--set", "stress_gate=1"]))
+
+
+def test_fine_tunes_on_a_users_extxyz_with_a_validation_split(tmp_path):
+    """The command as users write it: --init, an extxyz of their own (energies in info, forces in
+    arrays, stress on the bulk frames only, no OC20 sidecar), --valid-fraction, MACE-style keys."""
+    import torch
+    from dft_files import emt_frames, write_ref_extxyz
+
+    write_ref_extxyz(tmp_path / "base.extxyz", emt_frames(24, seed=1))
+    write_ref_extxyz(tmp_path / "my_dft.extxyz", emt_frames(40, seed=0))
+    flags = ["--energy-key", "REF_energy", "--forces-key", "REF_forces", "--batch-size", "4", "--no-progress",
+             "--threads", "1", "--no-plot"]
+    _run("--tiny", "--data", str(tmp_path / "base.extxyz"), "--valid-fraction", "0.25", *flags,
+         "--out", str(tmp_path / "base"), "--max-steps", "4", "--eval-every", "4")
+    fine = ["--init", str(tmp_path / "base" / "model.pt"), "--data", str(tmp_path / "my_dft.extxyz"),
+            "--valid-fraction", "0.1", *flags, "--out", str(tmp_path / "ft"),
+            "--max-steps", "12", "--eval-every", "6"]
+    first = _run(*fine, "--stop-after", "6")
+    assert "training " in first and "(36 structures, the rest of 40 (seed 0))" in first, first
+    assert "(4 structures, held out of 40 (seed 0))" in first, first
+    refused = _run(*[("0.2" if a == "0.1" else a) for a in fine], "--resume", ok=False)
+    assert "the run held out --valid-fraction 0.1 with --seed 0, not 0.2" in refused, refused
+    second = _run(*fine, "--resume")
+    assert "the run: step 12 of 12" in second and "force MAE" in second, second
+    state = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=False)
+    held_out = state["data"]["val"]["split"]
+    assert held_out["valid_fraction"] == 0.1 and len(held_out["val_indices"]) == 4
+    # the references were fitted on the 36 training frames
+    assert state["finetune"]["statistics"]["raw_energy_mean"] == state["train_energy_mean"]
+    with open(tmp_path / "ft" / "val_log.csv", newline="") as f:
+        val = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in val] == [0, 6, 12]
+    assert float(val[-1]["forces_mae"]) < float(val[0]["forces_mae"]), val
+    # a stress key that the slab frames lack is named, with the file and the frame
+    missing = _run(*fine[:-4], "--out", str(tmp_path / "stress"), "--max-steps", "2",
+                   "--stress-key", "REF_stress", ok=False)
+    assert "my_dft.extxyz: frame 2: no stress key ('REF_stress')" in missing, missing
