@@ -19,8 +19,8 @@ from ase.optimize import FIRE  # noqa: E402
 from torch_sim.models.interface import validate_model_outputs  # noqa: E402
 
 from so2nn.calculators import So2nnCalculator  # noqa: E402
-from so2nn.data.emt import ADSORBATES  # noqa: E402
 from so2nn.data import atoms_to_data, data_to_atoms  # noqa: E402
+from so2nn.data.emt import ADSORBATES  # noqa: E402
 from so2nn.integrations.torch_sim import TorchSimModel, relax_batch, run_md, state_from_atoms  # noqa: E402
 from so2nn.models import EquiformerV2, EquiformerV2Config  # noqa: E402
 
