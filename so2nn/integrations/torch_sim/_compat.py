@@ -1,5 +1,11 @@
 """What differs between the torch-sim releases so2nn supports (0.3 on Python 3.11, 0.6 and later).
 
+- constraints: 0.5.1 and later hold atoms with ``state.constraints`` (``FixAtoms``), which
+  their optimisers and integrators apply to positions, forces and momenta; 0.3 has none, so
+  :class:`~so2nn.integrations.torch_sim.TorchSimModel` zeroes the forces on fixed atoms there
+  (and :func:`~so2nn.integrations.torch_sim.run_md` puts them back after each step);
+- the random numbers of MD: 0.6 draws them from a generator on the state (``state.rng``), 0.3
+  from torch's global one;
 - ``pbc`` is one bool for the whole state in 0.3 and a ``[3]`` bool tensor in 0.6;
 - 0.6's validator wants detached outputs (0.3 does not care; so2nn always detaches);
 - the optimisers and integrators: 0.3 builds ``(init_fn, step_fn)`` pairs from the model
@@ -22,6 +28,14 @@ import torch_sim as ts
 
 #: True for the 0.6-style API (free ``fire_init`` / ``fire_step`` functions).
 NEW_API = hasattr(ts.optimizers, "fire_init")
+
+try:
+    from torch_sim.constraints import FixAtoms
+except ImportError:  # 0.3 (and 0.4 to 0.5.0): no constraints
+    FixAtoms = None
+
+#: True when torch-sim holds atoms with its own constraints (``state.constraints``).
+HAS_CONSTRAINTS = FixAtoms is not None
 
 Step = Callable[[Any], Any]
 
@@ -68,8 +82,7 @@ def integrator(name: str, model, *, dt: float, kT: float, gamma: float | None, s
         kwargs = langevin
 
         def init(state):
-            if seed is not None:
-                torch.manual_seed(seed)
+            seed_random_numbers(state, seed)
             return init_fn(state, model, kT=kT_t)
 
         def step(state):
@@ -78,9 +91,37 @@ def integrator(name: str, model, *, dt: float, kT: float, gamma: float | None, s
         return init, step
     make = {"nve": ts.integrators.nve, "nvt_langevin": ts.integrators.nvt_langevin}[name]
     init_fn, step_fn = make(model, dt=dt_t, kT=kT_t, seed=seed, **{k: v for k, v in langevin.items() if k == "gamma"})
-    return (lambda state: init_fn(state, kT=kT_t)), step_fn
+
+    def init_03(state):
+        seed_random_numbers(state, seed)  # 0.3 seeds only the first momenta itself, not the noise
+        return init_fn(state, kT=kT_t)
+
+    return init_03, step_fn
 
 
 def concatenate(states: list) -> Any:
     """One state holding the systems of ``states``, in order."""
     return states[0] if len(states) == 1 else ts.concatenate_states(states)
+
+
+def hold(state, fixed: torch.Tensor) -> None:
+    """Hold the atoms of ``fixed`` (``[n_atoms]`` bool) with torch-sim's ``FixAtoms``, beside
+    the state's other constraints (torch-sim 0.5.1 and later)."""
+    if bool(fixed.any()):
+        index = torch.nonzero(fixed.to(state.positions.device)).reshape(-1)
+        state.constraints = [*state.constraints, FixAtoms(atom_idx=index)]
+
+
+def seed_random_numbers(state, seed: int | None) -> None:
+    """Seed the random numbers of MD on ``state``: 0.6 keeps a generator on the state (which,
+    left unset, starts from the same fixed seed in every run), earlier releases draw the
+    Langevin noise from torch's global one."""
+    if hasattr(type(state), "rng"):
+        generator = torch.Generator(device=state.positions.device)
+        if seed is None:
+            generator.seed()  # a fresh random seed, as "no seed" means
+        else:
+            generator.manual_seed(seed)
+        state.rng = generator
+    elif seed is not None:
+        torch.manual_seed(seed)

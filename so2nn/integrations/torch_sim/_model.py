@@ -34,12 +34,16 @@ class TorchSimModel(ModelInterface):
     two systems. So the graph follows the atoms at every optimiser or MD step; there is no
     skin and no stale neighbour list.
 
-    **Fixed atoms.** torch-sim 0.3 has no constraints. ``fixed`` (``[n_atoms]`` bool, in the
-    order of the states this model is given) zeroes the forces on those atoms, which holds
-    them in place under FIRE; :func:`~so2nn.integrations.torch_sim.relax_batch` and
-    :func:`~so2nn.integrations.torch_sim.run_md` set it from each system's
-    :class:`~ase.constraints.FixAtoms` and keep it in step with the state (MD also zeroes their
-    momenta). A state with another atom count than ``fixed`` raises.
+    **Fixed atoms.** torch-sim 0.5.1 and later hold atoms with their own constraints
+    (``state.constraints``, ``FixAtoms``), which :func:`~so2nn.integrations.torch_sim.state_from_atoms`
+    sets from ASE's :class:`~ase.constraints.FixAtoms`; the model's forces are then those of every
+    atom, as the model computes them. torch-sim 0.3 has no constraints: there ``fixed``
+    (``[n_atoms]`` bool, in the order of the states this model is given) zeroes the forces on
+    those atoms, which holds them in place under FIRE;
+    :func:`~so2nn.integrations.torch_sim.relax_batch` and :func:`~so2nn.integrations.torch_sim.run_md`
+    set it from each system's fixed atoms and keep it in step with the state (MD also zeroes
+    their momenta). A state with another atom count than ``fixed`` raises, and so does setting
+    ``fixed`` on a release with constraints (use the constraint there).
 
     **Cell.** torch-sim stores the cell as column vectors; the model reads
     ``state.row_vector_cell`` (the lattice vectors as rows, as ASE). torch-sim's ``pbc``
@@ -53,7 +57,7 @@ class TorchSimModel(ModelInterface):
             ``"cuda"`` when available, else ``"cpu"``.
         dtype: ``torch.float32`` or ``torch.float64`` (or their names); torch-sim states must
             use the same. Default: the model's dtype; ``float32`` for a checkpoint.
-        fixed: ``[n_atoms]`` bool, the atoms held in place (see above), or None.
+        fixed: ``[n_atoms]`` bool, the atoms held in place on torch-sim 0.3 (see above), or None.
         use_ema, trust, config_changes: as :func:`~so2nn.models.load_model` (a checkpoint only).
 
     Example:
@@ -96,11 +100,15 @@ class TorchSimModel(ModelInterface):
 
     @property
     def fixed(self) -> torch.Tensor | None:
-        """``[n_atoms]`` bool: atoms whose forces are zeroed (held in place), or None."""
+        """``[n_atoms]`` bool: atoms whose forces are zeroed (held in place; torch-sim 0.3), or None."""
         return self._fixed
 
     @fixed.setter
     def fixed(self, mask: torch.Tensor | None) -> None:
+        if mask is not None and _compat.HAS_CONSTRAINTS:
+            raise ValueError("this torch-sim release holds atoms with its own constraints: set state.constraints "
+                             "(torch_sim.constraints.FixAtoms), or build the state with "
+                             "so2nn.integrations.torch_sim.state_from_atoms, instead of TorchSimModel.fixed")
         if mask is not None:
             mask = torch.as_tensor(mask, device=self._device)
             if mask.dim() != 1 or mask.dtype != torch.bool:

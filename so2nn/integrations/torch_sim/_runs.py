@@ -12,9 +12,9 @@ import torch_sim as ts
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from ..._ase import fixed_atoms_mask
 from . import _compat
 from ._model import TorchSimModel
+from ._state import as_atoms_list, state_and_fixed
 
 __all__ = ["MDRun", "Relaxation", "relax_batch", "run_md"]
 
@@ -44,22 +44,6 @@ def _as_sim_model(model, dtype) -> TorchSimModel:
     return model if isinstance(model, TorchSimModel) else TorchSimModel(model, dtype=dtype)
 
 
-def _check_systems(systems: Sequence[Atoms]) -> None:
-    if len(systems) == 0:
-        raise ValueError("no systems given")
-    if not all(isinstance(a, Atoms) for a in systems):
-        raise ValueError("systems must be ASE Atoms objects")
-    pbc = {tuple(bool(p) for p in a.pbc) for a in systems}
-    if len(pbc) > 1 or (len(pbc) == 1 and len(set(next(iter(pbc)))) > 1):
-        raise ValueError(f"torch-sim needs one pbc for every system and direction (all periodic or none), got {sorted(pbc)}")
-
-
-def _to_state(model: TorchSimModel, systems: Sequence[Atoms]):
-    state = ts.io.atoms_to_state(list(systems), model.device, model.dtype)
-    fixed = torch.as_tensor(np.concatenate([fixed_atoms_mask(a) for a in systems]), device=model.device)
-    return state, fixed
-
-
 def relax_batch(
     model,
     systems: Sequence[Atoms],
@@ -79,15 +63,18 @@ def relax_batch(
     ``batch_size`` systems (default: all), each with its own time step and mixing, so a
     system's trajectory is the one it would have alone; a system leaves the batch when the
     largest force on its free atoms is at most ``fmax`` (or after ``max_steps``), and the next
-    waiting system takes its place. Atoms that a :class:`~ase.constraints.FixAtoms` holds (OC20's
-    subsurface) get zero force and do not move. With ``relax_cell``, the cell relaxes too
+    waiting system takes its place. Atoms that a :class:`~ase.constraints.FixAtoms` (or an so2nn
+    data item's ``fixed`` field) holds, OC20's subsurface, get zero force and do not move:
+    torch-sim's own ``FixAtoms`` constraint holds them (0.5.1 and later), or on torch-sim 0.3 the
+    model zeroes their forces (:attr:`~so2nn.integrations.torch_sim.TorchSimModel.fixed`). With ``relax_cell``, the cell relaxes too
     (torch-sim's unit-cell filter, ASE's ``UnitCellFilter``), which needs a model with a stress
     output. The neighbour graph is rebuilt by the model at every step, so it follows the atoms.
 
     Args:
         model: a :class:`TorchSimModel`, or what it accepts (an so2nn model or checkpoint;
             then float64 for a model object's own dtype).
-        systems: ASE structures, all periodic or none (one ``pbc`` per torch-sim state).
+        systems: ASE structures or so2nn data items, all periodic or none (one ``pbc`` per
+            torch-sim state); a constraint other than ``FixAtoms`` raises.
         fmax: convergence threshold on the largest free-atom force (eV/A).
         max_steps: FIRE steps at most per system.
         relax_cell: relax the cell too.
@@ -113,7 +100,7 @@ def relax_batch(
         raise ValueError(f"fmax must be > 0 and max_steps >= 0, got fmax={fmax}, max_steps={max_steps}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    _check_systems(systems)
+    systems = as_atoms_list(systems)
     model = _as_sim_model(model, None)
     if relax_cell and not model.compute_stress:
         raise ValueError("relax_cell needs a model with a stress output ('stress' in its output_names)")
@@ -134,7 +121,7 @@ def relax_batch(
         return batch.without(done)
 
     def advance(batch: _Batch) -> _Batch:
-        model.fixed = batch.fixed
+        _zero_forces_on(model, batch.fixed)
         return _Batch(step(batch.state), batch.fixed, batch.ids, [s + 1 for s in batch.steps])
 
     batch = _Batch(None, None, [], [])
@@ -142,8 +129,8 @@ def relax_batch(
         while waiting or batch.ids:
             while waiting and len(batch.ids) < capacity:
                 new = [waiting.popleft() for _ in range(min(capacity - len(batch.ids), len(waiting)))]
-                state, fixed = _to_state(model, [systems[i] for i in new])
-                model.fixed = fixed
+                state, fixed = state_and_fixed([systems[i] for i in new], model.device, model.dtype)
+                _zero_forces_on(model, fixed)
                 arrivals = retire(_Batch(init(state), fixed, new, [0] * len(new)))
                 # torch-sim's FIRE takes a system's first step (velocities not yet set) in a
                 # branch that skips the time-step update of every system in the batch: newcomers
@@ -156,8 +143,15 @@ def relax_batch(
                 batch = advance(batch)
     finally:
         bar.close()
-        model.fixed = None
+        _zero_forces_on(model, None)
     return results
+
+
+def _zero_forces_on(model: TorchSimModel, fixed: torch.Tensor | None) -> None:
+    """torch-sim 0.3 has no constraints: the model zeroes the forces on the fixed atoms of the
+    state it evaluates next (``fixed`` in that state's atom order)."""
+    if not _compat.HAS_CONSTRAINTS:
+        model.fixed = fixed
 
 
 @dataclass
@@ -267,18 +261,20 @@ def run_md(
     smooth potential; ``"nvt_langevin"``: BAOAB Langevin dynamics at ``temperature_K`` with
     friction ``friction_per_fs`` (torch-sim's default :math:`1/(100\,\Delta t)` when None).
     Momenta start from a Maxwell-Boltzmann distribution at ``temperature_K`` (``seed``).
-    Atoms that a :class:`~ase.constraints.FixAtoms` holds keep their positions and zero
-    momenta. The model rebuilds the neighbour graph at every step.
+    Atoms that a :class:`~ase.constraints.FixAtoms` (or an so2nn data item's ``fixed`` field)
+    holds keep their positions and zero momenta: torch-sim's own ``FixAtoms`` constraint holds
+    them (0.5.1 and later), or on torch-sim 0.3 the model zeroes their forces and each step puts
+    them back with zero momenta. The model rebuilds the neighbour graph at every step.
 
     Args:
         model: a :class:`TorchSimModel`, or what it accepts.
-        systems: ASE structures, all periodic or none.
+        systems: ASE structures or so2nn data items, all periodic or none.
         steps: integration steps.
         timestep_fs: the time step (fs).
         temperature_K: the initial (NVE) or bath (NVT) temperature (K).
         ensemble: ``"nve"`` or ``"nvt_langevin"``.
         friction_per_fs: Langevin friction (1/fs), or None.
-        seed: random seed of the initial momenta (and, with torch-sim 0.3, the noise).
+        seed: random seed of the initial momenta and the Langevin noise (None: a fresh one each run).
         interval: record energies every this many steps (the first and last are recorded).
 
     Example:
@@ -295,18 +291,20 @@ def run_md(
     if steps < 0 or not timestep_fs > 0 or not temperature_K >= 0 or interval < 1:
         raise ValueError("steps must be >= 0, timestep_fs > 0, temperature_K >= 0 and interval >= 1, got "
                          f"{steps}, {timestep_fs}, {temperature_K}, {interval}")
-    _check_systems(systems)
+    systems = as_atoms_list(systems)
     model = _as_sim_model(model, None)
     units = ts.units.MetalUnits
     fs = units.time / 1000.0  # torch-sim's time unit is sqrt(amu A^2 / eV); MetalUnits.time is 1 ps in it
     gamma = None if friction_per_fs is None else friction_per_fs / fs
     init, step = _compat.integrator(ensemble, model, dt=timestep_fs * fs, kT=temperature_K * units.temperature,
                                     gamma=gamma, seed=seed)
-    state, fixed = _to_state(model, systems)
+    state, fixed = state_and_fixed(systems, model.device, model.dtype)
     held = state.positions[fixed].clone()
-    model.fixed = fixed
+    _zero_forces_on(model, fixed)
     try:
         state = init(state)
+        if _compat.HAS_CONSTRAINTS:  # the first momenta are drawn for every atom, fixed or not
+            state.set_constrained_momenta(state.momenta)
         _hold(state, fixed, held)
         num_systems = len(systems)
         free = torch.zeros(num_systems, dtype=torch.long).index_add_(
@@ -325,7 +323,7 @@ def run_md(
             if t % interval == 0 or t == steps:
                 record(t)
     finally:
-        model.fixed = None
+        _zero_forces_on(model, None)
     kinetic_energy = np.stack(kinetic)
     dof = 3 * np.maximum(free.numpy(), 1)
     temperature = 2 * kinetic_energy / (dof * float(units.temperature))
@@ -341,8 +339,9 @@ def run_md(
 
 
 def _hold(state, fixed: torch.Tensor, held: torch.Tensor) -> None:
-    """Fixed atoms back at their positions with zero momenta (the Langevin noise moves them)."""
-    if bool(fixed.any()):
+    """Fixed atoms back at their positions with zero momenta: torch-sim 0.3's Langevin noise
+    moves them (later releases hold them with their ``FixAtoms`` constraint)."""
+    if not _compat.HAS_CONSTRAINTS and bool(fixed.any()):
         state.positions[fixed] = held
         state.momenta[fixed] = 0.0
 
