@@ -39,8 +39,9 @@ class CompiledModel:
     and that no edge is shorter than the model's ``min_distance``), builds the graph with the
     model's ``build_graph`` when none is given, and then runs the compiled model, with
     ``validate=False`` when its forward takes that keyword (the checks are done: the compiled
-    body then never waits for the device). The first call of each shape (once with dynamic
-    shapes, once per bucket) compiles, and prints how long it took on standard error, e.g.
+    body then never waits for the device; a model without it checks its inputs again). The
+    first call of each shape (once with dynamic shapes, once per bucket) compiles, and prints
+    how long it took on standard error, e.g.
     ``so2nn: compiled the model (dynamic shapes): first call 41.2 s``. Inductor keeps the
     compiled code in its cache on disk, so a later process compiles faster (see the
     performance page of the docs).
@@ -89,11 +90,12 @@ class CompiledModel:
                 raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, but it is on {device}: "
                                  "use compile=True (dynamic shapes) on other devices")
             if backend != "inductor":
-                raise ValueError(f"cuda_graphs=True captures CUDA graphs with inductor; backend={backend!r} cannot")
+                raise ValueError(f"cuda_graphs=True captures CUDA graphs with inductor; "
+                                 f"backend={backend!r} cannot")
             buckets = SizeBuckets() if buckets is None else buckets
         if buckets is not None and getattr(model.config, "max_radius", None) is None:
-            raise ValueError(f"padding to size buckets needs the model's cutoff, and {type(model.config).__name__} "
-                             "has no max_radius")
+            raise ValueError(f"padding to size buckets needs the model's cutoff, and "
+                             f"{type(model.config).__name__} has no max_radius")
         self.model, self.cuda_graphs, self.buckets = model, cuda_graphs, buckets
         if buckets is None:
             self._compiled = torch.compile(model, dynamic=True, backend=backend)
@@ -123,17 +125,17 @@ class CompiledModel:
             fields["cell"] = inputs.cell
         if inputs.cell_offsets is not None:
             fields["cell_offsets"] = inputs.cell_offsets
-        if self._skip_checks:  # the model will not check its edges' lengths: do it here
-            _check_min_distance(inputs, getattr(config, "min_distance", 0.0))
+        # before any compilation, and needed with validate=False
+        _check_min_distance(inputs, getattr(config, "min_distance", 0.0))
         padding = None
         if self.buckets is not None:
-            fields, padding = pad_inputs(fields, cutoff=config.max_radius,
-                                         min_distance=getattr(config, "min_distance", 0.0), buckets=self.buckets)
+            fields, padding = pad_inputs(fields, cutoff=config.max_radius, buckets=self.buckets,
+                                         min_distance=getattr(config, "min_distance", 0.0))
         key = None if padding is None else padding.shape_key
         first = key not in self._shapes_seen
         start = time.perf_counter()
         if self.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # a new inference step: the last one's outputs are read
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last one's outputs were copied
         out = self._compiled(**fields, **self._skip_checks)
         if padding is not None:
             out = unpad_outputs(out, padding)
@@ -166,7 +168,6 @@ def _check_min_distance(inputs, min_distance: float) -> None:
     close = distance < min_distance
     if distance.numel() and bool(close.any()):
         e = int(close.nonzero()[0, 0])
-        raise ValueError(
-            f"atoms {int(inputs.edge_index[0, e])} and {int(inputs.edge_index[1, e])} are {float(distance[e]):.3g} A "
-            f"apart (< min_distance={min_distance}): overlapping atoms"
-        )
+        source, target = int(inputs.edge_index[0, e]), int(inputs.edge_index[1, e])
+        raise ValueError(f"atoms {source} and {target} are {float(distance[e]):.3g} A apart "
+                         f"(< min_distance={min_distance}): overlapping atoms")

@@ -166,8 +166,8 @@ def pad_inputs(
         for :func:`unpad_outputs`.
 
     Example:
-        >>> fields = dict(pos=torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), atomic_numbers=torch.tensor([8, 1]),
-        ...               edge_index=torch.tensor([[0, 1], [1, 0]]))
+        >>> fields = dict(pos=torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]),
+        ...               atomic_numbers=torch.tensor([8, 1]), edge_index=torch.tensor([[0, 1], [1, 0]]))
         >>> padded, padding = pad_inputs(fields, cutoff=5.0)
         >>> padded["pos"].shape, padded["edge_index"].shape, padded["natoms"].tolist()
         (torch.Size([32, 3]), torch.Size([2, 256]), [2, 30])
@@ -179,7 +179,8 @@ def pad_inputs(
     if unknown:
         raise ValueError(f"unknown input field(s) {unknown}: pad_inputs reads {list(INPUT_FIELDS)}")
     if not (math.isfinite(cutoff) and math.isfinite(min_distance) and 0 <= min_distance < cutoff):
-        raise ValueError(f"need 0 <= min_distance < cutoff (finite), got min_distance={min_distance}, cutoff={cutoff}")
+        raise ValueError(f"need 0 <= min_distance < cutoff (finite), got min_distance={min_distance}, "
+                         f"cutoff={cutoff}")
     for name in ("pos", "atomic_numbers", "edge_index"):
         if fields.get(name) is None:
             hint = " (padding needs the edge count: build the graph first, e.g. with model.build_graph)" \
@@ -230,7 +231,8 @@ def pad_inputs(
     if cell is not None:
         cell = cell.reshape(-1, 3, 3)
         if cell.shape[0] != num_systems:
-            raise ValueError(f"cell must have one [3, 3] matrix per system ({num_systems}), got {cell.shape[0]}")
+            raise ValueError(f"cell must have one [3, 3] matrix per system ({num_systems}), "
+                             f"got {cell.shape[0]}")
         if offsets is None:
             raise ValueError("a periodic input's edge_index needs its cell_offsets [E, 3] to be padded")
         # a box that holds the line of padded atoms: a valid cell, unused (zero offsets, not periodic)

@@ -19,9 +19,9 @@ from so2nn.models import (
 )
 
 TINY = dict(
-    lmax=2, mmax=1, num_layers=2, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
-    attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8, num_distance_basis=16, max_radius=3.0,
-    max_neighbors=12, alpha_drop=0.0, drop_path_rate=0.0, max_num_elements=30,
+    lmax=2, mmax=1, num_layers=2, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
+    attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, edge_channels=8,
+    num_distance_basis=16, max_radius=3.0, max_neighbors=12, alpha_drop=0.0, drop_path_rate=0.0, max_num_elements=30,
 )
 MODELS = {
     "direct, stress head": dict(stress_head="equivariant"),
@@ -64,11 +64,13 @@ def with_graph(model, fields):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @settings(max_examples=6, deadline=None)
-@given(sizes=st.lists(st.integers(1, 7), min_size=1, max_size=3), periodic=st.booleans(), seed=st.integers(0, 99))
+@given(sizes=st.lists(st.integers(1, 7), min_size=1, max_size=3), periodic=st.booleans(),
+       seed=st.integers(0, 99))
 def test_padded_inputs_give_the_unpadded_outputs(name, sizes, periodic, seed):
     model = tiny_model(name)
     fields = with_graph(model, systems(sizes, periodic, seed))
-    padded, padding = pad_inputs(fields, cutoff=model.config.max_radius, min_distance=model.config.min_distance)
+    c = model.config
+    padded, padding = pad_inputs(fields, cutoff=c.max_radius, min_distance=c.min_distance)
     assert padding.padded_atoms > padding.num_atoms + 1 and padding.padded_edges >= padding.num_edges
     with torch.no_grad():
         want = model(**fields)
@@ -103,7 +105,8 @@ def test_padded_edges_join_padded_atoms_within_the_cutoff():
 def test_bucket_size_rounds_up_to_a_stable_geometric_sequence(n, multiple, ratio):
     size = bucket_size(n, multiple, ratio)
     assert size >= n and size % multiple == 0
-    assert size <= max(multiple, ratio * n + multiple)  # padding adds at most a fraction ratio - 1, plus one multiple
+    # padding adds at most a fraction ratio - 1, plus one multiple
+    assert size <= max(multiple, ratio * n + multiple)
     # every count between n and its bucket maps to the same bucket; the bucket maps to itself
     for m in {n, (n + size) // 2, size}:
         assert bucket_size(m, multiple, ratio) == size
