@@ -7,6 +7,7 @@ import dataclasses
 import json
 import random
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ CHECKPOINT, MODEL = "checkpoint.pt", "model.pt"
 #: Training settings a resume may change: they decide how long the run goes and what it logs,
 #: not what a step computes. (A longer ``max_steps`` stretches the cosine schedule from the
 #: current step on, as the reference's trainer does when a run is extended.)
-RESUMABLE = ("max_steps", "eval_every", "checkpoint_every", "log_every", "eval_batch_size", "num_workers")
+RESUMABLE = ("max_steps", "eval_every", "checkpoint_every", "log_every", "eval_batch_size", "num_workers",
+             "compile", "compile_backend")
 #: The coefficient of each stress term of the loss that :class:`TrainingConfig` leaves at ``None``.
 DEFAULT_STRESS_COEFFICIENT = 10.0
 #: Model config entries the Trainer derives from the training set (not chosen by the user).
@@ -66,6 +68,12 @@ class TrainingConfig:
     stress (``stress_std`` of :func:`~so2nn.data.target_statistics`). A coefficient left at
     ``None`` is :data:`DEFAULT_STRESS_COEFFICIENT`; setting one while the data or the model has
     no stress raises, data with stress for a model without it warns once.
+
+    ``compile=True`` runs the training forward (and so its backward) through
+    ``torch.compile(model, dynamic=True)`` with ``compile_backend`` (``"inductor"``, or
+    ``"aot_eager"`` / ``"eager"``, which generate no code); the first step compiles, and its
+    time is printed once. Evaluation, the EMA and checkpoints use the model itself: a
+    checkpoint's weights have the plain module's names.
 
     Example:
         >>> config = TrainingConfig(max_steps=100, batch_size=4)
@@ -102,6 +110,8 @@ class TrainingConfig:
     num_workers: int = 0
     freeze_backbone: bool = False  # train the heads only (the model's ``heads``)
     backbone_lr_factor: float = 1.0  # the backbone's learning rate is this times the heads' ``lr``
+    compile: bool = False  # train through torch.compile(model, dynamic=True)
+    compile_backend: str = "inductor"  # torch.compile's backend with compile=True
 
     def __post_init__(self) -> None:
         if self.amp not in ("none", "bf16", "fp16"):
@@ -122,6 +132,8 @@ class TrainingConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.backbone_lr_factor > 0:
             raise ValueError(f"backbone_lr_factor must be > 0, got {self.backbone_lr_factor}")
+        if not self.compile and self.compile_backend != "inductor":
+            raise ValueError(f"compile_backend={self.compile_backend!r} applies with compile=True")
 
 
     @property
@@ -250,6 +262,9 @@ class Trainer:
         if self.dist.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if config.compile:  # the training forward only: checkpoints and the EMA read the plain self.model
+            self.ddp_model = torch.compile(self.ddp_model, dynamic=True, backend=config.compile_backend)
+        self._compiled_step_done = False
         groups = parameter_groups(self.model, config.freeze_backbone, config.backbone_lr_factor, config.lr)
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -312,7 +327,7 @@ class Trainer:
                 copied elsewhere, say); the difference is then a warning.
             config_changes: changes to the run's config; only the :data:`RESUMABLE` settings
                 (``max_steps``, ``eval_every``, ``checkpoint_every``, ``log_every``,
-                ``eval_batch_size``, ``num_workers``) may differ from the run's. To change
+                ``eval_batch_size``, ``num_workers``, ``compile``, ``compile_backend``) may differ from the run's. To change
                 anything else, start a new run (another ``out_dir``).
         """
         state = load_checkpoint(checkpoint)
@@ -512,6 +527,7 @@ class Trainer:
         return loss, terms
 
     def train_step(self, batch: Batch) -> dict[str, float]:
+        start = time.perf_counter()
         self.ddp_model.train()
         batch = batch.to(self.device)
         with self._autocast():
@@ -532,6 +548,12 @@ class Trainer:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.scheduler.step()
         self.ema.update(self.model)
+        if self.config.compile and not self._compiled_step_done:
+            self._compiled_step_done = True
+            if self.dist.is_main:
+                loss.item()  # the step has run
+                print(f"so2nn: compiled the model for training: first step {time.perf_counter() - start:.1f} s",
+                      file=sys.stderr, flush=True)
         return {"loss": loss.item(), **{name: term.item() for name, term in terms.items()},
                 "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
                 "atoms": int(batch.pos.shape[0])}
