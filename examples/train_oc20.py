@@ -180,8 +180,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                      help="mixed precision (fp16 uses loss scaling)")
     run.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
-    run.add_argument("--compile", action="store_true", help="train through torch.compile(model, dynamic=True) "
-                     "(the first step compiles; its time is printed)")
+    run.add_argument("--compile", action="store_true", help="train through torch.compile(model, "
+                     "dynamic=True) (the first step compiles; its time is printed)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); on a "
                      "shared machine fewer than the free cores, e.g. 1")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt "

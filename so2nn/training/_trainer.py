@@ -327,7 +327,8 @@ class Trainer:
                 copied elsewhere, say); the difference is then a warning.
             config_changes: changes to the run's config; only the :data:`RESUMABLE` settings
                 (``max_steps``, ``eval_every``, ``checkpoint_every``, ``log_every``,
-                ``eval_batch_size``, ``num_workers``, ``compile``, ``compile_backend``) may differ from the run's. To change
+                ``eval_batch_size``, ``num_workers``, ``compile``, ``compile_backend``) may differ
+                from the run's. To change
                 anything else, start a new run (another ``out_dir``).
         """
         state = load_checkpoint(checkpoint)
@@ -552,8 +553,8 @@ class Trainer:
             self._compiled_step_done = True
             if self.dist.is_main:
                 loss.item()  # the step has run
-                print(f"so2nn: compiled the model for training: first step {time.perf_counter() - start:.1f} s",
-                      file=sys.stderr, flush=True)
+                seconds = time.perf_counter() - start
+                print(f"so2nn: compiled the model for training: first step {seconds:.1f} s", file=sys.stderr, flush=True)
         return {"loss": loss.item(), **{name: term.item() for name, term in terms.items()},
                 "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
                 "atoms": int(batch.pos.shape[0])}

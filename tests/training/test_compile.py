@@ -12,8 +12,9 @@ from .conftest import emt_frames
 
 
 def recipe(**changes) -> TrainingConfig:
-    return TrainingConfig(**{**dict(max_steps=2, batch_size=2, eval_batch_size=4, warmup_steps=0, eval_every=2,
-                                    checkpoint_every=1, log_every=1), **changes})
+    settings = dict(max_steps=2, batch_size=2, eval_batch_size=4, warmup_steps=0, eval_every=2, checkpoint_every=1,
+                    log_every=1)
+    return TrainingConfig(**{**settings, **changes})
 
 
 @pytest.mark.skipif("validate" not in inspect.signature(EquiformerV2.forward).parameters,
