@@ -66,7 +66,7 @@ class So2nnCalculator(Calculator):
             ``torch.compile(model, mode="reduce-overhead", dynamic=False)``, which captures one CUDA
             graph per bucket and replays it: the fastest way to run a relaxation or molecular
             dynamics of one structure on a GPU. Each new bucket's warm-up is printed. Needs a CUDA
-            ``device`` (a ValueError says so otherwise).
+            ``device`` (a ValueError says so otherwise); ``compile`` is then implied.
         compile_backend: :func:`torch.compile`'s backend with ``compile=True``: ``"inductor"``
             (default), or ``"aot_eager"`` / ``"eager"``, which compile fast and generate no code
             (for tests). See :class:`~so2nn.models.CompiledModel`.

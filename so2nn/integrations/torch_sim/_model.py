@@ -63,7 +63,7 @@ class TorchSimModel(ModelInterface):
             ``torch.compile(model, mode="reduce-overhead", dynamic=False)``, which captures one CUDA
             graph per bucket (and number of systems) and replays it: for small batches, where an
             eager model is bound by kernel launches. Each new bucket's warm-up is printed. Needs a
-            CUDA ``device`` (a ValueError says so otherwise).
+            CUDA ``device`` (a ValueError says so otherwise); ``compile`` is then implied.
         compile_backend: :func:`torch.compile`'s backend with ``compile=True``: ``"inductor"``
             (default), or ``"aot_eager"`` / ``"eager"`` (fast to compile, no code generated; for
             tests). See :class:`~so2nn.models.CompiledModel`.
