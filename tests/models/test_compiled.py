@@ -19,7 +19,7 @@ needs_compilable_body = pytest.mark.skipif(
 
 
 def test_bucketed_model_gives_the_models_outputs_and_compiles_once_per_bucket(capfd):
-    model = tiny_model("conservative")
+    model = tiny_model("conservative", num_layers=1)  # tracing time grows with the layers
     compiled = CompiledModel(model, buckets=SizeBuckets(1.25, 16, 64), backend="eager")
     for seed in (0, 1):  # other positions and edges, same bucket: one compilation
         fields = systems([3, 4], True, seed)
@@ -34,7 +34,7 @@ def test_bucketed_model_gives_the_models_outputs_and_compiles_once_per_bucket(ca
 
 @needs_compilable_body
 def test_dynamic_shapes_give_the_models_outputs(capfd):
-    model = tiny_model("direct, stress head")
+    model = tiny_model("direct, stress head", num_layers=1)
     compiled = CompiledModel(model, backend="eager")
     for sizes in ([3, 4], [2, 5, 6]):  # other atom, edge and system counts: one compiled graph
         fields = systems(sizes, True, seed=2)
