@@ -42,7 +42,7 @@ Without ``--val-data`` both use the embedded dataset's validation split.
 The checkpoint records the run's data (paths, sizes, modification times, record counts), model
 and recipe, and a resume that would change them stops with a message naming each difference.
 A resume may change ``--max-steps`` (to extend the run), ``--eval-every``,
-``--checkpoint-every``, ``--log-every``, ``--eval-batch-size``, ``--num-workers``,
+``--checkpoint-every``, ``--log-every``, ``--eval-batch-size``, ``--num-workers``, ``--compile``,
 ``--stop-after``, ``--device``, ``--threads`` and the output options; for data moved or copied
 elsewhere, add ``--allow-data-change``. Anything else is a new run: use another ``--out``.
 
@@ -55,6 +55,11 @@ of older configs); ``--freeze-backbone`` trains the heads only,
 ``--backbone-lr-factor`` lowers the backbone's learning rate, ``--reinit-head`` starts a head
 afresh and ``--refit`` chooses the energy referencing (printed at the start). ``--resume``
 continues a fine-tuning run like any other (same command plus ``--resume``).
+
+``--compile`` trains through ``torch.compile(model, dynamic=True)``: the first step compiles
+(its time is printed; inductor's cache on disk makes the next run's faster), the later ones run
+the compiled code. Checkpoints hold the plain model's weights, so they load and resume with or
+without it.
 
 Threads: on a machine of its own, torch's default (one thread per core) is fastest. When other
 jobs share the cores, use fewer threads than the cores left free, ``--threads 1`` if in doubt:
@@ -196,6 +201,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                      help="mixed precision (fp16 uses loss scaling)")
     run.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    run.add_argument("--compile", action="store_true", help="train through torch.compile(model, "
+                     "dynamic=True) (the first step compiles; its time is printed)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); on a "
                      "shared machine fewer than the free cores, e.g. 1")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt "
@@ -270,7 +277,7 @@ def training_config(args) -> TrainingConfig:
         stress_anisotropic_coefficient=args.stress_anisotropic_coefficient,
         eval_on_free_atoms=not args.all_atoms, normalize_targets=not args.no_normalize, log_every=args.log_every,
         amp=args.amp, seed=args.seed, num_workers=args.num_workers, freeze_backbone=args.freeze_backbone,
-        backbone_lr_factor=args.backbone_lr_factor,
+        backbone_lr_factor=args.backbone_lr_factor, compile=args.compile,
     )
 
 

@@ -13,7 +13,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from .._ase import fixed_atoms_mask
-from ..models import AtomisticModel, load_model, read_inputs
+from ..models import AtomisticModel, CompiledModel, load_model, read_inputs
 
 __all__ = ["EquiformerV2Calculator", "So2nnCalculator", "fixed_atoms_mask"]
 
@@ -58,6 +58,18 @@ class So2nnCalculator(Calculator):
         use_ema: read a checkpoint's EMA weights when it has them.
         trust: a checkpoint file is read as data only (no code named in it runs); ``True``
             allows a full unpickle, for a file whose origin you trust.
+        compile: evaluate through ``torch.compile(model, dynamic=True)``: one compiled graph for
+            every atom and edge count. The first call compiles (seconds to a minute, printed once
+            on standard error); later calls run the compiled code.
+        cuda_graphs: pad every call's inputs to a size bucket (:func:`~so2nn.models.pad_inputs`:
+            the padding contributes nothing to the results) and run
+            ``torch.compile(model, mode="reduce-overhead", dynamic=False)``, which captures one CUDA
+            graph per bucket and replays it: the fastest way to run a relaxation or molecular
+            dynamics of one structure on a GPU. Each new bucket's warm-up is printed. Needs a CUDA
+            ``device`` (a ValueError says so otherwise); ``compile`` is then implied.
+        compile_backend: :func:`torch.compile`'s backend with ``compile=True``: ``"inductor"``
+            (default), or ``"aot_eager"`` / ``"eager"``, which compile fast and generate no code
+            (for tests). See :class:`~so2nn.models.CompiledModel`.
         **config_changes: inference options applied when loading a checkpoint
             (``grid_resolution``, ``graph_mode``, ...).
 
@@ -103,6 +115,9 @@ class So2nnCalculator(Calculator):
         dtype: torch.dtype | str | None = None,
         use_ema: bool = True,
         trust: bool = False,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        compile_backend: str = "inductor",
         **config_changes,
     ) -> None:
         super().__init__()
@@ -111,6 +126,7 @@ class So2nnCalculator(Calculator):
         outputs = set(self.model.output_names)
         if "energy" not in outputs:
             raise ValueError(f"the model's outputs {sorted(outputs)} have no 'energy'")
+        self._compiled = _compiled_model(self.model, compile, cuda_graphs, compile_backend)
         self.implemented_properties = ["energy", "free_energy"] + [p for p in ("forces", "stress") if p in outputs]
         self._graph_key: tuple | None = None
         self._graph: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -129,7 +145,7 @@ class So2nnCalculator(Calculator):
         fields = self._fields(self.atoms)
         fields["edge_index"], fields["cell_offsets"] = self._cached_graph(fields)
         with torch.no_grad():
-            out = self.model(**fields)
+            out = (self.model if self._compiled is None else self._compiled)(**fields)
         energy = float(out["energy"][0])
         self.results = {"energy": energy, "free_energy": energy}
         if "forces" in self.implemented_properties:
@@ -216,6 +232,17 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if dtype not in _DTYPES.values():
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     return dtype
+
+
+def _compiled_model(model: nn.Module, compile: bool, cuda_graphs: bool, backend: str) -> CompiledModel | None:
+    """The :class:`~so2nn.models.CompiledModel` that the calculator and the torch-sim model
+    evaluate through (None: the model itself), from their ``compile``, ``cuda_graphs`` and
+    ``compile_backend`` options."""
+    if not (compile or cuda_graphs):
+        if backend != "inductor":
+            raise ValueError(f"compile_backend={backend!r} applies with compile=True or cuda_graphs=True")
+        return None
+    return CompiledModel(model, cuda_graphs=cuda_graphs, backend=backend)
 
 
 #: The calculator's earlier name, kept for existing code: the same class.

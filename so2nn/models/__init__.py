@@ -3,11 +3,13 @@ that training, checkpoints and the calculator rely on."""
 
 from ._checkpoint import load_model, upgrade_checkpoint
 from ._compile import compile_model, configure_compile
+from ._compiled import CompiledModel
 from ._config import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, StressConfig, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
 from ._heads import EnergyHead, ForceHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
+from ._padding import PADDING_ATOMIC_NUMBER, Padding, SizeBuckets, bucket_size, pad_inputs, unpad_outputs
 from ._protocol import AtomisticModel, ModelConfig, TargetStatistics, target_statistics_fields
 from ._registry import (
     Importer,
@@ -36,6 +38,7 @@ __all__ = [
     "FAIRCHEM_IGNORED_KEYS",
     "FLAT_STRESS_KEYS",
     "INPUT_FIELDS",
+    "PADDING_ATOMIC_NUMBER",
     "PRESETS",
     "STRESS_BASIS",
     "STRESS_HEADS",
@@ -43,6 +46,7 @@ __all__ = [
     "AtomicInputs",
     "AtomisticModel",
     "DecomposedStressHead",
+    "CompiledModel",
     "DenoisingEmbedding",
     "DenoisingForceHead",
     "EnergyHead",
@@ -55,10 +59,13 @@ __all__ = [
     "ModelConfig",
     "Rank2StressHead",
     "StressConfig",
+    "Padding",
+    "SizeBuckets",
     "StressHead",
     "StressStatistics",
     "TargetStatistics",
     "TransformerBlock",
+    "bucket_size",
     "build_model",
     "compile_model",
     "configure_compile",
@@ -66,6 +73,7 @@ __all__ = [
     "load_weights",
     "model_class",
     "model_type",
+    "pad_inputs",
     "preset",
     "read_inputs",
     "register_importer",
@@ -73,5 +81,6 @@ __all__ = [
     "registered_importers",
     "registered_models",
     "target_statistics_fields",
+    "unpad_outputs",
     "upgrade_checkpoint",
 ]

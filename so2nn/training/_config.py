@@ -10,7 +10,8 @@ __all__ = ["DEFAULT_STRESS_COEFFICIENT", "RESUMABLE", "RunStatistics", "Training
 #: Training settings a resume may change: they decide how long the run goes and what it logs,
 #: not what a step computes. (A longer ``max_steps`` stretches the cosine schedule from the
 #: current step on, as the reference's trainer does when a run is extended.)
-RESUMABLE = ("max_steps", "eval_every", "checkpoint_every", "log_every", "eval_batch_size", "num_workers")
+RESUMABLE = ("max_steps", "eval_every", "checkpoint_every", "log_every", "eval_batch_size", "num_workers",
+             "compile", "compile_backend")
 #: The coefficient of each stress term of the loss that :class:`TrainingConfig` leaves at ``None``.
 DEFAULT_STRESS_COEFFICIENT = 10.0
 
@@ -36,6 +37,12 @@ class TrainingConfig:
     stress (``stress_std`` of :func:`~so2nn.data.target_statistics`). A coefficient left at
     ``None`` is :data:`DEFAULT_STRESS_COEFFICIENT`; setting one while the data or the model has
     no stress raises, data with stress for a model without it warns once.
+
+    ``compile=True`` runs the training forward (and so its backward) through
+    :func:`~so2nn.models.compile_model` (dynamic shapes) with ``compile_backend``
+    (``"inductor"``, or ``"aot_eager"`` / ``"eager"``, which generate no code); the first step
+    compiles, and its time is printed once. Evaluation, the EMA and checkpoints use the model
+    itself: a checkpoint's weights have the plain module's names.
 
     Example:
         >>> config = TrainingConfig(max_steps=100, batch_size=4)
@@ -70,10 +77,14 @@ class TrainingConfig:
     amp: str = "none"  # "none" | "bf16" | "fp16"
     seed: int = 0
     num_workers: int = 0
+    compile: bool = False  # train through torch.compile(model, dynamic=True)
+    compile_backend: str = "inductor"  # torch.compile's backend with compile=True
     freeze_backbone: bool = False  # train the heads only (the model's ``heads``)
     backbone_lr_factor: float = 1.0  # the backbone's learning rate is this times the heads' ``lr``
 
     def __post_init__(self) -> None:
+        if not self.compile and self.compile_backend != "inductor":
+            raise ValueError(f"compile_backend={self.compile_backend!r} applies with compile=True")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         for name in (

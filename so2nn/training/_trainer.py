@@ -6,6 +6,7 @@ import dataclasses
 import json
 import random
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..models import (
     ModelConfig,
     TargetStatistics,
     build_model,
+    compile_model,
     model_class,
     upgrade_checkpoint,
 )
@@ -149,6 +151,9 @@ class Trainer:
         if self.dist.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if config.compile:  # the training forward only: checkpoints and the EMA read the plain self.model
+            self.ddp_model = compile_model(self.ddp_model, fullgraph=False, backend=config.compile_backend)
+        self._compiled_step_done = False
         groups = parameter_groups(self.model, config.freeze_backbone, config.backbone_lr_factor, config.lr)
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -222,7 +227,8 @@ class Trainer:
                 copied elsewhere, say); the difference is then a warning.
             config_changes: changes to the run's config; only the :data:`RESUMABLE` settings
                 (``max_steps``, ``eval_every``, ``checkpoint_every``, ``log_every``,
-                ``eval_batch_size``, ``num_workers``) may differ from the run's. To change
+                ``eval_batch_size``, ``num_workers``, ``compile``, ``compile_backend``) may differ
+                from the run's. To change
                 anything else, start a new run (another ``out_dir``).
         """
         state = load_checkpoint(checkpoint)
@@ -358,6 +364,7 @@ class Trainer:
                          self.stress_std if self.use_stress else None)
 
     def train_step(self, batch: Batch) -> dict[str, float]:
+        start = time.perf_counter()
         self.ddp_model.train()
         batch = batch.to(self.device)
         with self._autocast():
@@ -378,6 +385,12 @@ class Trainer:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.scheduler.step()
         self.ema.update(self.model)
+        if self.config.compile and not self._compiled_step_done:
+            self._compiled_step_done = True
+            if self.dist.is_main:
+                loss.item()  # the step has run
+                seconds = time.perf_counter() - start
+                print(f"so2nn: compiled the model for training: first step {seconds:.1f} s", file=sys.stderr, flush=True)
         return {"loss": loss.item(), **{name: term.item() for name, term in terms.items()},
                 "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
                 "atoms": int(batch.pos.shape[0])}

@@ -10,6 +10,7 @@ from torch import nn
 from torch_sim.models.interface import ModelInterface
 
 from ...calculators._calculator import evaluation_model
+from ...models import CompiledModel
 from . import _compat
 
 __all__ = ["TorchSimModel"]
@@ -58,6 +59,18 @@ class TorchSimModel(ModelInterface):
         dtype: ``torch.float32`` or ``torch.float64`` (or their names); torch-sim states must
             use the same. Default: the model's dtype; ``float32`` for a checkpoint.
         fixed: ``[n_atoms]`` bool, the atoms held in place on torch-sim 0.3 (see above), or None.
+        compile: evaluate through ``torch.compile(model, dynamic=True)``: one compiled graph for
+            every batch, atom and edge count (the first call compiles; its time is printed once on
+            standard error). For large batches on a GPU.
+        cuda_graphs: pad every call's batch to a size bucket (:func:`~so2nn.models.pad_inputs`:
+            the padding contributes nothing to the results) and run
+            ``torch.compile(model, mode="reduce-overhead", dynamic=False)``, which captures one CUDA
+            graph per bucket (and number of systems) and replays it: for small batches, where an
+            eager model is bound by kernel launches. Each new bucket's warm-up is printed. Needs a
+            CUDA ``device`` (a ValueError says so otherwise); ``compile`` is then implied.
+        compile_backend: :func:`torch.compile`'s backend with ``compile=True``: ``"inductor"``
+            (default), or ``"aot_eager"`` / ``"eager"`` (fast to compile, no code generated; for
+            tests). See :class:`~so2nn.models.CompiledModel`.
         use_ema, trust, config_changes: as :func:`~so2nn.models.load_model` (a checkpoint only).
 
     Example:
@@ -82,6 +95,9 @@ class TorchSimModel(ModelInterface):
         fixed: torch.Tensor | None = None,
         use_ema: bool = True,
         trust: bool = False,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        compile_backend: str = "inductor",
         **config_changes,
     ) -> None:
         super().__init__()
@@ -97,6 +113,11 @@ class TorchSimModel(ModelInterface):
         capped = getattr(self.model.config, "max_neighbors", None) is not None
         self._memory_scales_with = "n_atoms" if capped else "n_atoms_x_density"
         self.fixed = fixed
+        if not (compile or cuda_graphs) and compile_backend != "inductor":
+            raise ValueError(f"compile_backend={compile_backend!r} applies with compile=True or "
+                             "cuda_graphs=True")
+        self._compiled = (CompiledModel(self.model, cuda_graphs=cuda_graphs, backend=compile_backend)
+                          if compile or cuda_graphs else None)
 
     @property
     def fixed(self) -> torch.Tensor | None:
@@ -134,7 +155,7 @@ class TorchSimModel(ModelInterface):
         if bool(pbc.any()):
             fields["cell"] = state.row_vector_cell
         with torch.no_grad():
-            out = self.model(**fields)
+            out = (self.model if self._compiled is None else self._compiled)(**fields)
         result = {"energy": out["energy"].detach(), "forces": out["forces"].detach()}
         if self._compute_stress and "stress" in out:  # a model's stress needs periodic systems
             result["stress"] = out["stress"].detach()
@@ -146,4 +167,6 @@ class TorchSimModel(ModelInterface):
         return result
 
     def extra_repr(self) -> str:
-        return f"device={self._device}, dtype={self._dtype}, stress={self._compute_stress}"
+        compiled = "" if self._compiled is None else \
+            f", compiled={'cuda_graphs' if self._compiled.cuda_graphs else 'dynamic'}"
+        return f"device={self._device}, dtype={self._dtype}, stress={self._compute_stress}{compiled}"
