@@ -31,7 +31,7 @@ MODELS = {
 
 def tiny_model(name: str, **changes) -> EquiformerV2:
     torch.manual_seed(0)
-    model = EquiformerV2(EquiformerV2Config(**{**TINY, **MODELS[name], **changes})).double().eval()
+    model = EquiformerV2(EquiformerV2Config.from_dict({**TINY, **MODELS[name], **changes})).double().eval()
     with torch.no_grad():  # non-zero statistics, so that the padded system's energy would show if it leaked
         model.heads["energy"].set_statistics(-2.0, 3.0)
     return model
