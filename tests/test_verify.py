@@ -58,9 +58,12 @@ def test_errors(tmp_path, capsys):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     assert verify.main([str(corrupt)]) == 2
-    assert "could not read checkpoint" in capsys.readouterr().err
+    assert "could not read checkpoint" in (err := capsys.readouterr().err)
+    assert "not a PyTorch checkpoint (it looks like text)" in err, err
     with pytest.raises(SystemExit):
         verify.main([str(corrupt), "--rolls", "1"])
+    assert verify.main([str(corrupt), "--device", "gpu"]) == 2
+    assert "--device 'gpu' is not a torch device name; this machine has: cpu" in capsys.readouterr().err
 
 
 def test_runs_as_a_module(tmp_path):

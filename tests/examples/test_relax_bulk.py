@@ -25,7 +25,7 @@ def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     result = subprocess.run([sys.executable, str(EXAMPLE), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=3600)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
