@@ -264,6 +264,10 @@ def run(args) -> dict:
     print(f"  relaxed lattice: {lattice(emt, args.repeat)}")
     print(f"volume: model {100 * volume_error:+.2f}% from EMT's; EMT's pressure at the model's relaxed cell "
           f"{emt_pressure_at_model:+.4f} GPa")
+    ours, theirs = atoms.cell.cellpar()[:3] / args.repeat, emt.cell.cellpar()[:3] / args.repeat
+    print(f"lattice a b c: model {' '.join(f'{x:.4f}' for x in ours)} A vs EMT {' '.join(f'{x:.4f}' for x in theirs)} A "
+          f"({' '.join(f'{100 * (x / y - 1):+.2f}%' for x, y in zip(ours, theirs))}); the tiny model's cell is only "
+          f"as good as its stress: --train-steps and --train-frames train it longer")
     return {"energies": energies, "converged": converged, "pressure": final_pressure, "max_force": final_force,
             "cellpar": atoms.cell.cellpar().tolist(), "emt_cellpar": emt.cell.cellpar().tolist(),
             "emt_converged": emt_converged, "volume_error": volume_error,
