@@ -160,6 +160,10 @@ def train_tiny_model(args) -> Path:
                       device=args.device, progress=True)
     metrics = trainer.fit()
     trainer.close()
+    if trainer.stop_signal:  # Ctrl-C: no model to relax with; exit as shells expect of an interrupted command
+        print(f"training interrupted at step {trainer.step} of {args.train_steps}; the same command trains the model "
+              f"again", flush=True)
+        raise SystemExit(128 + trainer.stop_signal)
     print(f"trained in {time.perf_counter() - start:.0f} s: validation energy MAE {metrics['energy_mae']:.4f} eV, "
           f"force MAE {metrics['forces_mae']:.4f} eV/A -> {path}", flush=True)
     return path
