@@ -197,7 +197,7 @@ def _check_zip(path: Path) -> None:
     import zipfile
 
     try:
-        if not zipfile.is_zipfile(path):
+        if not _is_zip(path):
             return  # torch's legacy format, or not a checkpoint: torch.load says which
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -230,11 +230,9 @@ def _check_kind(path: Path) -> None:
         if head.startswith(magic):
             raise ValueError(f"could not read checkpoint {path}: not a PyTorch checkpoint (it is {kind})")
     if head.startswith(b"PK\x03\x04"):
-        import zipfile
-
-        if not zipfile.is_zipfile(path):  # a zip's directory is at its end: the end is missing
+        if not _is_zip(path):  # a zip's directory is at its end: the end is missing or damaged
             raise ValueError(f"could not read checkpoint {path}: the file is truncated or damaged (a zip archive "
-                             f"without its directory at the end; download or copy it again)")
+                             f"whose directory at the end is missing or damaged; download or copy it again)")
         return
     if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # a pickle: torch's legacy format, or a plain pickle
         return
@@ -250,13 +248,27 @@ def _check_kind(path: Path) -> None:
                      f"a pickle; it starts with bytes {head[:8].hex(' ')})")
 
 
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` ends with a zip directory that can be read (``zipfile.is_zipfile`` itself
+    raises on some damaged ones)."""
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+
+
 def _what_went_wrong(path: Path, error: BaseException) -> str:
     """torch.load's failure, as the file's problem."""
     import zipfile
 
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+    if _is_zip(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as damage:
+            return f"the file is damaged ({_first_line(damage)})"
         if not any(name.endswith("data.pkl") for name in names):
             kind = " (a NumPy .npz file?)" if names and all(n.endswith(".npy") for n in names) else ""
             return f"not a PyTorch checkpoint: a zip archive without torch's data.pkl{kind}"

@@ -142,7 +142,7 @@ def test_unreadable_files(tmp_path, monolithic):
     np.savez(tmp_path / "arrays.npz", w=np.ones(3))
     for name, content, message in [
         ("empty.pt", b"", "the file is empty"),
-        ("half.pt", data[: len(data) // 2], r"the file is truncated or damaged \(a zip archive without its directory"),
+        ("half.pt", data[: len(data) // 2], r"the file is truncated or damaged \(a zip archive whose directory at the end is missing"),
         ("text.pt", b"not a checkpoint", r"not a PyTorch checkpoint \(it looks like text\), starting 'not a checkpoint'"),
         ("old-half.pt", old[: len(old) // 2], r"the file is truncated or damaged \("),
         ("old-start.pt", old[:30], r"the file is truncated or damaged \("),
