@@ -13,10 +13,11 @@ The examples and ``python -m so2nn.verify`` use it; scripts of your own may too:
         threads = set_threads(args.threads)
 
 Threads. torch's default is one thread per core, the fastest on a machine of its own. When
-another job keeps a core busy, torch's threads wait for each other at every parallel region and
-a step becomes many times slower (the README's table of threads has the measurements). :func:`free_cores` counts the cores this
-process may use that no other process keeps busy, and :func:`set_threads` uses that many unless
-told otherwise (``--threads``, or ``OMP_NUM_THREADS`` in the environment).
+another job keeps a core busy, torch's threads wait for each other at every parallel region
+and a step becomes many times slower (the README's table of threads has the measurements).
+:func:`free_cores` counts the cores this process may use that no other process keeps busy, and
+:func:`set_threads` uses that many unless told otherwise (``--threads``, or ``OMP_NUM_THREADS``
+in the environment). The count is taken once, when the program starts.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ def _bounded(kind, test, what: str):
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.__doc__ = f"An argparse ``type``: the text as {what}, or argparse's one-line error."
     return parse
 
 
-#: argparse types: an int >= 1, an int >= 0, a float > 0 (NaN refused).
+#: argparse types: an int >= 1, an int >= 0, a finite float > 0.
 positive_int = _bounded(int, lambda v: v >= 1, "a positive integer (>= 1)")
 non_negative_int = _bounded(int, lambda v: v >= 0, "a non-negative integer (>= 0)")
 positive_float = _bounded(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
