@@ -1,5 +1,6 @@
 """``python -m so2nn.verify CHECKPOINT`` without fairchem: so2nn's outputs, the install hint, clear errors."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,5 +69,6 @@ def test_errors(tmp_path, capsys):
 
 def test_runs_as_a_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "so2nn.verify", str(tmp_path / "missing.pt")],
-                            check=False, capture_output=True, text=True)
+                            check=False, capture_output=True, text=True, timeout=3600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 2 and "no checkpoint file at" in result.stderr

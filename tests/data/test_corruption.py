@@ -113,8 +113,8 @@ class _Worker:
         self.process, self.timeout = None, timeout
 
     def start(self):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
-                                                            os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                                                    os.environ.get("PYTHONPATH", "")])}
         self.process = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True, env=env, bufsize=1)
         # the imports (torch, ASE) are not part of any case's time
