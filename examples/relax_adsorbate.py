@@ -108,7 +108,16 @@ def find_checkpoint(args) -> Path:
     command = [sys.executable, str(TRAIN_SCRIPT), "--tiny", "--max-steps", str(args.train_steps),
                "--out", str(args.train_out), *(["--threads", str(args.threads)] if args.threads else [])]
     print(f"no model at {TRAINED_MODEL}: training a tiny one first\n  {' '.join(command)}", flush=True)
-    if subprocess.run(command).returncode != 0:
+    process = subprocess.Popen(command)
+    try:
+        status = process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches both processes: the training saves its checkpoint and stops
+        status = process.wait()
+    if status < 0 or status >= 128:  # stopped by a signal, its checkpoint saved: exit as an interrupted command
+        print("training interrupted: continue it with the command above (plus --resume), then run this example "
+              "again", flush=True)
+        raise SystemExit(128 - status if status < 0 else status)
+    if status != 0:
         raise SystemExit("training the model failed (see its output above)")
     if not trained.is_file():  # stopped early (it leaves a checkpoint to --resume)
         raise SystemExit(f"training ended without writing {trained} (see its output above)")
