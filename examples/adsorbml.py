@@ -61,6 +61,8 @@ from ase.constraints import FixAtoms
 from ase.neighborlist import natural_cutoffs, neighbor_list
 from ase.optimize import FIRE
 
+from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, positive_float,
+                       positive_int, set_threads, usage_errors)
 from so2nn.data.emt import ADSORBATES, METALS, reference_energy
 
 TRAINED_MODEL = Path("runs/train_oc20/model.pt")  # where examples/train_oc20.py saves by default
@@ -77,25 +79,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "examples/train_oc20.py writes)")
     model.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     model.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="model precision")
+    add_threads_argument(model)
     systems = p.add_argument_group("systems")
     systems.add_argument("--metals", nargs="+", choices=METALS, default=["Cu", "Pt"], help="fcc(111) slab metals")
     systems.add_argument("--adsorbates", nargs="+", choices=sorted(ADSORBATES), default=["O", "CO"],
                          help="adsorbates (binding atom first)")
-    systems.add_argument("--size", type=int, nargs=2, default=[2, 2], metavar=("NX", "NY"),
+    systems.add_argument("--size", type=positive_int, nargs=2, default=[2, 2], metavar=("NX", "NY"),
                          help="surface cell of the three-layer slab, in surface atoms")
-    systems.add_argument("--placements", type=int, default=24,
+    systems.add_argument("--placements", type=positive_int, default=24,
                          help="initial placements per slab/adsorbate pair (AdsorbML: 20 or more)")
     systems.add_argument("--seed", type=int, default=0, help="random seed of the placements")
     relax = p.add_argument_group("relaxations")
-    relax.add_argument("--fmax", type=float, default=0.05, help="converged below this force (eV/A), model and EMT")
-    relax.add_argument("--steps", type=int, default=200, help="FIRE steps at most per model relaxation")
-    relax.add_argument("--emt-steps", type=int, default=300, help="FIRE steps at most per EMT relaxation")
-    relax.add_argument("--batch-size", type=int, default=32, help="placements the model relaxes together")
+    relax.add_argument("--fmax", type=positive_float, default=0.05, help="converged below this force (eV/A), model and EMT")
+    relax.add_argument("--steps", type=positive_int, default=200, help="FIRE steps at most per model relaxation")
+    relax.add_argument("--emt-steps", type=positive_int, default=300, help="FIRE steps at most per EMT relaxation")
+    relax.add_argument("--batch-size", type=positive_int, default=32, help="placements the model relaxes together")
     report = p.add_argument_group("report")
-    report.add_argument("--k-max", type=int, default=5, help="report k = 1..k-max best placements sent to EMT")
-    report.add_argument("--threshold", type=float, default=0.1,
+    report.add_argument("--k-max", type=positive_int, default=5, help="report k = 1..k-max best placements sent to EMT")
+    report.add_argument("--threshold", type=positive_float, default=0.1,
                         help="success: within this of the lowest EMT energy over all placements (eV)")
-    report.add_argument("--bond-scale", type=float, default=1.25,
+    report.add_argument("--bond-scale", type=positive_float, default=1.25,
                         help="two atoms are bonded within this times the sum of their covalent radii")
     report.add_argument("--out", type=Path, default=Path("runs/adsorbml"), help="output directory")
     report.add_argument("--no-plot", action="store_true", help="do not draw adsorbml.png")
@@ -106,17 +109,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--size must be at least 2 2 (every site type needs two surface atoms per direction)")
     if not (args.fmax > 0 and args.threshold > 0 and args.bond_scale > 0):
         p.error("--fmax, --threshold and --bond-scale must be > 0")
+    with usage_errors(p):
+        args.device = str(check_device(args.device))
     return args
 
 
 def find_checkpoint(args) -> Path:
     if args.checkpoint is not None:
         if not args.checkpoint.is_file():
-            raise SystemExit(f"no checkpoint at {args.checkpoint}")
+            raise UsageError(f"--checkpoint: no checkpoint file at {args.checkpoint}")
         return args.checkpoint
     if TRAINED_MODEL.is_file():
         return TRAINED_MODEL
-    raise SystemExit(
+    raise UsageError(
         f"no model: pass --checkpoint PATH (an so2nn or fairchem checkpoint), or train one first with\n"
         f"  python examples/train_oc20.py\n"
         f"which writes {TRAINED_MODEL} (a few minutes on a CPU), then run this example again")
@@ -205,18 +210,28 @@ def progress(items, desc: str):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    with usage_errors():
+        return run(args)
+
+
+def run(args) -> dict:
+    set_threads(args.threads)
     checkpoint = find_checkpoint(args)
     try:
         from so2nn.integrations.torch_sim import TorchSimModel, relax_batch
     except ImportError as error:
-        raise SystemExit(f"{error}") from None
+        raise UsageError(f"{error}") from None
     rng = np.random.default_rng(args.seed)
     pairs = [(m, a) for m in args.metals for a in args.adsorbates]
     starts = {pair: placements(*pair, tuple(args.size), args.placements, rng) for pair in pairs}
     everything = [atoms for pair in pairs for atoms in starts[pair]]
-    model = TorchSimModel(checkpoint, device=args.device, dtype=args.dtype)
+    try:
+        model = TorchSimModel(checkpoint, device=args.device, dtype=args.dtype)
+    except ValueError as error:
+        raise UsageError(f"--checkpoint: {error}") from None
     c = model.model.config
-    print(f"model {checkpoint}: lmax={c.lmax} layers={c.num_layers}, {model.device} {args.dtype}")
+    where = describe_threads() if model.device.type == "cpu" else ""
+    print(f"model {checkpoint}: lmax={c.lmax} layers={c.num_layers}, {model.device} {where} {args.dtype}")
     print(f"{len(pairs)} slab/adsorbate pairs x {args.placements} placements = {len(everything)} structures")
 
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ takes the l = 1 coefficients as a vector per atom. The task: predict the pairwis
 forces on the atoms of small molecules, from random rotations and rattles of ASE's
 molecules. At the end it checks the trained model with so2nn.testing.
 
-    python examples/compose_custom_network.py        # about 20 s of CPU time (one core)
+    python examples/compose_custom_network.py        # 600 steps, one molecule each
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import torch
 from ase.build import molecule
 from torch import nn
 
+from so2nn.cli import (add_threads_argument, describe_threads, non_negative_int, positive_int, set_threads,
+                       usage_errors)
 from so2nn.graph import edge_vectors, radius_graph
-from so2nn.layers import EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, RadialBasis, SeparableLayerNorm, SO3Linear
+from so2nn.layers import (EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, RadialBasis,
+                          SeparableLayerNorm, SO3Linear)
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant, random_rotation
 
@@ -80,13 +83,19 @@ def sample(generator: torch.Generator):
     return pos, numbers, edge_index, morse_forces(pos, edge_index)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600, help="training steps, one molecule each (default: 600)")
-    parser.add_argument("--lmax", type=int, default=2, help="largest degree of the features (default: 2)")
-    parser.add_argument("--mmax", type=int, default=1, help="largest order kept in edge frames (default: 1)")
+    parser.add_argument("--steps", type=positive_int, default=600, help="training steps, one molecule each (default: 600)")
+    parser.add_argument("--lmax", type=positive_int, default=2, help="largest degree of the features (default: 2)")
+    parser.add_argument("--mmax", type=non_negative_int, default=1, help="largest order kept in edge frames (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the samples (default: 0)")
-    args = parser.parse_args()
+    add_threads_argument(parser)
+    args = parser.parse_args(argv)
+    if args.mmax > args.lmax:
+        parser.error(f"--mmax {args.mmax} must be <= --lmax {args.lmax}")
+    with usage_errors(parser):
+        set_threads(args.threads)
+    print(f"cpu, {describe_threads()}", flush=True)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     model = VectorNet(CoefficientLayout(args.lmax, args.mmax))
@@ -100,7 +109,7 @@ def main() -> None:
 
     baseline = sum(float(f.abs().mean()) for *_, f in validation) / len(validation)
     print(f"{sum(p.numel() for p in model.parameters())} parameters; predicting zero: MAE {baseline:.4f}")
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     for step in range(1, args.steps + 1):
         pos, numbers, edge_index, forces = sample(generator)
         loss = (model(pos, numbers, edge_index) - forces).pow(2).sum(1).mean()
@@ -109,7 +118,12 @@ def main() -> None:
         optimizer.step()
         schedule.step()
         if step % 50 == 0 or step == args.steps:
-            print(f"step {step:4d}  train loss {loss.item():.4f}  validation MAE {validation_mae():.4f}  ({time.perf_counter() - start:.0f} s)")
+            print(f"step {step:4d}  train loss {loss.item():.4f}  validation MAE {validation_mae():.4f}  "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            last = time.perf_counter()
+        elif time.perf_counter() - last > 10:  # a slow machine: say where it is in between
+            print(f"step {step:4d}  train loss {loss.item():.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+            last = time.perf_counter()
 
     pos, numbers, edge_index, _ = validation[0]
     model = model.double()

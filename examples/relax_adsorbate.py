@@ -38,6 +38,8 @@ from ase.constraints import FixAtoms
 from ase.optimize import BFGS, FIRE
 
 from so2nn.calculators import EquiformerV2Calculator
+from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, positive_float,
+                       positive_int, set_threads, usage_errors)
 from so2nn.data.emt import ADSORBATES, METALS, reference_energy
 
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train_oc20.py")
@@ -50,12 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = p.add_argument_group("model")
     model.add_argument("--checkpoint", type=Path, help="so2nn or fairchem checkpoint (default: "
                        f"{TRAINED_MODEL} if it exists, else a tiny model trained first)")
-    model.add_argument("--train-steps", type=int, default=600,
+    model.add_argument("--train-steps", type=positive_int, default=600,
                        help="training steps of that tiny model (%(default)s)")
     model.add_argument("--train-out", type=Path, default=Path("runs/relax_model"),
                        help="where the tiny model is trained, reused when its model.pt exists (%(default)s)")
     model.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     model.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(%(default)s)")
+    add_threads_argument(model)
     system = p.add_argument_group("system")
     system.add_argument("--metal", choices=METALS, default="Cu", help="of the fcc(111) slab (%(default)s)")
     system.add_argument("--adsorbate", choices=sorted(ADSORBATES), default="O", help="(%(default)s)")
@@ -65,15 +68,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="initial height of the binding atom, A (%(default)s)")
     relaxation = p.add_argument_group("relaxation")
     relaxation.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="BFGS", help="(%(default)s)")
-    relaxation.add_argument("--fmax", type=float, default=0.05,
+    relaxation.add_argument("--fmax", type=positive_float, default=0.05,
                             help="converged below this force on every free atom, eV/A (%(default)s)")
-    relaxation.add_argument("--steps", type=int, default=200,
+    relaxation.add_argument("--steps", type=positive_int, default=200,
                             help="at most this many optimiser steps (%(default)s)")
     relaxation.add_argument("--out", type=Path, default=Path("runs/relax_adsorbate/relax.traj"),
                             help="the model's trajectory, ASE .traj (%(default)s)")
     args = p.parse_args(argv)
     if not args.fmax > 0 or args.steps < 1 or args.train_steps < 1:
         p.error("--fmax must be > 0, --steps and --train-steps >= 1")
+    with usage_errors(p):
+        args.device = str(check_device(args.device))
     return args
 
 
@@ -92,6 +97,8 @@ def adsorbate_on_slab(metal: str, adsorbate: str, site: str, height: float) -> A
 def find_checkpoint(args) -> Path:
     """The checkpoint to use, training a tiny model first when there is none."""
     if args.checkpoint is not None:
+        if not args.checkpoint.is_file():
+            raise UsageError(f"--checkpoint: no checkpoint file at {args.checkpoint}")
         return args.checkpoint
     trained = args.train_out / "model.pt"
     for path in (TRAINED_MODEL, trained):
@@ -99,9 +106,18 @@ def find_checkpoint(args) -> Path:
             print(f"model: {path}")
             return path
     command = [sys.executable, str(TRAIN_SCRIPT), "--tiny", "--max-steps", str(args.train_steps),
-               "--out", str(args.train_out)]
+               "--out", str(args.train_out), *(["--threads", str(args.threads)] if args.threads else [])]
     print(f"no model at {TRAINED_MODEL}: training a tiny one first\n  {' '.join(command)}", flush=True)
-    if subprocess.run(command).returncode != 0:
+    process = subprocess.Popen(command)
+    try:
+        status = process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches both processes: the training saves its checkpoint and stops
+        status = process.wait()
+    if status < 0 or status >= 128:  # stopped by a signal, its checkpoint saved: exit as an interrupted command
+        print("training interrupted: continue it with the command above (plus --resume), then run this example "
+              "again", flush=True)
+        raise SystemExit(128 - status if status < 0 else status)
+    if status != 0:
         raise SystemExit("training the model failed (see its output above)")
     if not trained.is_file():  # stopped early (it leaves a checkpoint to --resume)
         raise SystemExit(f"training ended without writing {trained} (see its output above)")
@@ -139,6 +155,12 @@ def binding_height(atoms: Atoms) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    with usage_errors():
+        return run(args)
+
+
+def run(args) -> dict:
+    set_threads(args.threads)
     start = adsorbate_on_slab(args.metal, args.adsorbate, args.site, args.height)
     offset = reference_energy(start.numbers)  # the demo dataset's target is EMT - reference
     print(f"{args.adsorbate} on {args.metal}(111), {args.site} site: {len(start)} atoms, "
@@ -146,10 +168,14 @@ def main(argv=None) -> dict:
 
     checkpoint = find_checkpoint(args)
     atoms = start.copy()
-    atoms.calc = EquiformerV2Calculator(checkpoint, device=args.device, dtype=args.dtype)
+    try:
+        atoms.calc = EquiformerV2Calculator(checkpoint, device=args.device, dtype=args.dtype)
+    except ValueError as error:
+        raise UsageError(f"--checkpoint: {error}") from None
     c = atoms.calc.model.config
     print(f"EquiformerV2 lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} from {checkpoint}, "
-          f"{'direct' if c.direct_forces else 'conservative'} forces, {atoms.calc.device} {args.dtype}")
+          f"{'direct' if c.direct_forces else 'conservative'} forces, {atoms.calc.device} {args.dtype}, "
+          f"{describe_threads()}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(f"relaxing with the model ({args.optimizer}, fmax {args.fmax} eV/A, at most {args.steps} steps):")

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
@@ -40,6 +39,8 @@ from ase.optimize import BFGS, FIRE
 from ase.units import GPa
 
 from so2nn.calculators import So2nnCalculator
+from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, positive_float,
+                       positive_int, set_threads, usage_errors)
 from so2nn.data import atoms_to_data
 from so2nn.data.emt import METALS
 from so2nn.models import EquiformerV2Config
@@ -73,17 +74,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--checkpoint", type=Path,
                        help="so2nn or fairchem checkpoint of a model with stress (default: a tiny conservative "
                             "model trained first on EMT frames of the metal, see --train-*)")
-    model.add_argument("--train-frames", type=int, default=128,
+    model.add_argument("--train-frames", type=positive_int, default=128,
                        help="EMT frames (strained, rattled cells) the tiny model trains on (%(default)s)")
-    model.add_argument("--train-steps", type=int, default=400, help="its training steps (%(default)s)")
+    model.add_argument("--train-steps", type=positive_int, default=400, help="its training steps (%(default)s)")
     model.add_argument("--train-out", type=Path, default=Path("runs/relax_bulk_model"),
                        help="where it is trained; its model.pt is reused when it exists (%(default)s)")
     model.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     model.add_argument("--dtype", choices=["float32", "float64"], default="float64",
                        help="(%(default)s: a cell relaxation differences small energies)")
+    add_threads_argument(model)
     system = p.add_argument_group("system")
     system.add_argument("--metal", choices=METALS, default="Cu", help="the fcc metal (%(default)s)")
-    system.add_argument("--repeat", type=int, default=1,
+    system.add_argument("--repeat", type=positive_int, default=1,
                         help="the conventional cubic cell repeated this many times along each axis (%(default)s)")
     system.add_argument("--strain", type=float, default=0.03,
                         help="initial stretch of the cell (fraction), with a shear of a third of it (%(default)s)")
@@ -92,10 +94,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     system.add_argument("--seed", type=int, default=0, help="of the rattle and the training data (%(default)s)")
     relaxation = p.add_argument_group("relaxation")
     relaxation.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="BFGS", help="(%(default)s)")
-    relaxation.add_argument("--fmax", type=float, default=0.01,
+    relaxation.add_argument("--fmax", type=positive_float, default=0.01,
                             help="converged below this on every atom and on the cell (the filter's "
                                  "generalised forces, eV/A) (%(default)s)")
-    relaxation.add_argument("--steps", type=int, default=200, help="at most this many optimiser steps (%(default)s)")
+    relaxation.add_argument("--steps", type=positive_int, default=200, help="at most this many optimiser steps (%(default)s)")
     relaxation.add_argument("--out", type=Path, default=Path("runs/relax_bulk/relax.traj"),
                             help="the model's trajectory, ASE .traj (%(default)s)")
     args = p.parse_args(argv)
@@ -105,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--train-frames must be >= 10 (a fifth of them validate)")
     if not 0 <= args.strain < 0.2 or args.rattle < 0:
         p.error("--strain must be in [0, 0.2) and --rattle >= 0")
+    with usage_errors(p):
+        args.device = str(check_device(args.device))
     return args
 
 
@@ -152,11 +156,14 @@ def train_tiny_model(args) -> Path:
                             warmup_steps=args.train_steps // 10, energy_coefficient=20.0, force_coefficient=20.0,
                             eval_every=args.train_steps, checkpoint_every=args.train_steps, ema_decay=0.9,
                             seed=args.seed)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    trainer = Trainer(tiny_model_config(args.metal, args.repeat), frames[:split], frames[split:], config, args.train_out, device=device,
-                      progress=False)
+    trainer = Trainer(tiny_model_config(args.metal, args.repeat), frames[:split], frames[split:], config, args.train_out,
+                      device=args.device, progress=True)
     metrics = trainer.fit()
     trainer.close()
+    if trainer.stop_signal:  # Ctrl-C: no model to relax with; exit as shells expect of an interrupted command
+        print(f"training interrupted at step {trainer.step} of {args.train_steps}; the same command trains the model "
+              f"again", flush=True)
+        raise SystemExit(128 + trainer.stop_signal)
     print(f"trained in {time.perf_counter() - start:.0f} s: validation energy MAE {metrics['energy_mae']:.4f} eV, "
           f"force MAE {metrics['forces_mae']:.4f} eV/A -> {path}", flush=True)
     return path
@@ -198,13 +205,24 @@ def lattice(atoms: Atoms, repeat: int) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    with usage_errors():
+        return run(args)
+
+
+def run(args) -> dict:
+    set_threads(args.threads)
     start = strained_crystal(args.metal, args.repeat, args.strain, args.rattle, args.seed)
     print(f"fcc {args.metal}, {len(start)} atoms, cell stretched {100 * args.strain:.1f}% and sheared "
           f"{100 * args.strain / 3:.1f}%, rattled {args.rattle} A")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise UsageError(f"--checkpoint: no checkpoint file at {args.checkpoint}")
     checkpoint = args.checkpoint if args.checkpoint is not None else train_tiny_model(args)
-    calc = So2nnCalculator(checkpoint, device=args.device, dtype=args.dtype)
+    try:
+        calc = So2nnCalculator(checkpoint, device=args.device, dtype=args.dtype)
+    except ValueError as error:
+        raise UsageError(f"--checkpoint: {error}") from None
     if "stress" not in calc.implemented_properties:
-        raise SystemExit(
+        raise UsageError(
             f"the model in {checkpoint} gives no stress (its outputs: {', '.join(calc.model.output_names)}): "
             "relaxing a cell needs a conservative model (direct_forces=False) or one with a stress head"
         )
@@ -212,7 +230,7 @@ def main(argv=None) -> dict:
     atoms.calc = calc
     c = calc.model.config
     print(f"model: {type(calc.model).__name__} lmax={c.lmax} mmax={c.mmax} layers={c.num_layers} from "
-          f"{checkpoint}, {calc.device} {args.dtype}")
+          f"{checkpoint}, {calc.device} {args.dtype}, {describe_threads()}")
     print(f"start: {lattice(atoms, args.repeat)}; pressure {pressure(atoms):+.4f} GPa")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +260,10 @@ def main(argv=None) -> dict:
     print(f"  relaxed lattice: {lattice(emt, args.repeat)}")
     print(f"volume: model {100 * volume_error:+.2f}% from EMT's; EMT's pressure at the model's relaxed cell "
           f"{emt_pressure_at_model:+.4f} GPa")
+    ours, theirs = atoms.cell.cellpar()[:3] / args.repeat, emt.cell.cellpar()[:3] / args.repeat
+    print(f"lattice a b c: model {' '.join(f'{x:.4f}' for x in ours)} A vs EMT {' '.join(f'{x:.4f}' for x in theirs)} A "
+          f"({' '.join(f'{100 * (x / y - 1):+.2f}%' for x, y in zip(ours, theirs))}); the tiny model's cell is only "
+          f"as good as its stress: --train-steps and --train-frames train it longer")
     return {"energies": energies, "converged": converged, "pressure": final_pressure, "max_force": final_force,
             "cellpar": atoms.cell.cellpar().tolist(), "emt_cellpar": emt.cell.cellpar().tolist(),
             "emt_converged": emt_converged, "volume_error": volume_error,

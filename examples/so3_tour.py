@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from so2nn.cli import add_threads_argument, non_negative_int, positive_int, set_threads, usage_errors
 from so2nn.graph import edge_vectors, radius_graph
 from so2nn.so3 import CoefficientLayout, EdgeRotation, S2Grid, spherical_harmonics
 from so2nn.testing import assert_equivariant, random_rotation
@@ -22,11 +23,16 @@ from so2nn.testing import assert_equivariant, random_rotation
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lmax", type=int, default=4, help="largest degree of the features (default: 4)")
-    parser.add_argument("--mmax", type=int, default=2, help="largest order kept in edge frames (default: 2)")
-    parser.add_argument("--resolution", type=int, default=18, help="S2 grid points per angle (default: 18)")
+    parser.add_argument("--lmax", type=positive_int, default=4, help="largest degree of the features (default: 4)")
+    parser.add_argument("--mmax", type=non_negative_int, default=2, help="largest order kept in edge frames (default: 2)")
+    parser.add_argument("--resolution", type=positive_int, default=18, help="S2 grid points per angle (default: 18)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random features and rotation (default: 0)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
+    if args.mmax > args.lmax:
+        parser.error(f"--mmax {args.mmax} must be <= --lmax {args.lmax}")
+    with usage_errors(parser):
+        set_threads(args.threads)
     torch.set_default_dtype(torch.float64)
 
     # Ethanol-like positions (Angstrom).

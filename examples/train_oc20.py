@@ -61,9 +61,11 @@ continues a fine-tuning run like any other (same command plus ``--resume``).
 the compiled code. Checkpoints hold the plain model's weights, so they load and resume with or
 without it.
 
-Threads: on a machine of its own, torch's default (one thread per core) is fastest. When other
-jobs share the cores, use fewer threads than the cores left free, ``--threads 1`` if in doubt:
-threads that wait for each other on a busy core make every step many times slower.
+Threads: by default, as many as the cores that no other process keeps busy when the run starts
+(one per core on a machine of its own); threads that wait for each other on a busy core make
+every step many times slower. ``--threads N`` overrides it. Ctrl-C (or SIGTERM) stops after the
+current step with a checkpoint, prints the command that continues the run, and exits with
+status 130 (143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -71,12 +73,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
 import torch
 
 import so2nn
+from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, non_negative_int,
+                       positive_float, positive_int, set_threads, usage_errors)
 from so2nn.data import ValidationSplit, open_dataset
 from so2nn.data.emt import make_bulk_dataset, make_dataset
 from so2nn.models import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, load_model, preset
@@ -111,7 +117,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {default})".strip()
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[-3:]).replace("``", ""))
     data = p.add_argument_group("data")
@@ -121,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "once)")
     data.add_argument("--val-data", type=Path, help="validation data, same formats (with --data: this or "
                       "--valid-fraction)")
-    data.add_argument("--valid-fraction", type=float, metavar="F", help="hold out this fraction of --data "
+    data.add_argument("--valid-fraction", type=positive_float, metavar="F", help="hold out this fraction of --data "
                       "(drawn with --seed) for validation; recorded in the checkpoint, so --resume uses the "
                       "same")
     for target, where in (("energy", "atoms.info"), ("forces", "atoms.arrays"), ("stress", "atoms.info"),
@@ -131,9 +137,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                           f"{target}{'' if target != 'virial' else ', or info[virial]'})")
     data.add_argument("--data-format", metavar="FORMAT", help="files read through ASE: ASE's name of their "
                       "format, where ASE cannot tell it (e.g. vasp-out)")
-    data.add_argument("--val-subset", type=int, help="evaluate on the first N validation items only")
+    data.add_argument("--val-subset", type=positive_int, help="evaluate on the first N validation items only")
     data.add_argument("--cache-dir", type=Path, default=Path("runs/data"), help="where the embedded dataset is generated")
-    data.add_argument("--emt-systems", type=int, nargs=2, default=(150, 20), metavar=("TRAIN", "VAL"),
+    data.add_argument("--emt-systems", type=positive_int, nargs=2, default=(150, 20), metavar=("TRAIN", "VAL"),
                       help="systems in the embedded dataset's train and val splits (10 frames each for slabs, "
                       "8 for bulk)")
     data.add_argument("--embedded", choices=["slabs", "bulk"], default="slabs",
@@ -148,7 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--init", type=Path, metavar="CHECKPOINT", help="fine-tune this checkpoint (fairchem's or "
                        "so2nn's): its architecture and weights, a fresh optimiser and schedule (see below)")
     model.add_argument("--freeze-backbone", action="store_true", help="with --init: train the heads only")
-    model.add_argument("--backbone-lr-factor", type=float, default=1.0,
+    model.add_argument("--backbone-lr-factor", type=positive_float, default=1.0,
                        help="the backbone's learning rate as a fraction of --lr (e.g. 0.1 with --init)")
     model.add_argument("--reinit-head", action="append", default=[], metavar="NAME",
                        help="with --init: start this head (energy, forces, stress) from fresh weights (repeatable)")
@@ -165,12 +171,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     def default(name):
         return f"(default: {getattr(defaults, name)}; the tiny run: {tiny[name]})"
 
-    train.add_argument("--max-steps", type=int, help=f"optimisation steps {default('max_steps')}")
-    train.add_argument("--batch-size", type=int, help=f"systems per batch per process {default('batch_size')}")
-    train.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="systems per validation batch")
-    train.add_argument("--lr", type=float, help=f"peak learning rate of AdamW {default('lr')}")
+    train.add_argument("--max-steps", type=positive_int, help=f"optimisation steps {default('max_steps')}")
+    train.add_argument("--batch-size", type=positive_int, help=f"systems per batch per process {default('batch_size')}")
+    train.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size, help="systems per validation batch")
+    train.add_argument("--lr", type=positive_float, help=f"peak learning rate of AdamW {default('lr')}")
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
-    train.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps {default('warmup_steps')}")
+    train.add_argument("--warmup-steps", type=non_negative_int, help=f"linear warm-up steps {default('warmup_steps')}")
     train.add_argument("--clip-grad-norm", type=float, default=defaults.clip_grad_norm, help="gradient norm clip")
     train.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the weights' moving average")
     train.add_argument("--energy-coefficient", type=float, default=defaults.energy_coefficient, help="lambda_E")
@@ -191,25 +197,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--element-references", action=argparse.BooleanOptionalAction, default=None,
                        help="fit per-element linear energy references on the training set (default: on for the tiny "
                        "run, off for presets, as the paper trained OC20)")
-    train.add_argument("--eval-every", type=int, help=f"steps between validations {default('eval_every')}")
-    train.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints {default('checkpoint_every')}")
-    train.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between rows of train_log.csv")
+    train.add_argument("--eval-every", type=positive_int, help=f"steps between validations {default('eval_every')}")
+    train.add_argument("--checkpoint-every", type=positive_int, help=f"steps between checkpoints {default('checkpoint_every')}")
+    train.add_argument("--log-every", type=positive_int, default=defaults.log_every, help="steps between rows of train_log.csv")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights, data order and dropout")
     run = p.add_argument_group("run")
     run.add_argument("--out", type=Path, default=Path("runs/train_oc20"), help="output directory")
     run.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is available, else cpu)")
     run.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                      help="mixed precision (fp16 uses loss scaling)")
-    run.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    run.add_argument("--num-workers", type=non_negative_int, default=0, help="data-loader worker processes")
     run.add_argument("--compile", action="store_true", help="train through torch.compile(model, "
                      "dynamic=True) (the first step compiles; its time is printed)")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); on a "
-                     "shared machine fewer than the free cores, e.g. 1")
+    add_threads_argument(run)
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt "
                      "(same command plus --resume; see below)")
     run.add_argument("--allow-data-change", action="store_true",
                      help="--resume on data whose files differ from the run's (moved or copied)")
-    run.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps of this process")
+    run.add_argument("--stop-after", type=positive_int, help="stop (with a checkpoint) after this many steps of this process")
     run.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate this checkpoint on --val-data "
                      "(default: the embedded validation split) and stop; no training")
     run.add_argument("--predict", type=Path, metavar="CHECKPOINT", help="write this checkpoint's predictions for "
@@ -221,6 +226,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-plot", action="store_true", help="skip summary.png")
+    return p
+
+
+def parse_args(argv=None, p: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    p = build_parser() if p is None else p
     args = p.parse_args(argv)
     if args.tiny:
         args.preset = "tiny"
@@ -235,8 +245,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--freeze-backbone, --reinit-head and --refit go with --init")
     if args.evaluate is not None and args.predict is not None:
         p.error("--evaluate and --predict are separate runs: give one")
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    with usage_errors(p):
+        args.device = str(check_device(args.device))
     return args
 
 
@@ -247,8 +257,12 @@ def config_changes(args) -> dict:
         key, sep, value = item.partition("=")
         keys = {*EquiformerV2Config.__dataclass_fields__, *FLAT_STRESS_KEYS}  # the flat stress_* keys of older configs
         if not sep or key not in keys:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(keys)}")
-        changes[key] = json.loads(value) if value not in ("None", "none") else None
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(keys)}")
+        try:
+            changes[key] = json.loads(value) if value not in ("None", "none") else None
+        except json.JSONDecodeError:
+            raise UsageError(f"--set {item!r}: {value!r} is not a JSON value (strings need quotes: "
+                             f"--set {key}='\"{value}\"')") from None
     return changes
 
 
@@ -283,7 +297,19 @@ def training_config(args) -> TrainingConfig:
 
 def embedded_paths(args):
     generate = make_bulk_dataset if args.embedded == "bulk" else make_dataset
-    return generate(args.cache_dir, *args.emt_systems)
+    return generate(args.cache_dir, *args.emt_systems, progress=not args.no_progress)
+
+
+def open_data(flag: str, path, **options):
+    """``open_dataset(path)``, its errors (no file, no records, an unknown format) said as the
+    user's mistake in ``flag``."""
+    try:
+        dataset = open_dataset(path, **options)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+        raise UsageError(f"{flag}: {error}") from None
+    if len(dataset) == 0:
+        raise UsageError(f"{flag} {path}: the dataset has no structures")
+    return dataset
 
 
 def data_options(args) -> dict:
@@ -295,15 +321,19 @@ def data_options(args) -> dict:
 def datasets(args):
     if args.data is None:
         train_path, val_path = embedded_paths(args)
-        train, val = open_dataset(train_path), open_dataset(val_path)
-    elif args.valid_fraction is None:
-        options = data_options(args)
-        train, val = open_dataset(args.data, **options), open_dataset(args.val_data, **options)
-    else:
-        train, val = split(args, open_dataset(args.data, **data_options(args)))
+        return open_dataset(train_path), _subset(args, open_dataset(val_path))
+    options = data_options(args)
+    if args.valid_fraction is None:
+        return (open_data("--data", args.data, **options),
+                _subset(args, open_data("--val-data", args.val_data, **options)))
+    train, val = split(args, open_data("--data", args.data, **options))
+    return train, _subset(args, val)
+
+
+def _subset(args, val):
     if args.val_subset is not None:
         val = torch.utils.data.Subset(val, range(min(args.val_subset, len(val))))
-    return train, val
+    return val
 
 
 def split(args, data):
@@ -313,12 +343,12 @@ def split(args, data):
     if recorded is None:
         return ValidationSplit.draw(len(data), args.valid_fraction, args.seed).apply(data)
     if (recorded.valid_fraction, recorded.seed) != (args.valid_fraction, args.seed):
-        raise SystemExit(f"--resume: the run held out --valid-fraction {recorded.valid_fraction} with --seed "
+        raise UsageError(f"--resume: the run held out --valid-fraction {recorded.valid_fraction} with --seed "
                          f"{recorded.seed}, not {args.valid_fraction} with {args.seed}: give the run's")
     try:
         return recorded.apply(data)
     except ValueError as error:
-        raise SystemExit(f"--resume: {error}") from None
+        raise UsageError(f"--resume: {error}") from None
 
 
 def validation_summary(metrics: dict) -> str:
@@ -336,8 +366,7 @@ def validation_summary(metrics: dict) -> str:
 def where(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    threads = torch.get_num_threads()
-    return f"cpu, {threads} thread{'s' if threads != 1 else ''} ({os.cpu_count()} cores seen)"
+    return f"cpu, {describe_threads()}"
 
 
 def describe_model(model) -> str:
@@ -354,17 +383,16 @@ def evaluate_or_predict(args) -> dict:
     """--evaluate / --predict: one checkpoint on the validation split, no training."""
     checkpoint = args.evaluate or args.predict
     if not checkpoint.is_file():
-        raise SystemExit(f"{'--evaluate' if args.evaluate else '--predict'}: no checkpoint at {checkpoint}")
+        raise UsageError(f"{'--evaluate' if args.evaluate else '--predict'}: no checkpoint at {checkpoint}")
     try:
         state = load_checkpoint(checkpoint)
         model = load_model(state)
     except ValueError as error:
-        raise SystemExit(f"{checkpoint}: {error}") from None
+        raise UsageError(f"{'--evaluate' if args.evaluate else '--predict'}: {error}") from None
     device = torch.device(args.device)
     val_path = args.val_data if args.val_data is not None else embedded_paths(args)[1]
-    val = open_dataset(val_path, **data_options(args), **({} if args.evaluate else {"with_targets": False}))
-    if args.val_subset is not None:
-        val = torch.utils.data.Subset(val, range(min(args.val_subset, len(val))))
+    val = _subset(args, open_data("--val-data", val_path, **data_options(args),
+                                  **({} if args.evaluate else {"with_targets": False})))
     print(f"so2nn {so2nn.__version__}: {describe_model(model)} from {checkpoint}", flush=True)
     print(f"device {where(device)}", flush=True)
     if args.evaluate:
@@ -380,8 +408,13 @@ def evaluate_or_predict(args) -> dict:
         return metrics
     path = args.predictions if args.predictions is not None else args.out / "predictions.npz"
     print(f"data: {describe('prediction', val)}; predictions to {path}", flush=True)
-    written = write_predictions(model, val, path, args.eval_batch_size, device, dtype=args.prediction_dtype,
-                                progress=not args.no_progress, stop_after=args.stop_after)
+    try:
+        written = write_predictions(model, val, path, args.eval_batch_size, device, dtype=args.prediction_dtype,
+                                    progress=not args.no_progress, stop_after=args.stop_after)
+    except ValueError as error:
+        if "partial predictions" not in str(error):
+            raise
+        raise UsageError(f"--predictions: {error}") from None
     if written is None:
         print(f"stopped after {args.stop_after} batches; continue with the same command (partial results in "
               f"{path.with_name(path.stem + '.partial.npz')})")
@@ -399,9 +432,18 @@ def describe(name: str, dataset) -> str:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Run the command line ``argv``; a user's mistake exits with status 2 and one line (argparse's
+    way), an interrupted training run with 128 + the signal's number after its checkpoint."""
+    parser = build_parser()
+    args = parse_args(argv, parser)
+    # how this run was started, for the command that continues it
+    args.command_line = sys.argv if argv is None else [os.path.relpath(__file__), *argv]
+    with usage_errors(parser):
+        return run(args)
+
+
+def run(args) -> dict:
+    set_threads(args.threads)
     if args.evaluate is not None or args.predict is not None:
         return evaluate_or_predict(args)
     train, val = datasets(args)
@@ -409,22 +451,25 @@ def main(argv=None) -> dict:
     if args.resume:
         checkpoint = args.out / "checkpoint.pt"
         if not checkpoint.is_file():
-            raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
+            raise UsageError(f"--resume: no checkpoint at {checkpoint}")
         try:
             # a fine-tuning run's architecture is its source checkpoint's: not compared with a preset
             trainer = Trainer.resume(checkpoint, train, val, args.out, **common, config=training_config(args),
                                      model_config=None if args.init else model_config(args),
                                      allow_data_change=args.allow_data_change)
         except ValueError as error:
-            raise SystemExit(f"--resume: {error}") from None
+            raise UsageError(f"--resume: {error}") from None
     elif args.init is not None:
         try:
             trainer = Trainer.from_pretrained(args.init, train, val, training_config(args), args.out, **common,
                                               refit=args.refit, reinit_heads=args.reinit_head, **config_changes(args))
         except (ValueError, FileNotFoundError) as error:
-            raise SystemExit(f"--init: {error}") from None
+            raise UsageError(f"--init: {error}") from None
     else:
-        trainer = Trainer(model_config(args), train, val, training_config(args), args.out, **common)
+        try:
+            trainer = Trainer(model_config(args), train, val, training_config(args), args.out, **common)
+        except ValueError as error:  # the recipe against the data (a batch larger than the data, ...)
+            raise UsageError(str(error)) from None
     main_process = trainer.dist.is_main
     if main_process:  # what this run runs on, before it runs
         cfg = trainer.config
@@ -444,8 +489,12 @@ def main(argv=None) -> dict:
     metrics = trainer.fit(stop_after=args.stop_after)
     if main_process:
         if trainer.step < trainer.config.max_steps:
-            print(f"stopped at step {trainer.step} of {trainer.config.max_steps}: {trainer.summary()}; "
-                  f"continue with the same command plus --resume (checkpoint: {args.out / 'checkpoint.pt'})")
+            why = f"interrupted ({signal.Signals(trainer.stop_signal).name})" if trainer.stop_signal else "stopped"
+            line = ["python", *args.command_line]
+            command = " ".join(shlex.quote(a) for a in line + ([] if "--resume" in line else ["--resume"]))
+            print(f"{why} at step {trainer.step} of {trainer.config.max_steps}: {trainer.summary()}; "
+                  f"continue with the same command plus --resume (checkpoint: {args.out / 'checkpoint.pt'}):\n"
+                  f"  {command}", flush=True)
         else:
             print(f"trained {trainer.summary()}")
             print(f"validation (EMA weights): {validation_summary(metrics)}")
@@ -453,6 +502,8 @@ def main(argv=None) -> dict:
                 print(f"learning curves and parity plots: {trainer.plot()}")
             print(f"model: {args.out / 'model.pt'}")
     trainer.close()
+    if trainer.stop_signal:  # as shells report a command a signal stopped: 128 + its number
+        raise SystemExit(128 + trainer.stop_signal)
     return metrics
 
 

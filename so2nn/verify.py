@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from so2nn.cli import UsageError, add_threads_argument, check_device, set_threads
+
 __all__ = ["FairchemReference", "compare", "main", "structures"]
 
 # so2nn may sit this much further from the reference's calls than they sit from each other. A
@@ -277,12 +279,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust", action="store_true",
                         help="allow arbitrary Python objects when reading the file (only for files you trust)")
     parser.add_argument("--rolls", type=int, default=6, help="calls of the reference per structure (default: 6)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.rolls < 2:
         parser.error("--rolls must be at least 2 (the reference's spread needs two calls)")
     path = Path(args.checkpoint)
     if not path.is_file():
         print(f"error: no checkpoint file at {args.checkpoint}", file=sys.stderr)
+        return 2
+    try:
+        check_device(args.device)
+        set_threads(args.threads)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype)
 

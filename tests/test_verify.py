@@ -1,5 +1,6 @@
 """``python -m so2nn.verify CHECKPOINT`` without fairchem: so2nn's outputs, the install hint, clear errors."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,12 +59,16 @@ def test_errors(tmp_path, capsys):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     assert verify.main([str(corrupt)]) == 2
-    assert "could not read checkpoint" in capsys.readouterr().err
+    assert "could not read checkpoint" in (err := capsys.readouterr().err)
+    assert "not a PyTorch checkpoint (it looks like text)" in err, err
     with pytest.raises(SystemExit):
         verify.main([str(corrupt), "--rolls", "1"])
+    assert verify.main([str(corrupt), "--device", "gpu"]) == 2
+    assert "--device 'gpu' is not a torch device name; this machine has: cpu" in capsys.readouterr().err
 
 
 def test_runs_as_a_module(tmp_path):
     result = subprocess.run([sys.executable, "-m", "so2nn.verify", str(tmp_path / "missing.pt")],
-                            check=False, capture_output=True, text=True)
+                            check=False, capture_output=True, text=True, timeout=3600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 2 and "no checkpoint file at" in result.stderr

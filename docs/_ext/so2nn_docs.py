@@ -31,7 +31,8 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 
 #: so2nn's public packages, in the order of the API reference.
-API_PACKAGES = ["so3", "layers", "kernels", "models", "graph", "testing", "data", "calculators", "training", "integrations"]
+API_PACKAGES = ["so3", "layers", "kernels", "models", "graph", "testing", "data", "calculators", "training", "integrations",
+                "cli"]
 
 API_DIR = Path("api") / "generated"
 FIGURE_DIR = Path("_generated")

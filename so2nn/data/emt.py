@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from torch_geometric.data import Data
 
+from .._progress import progress_bar
 from ._canonical import atoms_to_data
 from ._lmdb import LmdbDataset, write_lmdb
 
@@ -253,6 +254,7 @@ def make_dataset(
     facets: Sequence[str] = FACETS,
     adsorbates: Sequence[str] = tuple(ADSORBATES),
     sizes: Sequence[tuple[int, int, int]] = ((2, 2, 3), (3, 3, 3)),
+    progress: bool = False,
 ) -> tuple[Path, Path]:
     """Generate the EMT S2EF dataset under ``root`` once; return ``(train.lmdb, val.lmdb)``.
 
@@ -266,7 +268,7 @@ def make_dataset(
     the same parameters reuses them, other parameters get another folder. Generation writes
     into a temporary folder and renames it into place when complete (its ``manifest.json``
     written last), so an interrupted run is never taken for a finished one and the next call
-    regenerates.
+    regenerates. ``progress=True`` shows the systems generated so far (on standard error).
 
     Example:
         >>> import tempfile
@@ -296,10 +298,11 @@ def make_dataset(
         for sid in systems:
             yield from generate_system(np.random.default_rng(seeds[sid]), sid=sid, **options)
 
-    return _cached(root, "emt-s2ef", parameters, frames, train_systems, val_systems)
+    return _cached(root, "emt-s2ef", parameters, frames, train_systems, val_systems, progress)
 
 
-def _cached(root, prefix: str, parameters: dict, frames, train_systems: int, val_systems: int) -> tuple[Path, Path]:
+def _cached(root, prefix: str, parameters: dict, frames, train_systems: int, val_systems: int,
+            progress: bool = False) -> tuple[Path, Path]:
     """``root/<prefix>-<key>/{train,val}.lmdb``, written once from ``frames(range of sids)``."""
     key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(root)
@@ -311,12 +314,22 @@ def _cached(root, prefix: str, parameters: dict, frames, train_systems: int, val
     root.mkdir(parents=True, exist_ok=True)
     partial = root / f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
     partial.mkdir()
+    bar = progress_bar(train_systems + val_systems, f"generating {folder.name} with EMT", "system", progress)
+
+    def counted(systems: range) -> Iterator[Data]:
+        for sid in systems:
+            yield from frames(range(sid, sid + 1))
+            if bar is not None:
+                bar.update(1)
+
     try:
         start = time.perf_counter()
         counts = {
-            "train": write_lmdb(partial / "train.lmdb", frames(range(train_systems))),
-            "val": write_lmdb(partial / "val.lmdb", frames(range(train_systems, train_systems + val_systems))),
+            "train": write_lmdb(partial / "train.lmdb", counted(range(train_systems))),
+            "val": write_lmdb(partial / "val.lmdb", counted(range(train_systems, train_systems + val_systems))),
         }
+        if bar is not None:
+            bar.close()
         manifest = {"parameters": parameters, "train_frames": counts["train"], "val_frames": counts["val"],
                     "train_systems": train_systems, "val_systems": val_systems,
                     "seconds": round(time.perf_counter() - start, 2), "element_references": ELEMENT_REFERENCES}
@@ -430,6 +443,7 @@ def make_bulk_dataset(
     temperatures: Sequence[float] = TEMPERATURES,
     alloy_fraction: float = 0.5,
     max_strain: float = 0.03,
+    progress: bool = False,
 ) -> tuple[Path, Path]:
     """Generate the EMT bulk dataset (energy, forces, stress) under ``root`` once; return
     ``(train.lmdb, val.lmdb)``.
@@ -438,7 +452,7 @@ def make_bulk_dataset(
     :func:`generate_bulk_system`; 8 to 18 atoms each) in a few seconds. The files are OC20's
     LMDB format with a ``stress [1, 3, 3]`` field per record, read back by
     :class:`~so2nn.data.LmdbDataset`; they live in ``root/emt-bulk-<key>/`` and are cached,
-    split and written exactly as :func:`make_dataset`'s.
+    split and written exactly as :func:`make_dataset`'s (``progress`` too).
 
     Example:
         >>> import tempfile
@@ -475,4 +489,4 @@ def make_bulk_dataset(
         for sid in systems:
             yield from generate_bulk_system(np.random.default_rng(seeds[sid]), sid=sid, **options)
 
-    return _cached(root, "emt-bulk", parameters, frames, train_systems, val_systems)
+    return _cached(root, "emt-bulk", parameters, frames, train_systems, val_systems, progress)

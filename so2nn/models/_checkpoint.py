@@ -201,9 +201,11 @@ def load_checkpoint(checkpoint, map_location="cpu", trust: bool = False) -> dict
     tensor raises instead of loading as a wrong weight.
 
     Raises:
-        ValueError: ``checkpoint`` is not a file; the file is empty, truncated, damaged (a CRC
-            mismatch) or not a torch file; it needs globals outside the allowlist (named) and ``trust`` is False; it
-            holds something other than a dict.
+        ValueError: ``checkpoint`` is not a file; the file is empty, truncated or damaged (a
+            zip without its directory, a pickle that ends early, a CRC mismatch) or not a
+            PyTorch checkpoint (text, another format: said which where it can tell); it needs
+            globals outside the allowlist (named) and ``trust`` is False; it holds something
+            other than a dict.
 
     Example:
         >>> import tempfile, numpy as np
@@ -221,6 +223,7 @@ def load_checkpoint(checkpoint, map_location="cpu", trust: bool = False) -> dict
         raise ValueError(f"checkpoint file not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"could not read checkpoint {path}: the file is empty")
+    _check_kind(path)
     _check_zip(path)
     try:
         if trust:
@@ -240,9 +243,10 @@ def load_checkpoint(checkpoint, map_location="cpu", trust: bool = False) -> dict
                 f"admit (unpickling it could run code from the file); if you trust the file's origin, load it "
                 f"with trust=True"
             ) from None
-        raise ValueError(f"could not read checkpoint {path}: {_first_line(error)}") from None
+        raise ValueError(f"could not read checkpoint {path}: the file is truncated or damaged "
+                         f"({_first_line(error)})") from None
     except Exception as error:  # truncated, corrupt or not a torch file
-        raise ValueError(f"could not read checkpoint {path}: {_first_line(error)}") from None
+        raise ValueError(f"could not read checkpoint {path}: {_what_went_wrong(path, error)}") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"checkpoint {path} holds a {type(loaded).__name__}, not a checkpoint dict")
     return loaded
@@ -254,7 +258,7 @@ def _check_zip(path: Path) -> None:
     import zipfile
 
     try:
-        if not zipfile.is_zipfile(path):
+        if not _is_zip(path):
             return  # torch's legacy format, or not a checkpoint: torch.load says which
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -263,6 +267,75 @@ def _check_zip(path: Path) -> None:
     if damaged is not None:
         raise ValueError(f"could not read checkpoint {path}: the file is damaged (its member {damaged!r} fails "
                          f"its CRC check)")
+
+
+# How other files a user may mistake for a checkpoint begin.
+_OTHER_FORMATS = (
+    (b"\x89HDF", "an HDF5 file"),
+    (b"\x93NUMPY", "a NumPy .npy file"),
+    (b"SQLite format 3", "an SQLite database"),
+    (b"\x1f\x8b", "a gzip file: decompress it first"),
+    (b"\xfd7zXZ", "an xz file: decompress it first"),
+    (b"BZh", "a bzip2 file: decompress it first"),
+    (b"\x89PNG", "a PNG image"),
+    (b"version https://git-lfs", "a Git LFS pointer: fetch the file with git lfs pull"),
+)
+
+
+def _check_kind(path: Path) -> None:
+    """Refuse, by name, a file that is not a PyTorch checkpoint (torch's zip or its legacy
+    pickle) or a zip cut short, before torch reads it and says something less clear."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for magic, kind in _OTHER_FORMATS:
+        if head.startswith(magic):
+            raise ValueError(f"could not read checkpoint {path}: not a PyTorch checkpoint (it is {kind})")
+    if head.startswith(b"PK\x03\x04"):
+        if not _is_zip(path):  # a zip's directory is at its end: the end is missing or damaged
+            raise ValueError(f"could not read checkpoint {path}: the file is truncated or damaged (a zip archive "
+                             f"whose directory at the end is missing or damaged; download or copy it again)")
+        return
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # a pickle: torch's legacy format, or a plain pickle
+        return
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None  # (a multi-byte character cut at the end of the 4 kB also lands here: binary, then)
+    if text is not None and all(c.isprintable() or c in "\n\r\t" for c in text):
+        start = text.strip()[:40].splitlines()[0] if text.strip() else ""
+        raise ValueError(f"could not read checkpoint {path}: not a PyTorch checkpoint (it looks like text), "
+                         f"starting {start!r}")
+    raise ValueError(f"could not read checkpoint {path}: not a PyTorch checkpoint (neither torch's zip format nor "
+                     f"a pickle; it starts with bytes {head[:8].hex(' ')})")
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` ends with a zip directory that can be read (``zipfile.is_zipfile`` itself
+    raises on some damaged ones)."""
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+
+
+def _what_went_wrong(path: Path, error: BaseException) -> str:
+    """torch.load's failure, as the file's problem."""
+    import zipfile
+
+    if _is_zip(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as damage:
+            return f"the file is damaged ({_first_line(damage)})"
+        if not any(name.endswith("data.pkl") for name in names):
+            kind = " (a NumPy .npz file?)" if names and all(n.endswith(".npy") for n in names) else ""
+            return f"not a PyTorch checkpoint: a zip archive without torch's data.pkl{kind}"
+        return f"the file is damaged ({_first_line(error)})"
+    # a pickle (_check_kind let nothing else through) that torch could not read to its end
+    return f"the file is truncated or damaged ({_first_line(error)})"
 
 
 def _first_line(error: BaseException) -> str:

@@ -75,6 +75,26 @@ def _check_names(data, fields: dict) -> None:
         )
 
 
+def _atomic_numbers(numbers, device, validate: bool = True) -> torch.Tensor:
+    """``numbers`` as a long tensor [N]: integers, or floats with whole values (OC20's LMDBs store
+    them as floats); anything else (element symbols, fractions) raises, naming what was given."""
+    what = "atomic_numbers must be whole numbers (a tensor or a list of ints, e.g. ase's atoms.numbers)"
+    if isinstance(numbers, (str, bytes)):
+        raise ValueError(f"{what}, got a {type(numbers).__name__} {numbers[:20]!r}")
+    try:
+        tensor = torch.as_tensor(numbers, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        first = next(iter(numbers), None) if hasattr(numbers, "__iter__") else numbers
+        raise ValueError(f"{what}, got {type(numbers).__name__} holding {first!r}") from None
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise ValueError(f"{what}, got dtype {tensor.dtype}")
+    if validate and tensor.is_floating_point():  # (a value read back: skipped with validate=False)
+        fractional = tensor != tensor.round()
+        if bool(fractional.any()):
+            raise ValueError(f"{what}, got {float(tensor[fractional][0])}")
+    return tensor.long().view(-1)
+
+
 def read_inputs(data, fields: dict, config, validate: bool = True) -> AtomicInputs:
     """Collect the inputs from a torch_geometric ``Data``/``Batch`` or keyword arguments (which
     take precedence), and check them: names (:data:`INPUT_FIELDS`, and for ``Data`` also
@@ -113,7 +133,7 @@ def read_inputs(data, fields: dict, config, validate: bool = True) -> AtomicInpu
         raise ValueError("empty input: pos has no atoms")
     if validate:
         check_finite("pos", pos)
-    numbers = _integers("atomic_numbers", numbers, pos.device)
+    numbers = _atomic_numbers(numbers, pos.device, validate)
     if numbers.shape[0] != pos.shape[0]:
         raise ValueError(f"atomic_numbers has {numbers.shape[0]} entries for {pos.shape[0]} positions")
     if validate and bool(((numbers < 0) | (numbers >= config.max_num_elements)).any()):

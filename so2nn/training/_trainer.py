@@ -112,6 +112,8 @@ class Trainer:
     #: (recorded in each checkpoint, so a resumed run carries its history).
     run_seconds: float = 0.0
     _clock: tuple[float, float] | None = None  # (fit start, run_seconds then) while fit runs
+    #: The signal (SIGINT, SIGTERM) that stopped the last :meth:`fit` early, or None.
+    stop_signal: int | None = None
 
     def __init__(self, model, train_set, val_set, config: TrainingConfig, out_dir,
                  device: str = "cpu", progress: bool = True, tensorboard: bool = False, *,
@@ -466,6 +468,7 @@ class Trainer:
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
+        self.stop_signal = signum
 
     def _agree_to_stop(self) -> bool:
         if not self.dist.distributed:
@@ -485,7 +488,7 @@ class Trainer:
         metrics = S2EFMetrics(energy_baseline=self.train_energy_mean)
         shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
         accumulate_metrics(model, dataset, shard, self.config.eval_batch_size, self.device, metrics,
-                           self.config.eval_on_free_atoms, self._autocast)
+                           self.config.eval_on_free_atoms, self._autocast, progress=self.progress)
         result = metrics.compute(reduce=self.dist.sum)
         self.log.write(VAL_LOG, {"step": self.step, **result})
         return result

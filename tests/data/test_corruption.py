@@ -30,7 +30,7 @@ from so2nn.models._checkpoint import atomic_save
 
 CASES = 240  # per format: half truncations, half byte flips
 SLOW_CASES = 4000
-TIMEOUT_S = 20.0  # a reply slower than this is a hang
+TIMEOUT_S = 120.0  # a reply slower than this is a hang (generous: a busy machine is not a hang)
 STARTUP_TIMEOUT_S = 300.0
 WORKER = Path(__file__).with_name("corruption_worker.py")
 
@@ -113,8 +113,8 @@ class _Worker:
         self.process, self.timeout = None, timeout
 
     def start(self):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
-                                                            os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
+                                                                                    os.environ.get("PYTHONPATH", "")])}
         self.process = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True, env=env, bufsize=1)
         # the imports (torch, ASE) are not part of any case's time

@@ -153,3 +153,13 @@ def test_target_statistics_match_a_direct_computation(emt_small):
     free = target_statistics(dataset, free_atoms_only=True)
     free_forces = torch.cat([item.forces[~item.fixed] for item in dataset]).double()
     assert abs(free["forces_rms"] - free_forces.square().mean().sqrt().item()) < 1e-9
+
+
+def test_generation_shows_its_progress(tmp_path, capsys):
+    """A generation that takes a while says where it is (on standard error), one system at a time;
+    a cached dataset says nothing."""
+    emt.make_dataset(tmp_path, train_systems=2, val_systems=1, frames_per_system=2, progress=True)
+    err = capsys.readouterr().err
+    assert "generating emt-s2ef-" in err and "3/3" in err, err
+    emt.make_dataset(tmp_path, train_systems=2, val_systems=1, frames_per_system=2, progress=True)
+    assert capsys.readouterr().err == ""

@@ -96,7 +96,7 @@ def html_dir(tmp_path_factory) -> Path:
     doctrees = tmp_path_factory.mktemp("doctrees")
     run = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", "-d", str(doctrees), str(DOCS), str(out)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stdout + run.stderr
     return out

@@ -22,7 +22,7 @@ def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(EXAMPLE.parents[1]), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     return subprocess.run([sys.executable, str(EXAMPLE), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=3600)
 
 
 def test_tiny_adsorbml_run_reports_every_k(tmp_path):

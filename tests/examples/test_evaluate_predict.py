@@ -4,6 +4,7 @@ evaluation, and an interrupted prediction continues to the same file."""
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def test_predict_writes_the_submission_format(example, run):
         np.testing.assert_allclose(forces, direct[system][1], rtol=1e-4, atol=1e-5)
 
 
-def test_an_interrupted_predict_continues_to_the_same_file(example, run):
+def test_an_interrupted_predict_continues_to_the_same_file(example, run, capsys):
     root, common, _ = run
     checkpoint = str(root / "run" / "model.pt")
     whole, pieces = root / "whole.npz", root / "pieces.npz"
@@ -81,8 +82,11 @@ def test_an_interrupted_predict_continues_to_the_same_file(example, run):
     assert stopped == {"predictions": None} and not pieces.exists()
     assert (root / "pieces.partial.npz").exists()
     # another batch size would batch differently: the partial file is refused, not mixed in
-    with pytest.raises(ValueError, match="partial predictions of another model, dataset or options"):
+    with pytest.raises(SystemExit) as stop:  # a usage error: one line, exit status 2
         example.main([*common, "--predict", checkpoint, "--predictions", str(pieces), "--eval-batch-size", "5"])
+    assert stop.value.code == 2
+    assert re.search("error: --predictions: .*: partial predictions of another model, dataset or options",
+                     capsys.readouterr().err)
     example.main([*common, "--predict", checkpoint, "--predictions", str(pieces), "--eval-batch-size", "4"])
     assert not (root / "pieces.partial.npz").exists()
     a, b = np.load(whole), np.load(pieces)
@@ -139,3 +143,37 @@ def test_evaluate_and_predict_an_official_checkpoint(example, run, tmp_path):
     assert evaluated == evaluate_model(model, val, energy_baseline=model.target_statistics.energy_mean)
     example.main([*subset, "--predict", str(checkpoint), "--predictions", str(tmp_path / "p.npz")])
     assert len(np.load(tmp_path / "p.npz")["ids"]) == 4
+
+
+def test_command_line_mistakes_are_one_line_errors(example, run, tmp_path, capsys):
+    """Each mistake: exit status 2 and argparse's one line (the usage, then ``prog: error: ...``),
+    before any work is done; no traceback."""
+    root, common, _ = run
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.pt").write_text("my notes\n")
+    model = (root / "run" / "model.pt").read_bytes()
+    (tmp_path / "half.pt").write_bytes(model[: len(model) // 2])
+    gpu = [] if torch.cuda.is_available() else [
+        (["--device", "cuda"], r"--device cuda: (this torch was built without CUDA|no GPU is visible); this machine has: cpu")]
+    for argv, message in [
+        *gpu,
+        (["--device", "gpu"], "--device 'gpu' is not a torch device name"),
+        (["--max-steps", "-5"], r"argument --max-steps: -5 is not a positive integer \(>= 1\)"),
+        (["--lr", "0"], "argument --lr: 0 is not a positive number"),
+        (["--data", str(tmp_path / "empty"), "--val-data", str(tmp_path / "empty")],
+         "--data: .*empty: the directory holds no dataset files"),
+        (["--data", str(tmp_path / "missing"), "--val-data", str(tmp_path / "missing")], "--data: .*missing"),
+        (["--evaluate", str(tmp_path / "notes.pt")], r"--evaluate: could not read checkpoint .*notes.pt: not a PyTorch "
+                                                     r"checkpoint \(it looks like text\), starting 'my notes'"),
+        (["--init", str(tmp_path / "half.pt")], r"--init: could not read checkpoint .*half.pt: the file is truncated or "
+                                                r"damaged"),
+        (["--evaluate", str(tmp_path / "none.pt")], "--evaluate: no checkpoint at"),
+        (["--batch-size", "100"], "the training set has 60 items, fewer than one batch per process"),
+        (["--set", "lmax=four"], "--set 'lmax=four': 'four' is not a JSON value"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            example.main([*(a for a in common if a != "--tiny"), "--out", str(tmp_path / "out"), *argv])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2, (argv, err)
+        assert "Traceback" not in err and re.fullmatch(rf"\S+: error: {message}.*", err.splitlines()[-1],
+                                                       re.S), (argv, err)

@@ -29,7 +29,7 @@ def save_tiny_model(path: Path) -> None:
 def run(cwd: Path, *args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread, no contention on a busy machine
     command = [sys.executable, str(EXAMPLE), *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

@@ -141,9 +141,23 @@ def test_unreadable_files(tmp_path, monolithic):
     path = tmp_path / "ok.pt"
     torch.save(monolithic, path)
     data = path.read_bytes()
-    for name, content in [("empty.pt", b""), ("half.pt", data[: len(data) // 2]), ("text.pt", b"not a checkpoint")]:
-        (tmp_path / name).write_bytes(content)
-        with pytest.raises(ValueError, match=f"{name}"):
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(64)}, legacy, _use_new_zipfile_serialization=False)  # torch's pre-1.6 pickle format
+    old = legacy.read_bytes()
+    np.savez(tmp_path / "arrays.npz", w=np.ones(3))
+    for name, content, message in [
+        ("empty.pt", b"", "the file is empty"),
+        ("half.pt", data[: len(data) // 2], r"the file is truncated or damaged \(a zip archive whose directory at the end is missing"),
+        ("text.pt", b"not a checkpoint", r"not a PyTorch checkpoint \(it looks like text\), starting 'not a checkpoint'"),
+        ("old-half.pt", old[: len(old) // 2], r"the file is truncated or damaged \("),
+        ("old-start.pt", old[:30], r"the file is truncated or damaged \("),
+        ("lfs.pt", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab", r"not a PyTorch checkpoint \(it is a Git LFS"),
+        ("binary.pt", bytes(range(256)), r"not a PyTorch checkpoint \(neither torch's zip format nor a pickle; it starts with bytes 00 01"),
+        ("arrays.npz", None, r"not a PyTorch checkpoint: a zip archive without torch's data.pkl \(a NumPy .npz file\?\)"),
+    ]:
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"could not read checkpoint .*{name}: {message}"):
             load_checkpoint(tmp_path / name)
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10  # inside a tensor: torch would load it as a different weight

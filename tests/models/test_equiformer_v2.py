@@ -162,6 +162,9 @@ def test_isolated_atom_is_finite():
         (lambda f: f.update(cell=None), "no cell"),
         (lambda f: f.update(pos=torch.zeros(0, 3, dtype=torch.float64), atomic_numbers=torch.zeros(0, dtype=torch.long), natoms=None), "empty"),
         (lambda f: f.update(natoms=torch.tensor([5])), "natoms sums to 5"),
+        (lambda f: f.update(atomic_numbers=["Cu"] * len(f["atomic_numbers"])), r"atomic_numbers must be whole numbers.*'Cu'"),
+        (lambda f: f.update(atomic_numbers="CuO"), r"atomic_numbers must be whole numbers.*a str"),
+        (lambda f: f.update(atomic_numbers=f["atomic_numbers"] + 0.5), r"atomic_numbers must be whole numbers.*\.5"),
     ],
 )
 def test_bad_input(change, message):

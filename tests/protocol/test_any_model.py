@@ -3,6 +3,7 @@ conservative forces) goes through so2nn.training (EMA, bf16 autocast, stop and r
 checkpoint format (reloaded in a fresh process) and the ASE calculator."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,13 +48,8 @@ def frames(count, seed):
 
 
 def fresh_process(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).parents[2],
-    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
+                          cwd=Path(__file__).parents[2], env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module", autouse=True)
