@@ -14,10 +14,12 @@ its predictions in OC20's S2EF submission format (resumable).
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._finetune import (
+    FAR_SCALE,
     FINE_TUNING_SETTINGS,
     REFIT_CHOICES,
     pretrained_model,
     referenced_statistics,
+    referencing_notes,
     referencing_table,
 )
 from ._metrics import S2EFMetrics, decompose_stress
@@ -28,6 +30,7 @@ from ._trainer import DEFAULT_STRESS_COEFFICIENT, RESUMABLE, Trainer, TrainingCo
 
 __all__ = [
     "DEFAULT_STRESS_COEFFICIENT",
+    "FAR_SCALE",
     "FINE_TUNING_SETTINGS",
     "REFIT_CHOICES",
     "RESUMABLE",
@@ -42,6 +45,7 @@ __all__ = [
     "fingerprint_differences",
     "pretrained_model",
     "referenced_statistics",
+    "referencing_notes",
     "referencing_table",
     "warmup_cosine",
     "write_predictions",
