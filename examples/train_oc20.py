@@ -53,8 +53,10 @@ cutoff, ``max_neighbors``, the graph mode and the grid (the graph ones with a wa
 head (``--set stress='{"head": "equivariant"}'``, or the flat ``--set stress_head='"equivariant"'``
 of older configs); ``--freeze-backbone`` trains the heads only,
 ``--backbone-lr-factor`` lowers the backbone's learning rate, ``--reinit-head`` starts a head
-afresh and ``--refit`` chooses the energy referencing (printed at the start). ``--resume``
-continues a fine-tuning run like any other (same command plus ``--resume``).
+afresh and ``--refit`` chooses the energy referencing (printed at the start). The recipe's defaults are
+those of a run from scratch of the checkpoint's model: the tiny run's for a checkpoint of the
+tiny model, the paper's otherwise, so that fine-tuning and training from scratch compare at equal
+flags. ``--resume`` continues a fine-tuning run like any other (same command plus ``--resume``).
 
 ``--compile`` trains through ``torch.compile(model, dynamic=True)``: the first step compiles
 (its time is printed; inductor's cache on disk makes the next run's faster), the later ones run
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "them all (all)")
     model.add_argument("--conservative-forces", action="store_true", help="forces = -dE/dpos instead of the direct head")
     train = p.add_argument_group("training (defaults: the EquiformerV2 paper's recipe; the tiny default run's, "
-                                 "scaled to a CPU and minutes, where they differ)")
+                                 "scaled to a CPU and minutes, where they differ, also for --init of a tiny model)")
     defaults = TrainingConfig()
     tiny = TINY_TRAINING
 
@@ -275,9 +277,36 @@ def model_config(args) -> EquiformerV2Config:
     return config.replace(**changes)
 
 
+#: The entries that make a model the tiny one (its size): a checkpoint with these fine-tunes with
+#: the tiny run's recipe, as the same model trained from scratch would.
+TINY_SIZE = ("lmax", "mmax", "num_layers", "sphere_channels", "attn_hidden_channels", "num_heads",
+             "attn_alpha_channels", "attn_value_channels", "ffn_hidden_channels", "edge_channels",
+             "num_distance_basis")
+
+
+def checkpoint_is_tiny(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` holds a model of the tiny architecture (so2nn's only)."""
+    try:
+        state = load_checkpoint(path)
+    except (ValueError, FileNotFoundError, OSError):
+        return False  # Trainer.from_pretrained says what is wrong with it
+    config = state.get("config") if state.get("format") == "so2nn" else None
+    return isinstance(config, dict) and all(config.get(k) == getattr(TINY, k) for k in TINY_SIZE)
+
+
+def uses_tiny_recipe(args) -> bool:
+    """Whether the run's recipe defaults are the tiny run's: a run from scratch of the tiny model,
+    and a fine-tuning run of a checkpoint of it (the same defaults, so that the two compare at
+    equal flags)."""
+    if args.init is not None:
+        if not hasattr(args, "_init_is_tiny"):
+            args._init_is_tiny = checkpoint_is_tiny(args.init)
+        return args._init_is_tiny
+    return (args.preset or ("tiny" if args.data is None else None)) == "tiny"
+
+
 def training_config(args) -> TrainingConfig:
-    tiny = args.init is None and (args.preset or ("tiny" if args.data is None else None)) == "tiny"
-    values = dict(TINY_TRAINING) if tiny else {}
+    values = dict(TINY_TRAINING) if uses_tiny_recipe(args) else {}
     flags = dict(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                  eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                  element_references=args.element_references)
@@ -484,8 +513,13 @@ def run(args) -> dict:
                   f"{', re-initialised ' + ', '.join(source['reinitialised_heads']) if source['reinitialised_heads'] else ''}",
                   flush=True)
             print(referencing_table(trainer.finetune["statistics"]), flush=True)
+        recipe = "the tiny run's" if uses_tiny_recipe(args) else "the EquiformerV2 paper's"
         print(f"{'resuming at step ' + str(trainer.step) if args.resume else 'starting'}: {cfg.max_steps} steps of "
-              f"batch {cfg.batch_size}, peak lr {cfg.lr}; output in {args.out}", flush=True)
+              f"batch {cfg.batch_size}, peak lr {cfg.lr}, warm-up {cfg.warmup_steps} steps ({recipe} recipe where "
+              f"no flag sets it); output in {args.out}", flush=True)
+        if 2 * cfg.warmup_steps > cfg.max_steps:
+            print(f"note: the warm-up ({cfg.warmup_steps} steps) is more than half of the run's {cfg.max_steps} "
+                  f"steps: the learning rate stays below its peak for most of the run (--warmup-steps)", flush=True)
     metrics = trainer.fit(stop_after=args.stop_after)
     if main_process:
         if trainer.step < trainer.config.max_steps:

@@ -22,10 +22,12 @@ from ._config import DEFAULT_STRESS_COEFFICIENT, RESUMABLE, RunStatistics, Train
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._finetune import (
+    FAR_SCALE,
     FINE_TUNING_SETTINGS,
     REFIT_CHOICES,
     pretrained_model,
     referenced_statistics,
+    referencing_notes,
     referencing_table,
 )
 from ._logging import RunLog
@@ -39,6 +41,7 @@ from ._trainer import Trainer
 
 __all__ = [
     "DEFAULT_STRESS_COEFFICIENT",
+    "FAR_SCALE",
     "FINE_TUNING_SETTINGS",
     "REFIT_CHOICES",
     "RESUMABLE",
@@ -62,6 +65,7 @@ __all__ = [
     "pretrained_model",
     "recorded_split",
     "referenced_statistics",
+    "referencing_notes",
     "referencing_table",
     "s2ef_loss",
     "stress_loss",

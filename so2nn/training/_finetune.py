@@ -14,8 +14,8 @@ from torch import nn
 from ..models import TargetStatistics, build_model, load_model, target_statistics_fields
 from ..models._checkpoint import load_checkpoint
 
-__all__ = ["FINE_TUNING_SETTINGS", "REFIT_CHOICES", "file_sha256", "parameter_groups", "pretrained_model",
-           "referenced_statistics", "referencing_table"]
+__all__ = ["FAR_SCALE", "FINE_TUNING_SETTINGS", "REFIT_CHOICES", "file_sha256", "parameter_groups",
+           "pretrained_model", "referenced_statistics", "referencing_notes", "referencing_table"]
 
 #: Model config entries a fine-tuning run may change: regularisation, the graph, the grid and
 #: memory options. None of them changes a weight's shape.
@@ -208,20 +208,22 @@ def referenced_statistics(
 
 
 def referencing_table(record: dict) -> str:
-    """The statistics of a fine-tuning run (:func:`referenced_statistics`'s record) as a table.
+    """The statistics of a fine-tuning run (:func:`referenced_statistics`'s record) as a table,
+    followed by :func:`referencing_notes`.
 
     Example:
-        >>> stats = {"energy_mean": -0.1, "energy_std": 0.5, "forces_rms": 0.2,
+        >>> stats = {"energy_mean": -0.1, "energy_std": 0.4, "forces_rms": 0.2,
         ...          "element_references": [0.0, -3.0],
         ...          "raw_energy_mean": -12.1}
-        >>> used, record = referenced_statistics(TargetStatistics(1.0, 2.0, 0.3), stats, "references")
-        >>> print(referencing_table(record))
+        >>> record = referenced_statistics(TargetStatistics(1.0, 2.0, 0.3), stats, "references")[1]
+        >>> print(referencing_table(record))  # doctest: +ELLIPSIS
         energy referencing (refit=references)   checkpoint   training set   used
           energy_mean (eV)                       1.0000        -0.1000    -0.1000
-          energy_std (eV)                        2.0000         0.5000     2.0000
+          energy_std (eV)                        2.0000         0.4000     2.0000
           forces_std (eV/A)                      0.3000         0.2000     0.3000
           element references                       none         fitted     fitted
           (training energies: mean -12.1000 eV before the references)
+        note: the training set's energy scale (0.4 eV) is 0.2 times the checkpoint's (2 eV)...--refit all...
     """
     columns = [record["checkpoint"], record["training_set"], record["used"]]
     lines = [f"{'energy referencing (refit=' + record['refit'] + ')':<38}  checkpoint   training set   used"]
@@ -244,7 +246,36 @@ def referencing_table(record: dict) -> str:
     ]
     lines.append(f"  {'element references':<34}{marks[0]:>11}    {marks[1]:>11}{marks[2]:>11}")
     lines.append(f"  (training energies: mean {record['raw_energy_mean']:.4f} eV before the references)")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"note: {note}" for note in referencing_notes(record)])
+
+
+#: How far (a factor either way) the training set's energy or force scale may be from the
+#: checkpoint's kept one before :func:`referencing_notes` names ``refit="all"``: beyond what was
+#: measured (fine-tuning with the kept scales ended at or ahead of training from scratch with
+#: energy scales up to 3.1 times apart, force scales up to 1.3).
+FAR_SCALE = 4.0
+
+
+def referencing_notes(record: dict) -> list[str]:
+    """What a run with these statistics (:func:`referenced_statistics`'s record) should know:
+    with ``refit="references"``, a training set whose energy or force scale is more than
+    :data:`FAR_SCALE` times (or less than 1 / :data:`FAR_SCALE` of) the checkpoint's kept one.
+
+    The kept scale then weighs the loss's energy and force terms, and sizes every step of the
+    pretrained outputs, for data of another scale; ``refit="all"`` (``--refit all``) re-fits
+    it, as a run from scratch does.
+    """
+    if record["refit"] != "references":
+        return []
+    notes = []
+    for key, what, unit in (("energy_std", "energy", "eV"), ("forces_std", "force", "eV/A")):
+        kept, new = record["checkpoint"][key], record["training_set"][key]
+        if not (kept > 0 and new > 0) or 1 / FAR_SCALE <= new / kept <= FAR_SCALE:
+            continue
+        notes.append(f"the training set's {what} scale ({new:.4g} {unit}) is {new / kept:.3g} times the checkpoint's "
+                     f"({kept:.4g} {unit}), which this run keeps: should it end behind the same model trained from "
+                     f"scratch, re-fit the scales with --refit all (refit='all')")
+    return notes
 
 
 def parameter_groups(

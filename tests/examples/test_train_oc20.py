@@ -81,6 +81,9 @@ def test_train_oc20_fine_tunes_a_checkpoint_and_resumes(tmp_path):
     first = _run(*fine, "--stop-after", "4")
     assert "fine-tuning " in first and "backbone frozen" in first, first
     assert "energy referencing (refit=references)" in first and "element references" in first, first
+    # the recipe a run from scratch of the tiny model gets (its warm-up, as no flag sets one)
+    assert "warm-up 50 steps (the tiny run's recipe where no flag sets it)" in first, first
+    assert "note: the warm-up (50 steps) is more than half of the run's 8 steps" in first, first
     second = _run(*fine, "--resume")
     assert "the run: step 8 of 8" in second, second
     record = torch.load(tmp_path / "ft" / "model.pt", weights_only=False)["finetune"]
