@@ -293,7 +293,7 @@ def run(args) -> dict:
                       "baseline_calls": total_calls,
                       "calls_saved": 1.0 - calls / total_calls if total_calls else float("nan")})
 
-    print(f"\nground truth (every placement relaxed with EMT, anomalies discarded), eV:")
+    print("\nground truth (every placement relaxed with EMT, anomalies discarded), eV:")
     for pair in pairs:
         anomalies = sum(bool(r["emt_anomaly"]) for r in rows if (r["metal"], r["adsorbate"]) == pair)
         model_anomalies = sum(bool(r["model_anomaly"]) for r in rows if (r["metal"], r["adsorbate"]) == pair)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..graph import edge_vectors
+from ._compile import compile_model
 from ._inputs import read_inputs
 from ._padding import SizeBuckets, pad_inputs, unpad_outputs
 
@@ -98,9 +99,9 @@ class CompiledModel:
                              f"{type(model.config).__name__} has no max_radius")
         self.model, self.cuda_graphs, self.buckets = model, cuda_graphs, buckets
         if buckets is None:
-            self._compiled = torch.compile(model, dynamic=True, backend=backend)
+            self._compiled = compile_model(model, dynamic=True, fullgraph=False, backend=backend)
         else:
-            self._compiled = torch.compile(model, dynamic=False, backend=backend,
+            self._compiled = compile_model(model, dynamic=False, fullgraph=False, backend=backend,
                                            mode="reduce-overhead" if cuda_graphs else None)
         self._skip_checks = {"validate": False} if _takes_validate(model) else {}
         self._shapes_seen: set = set()

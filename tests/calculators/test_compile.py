@@ -1,7 +1,6 @@
 """The calculator compiled: ``compile=True`` (a cheap backend on the CPU) and ``cuda_graphs=True``
 (size buckets, one captured CUDA graph per bucket; the replay test needs a GPU)."""
 
-import inspect
 
 import numpy as np
 import pytest
@@ -17,11 +16,6 @@ TINY = dict(
     num_distance_basis=16, max_radius=5.0, max_neighbors=20, max_num_elements=30, alpha_drop=0.0,
     drop_path_rate=0.0,
 )
-needs_compilable_body = pytest.mark.skipif(
-    "validate" not in inspect.signature(EquiformerV2.forward).parameters,
-    reason="EquiformerV2's body does not compile with dynamic shapes yet",
-)
-
 
 def tiny_model(**changes):
     torch.manual_seed(0)
@@ -44,7 +38,6 @@ def num_edges(model, atoms) -> int:
     return model.build_graph(read_inputs(None, fields, model.config))[0].shape[1]
 
 
-@needs_compilable_body
 def test_compiled_calculator_gives_the_eager_results(capfd):
     model = tiny_model()
     eager = So2nnCalculator(model, device="cpu")

@@ -1,7 +1,6 @@
 """The torch-sim model compiled: ``compile=True`` on the CPU with a cheap backend; ``cuda_graphs``
 needs CUDA."""
 
-import inspect
 
 import pytest
 import torch
@@ -23,8 +22,6 @@ def tiny_model(**changes) -> EquiformerV2:
     return EquiformerV2(EquiformerV2Config(**(TINY | changes))).double().eval()
 
 
-@pytest.mark.skipif("validate" not in inspect.signature(EquiformerV2.forward).parameters,
-                    reason="EquiformerV2's body does not compile with dynamic shapes yet")
 def test_compiled_torch_sim_model_gives_the_eager_results(capfd):
     model = tiny_model(direct_forces=False)
     eager = TorchSimModel(model, device="cpu")

@@ -1,22 +1,16 @@
 """CompiledModel: compiled inference gives the model's outputs (a cheap backend on the CPU; few,
 tiny calls)."""
 
-import inspect
 
 import pytest
 import torch
 
-from so2nn.models import CompiledModel, EquiformerV2, SizeBuckets
+from so2nn.models import CompiledModel, SizeBuckets
 
 from .test_padding import systems, tiny_model
 
 # The model body compiles with dynamic shapes (no data-dependent guard) once its forward takes
 # `validate` (the checks that read values moved to the boundary).
-needs_compilable_body = pytest.mark.skipif(
-    "validate" not in inspect.signature(EquiformerV2.forward).parameters,
-    reason="EquiformerV2's body does not compile with dynamic shapes yet",
-)
-
 
 def test_bucketed_model_gives_the_models_outputs_and_compiles_once_per_bucket(capfd):
     model = tiny_model("conservative", num_layers=1)  # tracing time grows with the layers
@@ -32,7 +26,6 @@ def test_bucketed_model_gives_the_models_outputs_and_compiles_once_per_bucket(ca
     assert printed.count("so2nn: compiled the model for size bucket (3 systems, 16 atoms, 64 edges)") == 1
 
 
-@needs_compilable_body
 def test_dynamic_shapes_give_the_models_outputs(capfd):
     model = tiny_model("direct, stress head", num_layers=1)
     compiled = CompiledModel(model, backend="eager")

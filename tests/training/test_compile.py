@@ -1,11 +1,10 @@
 """Training through torch.compile: checkpoints hold the plain module's weights (no ``_orig_mod``)."""
 
-import inspect
 
 import pytest
 import torch
 
-from so2nn.models import EquiformerV2, load_model
+from so2nn.models import load_model
 from so2nn.training import Trainer, TrainingConfig
 
 from .conftest import emt_frames
@@ -17,8 +16,6 @@ def recipe(**changes) -> TrainingConfig:
     return TrainingConfig(**{**settings, **changes})
 
 
-@pytest.mark.skipif("validate" not in inspect.signature(EquiformerV2.forward).parameters,
-                    reason="EquiformerV2's body does not compile with dynamic shapes yet")
 def test_compiled_training_writes_the_plain_modules_weights(tmp_path, tiny_model_config, capfd):
     train, val = emt_frames(4, seed=0), emt_frames(2, seed=1)
     trainer = Trainer(tiny_model_config, train, val, recipe(compile=True, compile_backend="eager"), tmp_path,
