@@ -83,14 +83,29 @@ from pathlib import Path
 import torch
 
 import so2nn
-from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, non_negative_int,
-                       positive_float, positive_int, set_threads, usage_errors)
+from so2nn.cli import (
+    UsageError,
+    add_threads_argument,
+    check_device,
+    describe_threads,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    set_threads,
+    usage_errors,
+)
 from so2nn.data import ValidationSplit, open_dataset
 from so2nn.data.emt import make_bulk_dataset, make_dataset
-from so2nn.models import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, load_model, preset
-from so2nn.models._checkpoint import load_checkpoint
-from so2nn.training import (DEFAULT_STRESS_COEFFICIENT, Trainer, TrainingConfig, evaluate_model,
-                            recorded_split, referencing_table, write_predictions)
+from so2nn.models import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, load_checkpoint, load_model, preset
+from so2nn.training import (
+    DEFAULT_STRESS_COEFFICIENT,
+    Trainer,
+    TrainingConfig,
+    evaluate_model,
+    recorded_split,
+    referencing_table,
+    write_predictions,
+)
 
 # Not a released model: a small EquiformerV2 (same architecture, fewer and narrower layers,
 # lmax 2) that learns the embedded EMT data on a laptop CPU in minutes.

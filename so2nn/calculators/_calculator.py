@@ -13,11 +13,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from .._ase import fixed_atoms_mask
-from ..models import AtomisticModel, CompiledModel, load_model, read_inputs
+from ..models import CompiledModel, evaluation_model, read_inputs
 
 __all__ = ["EquiformerV2Calculator", "So2nnCalculator", "fixed_atoms_mask"]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class So2nnCalculator(Calculator):
@@ -224,16 +223,6 @@ def _periodic_cell(atoms: Atoms) -> np.ndarray | None:
     return cell
 
 
-def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        return _DTYPES[dtype]
-    if dtype not in _DTYPES.values():
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    return dtype
-
-
 def _compiled_model(model: nn.Module, compile: bool, cuda_graphs: bool, backend: str) -> CompiledModel | None:
     """The :class:`~so2nn.models.CompiledModel` that the calculator and the torch-sim model
     evaluate through (None: the model itself), from their ``compile``, ``cuda_graphs`` and
@@ -247,37 +236,3 @@ def _compiled_model(model: nn.Module, compile: bool, cuda_graphs: bool, backend:
 
 #: The calculator's earlier name, kept for existing code: the same class.
 EquiformerV2Calculator = So2nnCalculator
-
-
-def evaluation_model(
-    model: nn.Module | str | os.PathLike | dict,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
-    *,
-    use_ema: bool = True,
-    trust: bool = False,
-    **config_changes,
-) -> tuple[nn.Module, torch.device, torch.dtype]:
-    """``(model, device, dtype)``: an so2nn model, or the model of a checkpoint (read by
-    :func:`~so2nn.models.load_model`, built in ``dtype`` so that float64 values of an import stay
-    float64), moved to ``device`` and ``dtype`` and put in eval mode. Defaults: where and in what
-    dtype a given model's weights are; ``"cuda"`` when available (else ``"cpu"``) and float32 for
-    a checkpoint. The calculator and the torch-sim model read their models this way."""
-    if isinstance(model, nn.Module):
-        if not isinstance(model, AtomisticModel):
-            raise TypeError(f"{type(model).__name__} does not offer the so2nn model protocol (AtomisticModel)")
-        if config_changes:
-            raise ValueError(f"config changes {sorted(config_changes)} apply when loading a checkpoint; "
-                             "for a model object, build it with them")
-        weight = next(model.parameters())
-        default_device, default_dtype = weight.device, weight.dtype
-    elif isinstance(model, (str, os.PathLike, dict)):
-        default_device = "cuda" if torch.cuda.is_available() else "cpu"
-        default_dtype = torch.float32
-        model = load_model(model, use_ema=use_ema, trust=trust,
-                           dtype=_as_dtype(default_dtype if dtype is None else dtype), **config_changes)
-    else:
-        raise TypeError(f"model must be an so2nn model or a checkpoint path/dict, got {type(model).__name__}")
-    device = torch.device(default_device if device is None else device)
-    dtype = _as_dtype(default_dtype if dtype is None else dtype)
-    return model.to(device=device, dtype=dtype).eval(), device, dtype

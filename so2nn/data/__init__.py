@@ -31,13 +31,14 @@ from . import emt
 from ._ase_files import AseFileDataset
 from ._asedb import AseDBDataset
 from ._canonical import FIELDS, DataFormatError, atoms_to_data, canonical_data, data_to_atoms
-from ._extxyz import S2EFExtxyzDataset, write_s2ef_extxyz
+from ._extxyz import S2EFExtxyzDataset, sidecar_path, write_s2ef_extxyz
 from ._lmdb import LmdbDataset, write_lmdb
 from ._open import open_dataset, target_statistics
 from ._split import ValidationSplit, split_dataset
 from .emt import make_dataset as make_emt_dataset
 
 __all__ = [
+    "sidecar_path",
     "FIELDS",
     "AseDBDataset",
     "AseFileDataset",

@@ -15,7 +15,15 @@ from ._edge_convolution import (
     so2_linear,
 )
 from ._grid_silu import GRID_SILU, grid_silu
-from ._policy import KERNELS, RECOMPUTE_DEVICES, KernelInfo, check_kernels, needs_double_backward, use_fused, use_recompute
+from ._policy import (
+    KERNELS,
+    RECOMPUTE_DEVICES,
+    KernelInfo,
+    check_kernels,
+    needs_double_backward,
+    use_fused,
+    use_recompute,
+)
 from ._scatter import SCATTER_SUM, scatter_sum
 from ._target_blocks import (
     BLOCK_ELEMENTS,

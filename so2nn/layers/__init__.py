@@ -5,20 +5,26 @@ Node features are ``[N, (lmax+1)**2, C]`` (l-major); edge-frame features are
 """
 
 from ._activation import (
-    GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU, activation_layer, activation_scalars,
+    GateActivation,
+    S2Activation,
+    SeparableS2Activation,
+    SmoothLeakyReLU,
+    activation_layer,
+    activation_scalars,
     fine_grid_resolution,
 )
 from ._attention import AttentionReNorm, EquivariantGraphAttention
+from ._common import check_edges, replace_scalars
 from ._dropout import EquivariantDropout, GraphDropPath
 from ._edge_degree import EdgeDegreeEmbedding
 from ._feed_forward import FeedForwardNetwork
 from ._linear import SO3Linear
 from ._norm import EquivariantLayerNorm, EquivariantRMSNorm, SeparableLayerNorm, normalization_layer
 from ._radial import AtomEdgeEmbedding, RadialBasis, RadialMLP
-from ._common import replace_scalars
 from ._so2 import SO2Convolution, SO2Linear, SO2Output
 
 __all__ = [
+    "check_edges",
     "AtomEdgeEmbedding",
     "AttentionReNorm",
     "EdgeDegreeEmbedding",

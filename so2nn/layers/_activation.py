@@ -34,9 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..so3 import CoefficientLayout
-from ..so3._grid import s2_grid
 from ..kernels import GRID_SILU, check_kernels, grid_silu, use_fused
+from ..so3 import CoefficientLayout, s2_grid
 from ._common import ConstantsModule, as_layout, check_channels, replace_scalars
 
 __all__ = [

@@ -20,9 +20,7 @@ from ..kernels import (
     use_recompute,
     use_target_blocks,
 )
-from ..so3 import CoefficientLayout, EdgeRotation
-from ..so3._rotation import prepare_rotation
-from ..so3._wigner import prepare_couplings
+from ..so3 import CoefficientLayout, EdgeRotation, prepare_couplings, prepare_rotation
 from ._activation import SmoothLeakyReLU, activation_layer, activation_scalars
 from ._common import (
     as_layout,

@@ -6,9 +6,7 @@ import torch
 from torch import nn
 
 from ..kernels import check_kernels, in_target_blocks, target_blocks, use_target_blocks
-from ..so3 import CoefficientLayout, EdgeRotation
-from ..so3._rotation import prepare_rotation
-from ..so3._wigner import prepare_couplings
+from ..so3 import CoefficientLayout, EdgeRotation, prepare_couplings, prepare_rotation
 from ._common import as_layout, check_channels, check_edge_features, check_edges, check_rotation, scatter_sum
 from ._radial import AtomEdgeEmbedding, RadialMLP, check_atomic_numbers
 

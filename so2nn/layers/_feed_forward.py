@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from ..kernels import check_kernels, row_block_size
-from ..so3 import CoefficientLayout
-from ..so3._grid import s2_grid
+from ..so3 import CoefficientLayout, s2_grid
 from ._activation import activation_layer, activation_scalars
 from ._common import (
     ConstantsModule,

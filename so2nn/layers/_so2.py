@@ -27,7 +27,14 @@ from torch import nn
 
 from ..kernels import complex_matrix
 from ..so3 import CoefficientLayout
-from ._common import ConstantsModule, as_layout, check_channels, check_dtype, check_edge_features, check_features
+from ._common import (
+    ConstantsModule,
+    as_layout,
+    check_channels,
+    check_dtype,
+    check_edge_features,
+    check_features,
+)
 from ._radial import RadialMLP
 
 __all__ = ["SO2Convolution", "SO2Linear", "SO2Output"]

@@ -1,12 +1,13 @@
 """Reference models built from :mod:`so2nn.layers`, their output heads, and the model protocol
 that training, checkpoints and the calculator rely on."""
 
-from ._checkpoint import load_model, upgrade_checkpoint
+from ._checkpoint import atomic_save, load_checkpoint, load_model, model_checkpoint, upgrade_checkpoint
 from ._compile import compile_model, configure_compile
 from ._compiled import CompiledModel
 from ._config import FLAT_STRESS_KEYS, PRESETS, EquiformerV2Config, StressConfig, preset
 from ._dens import DenoisingEmbedding, DenoisingForceHead
 from ._equiformer_v2 import EquiformerV2, TransformerBlock
+from ._evaluation import evaluation_model
 from ._heads import EnergyHead, ForceHead
 from ._inputs import INPUT_FIELDS, TARGET_AND_METADATA_FIELDS, AtomicInputs, read_inputs
 from ._padding import PADDING_ATOMIC_NUMBER, Padding, SizeBuckets, bucket_size, pad_inputs, unpad_outputs
@@ -14,6 +15,7 @@ from ._protocol import AtomisticModel, ModelConfig, TargetStatistics, target_sta
 from ._registry import (
     Importer,
     build_model,
+    config_from_dict,
     load_weights,
     model_class,
     model_type,
@@ -35,6 +37,10 @@ from ._stress_heads import (
 from .fairchem import FAIRCHEM_IGNORED_KEYS
 
 __all__ = [
+    "atomic_save",
+    "config_from_dict",
+    "load_checkpoint",
+    "model_checkpoint",
     "FAIRCHEM_IGNORED_KEYS",
     "FLAT_STRESS_KEYS",
     "INPUT_FIELDS",
@@ -69,6 +75,7 @@ __all__ = [
     "build_model",
     "compile_model",
     "configure_compile",
+    "evaluation_model",
     "load_model",
     "load_weights",
     "model_class",

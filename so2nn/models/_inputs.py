@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_finite
-from ..layers._common import check_edges
+from ..layers import check_edges
 
 __all__ = ["INPUT_FIELDS", "TARGET_AND_METADATA_FIELDS", "AtomicInputs", "read_inputs"]
 

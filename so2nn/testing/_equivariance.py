@@ -31,8 +31,7 @@ from typing import Any
 
 import torch
 
-from ..so3 import CoefficientLayout, check_rotation
-from ..so3._wigner import _blocks
+from ..so3 import CoefficientLayout, check_rotation, wigner_D_blocks
 
 __all__ = [
     "EquivarianceError",
@@ -81,7 +80,7 @@ def apply_rotation(x: Any, kind: Kind, R: torch.Tensor) -> Any:
         raise ValueError(f"a feature of {layout} must have shape [..., {layout.dim}, C], got {tuple(x.shape)}")
     parts = [
         torch.einsum("ij,...jc->...ic", D, x[..., layout.degree_slice(l), :])
-        for l, D in enumerate(_blocks(layout.lmax, R))
+        for l, D in enumerate(wigner_D_blocks(layout.lmax, R))
     ]
     return torch.cat(parts, dim=-2)
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import TargetStatistics, build_model, load_model, target_statistics_fields
-from ..models._checkpoint import load_checkpoint
+from ..models import TargetStatistics, build_model, load_checkpoint, load_model, target_statistics_fields
 
 __all__ = ["FAR_SCALE", "FINE_TUNING_SETTINGS", "REFIT_CHOICES", "file_sha256", "parameter_groups",
            "pretrained_model", "referenced_statistics", "referencing_notes", "referencing_table"]

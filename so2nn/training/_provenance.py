@@ -9,10 +9,8 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Subset
 
-from ..data import ValidationSplit
-from ..data._extxyz import sidecar_path
-from ..models import ModelConfig, model_class, target_statistics_fields
-from ..models._registry import config_from_dict
+from ..data import ValidationSplit, sidecar_path
+from ..models import ModelConfig, config_from_dict, model_class, target_statistics_fields
 from ._config import RESUMABLE, TrainingConfig
 
 __all__ = ["check_resume", "data_fingerprint", "fingerprint_differences", "recorded_split"]
@@ -210,7 +208,7 @@ def recorded_split(checkpoint) -> ValidationSplit | None:
     the same frames, whatever the seed or fraction given now.
     """
     if not isinstance(checkpoint, dict):
-        from ..models._checkpoint import load_checkpoint
+        from ..models import load_checkpoint
 
         checkpoint = load_checkpoint(checkpoint)
     record = ((checkpoint.get("data") or {}).get("val") or {}).get("split")

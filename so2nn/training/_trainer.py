@@ -22,12 +22,14 @@ from ..models import (
     AtomisticModel,
     ModelConfig,
     TargetStatistics,
+    atomic_save,
     build_model,
     compile_model,
+    load_checkpoint,
+    model_checkpoint,
     model_class,
     upgrade_checkpoint,
 )
-from ..models._checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from ._config import RunStatistics, TrainingConfig
 from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage

@@ -9,8 +9,7 @@ import torch_sim as ts
 from torch import nn
 from torch_sim.models.interface import ModelInterface
 
-from ...calculators._calculator import evaluation_model
-from ...models import CompiledModel
+from ...models import CompiledModel, evaluation_model
 from . import _compat
 
 __all__ = ["TorchSimModel"]
