@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import check_kernels, row_block_size
+from ..kernels import check_kernels, row_block_size, use_recompute
 from ..so3 import CoefficientLayout, s2_grid
 from ._activation import activation_layer, activation_scalars
 from ._common import (
@@ -127,7 +127,8 @@ class FeedForwardNetwork(ConstantsModule):
         scalars = x[:, 0]
         h = self.so3_linear_1(x)
         if self.grid_mlp:
-            h = maybe_recompute(self.recompute and torch.is_grad_enabled(), self._grid_mlp, h)
+            recompute = use_recompute(self.recompute, double_backward=False, device_type=x.device.type)
+            h = maybe_recompute(recompute, self._grid_mlp, h)
             if self.scalar_mlp is not None:
                 h = replace_scalars(h, self.scalar_mlp(scalars))
         else:

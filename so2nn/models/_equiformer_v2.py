@@ -390,7 +390,11 @@ class EquiformerV2(nn.Module):
                 if not pos.requires_grad:
                     pos = r = pos.detach().requires_grad_(True)
                 if cell is not None:  # a zero symmetric strain of positions and cell: dE/d(strain) = V stress
-                    strain = pos.new_zeros(inputs.num_systems, 3, 3).requires_grad_(True)  # (not requires_grad=True: compiled, that leaf gets no gradient)
+                    # Under torch.compile the two ways of making this leaf fail in opposite modes:
+                    # made with requires_grad=True it gets no gradient at inference, made with
+                    # requires_grad_() its stress cannot be returned with a graph in training.
+                    strain = (pos.new_zeros(inputs.num_systems, 3, 3, requires_grad=True) if self.training
+                              else pos.new_zeros(inputs.num_systems, 3, 3).requires_grad_(True))
                     r, cell = apply_strain(pos, cell, strain, batch)
             # 1. edge geometry
             vec = edge_vectors(r, edge_index, inputs.cell_offsets if cell is not None else None, cell, batch)
