@@ -45,10 +45,11 @@ count. The architecture is the checkpoint's: ``--set`` may change only dropout, 
 cutoff, ``max_neighbors``, the graph mode and the grid (the graph ones with a warning), or add a
 head (``--set stress_head='"equivariant"'``); ``--freeze-backbone`` trains the heads only,
 ``--backbone-lr-factor`` lowers the backbone's learning rate, ``--reinit-head`` starts a head
-afresh and ``--refit`` chooses the energy referencing (printed at the start). The recipe's defaults are
-those of a run from scratch of the checkpoint's model: the tiny run's for a checkpoint of the
-tiny model, the paper's otherwise, so that fine-tuning and training from scratch compare at equal
-flags. ``--resume`` continues a fine-tuning run like any other (same command plus ``--resume``).
+afresh and ``--refit`` chooses the energy referencing (printed at the start). The recipe's
+defaults are those of a run from scratch of the checkpoint's model: the tiny run's for a
+checkpoint of the tiny model, the paper's otherwise, so that fine-tuning and training from
+scratch compare at equal flags. ``--resume`` continues a fine-tuning run like any other (same
+command plus ``--resume``).
 
 Threads: on a machine of its own, torch's default (one thread per core) is fastest. When other
 jobs share the cores, use fewer threads than the cores left free, ``--threads 1`` if in doubt:
@@ -208,6 +209,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--evaluate and --predict are separate runs: give one")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.init_is_tiny = args.init is not None and checkpoint_is_tiny(args.init)
     return args
 
 
@@ -253,9 +255,7 @@ def uses_tiny_recipe(args) -> bool:
     and a fine-tuning run of a checkpoint of it (the same defaults, so that the two compare at
     equal flags)."""
     if args.init is not None:
-        if not hasattr(args, "_init_is_tiny"):
-            args._init_is_tiny = checkpoint_is_tiny(args.init)
-        return args._init_is_tiny
+        return args.init_is_tiny
     return (args.preset or ("tiny" if args.data is None else None)) == "tiny"
 
 
@@ -405,7 +405,8 @@ def main(argv=None) -> dict:
                   f"{', new heads ' + ', '.join(source['added_heads']) if source['added_heads'] else ''}"
                   f"{', re-initialised ' + ', '.join(source['reinitialised_heads']) if source['reinitialised_heads'] else ''}",
                   flush=True)
-            print(referencing_table(trainer.finetune["statistics"]), flush=True)
+            gradient = not getattr(trainer.model.config, "direct_forces", True)
+            print(referencing_table(trainer.finetune["statistics"], gradient_forces=gradient), flush=True)
         recipe = "the tiny run's" if uses_tiny_recipe(args) else "the EquiformerV2 paper's"
         print(f"{'resuming at step ' + str(trainer.step) if args.resume else 'starting'}: {cfg.max_steps} steps of "
               f"batch {cfg.batch_size}, peak lr {cfg.lr}, warm-up {cfg.warmup_steps} steps ({recipe} recipe where "

@@ -15,6 +15,7 @@ from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._finetune import (
     FAR_SCALE,
+    FAR_SCALE_GRADIENT,
     FINE_TUNING_SETTINGS,
     REFIT_CHOICES,
     pretrained_model,
@@ -31,6 +32,7 @@ from ._trainer import DEFAULT_STRESS_COEFFICIENT, RESUMABLE, Trainer, TrainingCo
 __all__ = [
     "DEFAULT_STRESS_COEFFICIENT",
     "FAR_SCALE",
+    "FAR_SCALE_GRADIENT",
     "FINE_TUNING_SETTINGS",
     "REFIT_CHOICES",
     "RESUMABLE",
