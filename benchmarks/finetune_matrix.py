@@ -75,6 +75,7 @@ def main():
     p.add_argument("--fine-tune-changes", default="{}", help="TrainingConfig changes (JSON) for the fine-tuning "
                    "run only")
     p.add_argument("--use-ema", type=int, default=1)
+    p.add_argument("--reinit-head", action="append", default=[], help="a head of the fine-tuned model to start afresh")
     p.add_argument("--no-scratch", action="store_true", help="the fine-tuning run only")
     p.add_argument("--tag", default="", help="a label for the JSON line")
     a = p.parse_args()
@@ -95,7 +96,7 @@ def main():
     ft_recipe = TrainingConfig(**{**recipe.__dict__, **json.loads(a.fine_tune_changes)})
     out = ROOT / f"run-{os.getpid()}"
     fine = Trainer.from_pretrained(pre / "model.pt", *dst, ft_recipe, out / "fine", progress=False, refit=a.refit,
-                                   use_ema=bool(a.use_ema), **changes)
+                                   use_ema=bool(a.use_ema), reinit_heads=a.reinit_head, **changes)
     f0 = fine.evaluate()
     f1 = fine.fit()
     res = {"cell": f"{a.forces}/{a.source}->{target}/{a.overlap}{'/stress' if a.stress_head else ''}/s{a.seed}",

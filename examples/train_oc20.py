@@ -53,10 +53,11 @@ cutoff, ``max_neighbors``, the graph mode and the grid (the graph ones with a wa
 head (``--set stress='{"head": "equivariant"}'``, or the flat ``--set stress_head='"equivariant"'``
 of older configs); ``--freeze-backbone`` trains the heads only,
 ``--backbone-lr-factor`` lowers the backbone's learning rate, ``--reinit-head`` starts a head
-afresh and ``--refit`` chooses the energy referencing (printed at the start). The recipe's defaults are
-those of a run from scratch of the checkpoint's model: the tiny run's for a checkpoint of the
-tiny model, the paper's otherwise, so that fine-tuning and training from scratch compare at equal
-flags. ``--resume`` continues a fine-tuning run like any other (same command plus ``--resume``).
+afresh and ``--refit`` chooses the energy referencing (printed at the start). The recipe's
+defaults are those of a run from scratch of the checkpoint's model: the tiny run's for a
+checkpoint of the tiny model, the paper's otherwise, so that fine-tuning and training from
+scratch compare at equal flags. ``--resume`` continues a fine-tuning run like any other (same
+command plus ``--resume``).
 
 ``--compile`` trains through ``torch.compile(model, dynamic=True)``: the first step compiles
 (its time is printed; inductor's cache on disk makes the next run's faster), the later ones run
@@ -264,6 +265,7 @@ def parse_args(argv=None, p: argparse.ArgumentParser | None = None) -> argparse.
         p.error("--evaluate and --predict are separate runs: give one")
     with usage_errors(p):
         args.device = str(check_device(args.device))
+        args.init_is_tiny = args.init is not None and checkpoint_is_tiny(args.init)
     return args
 
 
@@ -314,9 +316,7 @@ def uses_tiny_recipe(args) -> bool:
     and a fine-tuning run of a checkpoint of it (the same defaults, so that the two compare at
     equal flags)."""
     if args.init is not None:
-        if not hasattr(args, "_init_is_tiny"):
-            args._init_is_tiny = checkpoint_is_tiny(args.init)
-        return args._init_is_tiny
+        return args.init_is_tiny
     return (args.preset or ("tiny" if args.data is None else None)) == "tiny"
 
 
@@ -527,7 +527,8 @@ def run(args) -> dict:
                   f"{', new heads ' + ', '.join(source['added_heads']) if source['added_heads'] else ''}"
                   f"{', re-initialised ' + ', '.join(source['reinitialised_heads']) if source['reinitialised_heads'] else ''}",
                   flush=True)
-            print(referencing_table(trainer.finetune["statistics"]), flush=True)
+            gradient = not getattr(trainer.model.config, "direct_forces", True)
+            print(referencing_table(trainer.finetune["statistics"], gradient_forces=gradient), flush=True)
         recipe = "the tiny run's" if uses_tiny_recipe(args) else "the EquiformerV2 paper's"
         print(f"{'resuming at step ' + str(trainer.step) if args.resume else 'starting'}: {cfg.max_steps} steps of "
               f"batch {cfg.batch_size}, peak lr {cfg.lr}, warm-up {cfg.warmup_steps} steps ({recipe} recipe where "

@@ -23,6 +23,7 @@ from ._distributed import DistributedContext
 from ._ema import ExponentialMovingAverage
 from ._finetune import (
     FAR_SCALE,
+    FAR_SCALE_GRADIENT,
     FINE_TUNING_SETTINGS,
     REFIT_CHOICES,
     pretrained_model,
@@ -42,6 +43,7 @@ from ._trainer import Trainer
 __all__ = [
     "DEFAULT_STRESS_COEFFICIENT",
     "FAR_SCALE",
+    "FAR_SCALE_GRADIENT",
     "FINE_TUNING_SETTINGS",
     "REFIT_CHOICES",
     "RESUMABLE",

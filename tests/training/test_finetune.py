@@ -226,6 +226,12 @@ def test_a_training_set_of_another_scale_gets_a_note_naming_refit_all():
     assert referencing_notes(referenced_statistics(checkpoint, {**data, "forces_rms": 1.0}, "references")[1]) == []
     assert referencing_notes(referenced_statistics(checkpoint, data, "all")[1]) == []
     assert referencing_notes(referenced_statistics(checkpoint, data, "none")[1]) == []
+    # forces that are the energy's gradient are scaled by the energy's scale: a closer limit
+    record = referenced_statistics(checkpoint, {**data, "forces_rms": 0.5, "energy_std": 2.0}, "references")[1]
+    assert referencing_notes(record) == []
+    (note,) = referencing_notes(record, gradient_forces=True)
+    assert note.startswith("the training set's energy scale (2 eV) is 2 times the checkpoint's (1 eV)"), note
+    assert "the energy's gradient" in note and "--refit all" in note
 
 # -- does it pay? a slab model fine-tuned on bulk crystals against the same model from scratch --
 
