@@ -104,7 +104,7 @@ def check_rotation(rotation, layout: CoefficientLayout, num_edges: int) -> None:
 
     if not isinstance(rotation, EdgeRotation):
         raise ValueError(f"rotation must be an EdgeRotation, got {type(rotation).__name__}")
-    if rotation.layout != layout:
+    if rotation.layout is not layout and rotation.layout != layout:  # (identity first: cheap, and traceable)
         raise ValueError(f"rotation is built for {rotation.layout}, the layer for {layout}")
     if rotation.num_edges != num_edges:
         raise ValueError(f"rotation has {rotation.num_edges} edge frames, edge_index {num_edges} edges")
