@@ -20,7 +20,7 @@ from ..kernels import (
     use_recompute,
     use_target_blocks,
 )
-from ..so3 import CoefficientLayout, EdgeRotation, prepare_couplings, prepare_rotation
+from ..so3 import CoefficientLayout, EdgeRotation, prepare_couplings
 from ._activation import SmoothLeakyReLU, activation_layer, activation_scalars
 from ._common import (
     as_layout,
@@ -173,7 +173,6 @@ class EquivariantGraphAttention(nn.Module):
             raise ValueError(f"attn_renorm and recompute must be bools, got {attn_renorm!r} and {recompute!r}")
         self.kernels = check_kernels(kernels)
         prepare_couplings(layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
-        prepare_rotation(layout)
         self.sphere_channels, self.hidden_channels = sphere_channels, hidden_channels
         self.num_heads, self.attn_alpha_channels, self.attn_value_channels = num_heads, attn_alpha_channels, attn_value_channels
         self.output_channels, self.activation, self.recompute = output_channels, activation, recompute

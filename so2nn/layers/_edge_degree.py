@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..kernels import check_kernels, in_target_blocks, target_blocks, use_target_blocks
-from ..so3 import CoefficientLayout, EdgeRotation, prepare_couplings, prepare_rotation
+from ..so3 import CoefficientLayout, EdgeRotation, prepare_couplings
 from ._common import as_layout, check_channels, check_edge_features, check_edges, check_rotation, scatter_sum
 from ._radial import AtomEdgeEmbedding, RadialMLP, check_atomic_numbers
 
@@ -64,7 +64,6 @@ class EdgeDegreeEmbedding(nn.Module):
         super().__init__()
         self.layout = as_layout(layout)
         prepare_couplings(self.layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
-        prepare_rotation(self.layout)
         check_channels(channels=channels)
         if not (isinstance(rescale_factor, (int, float)) and not isinstance(rescale_factor, bool) and rescale_factor > 0):
             raise ValueError(f"rescale_factor must be a number > 0, got {rescale_factor!r}")

@@ -9,7 +9,7 @@ from ._frames import edge_frames
 from ._grid import S2Grid, default_grid_resolution, s2_grid
 from ._harmonics import spherical_harmonics
 from ._layout import CoefficientLayout
-from ._rotation import EdgeRotation, prepare_rotation
+from ._rotation import EdgeRotation
 from ._wigner import check_rotation, prepare_couplings, wigner_D, wigner_D_blocks
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "edge_frames",
     "from_e3nn",
     "prepare_couplings",
-    "prepare_rotation",
     "s2_grid",
     "spherical_harmonics",
     "to_e3nn",

@@ -41,6 +41,7 @@ def _on_cpu(build):
 def _cpu_cached_property(build):
     return cached_property(_on_cpu(build))
 
+
 __all__ = ["CoefficientLayout"]
 
 
@@ -49,8 +50,8 @@ class CoefficientLayout:
     r"""The (lmax, mmax) coefficient layout: sizes and every index map between orders.
 
     Immutable and hashable, so that anything derived from it (index tensors, Wigner
-    couplings, S2 grids) is built once and cached per layout. Nothing here is
-    recomputed in a forward pass.
+    couplings, S2 grids) is built once and cached per layout. Every index map is built
+    when the layout is made: a forward pass (compiled or not) only reads them.
 
     Args:
         lmax: largest degree :math:`L` of the node features.
@@ -73,6 +74,12 @@ class CoefficientLayout:
         if self.mmax == -1:
             object.__setattr__(self, "mmax", self.lmax)
         check_layout(self.lmax, self.mmax)
+        # Build every index map now, on this instance. Under torch.compile a map that is first
+        # built inside the traced forward breaks the graph (Python 3.11's cached_property takes
+        # a lock there); once built it is a plain instance attribute.
+        for name, value in vars(type(self)).items():
+            if isinstance(value, cached_property):
+                getattr(self, name)
 
     def __repr__(self) -> str:
         return f"CoefficientLayout(lmax={self.lmax}, mmax={self.mmax})"

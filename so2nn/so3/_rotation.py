@@ -11,19 +11,6 @@ from ._wigner import _blocks, check_rotation
 
 __all__ = ["EdgeRotation"]
 
-# the index maps of a layout that EdgeRotation reads in a forward pass
-_FORWARD_INDICES = ("_rotation_scatter_index", "truncation_rescale", "degrees")
-
-
-def prepare_rotation(layout: CoefficientLayout) -> None:
-    """Build now, on this layout instance, the index maps :class:`EdgeRotation` reads in forward.
-
-    Layers call it at construction: under ``torch.compile`` the maps are read from the instance,
-    and a first build there (a ``functools.cached_property``, whose lock Python 3.11's
-    ``cached_property`` takes) would break the graph."""
-    for name in _FORWARD_INDICES:
-        getattr(layout, name)
-
 
 class EdgeRotation:
     r"""Per-edge Wigner-D blocks, truncated to :math:`|m| \le m_{max}`, built once per forward.
