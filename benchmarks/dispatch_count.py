@@ -9,8 +9,10 @@ the stream and make CUDA-graph capture impossible.
 
 Cases: the oc20-31M preset with random weights on a 14-atom Cu(111) 2x2x3 slab with *OH
 (the graph precomputed, ``graph_mode="reference"``), eval (``torch.no_grad``) and a train step
-(forward and backward of the benchmark's energy + force loss), for so2nn with each kernel policy
-and for the reference (fairchem-core 1.10.0) when it is installed::
+(forward and backward of the benchmark's energy + force loss, ``zero_grad(set_to_none=True)``
+first), for so2nn with each kernel policy and for the reference (fairchem-core 1.10.0) when it is
+installed. The row "as on a GPU" runs the CPU tensors through the choices the policy makes for
+CUDA tensors (:func:`so2nn.kernels.choose_as`): what a GPU dispatches, counted here::
 
     python benchmarks/dispatch_count.py                       # so2nn only
     .venv-reference/bin/python benchmarks/dispatch_count.py   # with the reference beside it
@@ -20,6 +22,7 @@ and for the reference (fairchem-core 1.10.0) when it is installed::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -28,15 +31,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import equiformer_v2_vs_reference as bench  # noqa: E402
 
+from so2nn.kernels import choose_as  # noqa: E402
 from so2nn.testing import DispatchCounter  # noqa: E402
 
 bench.CASES["31M-14"] = ("oc20-31M", (2, 2, 3), 1)
 
 
-def count(runner, mode):
-    runner.eval() if mode == "eval" else runner.train_step()  # warm-up (lazy constants)
-    with DispatchCounter() as counter:
-        runner.eval() if mode == "eval" else runner.train_step()
+def count(runner, mode, chosen_as=None):
+    with choose_as(chosen_as) if chosen_as else contextlib.nullcontext():
+        runner.eval() if mode == "eval" else runner.train_step()  # warm-up (lazy constants)
+        with DispatchCounter() as counter:
+            runner.eval() if mode == "eval" else runner.train_step()
     return counter
 
 
@@ -53,17 +58,19 @@ def main(argv=None):
     except ImportError:
         reference, ours, inputs = bench.build_models(args.case, False)
     rows = []
-    for kernels in ("auto", "reference"):
-        model = ours if kernels == "auto" else type(ours)(ours.config.replace(kernels="reference"))
-        model.load_state_dict(ours.state_dict())
-        rows.append((f"so2nn, kernels={kernels!r}", bench.Runner(model, inputs, False, device, None)))
+    reference_kernels = type(ours)(ours.config.replace(kernels="reference"))
+    reference_kernels.load_state_dict(ours.state_dict())
+    rows.append((f"so2nn, kernels='auto' ({device.type})", bench.Runner(ours, inputs, False, device, None), None))
+    if device.type == "cpu":  # what the same model dispatches on a GPU
+        rows.append(("so2nn, kernels='auto', as on a GPU", bench.Runner(ours, inputs, False, device, None), "cuda"))
+    rows.append(("so2nn, kernels='reference'", bench.Runner(reference_kernels, inputs, False, device, None), None))
     if reference is not None:
-        rows.append(("reference (fairchem 1.10.0)", bench.Runner(reference, inputs, True, device, None)))
+        rows.append(("reference (fairchem 1.10.0)", bench.Runner(reference, inputs, True, device, None), None))
     print(f"{args.case}: {len(inputs['pos'])} atoms, {inputs['edge_index'].shape[1]} edges, {device}")
-    print(f"{'':32s} {'train ops':>10s} {'(work)':>7s} {'syncs':>6s} {'eval ops':>10s} {'(work)':>7s} {'syncs':>6s}")
-    for name, runner in rows:
-        train, evaluation = count(runner, "train"), count(runner, "eval")
-        print(f"{name:32s} {train.total:10d} {train.launches:7d} {train.host_syncs:6d} {evaluation.total:10d} "
+    print(f"{'':36s} {'train ops':>10s} {'(work)':>7s} {'syncs':>6s} {'eval ops':>10s} {'(work)':>7s} {'syncs':>6s}")
+    for name, runner, chosen_as in rows:
+        train, evaluation = count(runner, "train", chosen_as), count(runner, "eval", chosen_as)
+        print(f"{name:36s} {train.total:10d} {train.launches:7d} {train.host_syncs:6d} {evaluation.total:10d} "
               f"{evaluation.launches:7d} {evaluation.host_syncs:6d}")
         if args.by_op:
             for label, counter in (("train", train), ("eval", evaluation)):

@@ -87,7 +87,12 @@ def slab(size, seed):
 
 def batch_inputs(size, copies, config):
     """so2nn keyword inputs of ``copies`` slabs, with the graph both implementations get."""
-    systems = [slab(size, seed) for seed in range(copies)]
+    return batch_inputs_of([slab(size, seed) for seed in range(copies)], config)
+
+
+def batch_inputs_of(systems, config):
+    """so2nn keyword inputs of the ``systems`` (ASE ``Atoms``), with the graph both implementations get."""
+    copies = len(systems)
     pos = torch.tensor(np.concatenate([a.positions for a in systems]), dtype=torch.float32)
     numbers = torch.tensor(np.concatenate([a.numbers for a in systems]))
     cell = torch.tensor(np.stack([np.array(a.cell) for a in systems]), dtype=torch.float32)

@@ -22,6 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +196,69 @@ def cuda_graphs(case="31M"):
     emit(record)
 
 
+def md_run(case="31M", steps=None):
+    """Batch 1, fp32, as molecular dynamics runs it: ``steps`` Langevin steps (1 fs, 600 K, so that
+    atoms move and the edge count changes) of the benchmark's slab through the ASE calculator,
+    so2nn with CUDA graphs over size buckets (``cuda_graphs=True``; on the CPU, a dry run compiled
+    with ``aot_eager``) and eager, and the reference's model call on every frame of the same
+    trajectory (its graph precomputed, as in the other cells: so2nn's time includes building the
+    graph, the reference's does not). Steps that compiled a new bucket are the warm-up, reported apart."""
+    if time.time() > DEADLINE:
+        return
+    from ase import units
+    from ase.md.langevin import Langevin
+
+    from so2nn.calculators import So2nnCalculator
+
+    steps = steps or (100 if CUDA else 4)
+    precision("fp32")
+    reference, ours, _ = bench.build_models(case, HAVE_REFERENCE)
+    ours.eval()
+    name, size, _ = bench.CASES[case]
+    record = {"cell": f"{case}/fp32/md", "steps": steps}
+    options = dict(cuda_graphs=True) if CUDA else dict(compile=True, compile_backend="aot_eager")
+    frames = []
+    for label, calc in (("so2nn_graphs", So2nnCalculator(ours, device=DEVICE, **options)),
+                        ("so2nn", So2nnCalculator(ours, device=DEVICE))):
+        atoms = bench.slab(size, 0)
+        atoms.calc = calc
+        dynamics = Langevin(atoms, 1 * units.fs, temperature_K=600, friction=0.02, rng=np.random.default_rng(0))
+        times, warmup, shapes = [], [], 0
+        for _ in range(steps):
+            start = time.perf_counter()
+            dynamics.run(1)
+            sync()
+            elapsed = time.perf_counter() - start
+            compiled = getattr(calc, "_compiled", None)
+            now = compiled.shapes if compiled is not None else 0
+            (warmup if now > shapes else times).append(elapsed)
+            shapes = now
+            if label == "so2nn_graphs":
+                frames.append(atoms.positions.copy())
+        record[f"{label}_step_s"] = round(statistics.mean(times), 5) if times else None
+        record[f"{label}_warmup_s"] = round(sum(warmup), 1)
+        record[f"{label}_buckets"] = shapes
+    config = ours.config
+    edges = []
+    ref_times = []
+    for positions in frames:
+        atoms = bench.slab(size, 0)
+        atoms.positions = positions
+        inputs = bench.batch_inputs_of([atoms], config)
+        edges.append(int(inputs["edge_index"].shape[1]))
+        if reference is not None:
+            runner = Runner(reference, inputs, True, None)
+            runner.eval()
+            ref_times.append(timed(runner.eval))
+    record["edges_min"], record["edges_max"] = min(edges), max(edges)
+    if ref_times:
+        record["ref_step_s"] = round(statistics.mean(ref_times), 5)
+        for label in ("so2nn_graphs", "so2nn"):
+            if record.get(f"{label}_step_s"):
+                record[f"speedup_{label}"] = round(record["ref_step_s"] / record[f"{label}_step_s"], 2)
+    emit(record)
+
+
 def dispatch_counts(case="31M-14"):
     if time.time() > DEADLINE:
         return
@@ -218,6 +282,7 @@ PLAN = [
     lambda: cell("31Mx8", "fp32"),
     lambda: cell("31M", "fp32"),
     lambda: cuda_graphs("31M"),
+    lambda: md_run("31M"),
     lambda: dispatch_counts(),
     lambda: cell("153Mx2", "bf16"),
     lambda: cell("31Mx8", "bf16", memory=False, compiled=True),

@@ -9,8 +9,8 @@ explicit tensors (node features, edge index, rotation matrices, weights), never 
 
 from ._edge_convolution import (
     EDGE_CONVOLUTION,
+    SO2Weights,
     atom_edge_linear,
-    complex_matrix,
     edge_convolution,
     so2_linear,
 )
@@ -20,7 +20,9 @@ from ._policy import (
     RECOMPUTE_DEVICES,
     KernelInfo,
     check_kernels,
+    choose_as,
     needs_double_backward,
+    policy_device,
     use_fused,
     use_recompute,
 )
@@ -28,6 +30,7 @@ from ._scatter import SCATTER_SUM, scatter_sum
 from ._target_blocks import (
     BLOCK_ELEMENTS,
     TARGET_BLOCK_EDGES,
+    Edges,
     in_target_blocks,
     row_block_size,
     target_blocks,
@@ -41,15 +44,18 @@ __all__ = [
     "KERNELS",
     "RECOMPUTE_DEVICES",
     "SCATTER_SUM",
+    "SO2Weights",
     "TARGET_BLOCK_EDGES",
+    "Edges",
     "KernelInfo",
     "atom_edge_linear",
     "check_kernels",
-    "complex_matrix",
+    "choose_as",
     "edge_convolution",
     "grid_silu",
     "in_target_blocks",
     "needs_double_backward",
+    "policy_device",
     "row_block_size",
     "scatter_sum",
     "so2_linear",

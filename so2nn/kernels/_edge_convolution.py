@@ -30,27 +30,40 @@ takes the reference path when a second derivative is needed.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..so3 import CoefficientLayout
 from ._policy import KernelInfo
 
-__all__ = ["EDGE_CONVOLUTION", "atom_edge_linear", "complex_matrix", "edge_convolution", "so2_linear"]
+__all__ = ["EDGE_CONVOLUTION", "SO2Weights", "atom_edge_linear", "edge_convolution", "so2_linear"]
 
 EDGE_CONVOLUTION = KernelInfo("edge_convolution", double_backward=False, autocast=False, devices=("cpu",))
 
 
-def complex_matrix(weight: torch.Tensor) -> torch.Tensor:
-    r"""``[[W_r, -W_i], [W_i, W_r]]`` from the stacked ``[W_r; W_i]`` (``[2 K out, K in]``) of an
-    order :math:`m > 0` of :class:`~so2nn.layers.SO2Linear`: the complex product as one real matrix."""
-    w_real, w_imag = weight.chunk(2, dim=0)
-    return torch.cat([torch.cat([w_real, -w_imag], dim=1), torch.cat([w_imag, w_real], dim=1)], dim=0)
+class SO2Weights(NamedTuple):
+    r"""The parameters of an SO(2) linear map as a kernel takes them: what
+    :meth:`SO2Linear.weights() <so2nn.layers.SO2Linear.weights>` (and
+    :meth:`SO2Convolution.weights() <so2nn.layers.SO2Convolution.weights>`) hand out.
 
+    Attributes:
+        layout: the (lmax, mmax) layout of the edge-frame features.
+        m0_weight, m0_bias: the real map of :math:`m = 0`, ``[(lmax+1) out + extra, (lmax+1) in]``
+            (the extra outputs first) and its bias.
+        complex: for each order :math:`m = 1..m_{max}`, the complex product as one real matrix
+            :math:`\begin{pmatrix} W_r & -W_i \\ W_i & W_r \end{pmatrix}` (``[2K out, 2K in]``), built by the layer.
+        extra_channels: the extra invariant outputs of the :math:`m = 0` map.
+        radial: the last linear layer ``(weight, bias)`` of an :class:`~so2nn.layers.SO2Convolution`'s
+            radial MLP (``[radial_size, hidden]``), or ``None`` for an :class:`~so2nn.layers.SO2Linear`.
+    """
 
-def _complex_matrix_grad(grad: torch.Tensor) -> torch.Tensor:
-    """The adjoint of :func:`complex_matrix`: the gradient of ``[W_r; W_i]`` from that of the block matrix."""
-    (g_rr, g_ri), (g_ir, g_ii) = (half.chunk(2, dim=1) for half in grad.chunk(2, dim=0))
-    return torch.cat([g_rr + g_ii, g_ir - g_ri], dim=0)
+    layout: CoefficientLayout
+    m0_weight: torch.Tensor
+    m0_bias: torch.Tensor | None
+    complex: tuple[torch.Tensor, ...]
+    extra_channels: int
+    radial: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _sizes(layout: CoefficientLayout, channels: int) -> tuple[list[int], list[int]]:
@@ -79,9 +92,8 @@ def _modulate(parts: tuple[torch.Tensor, ...], radial: torch.Tensor, signs: int)
     return out.view(E, signs * K * P * C)
 
 
-def so2_linear(parts: tuple[torch.Tensor, ...], radial: torch.Tensor, layout: CoefficientLayout,
-               weight_m0: torch.Tensor, bias_m0: torch.Tensor | None, weights_m: list[torch.Tensor],
-               extra_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def so2_linear(parts: tuple[torch.Tensor, ...], radial: torch.Tensor,
+               weights: SO2Weights) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The SO(2) linear map of modulated inputs, :math:`W(\rho \odot x)`, with ``x`` given as
     channel parts (never concatenated): ``(y [E, edge_dim, out], extra [E, extra_channels])``.
 
@@ -89,9 +101,9 @@ def so2_linear(parts: tuple[torch.Tensor, ...], radial: torch.Tensor, layout: Co
         parts: ``P`` tensors ``[E, edge_dim, C]``, consecutive channel blocks of ``x``.
         radial: ``[E, radial_size]`` per-edge weights (order by order, one per coefficient of
             ``m = 0`` and per ``|m| > 0`` pair, times ``P * C`` channels).
-        weight_m0, bias_m0: the ``m = 0`` linear map, extra outputs first.
-        weights_m: the :func:`complex_matrix` of each order ``m = 1..mmax``.
+        weights: the map's :class:`SO2Weights` (its ``radial`` is not used here).
     """
+    layout, extra_channels = weights.layout, weights.extra_channels
     E, channels = parts[0].shape[0], parts[0].shape[-1] * len(parts)
     order_sizes, radial_sizes = _sizes(layout, channels)
     orders = zip(*(part.split(order_sizes, dim=1) for part in parts))
@@ -100,10 +112,10 @@ def so2_linear(parts: tuple[torch.Tensor, ...], radial: torch.Tensor, layout: Co
     for m, xm in enumerate(orders):
         xm = _modulate(xm, radials[m], 1 if m == 0 else 2)
         if m == 0:  # one real map over every degree
-            y = torch.nn.functional.linear(xm, weight_m0, bias_m0)
+            y = torch.nn.functional.linear(xm, weights.m0_weight, weights.m0_bias)
             extra, y = y.split([extra_channels, y.shape[1] - extra_channels], dim=1)
         else:  # complex multiplication of (x_+m, x_-m), as one real matmul
-            y = xm @ weights_m[m - 1].T
+            y = xm @ weights.complex[m - 1].T
         out.append(y)
     out_channels = out[0].shape[1] // (layout.lmax + 1)
     return torch.cat(out, dim=1).view(E, layout.edge_dim, out_channels), extra
@@ -124,27 +136,29 @@ def _rotate_pairs_adjoint(matrix, grads, source, target, num_nodes):
     return out
 
 
-def _edge_convolution(x, source, target, matrix, hidden, radial_weight, radial_bias, layout, extra, w0, b0,
-                      complex_weights):
+def _edge_convolution(x, source, target, matrix, hidden, weights: SO2Weights):
     pairs = rotate_pairs(matrix, x, source, target)
-    radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
-    return so2_linear(pairs, radial, layout, w0, b0, complex_weights, extra)
+    radial = torch.nn.functional.linear(hidden, *weights.radial)
+    return so2_linear(pairs, radial, weights)
 
 
 class _EdgeConvolution(torch.autograd.Function):
-    """:func:`edge_convolution` with autograd, storing only node features and radial hidden features."""
+    """:func:`edge_convolution` with autograd, storing only node features and radial hidden features.
+
+    The weights arrive as tensors (``radial_weight, radial_bias, m0_weight, m0_bias, *complex``)
+    so that autograd routes their gradients, the complex matrices' back through the layer that built them."""
 
     @staticmethod
-    def forward(ctx, x, source, target, matrix, hidden, radial_weight, radial_bias, layout, extra, w0, b0, *fc_weights):
+    def forward(ctx, x, source, target, matrix, hidden, layout, extra, radial_weight, radial_bias, w0, b0, *complex_m):
+        weights = SO2Weights(layout, w0, b0, complex_m, extra, (radial_weight, radial_bias))
         ctx.layout, ctx.extra = layout, extra
-        ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_weights)
-        return _edge_convolution(x, source, target, matrix, hidden, radial_weight, radial_bias, layout, extra, w0, b0,
-                                 [complex_matrix(w) for w in fc_weights])
+        ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_m)
+        return _edge_convolution(x, source, target, matrix, hidden, weights)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_extra):
-        x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_weights = ctx.saved_tensors
+        x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_m = ctx.saved_tensors
         layout, E = ctx.layout, source.shape[0]
         pairs = rotate_pairs(matrix, x, source, target)  # (source, target) halves, [E, edge_dim, C] each
         radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
@@ -164,9 +178,8 @@ class _EdgeConvolution(torch.autograd.Function):
             gm = gm.reshape(E, gm.shape[1] * gm.shape[2])
             if m == 0 and ctx.extra:
                 gm = torch.cat([grad_extra, gm], dim=1)  # the m = 0 map's output order: extra first
-            weight = w0 if m == 0 else complex_matrix(fc_weights[m - 1])
-            grad_weight = gm.T @ _modulate(xm, rm, signs)
-            grad_weights.append(grad_weight if m == 0 else _complex_matrix_grad(grad_weight))
+            weight = w0 if m == 0 else complex_m[m - 1]
+            grad_weights.append(gm.T @ _modulate(xm, rm, signs))
             if m == 0:
                 grad_bias = gm.sum(0)
             grad_modulated = (gm @ weight).view(E, signs, K, 2, C)
@@ -180,18 +193,16 @@ class _EdgeConvolution(torch.autograd.Function):
         # release the recomputed edge tensors (and then the radial gradient) before the next
         # large temporaries: this backward runs while most of the step's activations are stored
         del pairs, radial, orders, radials, xm, rm, r, grad_modulated, g, x_half
-        grad_hidden, grad_radial_weight, grad_radial_bias = grad_radial @ radial_weight, grad_radial.T @ hidden, grad_radial.sum(0)
+        grad_hidden = grad_radial @ radial_weight
+        grad_radial_weight, grad_radial_bias = grad_radial.T @ hidden, grad_radial.sum(0)
         del grad_radial, grad_radial_blocks, grad_r
         grad_x = _rotate_pairs_adjoint(matrix, grad_pairs, source, target, x.shape[0])
-        return (grad_x, None, None, None, grad_hidden, grad_radial_weight, grad_radial_bias, None, None,
+        return (grad_x, None, None, None, grad_hidden, None, None, grad_radial_weight, grad_radial_bias,
                 grad_weights[0], grad_bias, *grad_weights[1:])
 
 
 def edge_convolution(x: torch.Tensor, edge_index: torch.Tensor, matrix: torch.Tensor, hidden: torch.Tensor,
-                     radial_weight: torch.Tensor, radial_bias: torch.Tensor, weight_m0: torch.Tensor,
-                     bias_m0: torch.Tensor, weights_m: list[torch.Tensor], *, layout: CoefficientLayout,
-                     extra_channels: int,
-                     complex_weights: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     weights: SO2Weights) -> tuple[torch.Tensor, torch.Tensor]:
     r""":math:`W\bigl(L(h_e) \odot D_e\,[x_{s(e)} \,\|\, x_{t(e)}]\bigr)` for every edge (module docstring).
 
     Args:
@@ -199,23 +210,20 @@ def edge_convolution(x: torch.Tensor, edge_index: torch.Tensor, matrix: torch.Te
         edge_index: ``[2, E]``, row 0 the source :math:`s(e)`, row 1 the target :math:`t(e)`.
         matrix: ``[E, edge_dim, (lmax+1)**2]`` (:attr:`~so2nn.so3.EdgeRotation.matrix`), no gradient.
         hidden: ``[E, H]``, the radial MLP's features before its last linear layer.
-        radial_weight, radial_bias: that last layer (``[radial_size, H]``, ``[radial_size]``).
-        weight_m0, bias_m0: the ``m = 0`` map (``[(lmax+1) out + extra, (lmax+1) 2C]``).
-        weights_m: the stacked ``[W_r; W_i]`` of each order ``m = 1..mmax`` (``fc_m[m-1].weight``).
-        layout: the (lmax, mmax) layout; extra_channels: the extra ``m = 0`` outputs.
-        complex_weights: the :func:`complex_matrix` of each of ``weights_m``, when the caller
-            has them already (a layer that runs its edges in blocks builds them once); used
-            without autograd only.
+        weights: the :class:`SO2Weights` of the :class:`~so2nn.layers.SO2Convolution` (with its
+            ``radial``, the last layer :math:`L` of the radial MLP).
 
     Returns: ``(y [E, edge_dim, out], extra [E, extra_channels])``, the numbers of the reference.
     """
     if matrix.requires_grad:
         raise ValueError("edge_convolution gives no gradient for the edge frames: use the reference path")
-    if complex_weights is not None and not torch.is_grad_enabled():
-        return _edge_convolution(x, edge_index[0], edge_index[1], matrix, hidden, radial_weight, radial_bias, layout,
-                                 extra_channels, weight_m0, bias_m0, complex_weights)
-    return _EdgeConvolution.apply(x, edge_index[0], edge_index[1], matrix, hidden, radial_weight, radial_bias,
-                                  layout, extra_channels, weight_m0, bias_m0, *weights_m)
+    if weights.radial is None:
+        raise ValueError("edge_convolution needs the weights of an SO2Convolution (with its radial MLP's last layer)")
+    if not torch.is_grad_enabled():
+        return _edge_convolution(x, edge_index[0], edge_index[1], matrix, hidden, weights)
+    return _EdgeConvolution.apply(x, edge_index[0], edge_index[1], matrix, hidden, weights.layout,
+                                  weights.extra_channels, *weights.radial, weights.m0_weight, weights.m0_bias,
+                                  *weights.complex)
 
 
 def atom_edge_linear(edge_features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ._policy import KernelInfo
+from ._policy import KernelInfo, policy_device
 
 __all__ = ["GRID_SILU", "grid_silu"]
 
@@ -40,9 +40,11 @@ class _GridSiLU(torch.autograd.Function):
     def forward(ctx, x, to_grid, from_grid, chunk):
         ctx.save_for_backward(x, to_grid, from_grid)
         ctx.chunk = chunk
-        out = x.new_empty(x.shape[0], from_grid.shape[0])
         with torch.autocast(x.device.type, enabled=False):
             to_grid_t, from_grid_t = to_grid.to(x.dtype).T, from_grid.to(x.dtype).T
+            if chunk >= x.shape[0]:  # one chunk (a GPU's): three operations
+                return torch.nn.functional.silu(x @ to_grid_t, inplace=True) @ from_grid_t
+            out = x.new_empty(x.shape[0], from_grid.shape[0])
             for start in range(0, x.shape[0], chunk):
                 grid = torch.nn.functional.silu(torch.mm(x[start : start + chunk], to_grid_t), inplace=True)
                 torch.mm(grid, from_grid_t, out=out[start : start + chunk])
@@ -54,6 +56,8 @@ class _GridSiLU(torch.autograd.Function):
         to_grid, from_grid = to_grid.to(x.dtype), from_grid.to(x.dtype)
         grad_out = grad_out.to(x.dtype)
         double_backward = torch.is_grad_enabled()
+        if ctx.chunk >= x.shape[0] and not double_backward:  # one chunk
+            return torch.ops.aten.silu_backward(grad_out @ from_grid, x @ to_grid.T) @ to_grid, None, None, None
         grad_x = [] if double_backward else x.new_empty(x.shape)
         for start in range(0, x.shape[0], ctx.chunk):
             grid = x[start : start + ctx.chunk] @ to_grid.T
@@ -87,6 +91,6 @@ def grid_silu(x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -
     """
     B, K, C = x.shape
     rows = x.transpose(1, 2).reshape(B * C, K)  # channels into rows: one matmul per chunk
-    chunk = max(_CPU_CHUNK_ELEMENTS // to_grid.shape[0], 1) if x.device.type == "cpu" else max(rows.shape[0], 1)
+    chunk = max(_CPU_CHUNK_ELEMENTS // to_grid.shape[0], 1) if policy_device(x) == "cpu" else max(rows.shape[0], 1)
     y = _GridSiLU.apply(rows, to_grid, from_grid, chunk)
     return y.view(B, C, from_grid.shape[0]).transpose(1, 2)

@@ -40,11 +40,14 @@ its allocator, without autograd and outside training; a GPU runs every edge at o
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["KERNELS", "RECOMPUTE_DEVICES", "KernelInfo", "check_kernels", "needs_double_backward", "use_fused", "use_recompute"]
+__all__ = ["KERNELS", "RECOMPUTE_DEVICES", "KernelInfo", "check_kernels", "choose_as", "needs_double_backward",
+           "policy_device", "use_fused", "use_recompute"]
 
 #: The values of the ``kernels`` option of the layers and of :class:`~so2nn.models.EquiformerV2Config`.
 KERNELS = ("auto", "reference")
@@ -57,6 +60,40 @@ class KernelInfo(NamedTuple):
     double_backward: bool  # passes gradgradcheck
     autocast: bool  # may run under autocast (its docstring says in which dtype it computes)
     devices: tuple[str, ...] = ("cpu",)  # device types on which kernels="auto" runs it
+
+
+_CHOSEN_AS = threading.local()
+
+
+@contextlib.contextmanager
+def choose_as(device_type: str):
+    """Inside this context every choice of the policy is made as for tensors on ``device_type``.
+
+    For measuring on one device what the policy runs on another: ``benchmarks/dispatch_count.py``
+    counts on the CPU the operations a model dispatches on a GPU (``choose_as("cuda")``), and the
+    tests check there that the GPU's path never waits for the host. Only the choices change: the
+    tensors stay where they are, and the numbers are the same either way.
+
+    Example:
+        >>> from so2nn.kernels import EDGE_CONVOLUTION
+        >>> with choose_as("cuda"):
+        ...     use_fused("auto", EDGE_CONVOLUTION, device_type=policy_device(torch.zeros(1)),
+        ...               double_backward=False)
+        False
+    """
+    if not isinstance(device_type, str) or not device_type:
+        raise ValueError(f"device_type must be a device type such as 'cuda' or 'cpu', got {device_type!r}")
+    previous = getattr(_CHOSEN_AS, "device_type", None)
+    _CHOSEN_AS.device_type = device_type
+    try:
+        yield
+    finally:
+        _CHOSEN_AS.device_type = previous
+
+
+def policy_device(x: torch.Tensor) -> str:
+    """The device type the policy chooses for ``x``: ``x.device.type``, or that of :func:`choose_as`."""
+    return getattr(_CHOSEN_AS, "device_type", None) or x.device.type
 
 
 def check_kernels(kernels: str) -> str:

@@ -27,10 +27,53 @@ blocks), and with ``kernels="auto"`` (:func:`use_target_blocks`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["BLOCK_ELEMENTS", "TARGET_BLOCK_EDGES", "in_target_blocks", "row_block_size", "target_blocks",
+from ..so3 import EdgeRotation
+from ._policy import policy_device
+
+__all__ = ["BLOCK_ELEMENTS", "TARGET_BLOCK_EDGES", "Edges", "in_target_blocks", "row_block_size", "target_blocks",
            "use_target_blocks"]
+
+
+class Edges(NamedTuple):
+    """The edges a message-passing layer runs on and the targets whose rows it computes: a whole
+    graph's, or one block's (:func:`in_target_blocks`).
+
+    Attributes:
+        features: ``[E, F]`` invariant edge features.
+        index: ``[2, E]``, row 0 the source, row 1 the target (global node indices).
+        target: ``[E]``, the target of each edge counted from the first target computed
+            (``index[1]`` for a whole graph).
+        rotation: the :class:`~so2nn.so3.EdgeRotation` of the edges.
+        num_targets: how many target rows are computed.
+
+    Example:
+        >>> from so2nn.so3 import CoefficientLayout
+        >>> index, rotation = torch.tensor([[1, 2, 0], [0, 0, 1]]), EdgeRotation(CoefficientLayout(2), torch.randn(3, 3))
+        >>> edges = Edges.of_graph(torch.randn(3, 4), index, rotation, num_nodes=3)
+        >>> edges.target.tolist(), edges.num_targets
+        ([0, 0, 1], 3)
+    """
+
+    features: torch.Tensor
+    index: torch.Tensor
+    target: torch.Tensor
+    rotation: EdgeRotation
+    num_targets: int
+
+    @classmethod
+    def of_graph(cls, features: torch.Tensor, index: torch.Tensor, rotation: EdgeRotation, num_nodes: int) -> Edges:
+        """Every edge of a graph of ``num_nodes`` nodes, each of which is a target row."""
+        return cls(features, index, index[1], rotation, num_nodes)
+
+    def block(self, first: int, end: int, e0: int, e1: int) -> Edges:
+        """Edges ``e0 .. e1 - 1``, which are those of the targets ``first .. end - 1`` (views, no copy)."""
+        return Edges(self.features[e0:e1], self.index[:, e0:e1], self.target[e0:e1] - first,
+                     self.rotation.edges(e0, e1), end - first)
 
 #: Edges per block (a block ends at a target boundary, so it may hold up to one node's edges
 #: more): at this size a 31M layer's largest per-edge temporary is about 10 MiB.
@@ -42,7 +85,7 @@ BLOCK_ELEMENTS = 1 << 21
 
 
 def _inference_on_cpu(kernels: str, x: torch.Tensor, training: bool) -> bool:
-    return (kernels == "auto" and not training and not torch.is_grad_enabled() and x.device.type == "cpu"
+    return (kernels == "auto" and not training and not torch.is_grad_enabled() and policy_device(x) == "cpu"
             and not torch.compiler.is_compiling())
 
 
@@ -102,16 +145,31 @@ def target_blocks(target: torch.Tensor, num_nodes: int,
     return [(bounds[b], bounds[b + 1], edges[b], edges[b + 1]) for b in range(len(bounds) - 1)]
 
 
-def in_target_blocks(compute, out: torch.Tensor, blocks: list[tuple[int, int, int, int]],
-                     edge_features: torch.Tensor, edge_index: torch.Tensor, rotation) -> torch.Tensor:
-    r"""``out`` with the rows of each block's targets computed from that block's edges alone.
+def in_target_blocks(compute: Callable[[Edges], torch.Tensor], edges: Edges, *, kernels: str,
+                     training: bool) -> torch.Tensor:
+    r"""``compute(edges)``, the rows of the ``edges.num_targets`` targets computed from their edges;
+    where :func:`use_target_blocks` allows and the targets are sorted (:func:`target_blocks`), block by
+    block of targets, each from that block's edges alone (:meth:`Edges.block`), written into one output.
 
-    ``compute(edge_features, edge_index, targets, rotation, num_targets)`` gets the block's
-    edges (``edge_index`` with the global node indices, ``targets`` the targets counted from the
-    block's first node, ``rotation`` their :meth:`~so2nn.so3.EdgeRotation.edges`) and returns
-    its ``num_targets`` rows; ``blocks`` are :func:`target_blocks`.
+    The one way every message-passing layer runs in blocks: the layer's ``compute`` sees an
+    :class:`Edges` either way and cannot tell, and the numbers are the same.
+
+    Example:
+        >>> from so2nn.so3 import CoefficientLayout
+        >>> index, rotation = torch.tensor([[1, 2, 0], [0, 0, 1]]), EdgeRotation(CoefficientLayout(2), torch.randn(3, 3))
+        >>> edges = Edges.of_graph(torch.randn(3, 4), index, rotation, num_nodes=3)
+        >>> count = lambda e: torch.zeros(e.num_targets).index_add(0, e.target, torch.ones(len(e.target)))
+        >>> in_target_blocks(count, edges, kernels="auto", training=False)
+        tensor([2., 1., 0.])
     """
-    for first, end, e0, e1 in blocks:
-        index = edge_index[:, e0:e1]
-        out[first:end] = compute(edge_features[e0:e1], index, index[1] - first, rotation.edges(e0, e1), end - first)
-    return out
+    if use_target_blocks(kernels, edges.features, edges.index.shape[1], training):
+        blocks = target_blocks(edges.target, edges.num_targets)
+        if blocks is not None:  # inference: the edges of a block of targets at a time
+            out = None
+            for first, end, e0, e1 in blocks:
+                rows = compute(edges.block(first, end, e0, e1))
+                if out is None:
+                    out = rows.new_empty((edges.num_targets,) + tuple(rows.shape[1:]))
+                out[first:end] = rows
+            return out
+    return compute(edges)

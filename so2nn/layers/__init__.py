@@ -21,7 +21,7 @@ from ._feed_forward import FeedForwardNetwork
 from ._linear import SO3Linear
 from ._norm import EquivariantLayerNorm, EquivariantRMSNorm, SeparableLayerNorm, normalization_layer
 from ._radial import AtomEdgeEmbedding, RadialBasis, RadialMLP
-from ._so2 import SO2Convolution, SO2Linear, SO2Output
+from ._so2 import SO2Convolution, SO2Linear, SO2Output, complex_matrix
 
 __all__ = [
     "check_edges",
@@ -47,6 +47,7 @@ __all__ = [
     "SmoothLeakyReLU",
     "activation_layer",
     "activation_scalars",
+    "complex_matrix",
     "fine_grid_resolution",
     "normalization_layer",
     "replace_scalars",

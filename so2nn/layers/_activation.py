@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import GRID_SILU, check_kernels, grid_silu, use_fused
+from ..kernels import GRID_SILU, check_kernels, grid_silu, policy_device, use_fused
 from ..so3 import CoefficientLayout, s2_grid
 from ._common import ConstantsModule, as_layout, check_channels, replace_scalars
 
@@ -104,8 +104,9 @@ def _check_input(module: nn.Module, x: torch.Tensor, coefficients: int, channels
 
 
 class SmoothLeakyReLU(nn.Module):
-    r"""Smooth leaky ReLU: :math:`\tfrac{1+a}{2}x + \tfrac{1-a}{2}\,x\,(2\sigma(x) - 1)`
-    (EquiformerV2's attention activation, ``negative_slope`` :math:`a = 0.2`).
+    r"""Smooth leaky ReLU: :math:`\tfrac{1+a}{2}x + \tfrac{1-a}{2}\,x\,(2\sigma(x) - 1)
+    = x\,\bigl(a + (1 - a)\,\sigma(x)\bigr)` (EquiformerV2's attention activation,
+    ``negative_slope`` :math:`a = 0.2`).
 
     Elementwise, any shape. Example:
 
@@ -122,7 +123,7 @@ class SmoothLeakyReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.negative_slope
-        return 0.5 * (1 + a) * x + 0.5 * (1 - a) * x * (2 * torch.sigmoid(x) - 1)
+        return x * (torch.sigmoid(x) * (1 - a) + a)
 
 
 def _coefficient_degrees(layout: CoefficientLayout, edge: bool) -> torch.Tensor:
@@ -224,7 +225,7 @@ class S2Activation(ConstantsModule):
 
     def silu_on_grid(self, x: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
         r""":math:`F\,\mathrm{SiLU}(T x)` with the given rows ``from_grid`` of :math:`F`, in ``x``'s dtype."""
-        if use_fused(self.kernels, GRID_SILU, device_type=x.device.type, double_backward=torch.is_grad_enabled()):
+        if use_fused(self.kernels, GRID_SILU, device_type=policy_device(x), double_backward=torch.is_grad_enabled()):
             return grid_silu(x, self.to_grid, from_grid)
         return from_grid.to(x.dtype) @ torch.nn.functional.silu(self.to_grid.to(x.dtype) @ x)
 

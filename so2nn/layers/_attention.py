@@ -3,6 +3,7 @@ r"""Equivariant graph attention of EquiformerV2, with attention re-normalisation
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -10,20 +11,22 @@ from torch import nn
 from ..graph import segment_softmax
 from ..kernels import (
     EDGE_CONVOLUTION,
+    Edges,
+    SO2Weights,
     atom_edge_linear,
     check_kernels,
     edge_convolution,
     in_target_blocks,
     needs_double_backward,
-    target_blocks,
+    policy_device,
     use_fused,
     use_recompute,
-    use_target_blocks,
 )
 from ..so3 import CoefficientLayout, EdgeRotation, prepare_couplings
 from ._activation import SmoothLeakyReLU, activation_layer, activation_scalars
 from ._common import (
     as_layout,
+    at_least_float32,
     check_channels,
     check_dtype,
     check_edge_features,
@@ -73,7 +76,7 @@ class AttentionReNorm(nn.Module):
             raise ValueError(f"features must have shape [E, num_heads * alpha_channels = "
                              f"{self.num_heads * self.alpha_channels}], got {tuple(features.shape)}")
         f = self.alpha_act(self.alpha_norm(features.view(features.shape[0], self.num_heads, self.alpha_channels)))
-        return torch.einsum("eha,ha->eh", f, self.alpha_dot)
+        return (f * self.alpha_dot).sum(dim=2)
 
 
 class EquivariantGraphAttention(nn.Module):
@@ -215,66 +218,50 @@ class EquivariantGraphAttention(nn.Module):
         check_rotation(rotation, self.layout, num_edges)
         if self.atom_edge is not None:
             check_atomic_numbers(atomic_numbers, num_nodes)
-        if use_target_blocks(self.kernels, x, num_edges, self.training):
-            blocks = target_blocks(edge_index[1], num_nodes)
-            if blocks is not None:  # inference: the edges of a block of targets at a time, same numbers
-                weights = (self.so2_conv_1.complex_weights(), self.so2_conv_2.complex_weights())  # once, not per block
-                return in_target_blocks(
-                    lambda h, index, target, rot, count: self._attend(x, h, atomic_numbers, index, target, rot, count,
-                                                                      weights),
-                    x.new_empty(num_nodes, self.layout.dim, self.output_channels), blocks, edge_features,
-                    edge_index, rotation)
-        return self._attend(x, edge_features, atomic_numbers, edge_index, edge_index[1], rotation, num_nodes)
+        # the weights of both SO(2) maps, their complex matrices built once per forward (also when
+        # the edges run block by block: at inference on the CPU, in_target_blocks)
+        weights = (self.so2_conv_1.weights(), self.so2_conv_2.weights())
+        return in_target_blocks(partial(self._attend, x, atomic_numbers, weights),
+                                Edges.of_graph(edge_features, edge_index, rotation, num_nodes),
+                                kernels=self.kernels, training=self.training)
 
-    def _attend(self, x, edge_features, atomic_numbers, edge_index, target, rotation, num_targets: int,
-                complex_weights=(None, None)) -> torch.Tensor:
-        """Steps 1-5 on the given edges: the output rows of their ``num_targets`` targets, which
-        ``target`` counts from the first (``edge_index`` has the global node indices).
-        ``complex_weights``: those of the two SO(2) maps, when built already."""
+    def _attend(self, x: torch.Tensor, atomic_numbers: torch.Tensor, weights: tuple[SO2Weights, SO2Weights],
+                edges: Edges) -> torch.Tensor:
+        """Steps 1-5 on the given edges: the output rows of their ``edges.num_targets`` targets."""
+        rotation = edges.rotation
         double_backward = needs_double_backward(rotation.matrix)
         # In training with direct forces, the intermediates of the radial MLP, the logits and the
         # values (a few [E, H, A] tensors, the activated messages and the [E, edge_dim, H * V]
         # values: most of a layer's stored activations) are recomputed in backward from their inputs.
-        recompute = use_recompute(self.recompute, double_backward=double_backward, device_type=x.device.type)
+        recompute = use_recompute(self.recompute, double_backward=double_backward, device_type=policy_device(x))
         # 1-2. m_ij = D(R_ij) [x_j || x_i], then the first SO(2) convolution, fed with the edge
         # features and the atom-type embeddings of both ends
-        if use_fused(self.kernels, EDGE_CONVOLUTION, device_type=x.device.type, double_backward=double_backward):
-            message, extra = self._edge_convolution(x, edge_features, atomic_numbers, edge_index, rotation, recompute,
-                                                    complex_weights[0])
+        if use_fused(self.kernels, EDGE_CONVOLUTION, device_type=policy_device(x), double_backward=double_backward):
+            hidden = maybe_recompute(recompute, self._radial_hidden, edges.features, atomic_numbers, edges.index)
+            message, extra = edge_convolution(x, edges.index, rotation.matrix, hidden, weights[0])
         else:
+            edge_features = edges.features
             if self.atom_edge is not None:
-                edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
-            pairs = torch.cat([x.index_select(0, edge_index[0]), x.index_select(0, edge_index[1])], dim=-1)
-            message, extra = self.so2_conv_1(rotation.to_edge(pairs), edge_features)
+                edge_features = self.atom_edge(edge_features, atomic_numbers, edges.index)
+            pairs = torch.cat([x.index_select(0, edges.index[0]), x.index_select(0, edges.index[1])], dim=-1)
+            message, extra = self.so2_conv_1(rotation.to_edge(pairs), edge_features, weights[0])
         alpha_features, gates = extra.split([extra.shape[1] - self.num_gates, self.num_gates], dim=1)
         # 4. attention weights, the softmax in at least float32 (under bf16 autocast the logits are bf16)
         logits = maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
-        # so2nn's segment softmax, not torch_geometric.utils.softmax: same numbers, 1.07 vs 1.46 ms
-        # forward + backward (0.59 vs 0.94 ms without autograd) at E = 12320, H = 8, one CPU thread
-        alpha = segment_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), target, num_targets)
+        # so2nn's segment softmax, not torch_geometric.utils.softmax: same numbers, faster (RESULTS.md)
+        alpha = segment_softmax(at_least_float32(logits), edges.target,
+                                edges.num_targets)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         # 3. the activated values of every head, times their attention weights
-        message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha, complex_weights[1])
+        message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha, weights[1])
         # 5. rotate back, sum over the neighbours, project
         message = rotation.from_edge(message, rescale=True)
-        return self.proj(scatter_sum(message, target, num_targets, self.kernels))
-
-    def _edge_convolution(self, x, edge_features, atomic_numbers, edge_index, rotation, recompute,
-                          complex_weights=None):
-        """Steps 1-2 as the kernel :func:`~so2nn.kernels.edge_convolution`, from this block's weights."""
-        conv, radial = self.so2_conv_1, self.so2_conv_1.radial
-        # the radial MLP's last layer ([E, radial_size], the largest radial tensor) is recomputed
-        # inside the kernel; with recompute its hidden layers too (a few [E, hidden] tensors)
-        hidden = maybe_recompute(recompute, self._radial_hidden, edge_features, atomic_numbers, edge_index)
-        return edge_convolution(
-            x, edge_index, rotation.matrix, hidden, radial.last.weight, radial.last.bias, conv.fc_m0.weight,
-            conv.fc_m0.bias, [fc.weight for fc in conv.fc_m], layout=self.layout,
-            extra_channels=conv.extra_m0_output_channels, complex_weights=complex_weights,
-        )
+        return self.proj(scatter_sum(message, edges.target, edges.num_targets, self.kernels))
 
     def _radial_hidden(self, edge_features, atomic_numbers, edge_index):
-        """The radial MLP of ``so2_conv_1`` up to its last layer, on the atom-type edge features."""
+        """The radial MLP of ``so2_conv_1`` up to its last layer, on the atom-type edge features
+        (the kernel :func:`~so2nn.kernels.edge_convolution` applies the last layer itself)."""
         radial = self.so2_conv_1.radial
         if self.atom_edge is None:
             hidden = radial.first(edge_features)
@@ -286,8 +273,9 @@ class EquivariantGraphAttention(nn.Module):
         return radial.hidden_layers(hidden)
 
     def _weighted_values(self, message: torch.Tensor, gates: torch.Tensor, alpha: torch.Tensor,
-                         complex_weights=None) -> torch.Tensor:
-        """Values of every head, ``SO2Linear_2(act(message, gates))``, times its attention weight: ``[E, edge_dim, H * V]``."""
-        values = self.so2_conv_2(self.act(message, gates if self.num_gates else None), complex_weights).y
+                         weights: SO2Weights) -> torch.Tensor:
+        """Values of every head, ``SO2Linear_2(act(message, gates))``, times its attention weight:
+        ``[E, edge_dim, H * V]``."""
+        values = self.so2_conv_2(self.act(message, gates if self.num_gates else None), weights).y
         E, H, V = values.shape[0], self.num_heads, self.attn_value_channels
         return (values.view(E, self.layout.edge_dim, H, V) * alpha[:, None, :, None]).view(E, self.layout.edge_dim, H * V)

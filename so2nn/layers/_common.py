@@ -7,7 +7,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .._checks import check_degree
-from ..kernels import SCATTER_SUM, use_fused
+from ..kernels import SCATTER_SUM, policy_device, use_fused
 from ..kernels import scatter_sum as kernel_scatter_sum
 from ..so3 import CoefficientLayout
 
@@ -126,23 +126,33 @@ def scatter_sum(x: torch.Tensor, index: torch.Tensor, num_nodes: int, kernels: s
         >>> scatter_sum(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 2, 0]), 3)
         tensor([4., 0., 2.])
     """
-    if use_fused(kernels, SCATTER_SUM, device_type=x.device.type, double_backward=torch.is_grad_enabled()):
+    if use_fused(kernels, SCATTER_SUM, device_type=policy_device(x), double_backward=torch.is_grad_enabled()):
         return kernel_scatter_sum(x, index, num_nodes)
     return x.new_zeros((num_nodes,) + tuple(x.shape[1:])).index_add(0, index, x)
 
 
-def replace_scalars(x: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is in a half precision (float16, bfloat16), else ``x`` itself
+    (``torch.promote_types(x.dtype, torch.float32)``, decided in Python: no operation dispatched)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def replace_scalars(x: torch.Tensor, scalars: torch.Tensor, dim: int = 1) -> torch.Tensor:
     r"""``x`` with its :math:`l = 0` coefficient (row 0, in the node and the edge-frame layout)
     replaced by ``scalars``: ``[N, K, C]`` and ``[N, C]`` (or ``[N, 1, C]``) -> ``[N, K, C]``.
+    ``dim``: the coefficient axis (0 for coefficient-major features ``[K, N, C]``).
 
     Example:
         >>> replace_scalars(torch.zeros(2, 4, 3), torch.ones(2, 3))[:, :, 0]
         tensor([[1., 0., 0., 0.],
                 [1., 0., 0., 0.]])
     """
-    if scalars.dim() == 2:
-        scalars = scalars.unsqueeze(1)
-    return torch.cat([scalars, x[:, 1:]], dim=1)
+    if scalars.dim() == 3:
+        scalars = scalars.squeeze(dim)
+    if scalars.dtype != x.dtype:  # (under autocast) the common dtype, as a concatenation would give
+        dtype = torch.promote_types(x.dtype, scalars.dtype)
+        x, scalars = x.to(dtype), scalars.to(dtype)
+    return torch.select_scatter(x, scalars, dim, 0)  # one operation each way (no slice of x to copy back)
 
 
 def maybe_recompute(recompute: bool, function, *args):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from ..kernels import check_kernels, in_target_blocks, target_blocks, use_target_blocks
+from ..kernels import Edges, check_kernels, in_target_blocks
 from ..so3 import CoefficientLayout, EdgeRotation, prepare_couplings
 from ._common import as_layout, check_channels, check_edge_features, check_edges, check_rotation, scatter_sum
 from ._radial import AtomEdgeEmbedding, RadialMLP, check_atomic_numbers
@@ -95,21 +97,15 @@ class EdgeDegreeEmbedding(nn.Module):
         check_rotation(rotation, self.layout, num_edges)
         if self.atom_edge is not None:
             check_atomic_numbers(atomic_numbers, num_nodes)
-        if use_target_blocks(self.kernels, edge_features, num_edges, self.training):
-            blocks = target_blocks(edge_index[1], num_nodes)
-            if blocks is not None:  # inference: the edges of a block of targets at a time, same numbers
-                return in_target_blocks(
-                    lambda h, index, target, rot, count: self._embed(h, atomic_numbers, index, target, rot, count),
-                    edge_features.new_empty(num_nodes, self.layout.dim, self.channels), blocks, edge_features,
-                    edge_index, rotation)
-        return self._embed(edge_features, atomic_numbers, edge_index, edge_index[1], rotation, num_nodes)
+        return in_target_blocks(partial(self._embed, atomic_numbers),
+                                Edges.of_graph(edge_features, edge_index, rotation, num_nodes),
+                                kernels=self.kernels, training=self.training)
 
-    def _embed(self, edge_features, atomic_numbers, edge_index, target, rotation, num_targets: int) -> torch.Tensor:
-        """The embedding of ``num_targets`` nodes from the edges that end there (``target``
-        counted from the first of them)."""
+    def _embed(self, atomic_numbers: torch.Tensor, edges: Edges) -> torch.Tensor:
+        """The embedding of the ``edges.num_targets`` targets from the edges that end there."""
+        edge_features = edges.features
         if self.atom_edge is not None:
-            edge_features = self.atom_edge(edge_features, atomic_numbers, edge_index)
+            edge_features = self.atom_edge(edge_features, atomic_numbers, edges.index)
         m0 = self.radial(edge_features).view(edge_features.shape[0], self.layout.lmax + 1, self.channels)
-        x_edge = torch.cat([m0, m0.new_zeros(m0.shape[0], self.layout.edge_dim - m0.shape[1], self.channels)], dim=1)
-        messages = rotation.from_edge(x_edge, rescale=True)
-        return scatter_sum(messages, target, num_targets, self.kernels) / self.rescale_factor
+        messages = edges.rotation.from_edge(m0, rescale=True)  # the m = 0 coefficients alone, the rest zero
+        return scatter_sum(messages, edges.target, edges.num_targets, self.kernels) / self.rescale_factor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import check_kernels, row_block_size, use_recompute
+from ..kernels import check_kernels, policy_device, row_block_size, use_recompute
 from ..so3 import CoefficientLayout, s2_grid
 from ._activation import activation_layer, activation_scalars
 from ._common import (
@@ -111,26 +111,34 @@ class FeedForwardNetwork(ConstantsModule):
         return f"lmax={self.layout.lmax}, activation={self.activation!r}, grid_mlp={self.grid_mlp}" + (
             "" if self.recompute else ", recompute=False")
 
-    def _grid_mlp(self, h: torch.Tensor) -> torch.Tensor:
+    def _grid_mlp(self, h: torch.Tensor, rows: int | None) -> torch.Tensor:
+        """``F MLP(T h)`` of coefficient-major ``h [K, N, C]`` (there the grid transforms are single
+        matmuls over every node); ``rows``: nodes per block at inference on the CPU, or None."""
         first, act_1, middle, act_2, last = self.mlp
+
+        def on_grid(h: torch.Tensor) -> torch.Tensor:  # F sigma L_2 sigma T h for h [K, n, C]: one matmul each way
+            (K, n, C), P = h.shape, self.to_grid.shape[0]  # (explicit sizes: n may be 0)
+            g = (self.to_grid @ h.reshape(K, n * C)).view(P, n, C)
+            return (self.from_grid @ act_2(middle(act_1(g))).view(P, n * C)).view(K, n, C)
+
         h = first(h)  # L_1 T h = T L_1 h: on the coefficients, not the grid points
-        rows = row_block_size(self.kernels, h, self.training, self.to_grid.shape[0] * self.hidden_channels)
-        if rows is not None:  # inference: a block of nodes at a time ([N, grid points, C] is the largest tensor)
-            h = torch.cat([self.from_grid @ act_2(middle(act_1(self.to_grid @ part))) for part in h.split(rows)])
+        if rows is not None:  # inference: a block of nodes at a time ([grid points, N, C] is the largest tensor)
+            h = torch.cat([on_grid(part) for part in h.split(rows, dim=1)], dim=1)
         else:
-            h = self.from_grid @ act_2(middle(act_1(self.to_grid @ h)))
+            h = on_grid(h)
         return last(h)  # F L_3 g = L_3 F g
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features("x", x, None, self.layout.dim, self.sphere_channels)
         check_dtype("x", x, self, self.so3_linear_1.weight)
         scalars = x[:, 0]
-        h = self.so3_linear_1(x)
-        if self.grid_mlp:
-            recompute = use_recompute(self.recompute, double_backward=False, device_type=x.device.type)
-            h = maybe_recompute(recompute, self._grid_mlp, h)
-            if self.scalar_mlp is not None:
-                h = replace_scalars(h, self.scalar_mlp(scalars))
-        else:
-            h = self.act(h, None if self.gating_linear is None else self.gating_linear(scalars))
-        return self.so3_linear_2(h)
+        if not self.grid_mlp:
+            h = self.so3_linear_1(x)
+            return self.so3_linear_2(self.act(h, None if self.gating_linear is None else self.gating_linear(scalars)))
+        # the grid MLP between the two SO3Linear maps, all three coefficient-major ([K, N, C])
+        recompute = use_recompute(self.recompute, double_backward=False, device_type=policy_device(x))
+        rows = row_block_size(self.kernels, x, self.training, self.to_grid.shape[0] * self.hidden_channels)
+        h = maybe_recompute(recompute, self._grid_mlp, self.so3_linear_1.coefficient_major(x.transpose(0, 1)), rows)
+        if self.scalar_mlp is not None:
+            h = replace_scalars(h, self.scalar_mlp(scalars), dim=0)
+        return self.so3_linear_2.coefficient_major(h).transpose(0, 1)

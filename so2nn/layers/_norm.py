@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from ..so3 import CoefficientLayout
-from ._common import ConstantsModule, as_layout, check_channels, check_dtype, check_features, replace_scalars
+from ._common import (
+    ConstantsModule,
+    as_layout,
+    at_least_float32,
+    check_channels,
+    check_dtype,
+    check_features,
+    replace_scalars,
+)
 
 __all__ = ["EquivariantLayerNorm", "EquivariantRMSNorm", "SeparableLayerNorm", "normalization_layer"]
 
@@ -30,14 +38,15 @@ class _Norm(ConstantsModule):
         return f"lmax={self.layout.lmax}, channels={self.channels}, eps={self.eps}"
 
     def _mean_square(self, x: torch.Tensor, balance: torch.Tensor) -> torch.Tensor:
-        r""":math:`\tfrac1C \sum_{i,c} b_i x_{ic}^2` per node, in at least float32 and outside autocast.
+        r""":math:`\sum_{i,c} b_i x_{ic}^2` per node (``balance`` :math:`b` holds the :math:`1/C` of
+        the mean over channels), in at least float32 and outside autocast.
 
         Under float16 autocast the contraction would run in half precision, and the gradient
         of :math:`(s + \epsilon)^{-1/2}` for small features (e.g. the :math:`l > 0` part after
         the edge-degree embedding) overflows it."""
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(torch.promote_types(x.dtype, torch.float32))
-            return torch.einsum("nic,i->n", x.pow(2), balance.to(x.dtype)) / self.channels
+            x = at_least_float32(x)
+            return x.pow(2).sum(dim=2) @ balance.to(x.dtype)
 
     def _check(self, x: torch.Tensor) -> None:
         check_features("x", x, None, self.layout.dim, self.channels, self.layout)
@@ -84,7 +93,7 @@ class EquivariantLayerNorm(_CenteredNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._center(x)
-        sq = x.to(torch.promote_types(x.dtype, torch.float32)).pow(2)  # statistics in at least float32
+        sq = at_least_float32(x).pow(2)  # statistics in at least float32
         per_degree = sq.new_zeros(x.shape[0], self.layout.lmax + 1, x.shape[2]).index_add_(1, self.degrees, sq)
         per_degree = per_degree / (2 * torch.arange(self.layout.lmax + 1, device=x.device, dtype=sq.dtype) + 1)[:, None]
         scale = (per_degree.mean(dim=2, keepdim=True) + self.eps).rsqrt() * self.affine_weight  # [N, L+1, C]
@@ -115,17 +124,22 @@ class SeparableLayerNorm(_Norm):
         self.norm_l0 = nn.LayerNorm(channels, eps=eps)
         self.affine_weight = nn.Parameter(torch.ones(lmax, channels))
         if lmax:
-            # balance over l = 1..lmax: 1 / ((2l+1) lmax)
-            self.register_constant("balance_l", 1.0 / ((2 * self.layout.degrees[1:] + 1) * lmax).double())
+            # Per coefficient, on all of x (no slices): the balance over l = 1..lmax and the channels,
+            # 1 / ((2l+1) lmax C), and 0 for l = 0; the row of gamma of each l > 0 coefficient (any
+            # row for l = 0, whose output the layer norm replaces)
+            degrees = self.layout.degrees
+            balance = torch.where(degrees > 0, 1.0 / ((2 * degrees + 1) * lmax * channels).double(), 0.0)
+            self.register_constant("balance", balance)
+            self.register_constant("gamma_index", (degrees - 1).clamp(min=0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        y0 = self.norm_l0(x[:, :1])
+        y0 = self.norm_l0(x[:, 0])
         if self.layout.lmax == 0:
-            return y0
-        v = x[:, 1:]
-        scale = (self._mean_square(v, self.balance_l) + self.eps).rsqrt()[:, None, None] * self.affine_weight  # [N, L, C]
-        return torch.cat([y0, v * scale.index_select(1, self.degrees[1:] - 1)], dim=1)
+            return y0.unsqueeze(1)
+        inv_rms = (self._mean_square(x, self.balance) + self.eps).rsqrt()  # of the l > 0 part
+        gamma = self.affine_weight.index_select(0, self.gamma_index)  # [K, C]
+        return replace_scalars(x * (inv_rms.view(-1, 1, 1) * gamma), y0)
 
 
 class EquivariantRMSNorm(_CenteredNorm):
@@ -148,8 +162,8 @@ class EquivariantRMSNorm(_CenteredNorm):
 
     def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
         super().__init__(layout, channels, eps)
-        # 1 / ((2l+1)(lmax+1)) per coefficient: the mean over degrees of each degree's mean square
-        self.register_constant("balance", 1.0 / ((2 * self.layout.degrees + 1) * (self.layout.lmax + 1)).double())
+        # 1 / ((2l+1)(lmax+1) C) per coefficient: the mean over degrees of each degree's mean square
+        self.register_constant("balance", 1.0 / ((2 * self.layout.degrees + 1) * (self.layout.lmax + 1) * channels).double())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._center(x)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..kernels import complex_matrix
+from ..kernels import SO2Weights
 from ..so3 import CoefficientLayout
 from ._common import (
     ConstantsModule,
@@ -37,7 +37,54 @@ from ._common import (
 )
 from ._radial import RadialMLP
 
-__all__ = ["SO2Convolution", "SO2Linear", "SO2Output"]
+__all__ = ["SO2Convolution", "SO2Linear", "SO2Output", "complex_matrix"]
+
+
+def complex_matrix(weight: torch.Tensor) -> torch.Tensor:
+    r"""The complex product of an order :math:`m > 0` as one real matrix,
+    :math:`\begin{pmatrix} W_r & -W_i \\ W_i & W_r \end{pmatrix}` (``[2K out, 2K in]``), from the stacked
+    ``[W_r; W_i]`` (``[2K out, K in]``, the layout of ``SO2Linear.fc_m[m-1].weight``).
+
+    Example:
+        >>> complex_matrix(torch.tensor([[1.0], [2.0]]))   # W_r = 1, W_i = 2
+        tensor([[ 1., -2.],
+                [ 2.,  1.]])
+    """
+    return _ComplexMatrix.apply(weight)
+
+
+def _real_and_imaginary(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    half = weight.shape[0] // 2
+    return weight[:half], weight[half:]
+
+
+class _ComplexMatrix(torch.autograd.Function):
+    r""":func:`complex_matrix` with its adjoint written out, :math:`\partial W_r = G_{rr} + G_{ii}`,
+    :math:`\partial W_i = G_{ir} - G_{ri}` (one operation each way instead of the slices and copies
+    that autograd's own backward of the block assembly dispatches). Differentiable again."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
+        w_real, w_imag = _real_and_imaginary(weight)
+        return torch.cat([weight, torch.cat([-w_imag, w_real])], dim=1)  # [W_r; W_i] beside [-W_i; W_r]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _ComplexMatrixAdjoint.apply(grad)
+
+
+class _ComplexMatrixAdjoint(torch.autograd.Function):
+    """The adjoint of :func:`complex_matrix` (``[[G_rr, G_ri], [G_ir, G_ii]] -> [G_rr + G_ii; G_ir - G_ri]``),
+    whose own adjoint is :func:`complex_matrix` (so that second derivatives flow)."""
+
+    @staticmethod
+    def forward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (g_rr, g_ir), (g_ri, g_ii) = (_real_and_imaginary(column) for column in grad.chunk(2, dim=1))
+        return torch.cat([g_rr + g_ii, g_ir - g_ri])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _ComplexMatrix.apply(grad)
 
 
 class SO2Output(NamedTuple):
@@ -121,24 +168,30 @@ class SO2Linear(ConstantsModule):
 
     def complex_weight(self, m: int) -> torch.Tensor:
         r"""The real ``[2K*out, 2K*in]`` matrix :math:`\begin{pmatrix} W_r & -W_i \\ W_i & W_r \end{pmatrix}`
-        of order ``m >= 1``: it maps the flattened pair ``[x_+m, x_-m]`` to ``[y_+m, y_-m]`` in one matmul."""
+        of order ``m >= 1`` (:func:`complex_matrix`): it maps the flattened pair ``[x_+m, x_-m]`` to
+        ``[y_+m, y_-m]`` in one matmul."""
         return complex_matrix(self.fc_m[m - 1].weight)
 
-    def complex_weights(self) -> list[torch.Tensor]:
-        """:meth:`complex_weight` of every order ``m = 1..mmax``."""
-        return [self.complex_weight(m) for m in range(1, self.layout.mmax + 1)]
+    def weights(self) -> SO2Weights:
+        """This map's parameters as one record, :class:`~so2nn.kernels.SO2Weights`, with the complex
+        matrices of every order built (differentiably: gradients reach ``fc_m``). A caller that runs
+        the map more than once in a forward (on blocks of edges) builds it once and passes it to
+        :meth:`forward`; the kernels take it too."""
+        complex_m = tuple(self.complex_weight(m) for m in range(1, self.layout.mmax + 1))
+        return SO2Weights(self.layout, self.fc_m0.weight, self.fc_m0.bias, complex_m, self.extra_m0_output_channels)
 
-    def forward(self, x: torch.Tensor, complex_weights: list[torch.Tensor] | None = None) -> SO2Output:
-        """``complex_weights``: :meth:`complex_weights`, when the caller has them already (a layer
-        that runs its edges in blocks builds them once)."""
+    def forward(self, x: torch.Tensor, weights: SO2Weights | None = None) -> SO2Output:
+        """``weights``: :meth:`weights`, when the caller has them already."""
         check_features("x", x, None, self.layout.edge_dim, self.in_channels, self.layout, edge=True)
         check_dtype("x", x, self, self.fc_m0.weight)
+        w = self.weights() if weights is None else weights
         E, extra = x.shape[0], self.extra_m0_output_channels
         orders = x.split(self._order_sizes, dim=1)
-        y0 = torch.nn.functional.linear(orders[0].reshape(E, orders[0].shape[1] * orders[0].shape[2]), self.fc_m0.weight, self.fc_m0.bias)
+        # y_0 = W_0 x_0 + b over every degree at once; then each (x_+m, x_-m) pair times its complex weight
+        y0 = torch.nn.functional.linear(orders[0].reshape(E, orders[0].shape[1] * orders[0].shape[2]),
+                                        w.m0_weight, w.m0_bias)
         scalars, y0 = y0.split([extra, y0.shape[1] - extra], dim=1)
-        weights = self.complex_weights() if complex_weights is None else complex_weights
-        ym = [xm.reshape(E, xm.shape[1] * xm.shape[2]) @ weights[m - 1].T for m, xm in enumerate(orders) if m]
+        ym = [xm.reshape(E, xm.shape[1] * xm.shape[2]) @ w.complex[m - 1].T for m, xm in enumerate(orders) if m]
         return SO2Output(torch.cat([y0, *ym], dim=1).view(E, self.layout.edge_dim, self.out_channels), scalars)
 
 
@@ -187,9 +240,15 @@ class SO2Convolution(SO2Linear):
         self.register_constant("radial_index", torch.tensor(index, device="cpu"))  # CPU even under torch.device("meta")
         self.radial = RadialMLP(list(edge_channels_list) + [self.radial_size])
 
-    def forward(self, x: torch.Tensor, edge_features: torch.Tensor) -> SO2Output:
+    def weights(self) -> SO2Weights:
+        """As :meth:`SO2Linear.weights`, with the last layer of the radial MLP (``radial``), which the
+        kernel :func:`~so2nn.kernels.edge_convolution` applies itself."""
+        return super().weights()._replace(radial=(self.radial.last.weight, self.radial.last.bias))
+
+    def forward(self, x: torch.Tensor, edge_features: torch.Tensor, weights: SO2Weights | None = None) -> SO2Output:
+        """``weights``: :meth:`weights`, when the caller has them already."""
         check_features("x", x, None, self.layout.edge_dim, self.in_channels, self.layout, edge=True)
         check_edge_features(edge_features, x.shape[0], self.radial.channels[0])
         check_dtype("edge_features", edge_features, self, self.fc_m0.weight)
         rho = self.radial(edge_features).view(x.shape[0], self.radial_size // self.in_channels, self.in_channels)
-        return super().forward(x * rho.index_select(1, self.radial_index))
+        return super().forward(x * rho.index_select(1, self.radial_index), weights)

@@ -30,19 +30,6 @@ from .._checks import check_finite, check_last_dims
 __all__ = ["edge_frames"]
 
 
-def _cross_matrix(v: torch.Tensor) -> torch.Tensor:
-    x, y, z = v.unbind(-1)
-    zero = torch.zeros_like(x)
-    return torch.stack(
-        [
-            torch.stack([zero, -z, y], -1),
-            torch.stack([z, zero, -x], -1),
-            torch.stack([-y, x, zero], -1),
-        ],
-        -2,
-    )
-
-
 def edge_frames(edge_vec: torch.Tensor, validate: bool = True) -> torch.Tensor:
     r"""Rotation matrices taking each edge direction onto :math:`+y`.
 
@@ -76,14 +63,22 @@ def edge_frames(edge_vec: torch.Tensor, validate: bool = True) -> torch.Tensor:
 
 
 def _edge_frames(u: torch.Tensor) -> torch.Tensor:
-    """Unchecked: frames of unit vectors ``u[..., 3]``."""
-    flip = torch.tensor([1.0, -1.0, -1.0], dtype=u.dtype, device=u.device)
-    lower = (u[..., 1] < 0).unsqueeze(-1)
-    w = torch.where(lower, u * flip, u)  # on the upper hemisphere: w_y >= 0
-    y_axis = torch.zeros_like(w)
-    y_axis[..., 1] = 1.0
-    K = _cross_matrix(torch.linalg.cross(w, y_axis, dim=-1))
-    eye = torch.eye(3, dtype=u.dtype, device=u.device)
-    R = eye + K + (K @ K) / (1.0 + w[..., 1]).unsqueeze(-1).unsqueeze(-1)
-    # R(u) = R(F u) F: F = diag(1, -1, -1) flips columns 1 and 2.
-    return torch.where(lower.unsqueeze(-1), R * flip, R)
+    r"""Unchecked: frames of unit vectors ``u[..., 3]``.
+
+    The two charts of the module docstring written out: with :math:`s = -1` on the lower
+    hemisphere (:math:`u_y < 0`), else :math:`+1`, and :math:`k = 1 / (1 + |u_y|)`,
+
+    .. math::
+
+        R(u) = \begin{pmatrix} 1 - k u_x^2 & -s\,u_x & -k u_x u_z \\ u_x & u_y & u_z \\
+        -s\,k u_x u_z & -u_z & s\,(1 - k u_z^2) \end{pmatrix}
+
+    (the middle row is :math:`u` itself: :math:`R u = \hat y`), a handful of elementwise operations.
+    """
+    x, y, z = u.unbind(-1)
+    one = torch.ones_like(y)
+    s = torch.where(y < 0, -one, one)
+    k = 1.0 / (1.0 + s * y)  # |u_y| (not abs(): its second derivative fixes the number of edges under torch.compile)
+    xzk = x * z * k
+    rows = (1.0 - k * x * x, -s * x, -xzk, x, y, z, -s * xzk, -z, s * (1.0 - k * z * z))
+    return torch.stack(rows, dim=-1).view(u.shape[:-1] + (3, 3))

@@ -112,14 +112,18 @@ class EdgeRotation:
 
         Exact inverse of :meth:`to_edge` on the ``|m| <= mmax`` part. With ``rescale=True``
         degree ``l`` is multiplied by ``sqrt((2l+1) / (2 min(l, mmax)+1))``, as
-        EquiformerV2 does when it rotates messages back.
+        EquiformerV2 does when it rotates messages back. ``y`` may also hold the ``m = 0``
+        coefficients alone (``[E, lmax + 1, C]``, the first rows of the m-major order), the other
+        orders being zero.
         """
         layout = self.layout
-        if y.dim() != 3 or y.shape[:2] != (self.num_edges, layout.edge_dim):
+        if y.dim() != 3 or y.shape[0] != self.num_edges or y.shape[1] not in (layout.edge_dim, layout.lmax + 1):
             raise ValueError(
-                f"y must have shape [E={self.num_edges}, {layout.edge_dim}, C], got {tuple(y.shape)}"
+                f"y must have shape [E={self.num_edges}, {layout.edge_dim}, C] (or [E, lmax + 1 = {layout.lmax + 1}, C] "
+                f"for m = 0 alone), got {tuple(y.shape)}"
             )
-        return torch.bmm(self._back_matrix(rescale), y)
+        back = self._back_matrix(rescale)
+        return torch.bmm(back if y.shape[1] == layout.edge_dim else back[:, :, : y.shape[1]], y)
 
     def _back_matrix(self, rescale: bool) -> torch.Tensor:
         """``[E, dim, edge_dim]``: the transpose, with the truncation rescale on its rows."""

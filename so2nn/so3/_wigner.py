@@ -62,15 +62,19 @@ def _coupling(l: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 def _blocks(lmax: int, R: torch.Tensor) -> list[torch.Tensor]:
     """Unchecked: ``[D^0(R), ..., D^lmax(R)]``, each ``[..., 2l+1, 2l+1]``."""
-    blocks = [R.new_ones(R.shape[:-2] + (1, 1))]
+    batch = R.shape[:-2]
+    R = R.reshape(-1, 3, 3)
+    blocks = [R.new_ones(R.shape[0], 1, 1)]
     if lmax >= 1:
         blocks.append(R)
     for l in range(2, lmax + 1):
-        C = _coupling(l, R.dtype, R.device)  # [2l-1, 3, 2l+1]
-        RC = torch.einsum("...jm,kmb->...kjb", R, C)
-        DRC = torch.einsum("...ik,...kjb->...ijb", blocks[-1], RC)
-        blocks.append(torch.einsum("ija,...ijb->...ab", C, DRC))
-    return blocks
+        n = 3 * (2 * l - 1)
+        C = _coupling(l, R.dtype, R.device).reshape(n, 2 * l + 1)  # rows (i, j): degree l-1 times degree 1
+        # D^l = C^T (D^{l-1} (x) R) C, the Kronecker product formed once per edge: a few large
+        # operations per degree, whatever the number of rotations
+        kron = (blocks[-1][:, :, None, :, None] * R[:, None, :, None, :]).reshape(-1, n, n)
+        blocks.append(torch.matmul(torch.matmul(C.T, kron), C))
+    return [D.reshape(batch + D.shape[1:]) for D in blocks]
 
 
 def check_rotation(R: torch.Tensor, name: str = "R") -> None:

@@ -57,11 +57,7 @@ def _kernel(embedding, conv, edge_index, rotation, x, h, numbers):
     radial = conv.radial
     hidden = atom_edge_linear(h, radial.first.weight, radial.first.bias, embedding.source_embedding.weight,
                               embedding.target_embedding.weight, numbers, edge_index)
-    return edge_convolution(
-        x, edge_index, rotation.matrix, radial.hidden_layers(hidden), radial.last.weight, radial.last.bias,
-        conv.fc_m0.weight, conv.fc_m0.bias, [fc.weight for fc in conv.fc_m], layout=conv.layout,
-        extra_channels=conv.extra_m0_output_channels,
-    )
+    return edge_convolution(x, edge_index, rotation.matrix, radial.hidden_layers(hidden), conv.weights())
 
 
 @given(problem=problems())
@@ -102,6 +98,14 @@ def test_no_edge_frame_gradient():
     assert not use_fused("auto", EDGE_CONVOLUTION, device_type="cpu", double_backward=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not use_fused("auto", EDGE_CONVOLUTION, device_type="cpu", double_backward=False)
+
+
+def test_the_weights_of_an_so2_linear_map_are_not_enough():
+    """The kernel applies the radial MLP's last layer itself: an SO2Linear's weights (no radial) are refused."""
+    layout = CoefficientLayout(2, 1)
+    embedding, conv, edge_index, rotation, x, h, numbers = _setup(layout, 3, 4, 2, 2, 0, 1)
+    with pytest.raises(ValueError, match="weights of an SO2Convolution"):
+        edge_convolution(x, edge_index, rotation.matrix, torch.zeros(4, 6, **DOUBLE), conv.weights()._replace(radial=None))
 
 
 @given(num_edges=st.integers(0, 6), seed=st.integers(0, 2**16))

@@ -2,9 +2,12 @@
 gradient forces), equivariance and bf16 autocast, under kernels="auto" and "reference"; and
 torch.compile traces a transformer block without a graph break."""
 
+import contextlib
+
 import pytest
 import torch
 
+from so2nn.kernels import EDGE_CONVOLUTION, choose_as, policy_device, row_block_size, use_fused, use_target_blocks
 from so2nn.models import EquiformerV2, EquiformerV2Config, TransformerBlock
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant, random_rotation
@@ -27,11 +30,14 @@ def _train_step(config, dtype=torch.float64):
     return out, {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("chosen_as", [None, "cuda"], ids=["cpu-policy", "gpu-policy"])
 @pytest.mark.parametrize("direct_forces", [True, False])
 @pytest.mark.parametrize("activation, grid_mlp", [("separable_s2", True), ("s2", False), ("gate", False)])
-def test_same_training_step(direct_forces, activation, grid_mlp):
+def test_same_training_step(direct_forces, activation, grid_mlp, chosen_as):
+    """Also with the choices made for a GPU (choose_as("cuda")): the path a GPU runs, here."""
     config = SMALL.replace(direct_forces=direct_forces, activation=activation, use_grid_mlp=grid_mlp)
-    out_a, grads_a = _train_step(config)
+    with choose_as(chosen_as) if chosen_as else contextlib.nullcontext():
+        out_a, grads_a = _train_step(config)
     out_b, grads_b = _train_step(config.replace(kernels="reference"))
     for key in ("energy", "forces"):
         assert (out_a[key] - out_b[key]).abs().max() <= 1e-12
@@ -75,3 +81,21 @@ def test_compiled_block_has_no_graph_break(grad):
     with torch.set_grad_enabled(grad):
         explanation = torch._dynamo.explain(block)(*args)
     assert explanation.graph_break_count == 0, [(r.reason[:300], [str(f) for f in r.user_stack[-3:]]) for r in explanation.break_reasons]
+
+
+def test_choose_as_makes_every_choice_as_for_that_device_and_restores():
+    x = torch.zeros(4000, 25, 8)
+    with torch.no_grad():
+        assert use_target_blocks("auto", x, 10_000, training=False) and row_block_size("auto", x, False, 10_000)
+        with choose_as("cuda"):
+            assert policy_device(x) == "cuda"
+            assert not use_target_blocks("auto", x, 10_000, training=False)
+            assert row_block_size("auto", x, False, 10_000) is None
+            assert not use_fused("auto", EDGE_CONVOLUTION, device_type=policy_device(x), double_backward=False)
+            with choose_as("cpu"):  # nested: the innermost wins, and the outer comes back
+                assert policy_device(x) == "cpu"
+            assert policy_device(x) == "cuda"
+        assert policy_device(x) == "cpu" and use_target_blocks("auto", x, 10_000, training=False)
+    with pytest.raises(ValueError, match="device type"):
+        with choose_as(torch.device("cuda")):
+            pass

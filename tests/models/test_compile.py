@@ -6,12 +6,15 @@ checked here on the CPU: syncs by counting the dispatched operations, compilatio
 cheap ``aot_eager`` backend and ``error_on_recompile``.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 from ase.build import add_adsorbate, fcc111
 
 from so2nn.graph import radius_graph
+from so2nn.kernels import TARGET_BLOCK_EDGES, choose_as
 from so2nn.models import EquiformerV2, EquiformerV2Config, compile_model
 from so2nn.testing import DispatchCounter
 
@@ -55,10 +58,20 @@ def _train_step(model, fields):
     return out
 
 
-@pytest.mark.parametrize("kernels", ["auto", "reference"])
+@pytest.mark.parametrize("kernels, chosen_as", [("auto", None), ("reference", None), ("auto", "cuda")],
+                         ids=["auto", "reference", "auto-as-on-a-gpu"])
 @pytest.mark.parametrize("direct, stress_head", [(True, None), (True, "equivariant"), (False, None)])
-def test_the_body_never_waits_for_the_host(direct, stress_head, kernels):
-    model, fields = _model(direct, kernels, stress_head), _slabs([2, 3])
+def test_the_body_never_waits_for_the_host(direct, stress_head, kernels, chosen_as):
+    """Also what the policy runs on a GPU (choose_as("cuda")), on a batch with more edges than a
+    CPU inference block: the GPU's path never runs in blocks, whose bounds are read back."""
+    model = _model(direct, kernels, stress_head)
+    fields = _slabs([2, 3]) if chosen_as is None else _slabs([4, 4, 3])
+    assert chosen_as is None or fields["edge_index"].shape[1] > TARGET_BLOCK_EDGES
+    with choose_as(chosen_as) if chosen_as else contextlib.nullcontext():
+        _count_body_syncs(model, fields)
+
+
+def _count_body_syncs(model, fields):
     for mode in ("eval", "train"):
         if mode == "eval":
             model.eval()
