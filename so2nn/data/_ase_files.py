@@ -13,9 +13,12 @@ How a file is read depends on what its format allows:
   byte offset of every frame) and each frame parsed when it is asked for; a compressed file is
   decompressed in memory, the ``cache_files`` most recently used kept;
 * ASE trajectories (``.traj``): ASE's own random access, which reads one frame per index;
-* every other format (``vasprun.xml``, ``OUTCAR``, ...): ASE reads the whole file once, at
-  construction, and its frames stay in memory. For a large one, convert it once to extxyz or
-  ``.traj`` (``ase convert vasprun.xml data.extxyz``) and read that.
+* VASP's ``OUTCAR`` and ``vasprun.xml`` (also compressed, as extxyz): indexed once (the byte
+  range of every ionic step) and each step parsed by ASE's own parsers when it is asked for,
+  with the results ``ase.io.read`` gives;
+* every other format: ASE reads the whole file once, at construction, and its frames stay in
+  memory. For a large one, convert it once to extxyz or ``.traj`` (``ase convert run.out
+  data.extxyz``) and read that.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from torch_geometric.data import Data
 from ._canonical import DataFormatError, atoms_to_data
 from ._extxyz import _frame_offsets
 from ._shards import ShardedDataset, natural_sorted
+from ._vasp import outcar_header, outcar_steps, read_outcar_step, read_vasprun_step, vasprun_steps
 
 __all__ = ["DIRECTORY_FORMATS", "AseFileDataset", "ase_format", "expand_paths"]
 
@@ -164,7 +168,7 @@ class AseFileDataset(ShardedDataset):
         self.with_targets = with_targets
         self.cache_files = max(1, int(cache_files))
         self.files = list(files)  # read by _buffer and _trajectory while indexing
-        self.formats, self._offsets, self._frames = [], [], []
+        self.formats, self._offsets, self._frames, self._headers = [], [], [], []
         self._buffers: OrderedDict[int, object] = OrderedDict()
         self._trajectories: dict[int, object] = {}
         self._pid = os.getpid()
@@ -177,10 +181,16 @@ class AseFileDataset(ShardedDataset):
                 raise DataFormatError(f"{file}: ASE cannot tell this file's format; name it (format='...', "
                                       f"--data-format on the command line)")
             self.formats.append(name)
-            offsets = frames = None
+            offsets = frames = header = None
             if name == "extxyz":
                 offsets = _frame_offsets(self._buffer(shard), file)
                 length = len(offsets) - 1
+            elif name in ("vasp-out", "vasp-xml"):
+                header, offsets = self._index_vasp(shard, name)
+                length = len(offsets)
+                if length == 0:  # no complete step: what ASE makes of the file (an error, or its start)
+                    offsets, frames = None, _read_all(file, name)
+                    length = len(frames)
             elif name == "traj":
                 length = len(self._trajectory(shard))
             else:
@@ -188,6 +198,7 @@ class AseFileDataset(ShardedDataset):
                 length = len(frames)
             self._offsets.append(offsets)
             self._frames.append(frames)
+            self._headers.append(header)
             lengths.append(length)
         super().__init__(files, lengths)
 
@@ -220,6 +231,19 @@ class AseFileDataset(ShardedDataset):
             self._buffers.popitem(last=False)
         return buffer
 
+    def _index_vasp(self, shard: int, name: str):
+        """``(header, [(start, end) of each ionic step])`` of an OUTCAR (ASE's parsed header) or a
+        vasprun.xml (the header's end)."""
+        buffer, file = self._buffer(shard), self.files[shard]
+        try:
+            if name == "vasp-xml":
+                steps = vasprun_steps(buffer)
+                return (steps[0][0] if steps else 0), steps
+            header_end, steps = outcar_steps(buffer)
+            return (outcar_header(buffer, header_end, file.parent) if steps else None), steps
+        except Exception as error:  # ASE's header parsers raise their own kinds
+            raise DataFormatError(f"{file}: cannot be read as {name} ({type(error).__name__}: {error})") from error
+
     def _trajectory(self, shard: int):
         from ase.io import Trajectory
 
@@ -243,6 +267,11 @@ class AseFileDataset(ShardedDataset):
                 start, end = self._offsets[shard][local], self._offsets[shard][local + 1]
                 text = bytes(self._buffer(shard)[start:end]).decode()
                 return next(read_xyz(io.StringIO(text), 0))
+            if name in ("vasp-out", "vasp-xml") and self._offsets[shard] is not None:
+                start, end = self._offsets[shard][local]
+                if name == "vasp-out":
+                    return read_outcar_step(self._buffer(shard), self._headers[shard], start, end)
+                return read_vasprun_step(self._buffer(shard), self._headers[shard], start, end)
             if name == "traj":
                 return self._trajectory(shard)[local]
             frame = self._frames[shard][local]

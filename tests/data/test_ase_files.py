@@ -1,6 +1,6 @@
 """Files that ASE reads, as users bring their DFT data: extxyz with MACE-style keys, ASE
-trajectories, VASP's vasprun.xml; directories and globs of them; errors that name file, frame
-and key."""
+trajectories, VASP's vasprun.xml and OUTCAR; directories and globs of them; errors that name
+file, frame and key."""
 
 import pickle
 
@@ -9,7 +9,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
-from dft_files import emt_frames, write_ref_extxyz, write_traj, write_vasprun
+from ase.build import add_adsorbate, fcc111
+from ase.constraints import FixAtoms
+from dft_files import emt_frames, write_outcar, write_ref_extxyz, write_traj, write_vasprun
 
 from so2nn.data import AseFileDataset, DataFormatError, LmdbDataset, open_dataset, write_lmdb
 
@@ -84,6 +86,95 @@ def test_vasprun_in_ase_units(tmp_path):
         np.testing.assert_allclose(item.forces.numpy(), atoms.get_forces(), atol=1e-6)
         np.testing.assert_allclose(item.stress[0].numpy(), full(atoms.get_stress()), atol=1e-7)
         assert np.abs(atoms.get_stress()).max() > 1e-3  # a stress worth comparing
+
+
+def relaxation_steps(count: int) -> list:
+    """The ionic steps of one slab relaxation as a DFT code writes them: O on Cu(111), the bottom
+    layer fixed, EMT's energy, forces and stress at each step."""
+    slab = fcc111("Cu", (2, 2, 3), vacuum=5.0, periodic=True)
+    add_adsorbate(slab, "O", 1.6, "fcc")
+    del slab.info["adsorbate_info"]  # a dict, which extxyz does not write
+    slab.set_constraint(FixAtoms(mask=slab.get_tags() == 3))
+    frames = []
+    for k in range(count):
+        atoms = slab.copy()
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(apply_constraint=False),
+                       stress=atoms.get_stress())
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    return frames
+
+
+def assert_steps_as_ase_reads_them(dataset, path):
+    """Each step read alone is what ase.io.read gives for the whole file: positions, cell,
+    constraints and every result, to the last bit."""
+    import ase.io
+
+    whole = ase.io.read(path, index=":")
+    assert len(dataset) == len(whole)
+    for index, want in enumerate(whole):
+        got = dataset.read_atoms(index)
+        assert np.array_equal(got.numbers, want.numbers) and np.array_equal(got.positions, want.positions)
+        assert np.array_equal(got.cell, want.cell)
+        assert [repr(c) for c in got.constraints] == [repr(c) for c in want.constraints]
+        assert sorted(got.calc.results) == sorted(want.calc.results)
+        for name, value in want.calc.results.items():
+            assert np.array_equal(np.asarray(got.calc.results[name]), np.asarray(value)), name
+
+
+def test_outcar_in_ase_units_with_the_fixed_atoms_of_its_poscar(tmp_path):
+    import ase.io
+
+    frames = relaxation_steps(4)
+    (tmp_path / "relax").mkdir()
+    path = write_outcar(tmp_path / "relax" / "OUTCAR", frames)
+    ase.io.write(tmp_path / "relax" / "POSCAR", frames[0], format="vasp")  # selective dynamics: F F F
+    dataset = open_dataset(path)
+    assert type(dataset) is AseFileDataset and dataset.formats == ["vasp-out"] and len(dataset) == 4
+    # VASP writes the stress in kB, pressure positive: the reader gives ASE's eV/A^3, tension positive
+    for item, atoms in zip(dataset, frames):
+        assert abs(float(item.energy) - atoms.get_potential_energy()) < 1e-5
+        np.testing.assert_allclose(item.forces.numpy(), atoms.get_forces(apply_constraint=False), atol=1e-5)
+        np.testing.assert_allclose(item.stress[0].numpy(), full(atoms.get_stress()), atol=1e-7)
+        assert item.fixed.tolist() == (atoms.get_tags() == 3).tolist()  # the POSCAR's FixAtoms
+    assert np.abs(frames[0].get_stress()).max() > 1e-3 and dataset[0].fixed.sum() == 4
+    assert_steps_as_ase_reads_them(dataset, path)
+    assert float(pickle.loads(pickle.dumps(dataset))[3].energy) == float(dataset[3].energy)
+
+
+def test_vasp_files_are_indexed_and_each_step_parsed_when_read(tmp_path):
+    """A long run's OUTCAR or vasprun.xml is not parsed whole: a damaged step raises only when it
+    is read, naming it; a last step cut off (the run still going) is left out, as ASE leaves it;
+    a compressed file is indexed the same way."""
+    import gzip
+
+    frames = relaxation_steps(5)
+    files = {"vasp-out": (write_outcar(tmp_path / "OUTCAR", frames), "POSITION"),
+             "vasp-xml": (write_vasprun(tmp_path / "vasprun.xml", frames), "<calculation>")}
+    for name, (path, marker) in files.items():
+        text = path.read_text()
+        parts = text.split(marker)  # what comes before the first step, then one part per step
+        assert len(parts) == 6, name
+        parts[4] = parts[4].replace("0.", "x.", 1)  # a number of step 3 that no parser reads
+        path.write_text(marker.join(parts))
+        dataset = AseFileDataset(path)
+        assert dataset.formats == [name] and len(dataset) == 5
+        assert abs(float(dataset[4].energy) - frames[4].get_potential_energy()) < 1e-5
+        with pytest.raises(DataFormatError, match=rf"{path.name}: frame 3 cannot be parsed"):
+            dataset[3]
+        path.write_text(text[:text.rindex(marker) + 60])  # inside the last step's positions
+        cut = AseFileDataset(path)
+        assert len(cut) == 4
+        assert_steps_as_ase_reads_them(cut, path)
+        path.write_text(text)
+        packed = tmp_path / "packed" / f"{path.name}.gz"
+        packed.parent.mkdir(exist_ok=True)
+        packed.write_bytes(gzip.compress(text.encode()))
+        compressed = AseFileDataset(packed)
+        assert compressed.formats == [name]
+        assert_steps_as_ase_reads_them(compressed, path)
 
 
 def test_directories_and_globs(tmp_path):
