@@ -196,6 +196,10 @@ class AseFileDataset(ShardedDataset):
             else:
                 frames = _read_all(file, name)
                 length = len(frames)
+            if frames is not None and length == 0:  # ASE's guess can be a format the file is not
+                guessed = "" if format else (" (the format ASE guessed; name the file's own with format='...', "
+                                             "--data-format on the command line)")
+                raise DataFormatError(f"{file}: ASE read no frames from it as {name}{guessed}")
             self._offsets.append(offsets)
             self._frames.append(frames)
             self._headers.append(header)

@@ -21,7 +21,7 @@ __all__ = ["open_dataset", "target_statistics"]
 _KEY_OPTIONS = ("energy_key", "forces_key", "stress_key", "virial_key", "format")
 
 
-def _kind(path: Path, in_directory: bool = False) -> str | None:
+def _kind(path: Path, in_directory: bool = False, format: str | None = None) -> str | None:
     if path.name.endswith(".lmdb"):
         return "lmdb"
     if _is_extxyz(path) and sidecar_path(path).exists():
@@ -30,6 +30,8 @@ def _kind(path: Path, in_directory: bool = False) -> str | None:
         return "ase-db"
     if path.name.endswith((".txt", ".txt.xz")):  # OC20's sidecars are read with their extxyz files
         return None
+    if format is not None:  # the user names ASE's format where ASE cannot tell it from the name or content
+        return "ase-file"
     return "ase-file" if ase_format(path, from_name_only=in_directory) is not None else None
 
 
@@ -66,7 +68,10 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
     command line) is the files it matches, of one kind. An extxyz file is OC20's when its
     ``.txt`` sidecar is beside it, else any extxyz. ``options`` go to the reader
     (``with_targets=False`` for unlabelled data; ``energy_key``, ``forces_key``, ``stress_key``,
-    ``virial_key`` and ``format`` for :class:`AseFileDataset`).
+    ``virial_key`` and ``format`` for :class:`AseFileDataset`). ``format`` (ASE's name of it)
+    makes a file, or every file of a pattern, one that ASE reads in that format, whatever its
+    name (``open_dataset("run1.log", format="vasp-out")``); a directory's files are still found
+    by name.
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or a pattern matches no file.
@@ -89,11 +94,13 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
     path = Path(path)
     if not pattern and not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
+    format = options.get("format")
     if pattern:
-        kinds = {_kind(file, in_directory=True) for file in files}
+        kinds = {_kind(file, in_directory=True, format=format) for file in files}
         if None in kinds:
-            unknown = next(file for file in files if _kind(file, in_directory=True) is None)
-            raise DataFormatError(f"{unknown}: matched by {path} but of no dataset format")
+            unknown = next(file for file in files if _kind(file, in_directory=True, format=format) is None)
+            raise DataFormatError(f"{unknown}: matched by {path} but of no dataset format (name ASE's format of "
+                                  f"files it cannot tell with format='...', --data-format on the command line)")
         kind = _one_kind(kinds, str(path))
     elif path.is_dir():
         kinds = {kind for p in path.iterdir()
@@ -105,10 +112,11 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
                                   f"{', '.join(DIRECTORY_FORMATS)})")
         kind = _one_kind(kinds, str(path))
     else:
-        kind = _kind(path)
+        kind = _kind(path, format=format)
         if kind is None:
             raise DataFormatError(f"{path}: unknown dataset file type (expected .lmdb, .extxyz, .extxyz.xz, "
-                                  f"{', '.join(ASE_DB_SUFFIXES)}, or a file ASE reads)")
+                                  f"{', '.join(ASE_DB_SUFFIXES)}, or a file ASE reads; name ASE's format of a file "
+                                  f"it cannot tell with format='...', --data-format on the command line)")
     given = [name for name in _KEY_OPTIONS if options.get(name) is not None]
     if kind != "ase-file":
         if given:

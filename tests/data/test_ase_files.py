@@ -198,6 +198,28 @@ def test_directories_and_globs(tmp_path):
         open_dataset(lmdb, energy_key="REF_energy")
 
 
+def test_a_format_named_where_ase_cannot_tell_it(tmp_path):
+    """``format=`` (``--data-format``) reads a file, or a pattern's files, of any name."""
+    frames = relaxation_steps(2)
+    path = tmp_path / "frames.bin"
+    write_ref_extxyz(tmp_path / "frames.extxyz", frames).rename(path)
+    keys = dict(energy_key="REF_energy", forces_key="REF_forces")
+    with pytest.raises(DataFormatError, match=r"frames\.bin: unknown dataset file type .* with format='\.\.\.'"):
+        open_dataset(path, **keys)
+    dataset = open_dataset(path, format="extxyz", **keys)
+    assert type(dataset) is AseFileDataset and len(dataset) == 2
+    for k in range(2):
+        (tmp_path / f"run{k}").mkdir()
+        write_outcar(tmp_path / f"run{k}" / "relax.log", relaxation_steps(2 + k))
+    pattern = str(tmp_path / "run*" / "relax.log")
+    with pytest.raises(DataFormatError, match=r"relax\.log: matched by .* but of no dataset format"):
+        open_dataset(pattern)
+    assert len(open_dataset(pattern, format="vasp-out")) == 5
+    # a format that reads nothing from the file says so, rather than giving an empty dataset
+    with pytest.raises(DataFormatError, match=r"relax\.log: ASE read no frames from it as gaussian-out$"):
+        open_dataset(tmp_path / "run0" / "relax.log", format="gaussian-out")
+
+
 def test_extxyz_frames_are_parsed_when_read(tmp_path):
     path = write_ref_extxyz(tmp_path / "big.extxyz", emt_frames(4, seed=7, slabs=False))
     lines = path.read_text().splitlines()
