@@ -106,9 +106,9 @@ class AseFileDataset(ShardedDataset):
 
     A key that is not in ``info``/``arrays`` is looked up in the calculator's results under
     the same name. Without ``stress_key`` and ``virial_key``, the calculator's stress is read
-    when the frame has one (and a ``virial`` in ``info``, as OC20's extxyz files write it).
-    A key that is given must be in every frame (a dataset has stress on every frame or on
-    none). ``sid`` and ``fid`` come from ``atoms.info`` when it has them, else ``sid`` is the
+    when the frame has one (and a ``virial`` in ``info``, as OC20's extxyz files write it);
+    ``read_stress=False`` reads none (for a file with stress on some frames only: a dataset has
+    stress on every frame or on none). A key that is given must be in every frame. ``sid`` and ``fid`` come from ``atoms.info`` when it has them, else ``sid`` is the
     frame's position in the dataset and ``fid`` 0.
 
     How each format is read (lazily where it can be) is in the module's docstring.
@@ -118,6 +118,7 @@ class AseFileDataset(ShardedDataset):
             natural name order), a glob pattern (``"runs/*/OUTCAR"``), or a list of files.
         energy_key, forces_key, stress_key, virial_key: where the targets are (see above).
         with_targets: require an energy and forces in every frame (``False`` for data to predict).
+        read_stress: ``False``: no stress or virial, whatever the frames hold.
         format: ASE's name of the files' format, when ASE cannot tell it from the name or content.
         cache_files: decompressed extxyz files kept in memory per process.
 
@@ -142,9 +143,12 @@ class AseFileDataset(ShardedDataset):
         (3, torch.Size([1]), torch.Size([4, 3]), 2)
     """
 
+    record_name = "frame"
+
     def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], energy_key: str | None = None,
                  forces_key: str | None = None, stress_key: str | None = None, virial_key: str | None = None,
-                 with_targets: bool = True, format: str | None = None, cache_files: int = 2):
+                 with_targets: bool = True, format: str | None = None, cache_files: int = 2,
+                 read_stress: bool = True):
         if isinstance(path, (str, os.PathLike)):
             self.path = Path(path)
             files, pattern = expand_paths(path)
@@ -165,6 +169,10 @@ class AseFileDataset(ShardedDataset):
         if stress_key is not None and virial_key is not None:
             raise DataFormatError(f"give a stress key or a virial key, not both "
                                   f"({stress_key!r}, {virial_key!r})")
+        if not read_stress and (stress_key is not None or virial_key is not None):
+            raise DataFormatError(f"read_stress=False reads no stress: give no {'stress' if stress_key else 'virial'} "
+                                  f"key ({stress_key or virial_key!r})")
+        self.read_stress = bool(read_stress)
         self.with_targets = with_targets
         self.cache_files = max(1, int(cache_files))
         self.files = list(files)  # read by _buffer and _trajectory while indexing
@@ -297,15 +305,7 @@ class AseFileDataset(ShardedDataset):
             forces = self._target(atoms, "forces", where, required=True)
         else:
             energy = forces = None
-        stress = virial = None
-        if self.keys["stress"] is not None or self.keys["virial"] is not None:
-            kind = "stress" if self.keys["stress"] is not None else "virial"
-            value = self._target(atoms, kind, where, required=True)
-            stress, virial = (value, None) if kind == "stress" else (None, value)
-        elif atoms.calc is not None and atoms.calc.results.get("stress") is not None:
-            stress = self._target(atoms, "stress", where, required=True)
-        elif atoms.info.get("virial") is not None:
-            virial = _checked(atoms.info["virial"], where, "virial", "virial", len(atoms))
+        stress, virial = self._stress(atoms, where) if self.read_stress else (None, None)
         calc = atoms.calc
         atoms.calc = None  # the targets are chosen above: none is taken from the calculator behind their back
         try:
@@ -314,6 +314,18 @@ class AseFileDataset(ShardedDataset):
                                  with_targets=self.with_targets, stress=stress, virial=virial)
         finally:
             atoms.calc = calc
+
+    def _stress(self, atoms, where: str) -> tuple:
+        """``(stress, virial)`` of the frame, either or both ``None``: by key, else the calculator's."""
+        if self.keys["stress"] is not None:
+            return self._target(atoms, "stress", where, required=True), None
+        if self.keys["virial"] is not None:
+            return None, self._target(atoms, "virial", where, required=True)
+        if atoms.calc is not None and atoms.calc.results.get("stress") is not None:
+            return self._target(atoms, "stress", where, required=True), None
+        if atoms.info.get("virial") is not None:
+            return None, _checked(atoms.info["virial"], where, "virial", "virial", len(atoms))
+        return None, None
 
     def _target(self, atoms, target: str, where: str, required: bool):
         """The frame's ``target`` (energy, forces, stress, virial) by its key, checked."""

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ._ase_files import DIRECTORY_FORMATS, AseFileDataset, ase_format, expand_paths
 from ._asedb import ASE_DB_SUFFIXES, AseDBDataset
@@ -18,7 +18,9 @@ from ._lmdb import LmdbDataset
 __all__ = ["open_dataset", "target_statistics"]
 
 
-_KEY_OPTIONS = ("energy_key", "forces_key", "stress_key", "virial_key", "format")
+_KEY_OPTIONS = ("energy_key", "forces_key", "stress_key", "virial_key", "format", "read_stress")
+_MIXED_STRESS = ("keep the frames with stress in a file of their own, or, for files read through ASE, read no "
+                 "stress: read_stress=False, --no-stress on the command line")
 
 
 def _kind(path: Path, in_directory: bool = False, format: str | None = None) -> str | None:
@@ -68,7 +70,7 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
     command line) is the files it matches, of one kind. An extxyz file is OC20's when its
     ``.txt`` sidecar is beside it, else any extxyz. ``options`` go to the reader
     (``with_targets=False`` for unlabelled data; ``energy_key``, ``forces_key``, ``stress_key``,
-    ``virial_key`` and ``format`` for :class:`AseFileDataset`). ``format`` (ASE's name of it)
+    ``virial_key``, ``read_stress`` and ``format`` for :class:`AseFileDataset`). ``format`` (ASE's name of it)
     makes a file, or every file of a pattern, one that ASE reads in that format, whatever its
     name (``open_dataset("run1.log", format="vasp-out")``); a directory's files are still found
     by name.
@@ -117,7 +119,8 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
             raise DataFormatError(f"{path}: unknown dataset file type (expected .lmdb, .extxyz, .extxyz.xz, "
                                   f"{', '.join(ASE_DB_SUFFIXES)}, or a file ASE reads; name ASE's format of a file "
                                   f"it cannot tell with format='...', --data-format on the command line)")
-    given = [name for name in _KEY_OPTIONS if options.get(name) is not None]
+    # read_stress=True is every reader's way: only False is a choice that other readers cannot make
+    given = [name for name in _KEY_OPTIONS if options.get(name) is not None and options[name] is not True]
     if kind != "ase-file":
         if given:
             raise DataFormatError(f"{path}: {', '.join(given)} apply to files read through ASE; "
@@ -128,6 +131,23 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
             return AseFileDataset(files, **options)
         return ConcatDataset([_READERS[kind](file, **options) for file in files])
     return _READERS[kind](path, **options)
+
+
+def _origin(dataset: Dataset, index: int) -> str:
+    """Where item ``index`` of ``dataset`` comes from (``"data.extxyz: frame 7"``), through subsets
+    and concatenations, for a reader that can say (``describe``); else its place in ``dataset``."""
+    position = index
+    while True:
+        if isinstance(dataset, Subset):
+            dataset, index = dataset.dataset, dataset.indices[index]
+        elif isinstance(dataset, ConcatDataset):
+            part = next(k for k, end in enumerate(dataset.cumulative_sizes) if index < end)
+            index -= dataset.cumulative_sizes[part - 1] if part else 0
+            dataset = dataset.datasets[part]
+        else:
+            break
+    describe = getattr(dataset, "describe", None)
+    return describe(index) if describe is not None else f"item {position} of the dataset"
 
 
 def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items: int | None = None, seed: int = 0,
@@ -176,21 +196,25 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
     energies = torch.empty(len(indices), dtype=torch.float64)
     counts = torch.zeros(len(indices), element_references or 0, dtype=torch.float64)
     squares, components = 0.0, 0
-    stresses = []
+    stresses, with_stress, without_stress = [], None, None  # the first item with a stress, and without
     for row, i in enumerate(indices):
         item = dataset[i]
         if getattr(item, "stress", None) is not None:
             stresses.append(item.stress.double().reshape(3, 3))
-        elif stresses:
-            raise DataFormatError(f"item {i} of the dataset has no stress but earlier items have: "
-                                  f"a dataset has stress on every item or on none")
+            with_stress = _origin(dataset, i) if with_stress is None else with_stress
+        else:
+            without_stress = _origin(dataset, i) if without_stress is None else without_stress
+        if with_stress is not None and without_stress is not None:
+            raise DataFormatError(f"{without_stress}: has no stress but {with_stress} has one: a dataset has stress "
+                                  f"on every item or on none ({_MIXED_STRESS})")
         if getattr(item, "energy", None) is None or getattr(item, "forces", None) is None:
-            raise DataFormatError(f"item {i} of the dataset has no energy or forces")
+            raise DataFormatError(f"{_origin(dataset, i)}: has no energy or forces")
         energies[row] = float(item.energy.reshape(-1)[0])
         if element_references:
             numbers = item.atomic_numbers.long()
             if int(numbers.max()) >= element_references:
-                raise DataFormatError(f"item {i} has atomic number {int(numbers.max())} >= {element_references}")
+                raise DataFormatError(f"{_origin(dataset, i)}: has atomic number {int(numbers.max())} >= "
+                                      f"{element_references}")
             counts[row] = torch.bincount(numbers, minlength=element_references).double()
         forces = item.forces.double()
         if free_atoms_only:
@@ -201,9 +225,6 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
         raise ValueError(f"target_statistics needs at least 2 frames with atoms, got {len(indices)} frames")
     result = {}
     if stresses:
-        if len(stresses) != len(indices):
-            raise DataFormatError(f"{len(indices) - len(stresses)} of the {len(indices)} items read have no stress "
-                                  f"but the others have: a dataset has stress on every item or on none")
         stress = torch.stack(stresses)
         result["stress_std"] = float((stress - stress.mean(0)).square().mean().sqrt())
         result["stress_mean_pressure"] = float(torch.diagonal(stress, dim1=1, dim2=2).sum(-1).mean() / 3)

@@ -13,7 +13,8 @@ from ase.build import add_adsorbate, fcc111
 from ase.constraints import FixAtoms
 from dft_files import emt_frames, write_outcar, write_ref_extxyz, write_traj, write_vasprun
 
-from so2nn.data import AseFileDataset, DataFormatError, LmdbDataset, open_dataset, write_lmdb
+from so2nn.data import (AseFileDataset, DataFormatError, LmdbDataset, open_dataset, split_dataset, target_statistics,
+                        write_lmdb)
 
 
 def full(voigt) -> np.ndarray:
@@ -218,6 +219,35 @@ def test_a_format_named_where_ase_cannot_tell_it(tmp_path):
     # a format that reads nothing from the file says so, rather than giving an empty dataset
     with pytest.raises(DataFormatError, match=r"relax\.log: ASE read no frames from it as gaussian-out$"):
         open_dataset(tmp_path / "run0" / "relax.log", format="gaussian-out")
+
+
+def test_stress_on_some_frames_only_is_named_and_can_be_left_out(tmp_path):
+    """An extxyz file as ASE writes calculator results: ``stress=`` on the bulk frames, none on
+    the slabs. The statistics stop at the first frame that differs, naming it and the way out."""
+    import ase.io
+
+    frames = emt_frames(6, seed=11)  # every third frame a slab without stress
+    path = tmp_path / "mixed.extxyz"
+    ase.io.write(path, frames)
+    dataset = open_dataset(path)
+    assert "stress" in dataset[0] and "stress" not in dataset[2]
+    with pytest.raises(DataFormatError, match=r"mixed\.extxyz: frame 2: has no stress but .*mixed\.extxyz: frame 0 "
+                                              r"has one: .* read_stress=False, --no-stress on the command line"):
+        target_statistics(dataset)
+    train, _ = split_dataset(dataset, valid_fraction=0.2, seed=0)  # named through the subset, by the file's frames
+    first_slab = next(k for k in train.indices if k % 3 == 2)
+    with pytest.raises(DataFormatError, match=rf"mixed\.extxyz: frame {first_slab}: has no stress"):
+        target_statistics(train)
+    plain = open_dataset(path, read_stress=False)
+    assert not any("stress" in item for item in plain) and target_statistics(plain)["num_frames"] == 6
+    assert float(plain[0].energy) == float(dataset[0].energy)
+    with pytest.raises(DataFormatError, match="read_stress=False reads no stress: give no stress key"):
+        open_dataset(path, read_stress=False, stress_key="REF_stress")
+    lmdb = tmp_path / "bulk.lmdb"
+    write_lmdb(lmdb, [dataset[0], dataset[1]])
+    with pytest.raises(DataFormatError, match="read_stress apply to files read through ASE"):
+        open_dataset(lmdb, read_stress=False)
+    assert len(open_dataset(lmdb, read_stress=True)) == 2
 
 
 def test_extxyz_frames_are_parsed_when_read(tmp_path):
