@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         data.add_argument(f"--{target}-key", metavar="KEY", help=f"files read through ASE: the {target} is "
                           f"{where}[KEY] (or the calculator's result KEY; without a key: the calculator's "
                           f"{target}{'' if target != 'virial' else ', or info[virial]'})")
+    data.add_argument("--no-stress", action="store_true", help="files read through ASE: read no stress or virial "
+                      "(a file with stress on some frames only: a dataset has stress on every frame or on none)")
     data.add_argument("--data-format", metavar="FORMAT", help="files read through ASE: ASE's name of their "
                       "format, where ASE cannot tell it (e.g. vasp-out)")
     data.add_argument("--val-subset", type=positive_int, help="evaluate on the first N validation items only")
@@ -254,6 +256,8 @@ def parse_args(argv=None, p: argparse.ArgumentParser | None = None) -> argparse.
         args.preset = "tiny"
     if args.data is not None and (args.val_data is None) == (args.valid_fraction is None):
         p.error("--data needs --val-data or --valid-fraction (one of them)")
+    if args.no_stress and (args.stress_key or args.virial_key):
+        p.error("--no-stress reads no stress: give no --stress-key or --virial-key with it")
     if args.valid_fraction is not None and (args.data is None or args.evaluate or args.predict):
         p.error("--valid-fraction splits --data for training: give it with --data, without "
                 "--evaluate/--predict")
@@ -359,7 +363,7 @@ def open_data(flag: str, path, **options):
 def data_options(args) -> dict:
     """The target keys and the format, for files read through ASE."""
     return dict(energy_key=args.energy_key, forces_key=args.forces_key, stress_key=args.stress_key,
-                virial_key=args.virial_key, format=args.data_format)
+                virial_key=args.virial_key, format=args.data_format, read_stress=not args.no_stress)
 
 
 def datasets(args):

@@ -1,6 +1,6 @@
 """DFT-like data files written with ASE and EMT, as users bring them: an extxyz file with
 MACE-style keys (``REF_energy`` in info, ``REF_forces`` in arrays, ``REF_stress`` on the bulk
-frames), an ASE trajectory with calculator results, and a VASP ``vasprun.xml``."""
+frames), an ASE trajectory with calculator results, and VASP's ``vasprun.xml`` and ``OUTCAR``."""
 
 from __future__ import annotations
 
@@ -106,4 +106,50 @@ def write_vasprun(path, frames) -> Path:
                      f"<energy>{energy}</energy></calculation>")
     parts.append("</modeling>")
     Path(path).write_text("\n".join(parts) + "\n")
+    return Path(path)
+
+
+def _species_blocks(atoms) -> list[tuple[str, int]]:
+    """``[(symbol, count)]`` of runs of one element, as VASP orders its atoms."""
+    blocks = []
+    for symbol in atoms.get_chemical_symbols():
+        if blocks and blocks[-1][0] == symbol:
+            blocks[-1] = (symbol, blocks[-1][1] + 1)
+        else:
+            blocks.append((symbol, 1))
+    return blocks
+
+
+def write_outcar(path, frames) -> Path:
+    """``frames`` (one composition, its elements in runs, as VASP orders them) as the ionic steps
+    of an ``OUTCAR`` with what ASE's reader parses: the species (two ``POTCAR:`` lines each) and
+    ions per type in the header; per step the lattice, positions and forces, the stress in kB
+    with VASP's sign (pressure positive, order XX YY ZZ XY YZ ZX) and the energies."""
+    blocks = _species_blocks(frames[0])
+    lines = [" vasp.6.4.2 18Apr23 (build Jan 01 2024) complex", ""]
+    lines += [f" POTCAR:    PAW_PBE {symbol} 06Sep2000" for symbol, _ in blocks] * 2
+    lines += ["   ions per type =    " + "".join(f"{count:5d}" for _, count in blocks), ""]
+    for step, atoms in enumerate(frames, start=1):
+        results = atoms.calc.results
+        lines.append(f"----------------------------------------- Iteration {step:4d}(   1)  "
+                     "---------------------------------------")
+        lines.append("      direct lattice vectors                 reciprocal lattice vectors")
+        reciprocal = atoms.cell.reciprocal()
+        lines += ["  " + " ".join(f"{x:14.9f}" for x in (*row, *inverse)) for row, inverse in
+                  zip(np.array(atoms.cell), np.array(reciprocal))]
+        xx, yy, zz, yz, xz, xy = np.asarray(results["stress"])
+        kbar = -np.array([xx, yy, zz, xy, yz, xz]) / (0.1 * GPa)
+        lines += ["  FORCE on cell =-STRESS in cart. coord.  units (eV):",
+                  "  in kB  " + " ".join(f"{x:11.5f}" for x in kbar), ""]
+        lines += [" POSITION                                       TOTAL-FORCE (eV/Angst)",
+                  " " + "-" * 83]
+        for position, force in zip(atoms.positions, results["forces"]):
+            lines.append("  " + " ".join(f"{x:12.5f}" for x in position) + "  "
+                         + " ".join(f"{f:13.6f}" for f in force))
+        energy = results["energy"]
+        lines += [" " + "-" * 83, "", "  FREE ENERGIE OF THE ION-ELECTRON SYSTEM (eV)",
+                  "  ---------------------------------------------------",
+                  f"  free  energy   TOTEN  = {energy:18.8f} eV", "",
+                  f"  energy  without entropy= {energy:18.8f}  energy(sigma->0) = {energy:18.8f}", ""]
+    Path(path).write_text("\n".join(lines) + "\n")
     return Path(path)

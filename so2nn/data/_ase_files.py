@@ -13,9 +13,12 @@ How a file is read depends on what its format allows:
   byte offset of every frame) and each frame parsed when it is asked for; a compressed file is
   decompressed in memory, the ``cache_files`` most recently used kept;
 * ASE trajectories (``.traj``): ASE's own random access, which reads one frame per index;
-* every other format (``vasprun.xml``, ``OUTCAR``, ...): ASE reads the whole file once, at
-  construction, and its frames stay in memory. For a large one, convert it once to extxyz or
-  ``.traj`` (``ase convert vasprun.xml data.extxyz``) and read that.
+* VASP's ``OUTCAR`` and ``vasprun.xml`` (also compressed, as extxyz): indexed once (the byte
+  range of every ionic step) and each step parsed by ASE's own parsers when it is asked for,
+  with the results ``ase.io.read`` gives;
+* every other format: ASE reads the whole file once, at construction, and its frames stay in
+  memory. For a large one, convert it once to extxyz or ``.traj`` (``ase convert run.out
+  data.extxyz``) and read that.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from torch_geometric.data import Data
 from ._canonical import DataFormatError, atoms_to_data
 from ._extxyz import _frame_offsets
 from ._shards import ShardedDataset, natural_sorted
+from ._vasp import outcar_header, outcar_steps, read_outcar_step, read_vasprun_step, vasprun_steps
 
 __all__ = ["DIRECTORY_FORMATS", "AseFileDataset", "ase_format", "expand_paths"]
 
@@ -102,9 +106,9 @@ class AseFileDataset(ShardedDataset):
 
     A key that is not in ``info``/``arrays`` is looked up in the calculator's results under
     the same name. Without ``stress_key`` and ``virial_key``, the calculator's stress is read
-    when the frame has one (and a ``virial`` in ``info``, as OC20's extxyz files write it).
-    A key that is given must be in every frame (a dataset has stress on every frame or on
-    none). ``sid`` and ``fid`` come from ``atoms.info`` when it has them, else ``sid`` is the
+    when the frame has one (and a ``virial`` in ``info``, as OC20's extxyz files write it);
+    ``read_stress=False`` reads none (for a file with stress on some frames only: a dataset has
+    stress on every frame or on none). A key that is given must be in every frame. ``sid`` and ``fid`` come from ``atoms.info`` when it has them, else ``sid`` is the
     frame's position in the dataset and ``fid`` 0.
 
     How each format is read (lazily where it can be) is in the module's docstring.
@@ -114,6 +118,7 @@ class AseFileDataset(ShardedDataset):
             natural name order), a glob pattern (``"runs/*/OUTCAR"``), or a list of files.
         energy_key, forces_key, stress_key, virial_key: where the targets are (see above).
         with_targets: require an energy and forces in every frame (``False`` for data to predict).
+        read_stress: ``False``: no stress or virial, whatever the frames hold.
         format: ASE's name of the files' format, when ASE cannot tell it from the name or content.
         cache_files: decompressed extxyz files kept in memory per process.
 
@@ -138,9 +143,12 @@ class AseFileDataset(ShardedDataset):
         (3, torch.Size([1]), torch.Size([4, 3]), 2)
     """
 
+    record_name = "frame"
+
     def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], energy_key: str | None = None,
                  forces_key: str | None = None, stress_key: str | None = None, virial_key: str | None = None,
-                 with_targets: bool = True, format: str | None = None, cache_files: int = 2):
+                 with_targets: bool = True, format: str | None = None, cache_files: int = 2,
+                 read_stress: bool = True):
         if isinstance(path, (str, os.PathLike)):
             self.path = Path(path)
             files, pattern = expand_paths(path)
@@ -161,10 +169,14 @@ class AseFileDataset(ShardedDataset):
         if stress_key is not None and virial_key is not None:
             raise DataFormatError(f"give a stress key or a virial key, not both "
                                   f"({stress_key!r}, {virial_key!r})")
+        if not read_stress and (stress_key is not None or virial_key is not None):
+            raise DataFormatError(f"read_stress=False reads no stress: give no {'stress' if stress_key else 'virial'} "
+                                  f"key ({stress_key or virial_key!r})")
+        self.read_stress = bool(read_stress)
         self.with_targets = with_targets
         self.cache_files = max(1, int(cache_files))
         self.files = list(files)  # read by _buffer and _trajectory while indexing
-        self.formats, self._offsets, self._frames = [], [], []
+        self.formats, self._offsets, self._frames, self._headers = [], [], [], []
         self._buffers: OrderedDict[int, object] = OrderedDict()
         self._trajectories: dict[int, object] = {}
         self._pid = os.getpid()
@@ -177,17 +189,28 @@ class AseFileDataset(ShardedDataset):
                 raise DataFormatError(f"{file}: ASE cannot tell this file's format; name it (format='...', "
                                       f"--data-format on the command line)")
             self.formats.append(name)
-            offsets = frames = None
+            offsets = frames = header = None
             if name == "extxyz":
                 offsets = _frame_offsets(self._buffer(shard), file)
                 length = len(offsets) - 1
+            elif name in ("vasp-out", "vasp-xml"):
+                header, offsets = self._index_vasp(shard, name)
+                length = len(offsets)
+                if length == 0:  # no complete step: what ASE makes of the file (an error, or its start)
+                    offsets, frames = None, _read_all(file, name)
+                    length = len(frames)
             elif name == "traj":
                 length = len(self._trajectory(shard))
             else:
                 frames = _read_all(file, name)
                 length = len(frames)
+            if frames is not None and length == 0:  # ASE's guess can be a format the file is not
+                guessed = "" if format else (" (the format ASE guessed; name the file's own with format='...', "
+                                             "--data-format on the command line)")
+                raise DataFormatError(f"{file}: ASE read no frames from it as {name}{guessed}")
             self._offsets.append(offsets)
             self._frames.append(frames)
+            self._headers.append(header)
             lengths.append(length)
         super().__init__(files, lengths)
 
@@ -220,6 +243,19 @@ class AseFileDataset(ShardedDataset):
             self._buffers.popitem(last=False)
         return buffer
 
+    def _index_vasp(self, shard: int, name: str):
+        """``(header, [(start, end) of each ionic step])`` of an OUTCAR (ASE's parsed header) or a
+        vasprun.xml (the header's end)."""
+        buffer, file = self._buffer(shard), self.files[shard]
+        try:
+            if name == "vasp-xml":
+                steps = vasprun_steps(buffer)
+                return (steps[0][0] if steps else 0), steps
+            header_end, steps = outcar_steps(buffer)
+            return (outcar_header(buffer, header_end, file.parent) if steps else None), steps
+        except Exception as error:  # ASE's header parsers raise their own kinds
+            raise DataFormatError(f"{file}: cannot be read as {name} ({type(error).__name__}: {error})") from error
+
     def _trajectory(self, shard: int):
         from ase.io import Trajectory
 
@@ -243,6 +279,11 @@ class AseFileDataset(ShardedDataset):
                 start, end = self._offsets[shard][local], self._offsets[shard][local + 1]
                 text = bytes(self._buffer(shard)[start:end]).decode()
                 return next(read_xyz(io.StringIO(text), 0))
+            if name in ("vasp-out", "vasp-xml") and self._offsets[shard] is not None:
+                start, end = self._offsets[shard][local]
+                if name == "vasp-out":
+                    return read_outcar_step(self._buffer(shard), self._headers[shard], start, end)
+                return read_vasprun_step(self._buffer(shard), self._headers[shard], start, end)
             if name == "traj":
                 return self._trajectory(shard)[local]
             frame = self._frames[shard][local]
@@ -264,15 +305,7 @@ class AseFileDataset(ShardedDataset):
             forces = self._target(atoms, "forces", where, required=True)
         else:
             energy = forces = None
-        stress = virial = None
-        if self.keys["stress"] is not None or self.keys["virial"] is not None:
-            kind = "stress" if self.keys["stress"] is not None else "virial"
-            value = self._target(atoms, kind, where, required=True)
-            stress, virial = (value, None) if kind == "stress" else (None, value)
-        elif atoms.calc is not None and atoms.calc.results.get("stress") is not None:
-            stress = self._target(atoms, "stress", where, required=True)
-        elif atoms.info.get("virial") is not None:
-            virial = _checked(atoms.info["virial"], where, "virial", "virial", len(atoms))
+        stress, virial = self._stress(atoms, where) if self.read_stress else (None, None)
         calc = atoms.calc
         atoms.calc = None  # the targets are chosen above: none is taken from the calculator behind their back
         try:
@@ -281,6 +314,18 @@ class AseFileDataset(ShardedDataset):
                                  with_targets=self.with_targets, stress=stress, virial=virial)
         finally:
             atoms.calc = calc
+
+    def _stress(self, atoms, where: str) -> tuple:
+        """``(stress, virial)`` of the frame, either or both ``None``: by key, else the calculator's."""
+        if self.keys["stress"] is not None:
+            return self._target(atoms, "stress", where, required=True), None
+        if self.keys["virial"] is not None:
+            return None, self._target(atoms, "virial", where, required=True)
+        if atoms.calc is not None and atoms.calc.results.get("stress") is not None:
+            return self._target(atoms, "stress", where, required=True), None
+        if atoms.info.get("virial") is not None:
+            return None, _checked(atoms.info["virial"], where, "virial", "virial", len(atoms))
+        return None, None
 
     def _target(self, atoms, target: str, where: str, required: bool):
         """The frame's ``target`` (energy, forces, stress, virial) by its key, checked."""

@@ -170,6 +170,10 @@ class AseDBDataset(ShardedDataset):
             self._cached_rows.append(rows)
         super().__init__(files, [len(ids) for ids in self._ids])
 
+    def describe(self, index: int) -> str:
+        shard, local = self.locate(index)
+        return f"{self.files[shard]}: row id {self._ids[shard][local]}"
+
     def row(self, index: int):
         """The ASE ``AtomsRow`` behind item ``index``."""
         shard, local = self.locate(index)

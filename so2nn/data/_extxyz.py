@@ -169,6 +169,8 @@ class S2EFExtxyzDataset(ShardedDataset):
         (7, 0, True)
     """
 
+    record_name = "frame"
+
     def __init__(self, path: str | os.PathLike, with_targets: bool = True, subtract_reference: bool = True,
                  cache_files: int = 2):
         self.path = Path(path)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ._ase_files import DIRECTORY_FORMATS, AseFileDataset, ase_format, expand_paths
 from ._asedb import ASE_DB_SUFFIXES, AseDBDataset
@@ -18,10 +18,12 @@ from ._lmdb import LmdbDataset
 __all__ = ["open_dataset", "target_statistics"]
 
 
-_KEY_OPTIONS = ("energy_key", "forces_key", "stress_key", "virial_key", "format")
+_KEY_OPTIONS = ("energy_key", "forces_key", "stress_key", "virial_key", "format", "read_stress")
+_MIXED_STRESS = ("keep the frames with stress in a file of their own, or, for files read through ASE, read no "
+                 "stress: read_stress=False, --no-stress on the command line")
 
 
-def _kind(path: Path, in_directory: bool = False) -> str | None:
+def _kind(path: Path, in_directory: bool = False, format: str | None = None) -> str | None:
     if path.name.endswith(".lmdb"):
         return "lmdb"
     if _is_extxyz(path) and sidecar_path(path).exists():
@@ -30,6 +32,8 @@ def _kind(path: Path, in_directory: bool = False) -> str | None:
         return "ase-db"
     if path.name.endswith((".txt", ".txt.xz")):  # OC20's sidecars are read with their extxyz files
         return None
+    if format is not None:  # the user names ASE's format where ASE cannot tell it from the name or content
+        return "ase-file"
     return "ase-file" if ase_format(path, from_name_only=in_directory) is not None else None
 
 
@@ -66,7 +70,10 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
     command line) is the files it matches, of one kind. An extxyz file is OC20's when its
     ``.txt`` sidecar is beside it, else any extxyz. ``options`` go to the reader
     (``with_targets=False`` for unlabelled data; ``energy_key``, ``forces_key``, ``stress_key``,
-    ``virial_key`` and ``format`` for :class:`AseFileDataset`).
+    ``virial_key``, ``read_stress`` and ``format`` for :class:`AseFileDataset`). ``format`` (ASE's name of it)
+    makes a file, or every file of a pattern, one that ASE reads in that format, whatever its
+    name (``open_dataset("run1.log", format="vasp-out")``); a directory's files are still found
+    by name.
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or a pattern matches no file.
@@ -89,11 +96,13 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
     path = Path(path)
     if not pattern and not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
+    format = options.get("format")
     if pattern:
-        kinds = {_kind(file, in_directory=True) for file in files}
+        kinds = {_kind(file, in_directory=True, format=format) for file in files}
         if None in kinds:
-            unknown = next(file for file in files if _kind(file, in_directory=True) is None)
-            raise DataFormatError(f"{unknown}: matched by {path} but of no dataset format")
+            unknown = next(file for file in files if _kind(file, in_directory=True, format=format) is None)
+            raise DataFormatError(f"{unknown}: matched by {path} but of no dataset format (name ASE's format of "
+                                  f"files it cannot tell with format='...', --data-format on the command line)")
         kind = _one_kind(kinds, str(path))
     elif path.is_dir():
         kinds = {kind for p in path.iterdir()
@@ -105,11 +114,13 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
                                   f"{', '.join(DIRECTORY_FORMATS)})")
         kind = _one_kind(kinds, str(path))
     else:
-        kind = _kind(path)
+        kind = _kind(path, format=format)
         if kind is None:
             raise DataFormatError(f"{path}: unknown dataset file type (expected .lmdb, .extxyz, .extxyz.xz, "
-                                  f"{', '.join(ASE_DB_SUFFIXES)}, or a file ASE reads)")
-    given = [name for name in _KEY_OPTIONS if options.get(name) is not None]
+                                  f"{', '.join(ASE_DB_SUFFIXES)}, or a file ASE reads; name ASE's format of a file "
+                                  f"it cannot tell with format='...', --data-format on the command line)")
+    # read_stress=True is every reader's way: only False is a choice that other readers cannot make
+    given = [name for name in _KEY_OPTIONS if options.get(name) is not None and options[name] is not True]
     if kind != "ase-file":
         if given:
             raise DataFormatError(f"{path}: {', '.join(given)} apply to files read through ASE; "
@@ -120,6 +131,23 @@ def open_dataset(path: str | os.PathLike, **options) -> Dataset:
             return AseFileDataset(files, **options)
         return ConcatDataset([_READERS[kind](file, **options) for file in files])
     return _READERS[kind](path, **options)
+
+
+def _origin(dataset: Dataset, index: int) -> str:
+    """Where item ``index`` of ``dataset`` comes from (``"data.extxyz: frame 7"``), through subsets
+    and concatenations, for a reader that can say (``describe``); else its place in ``dataset``."""
+    position = index
+    while True:
+        if isinstance(dataset, Subset):
+            dataset, index = dataset.dataset, dataset.indices[index]
+        elif isinstance(dataset, ConcatDataset):
+            part = next(k for k, end in enumerate(dataset.cumulative_sizes) if index < end)
+            index -= dataset.cumulative_sizes[part - 1] if part else 0
+            dataset = dataset.datasets[part]
+        else:
+            break
+    describe = getattr(dataset, "describe", None)
+    return describe(index) if describe is not None else f"item {position} of the dataset"
 
 
 def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items: int | None = None, seed: int = 0,
@@ -168,21 +196,25 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
     energies = torch.empty(len(indices), dtype=torch.float64)
     counts = torch.zeros(len(indices), element_references or 0, dtype=torch.float64)
     squares, components = 0.0, 0
-    stresses = []
+    stresses, with_stress, without_stress = [], None, None  # the first item with a stress, and without
     for row, i in enumerate(indices):
         item = dataset[i]
         if getattr(item, "stress", None) is not None:
             stresses.append(item.stress.double().reshape(3, 3))
-        elif stresses:
-            raise DataFormatError(f"item {i} of the dataset has no stress but earlier items have: "
-                                  f"a dataset has stress on every item or on none")
+            with_stress = _origin(dataset, i) if with_stress is None else with_stress
+        else:
+            without_stress = _origin(dataset, i) if without_stress is None else without_stress
+        if with_stress is not None and without_stress is not None:
+            raise DataFormatError(f"{without_stress}: has no stress but {with_stress} has one: a dataset has stress "
+                                  f"on every item or on none ({_MIXED_STRESS})")
         if getattr(item, "energy", None) is None or getattr(item, "forces", None) is None:
-            raise DataFormatError(f"item {i} of the dataset has no energy or forces")
+            raise DataFormatError(f"{_origin(dataset, i)}: has no energy or forces")
         energies[row] = float(item.energy.reshape(-1)[0])
         if element_references:
             numbers = item.atomic_numbers.long()
             if int(numbers.max()) >= element_references:
-                raise DataFormatError(f"item {i} has atomic number {int(numbers.max())} >= {element_references}")
+                raise DataFormatError(f"{_origin(dataset, i)}: has atomic number {int(numbers.max())} >= "
+                                      f"{element_references}")
             counts[row] = torch.bincount(numbers, minlength=element_references).double()
         forces = item.forces.double()
         if free_atoms_only:
@@ -193,9 +225,6 @@ def target_statistics(dataset: Dataset, free_atoms_only: bool = False, max_items
         raise ValueError(f"target_statistics needs at least 2 frames with atoms, got {len(indices)} frames")
     result = {}
     if stresses:
-        if len(stresses) != len(indices):
-            raise DataFormatError(f"{len(indices) - len(stresses)} of the {len(indices)} items read have no stress "
-                                  f"but the others have: a dataset has stress on every item or on none")
         stress = torch.stack(stresses)
         result["stress_std"] = float((stress - stress.mean(0)).square().mean().sqrt())
         result["stress_mean_pressure"] = float(torch.diagonal(stress, dim1=1, dim2=2).sum(-1).mean() / 3)

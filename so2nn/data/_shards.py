@@ -30,6 +30,9 @@ def natural_sorted(paths: Iterable[Path]) -> list[Path]:
 class ShardedDataset(Dataset):
     """A dataset made of files holding ``lengths[k]`` records each, indexed end to end."""
 
+    #: what the reader's messages call one record of a file
+    record_name = "record"
+
     def __init__(self, files: list[Path], lengths: list[int]):
         self.files = list(files)
         self.lengths = list(lengths)
@@ -45,6 +48,11 @@ class ShardedDataset(Dataset):
     def offset(self, shard: int) -> int:
         """Global index of the first record of file ``shard``."""
         return self._ends[shard - 1] if shard else 0
+
+    def describe(self, index: int) -> str:
+        """Where item ``index`` comes from, as the reader's messages name it (``"FILE: record K"``)."""
+        shard, local = self.locate(index)
+        return f"{self.files[shard]}: {self.record_name} {local}"
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(file number, record index in that file)`` of a global ``index`` (negative: from the end)."""

@@ -1,6 +1,6 @@
 """Files that ASE reads, as users bring their DFT data: extxyz with MACE-style keys, ASE
-trajectories, VASP's vasprun.xml; directories and globs of them; errors that name file, frame
-and key."""
+trajectories, VASP's vasprun.xml and OUTCAR; directories and globs of them; errors that name
+file, frame and key."""
 
 import pickle
 
@@ -9,9 +9,12 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
-from dft_files import emt_frames, write_ref_extxyz, write_traj, write_vasprun
+from ase.build import add_adsorbate, fcc111
+from ase.constraints import FixAtoms
+from dft_files import emt_frames, write_outcar, write_ref_extxyz, write_traj, write_vasprun
 
-from so2nn.data import AseFileDataset, DataFormatError, LmdbDataset, open_dataset, write_lmdb
+from so2nn.data import (AseFileDataset, DataFormatError, LmdbDataset, open_dataset, split_dataset, target_statistics,
+                        write_lmdb)
 
 
 def full(voigt) -> np.ndarray:
@@ -86,6 +89,95 @@ def test_vasprun_in_ase_units(tmp_path):
         assert np.abs(atoms.get_stress()).max() > 1e-3  # a stress worth comparing
 
 
+def relaxation_steps(count: int) -> list:
+    """The ionic steps of one slab relaxation as a DFT code writes them: O on Cu(111), the bottom
+    layer fixed, EMT's energy, forces and stress at each step."""
+    slab = fcc111("Cu", (2, 2, 3), vacuum=5.0, periodic=True)
+    add_adsorbate(slab, "O", 1.6, "fcc")
+    del slab.info["adsorbate_info"]  # a dict, which extxyz does not write
+    slab.set_constraint(FixAtoms(mask=slab.get_tags() == 3))
+    frames = []
+    for k in range(count):
+        atoms = slab.copy()
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(apply_constraint=False),
+                       stress=atoms.get_stress())
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    return frames
+
+
+def assert_steps_as_ase_reads_them(dataset, path):
+    """Each step read alone is what ase.io.read gives for the whole file: positions, cell,
+    constraints and every result, to the last bit."""
+    import ase.io
+
+    whole = ase.io.read(path, index=":")
+    assert len(dataset) == len(whole)
+    for index, want in enumerate(whole):
+        got = dataset.read_atoms(index)
+        assert np.array_equal(got.numbers, want.numbers) and np.array_equal(got.positions, want.positions)
+        assert np.array_equal(got.cell, want.cell)
+        assert [repr(c) for c in got.constraints] == [repr(c) for c in want.constraints]
+        assert sorted(got.calc.results) == sorted(want.calc.results)
+        for name, value in want.calc.results.items():
+            assert np.array_equal(np.asarray(got.calc.results[name]), np.asarray(value)), name
+
+
+def test_outcar_in_ase_units_with_the_fixed_atoms_of_its_poscar(tmp_path):
+    import ase.io
+
+    frames = relaxation_steps(4)
+    (tmp_path / "relax").mkdir()
+    path = write_outcar(tmp_path / "relax" / "OUTCAR", frames)
+    ase.io.write(tmp_path / "relax" / "POSCAR", frames[0], format="vasp")  # selective dynamics: F F F
+    dataset = open_dataset(path)
+    assert type(dataset) is AseFileDataset and dataset.formats == ["vasp-out"] and len(dataset) == 4
+    # VASP writes the stress in kB, pressure positive: the reader gives ASE's eV/A^3, tension positive
+    for item, atoms in zip(dataset, frames):
+        assert abs(float(item.energy) - atoms.get_potential_energy()) < 1e-5
+        np.testing.assert_allclose(item.forces.numpy(), atoms.get_forces(apply_constraint=False), atol=1e-5)
+        np.testing.assert_allclose(item.stress[0].numpy(), full(atoms.get_stress()), atol=1e-7)
+        assert item.fixed.tolist() == (atoms.get_tags() == 3).tolist()  # the POSCAR's FixAtoms
+    assert np.abs(frames[0].get_stress()).max() > 1e-3 and dataset[0].fixed.sum() == 4
+    assert_steps_as_ase_reads_them(dataset, path)
+    assert float(pickle.loads(pickle.dumps(dataset))[3].energy) == float(dataset[3].energy)
+
+
+def test_vasp_files_are_indexed_and_each_step_parsed_when_read(tmp_path):
+    """A long run's OUTCAR or vasprun.xml is not parsed whole: a damaged step raises only when it
+    is read, naming it; a last step cut off (the run still going) is left out, as ASE leaves it;
+    a compressed file is indexed the same way."""
+    import gzip
+
+    frames = relaxation_steps(5)
+    files = {"vasp-out": (write_outcar(tmp_path / "OUTCAR", frames), "POSITION"),
+             "vasp-xml": (write_vasprun(tmp_path / "vasprun.xml", frames), "<calculation>")}
+    for name, (path, marker) in files.items():
+        text = path.read_text()
+        parts = text.split(marker)  # what comes before the first step, then one part per step
+        assert len(parts) == 6, name
+        parts[4] = parts[4].replace("0.", "x.", 1)  # a number of step 3 that no parser reads
+        path.write_text(marker.join(parts))
+        dataset = AseFileDataset(path)
+        assert dataset.formats == [name] and len(dataset) == 5
+        assert abs(float(dataset[4].energy) - frames[4].get_potential_energy()) < 1e-5
+        with pytest.raises(DataFormatError, match=rf"{path.name}: frame 3 cannot be parsed"):
+            dataset[3]
+        path.write_text(text[:text.rindex(marker) + 60])  # inside the last step's positions
+        cut = AseFileDataset(path)
+        assert len(cut) == 4
+        assert_steps_as_ase_reads_them(cut, path)
+        path.write_text(text)
+        packed = tmp_path / "packed" / f"{path.name}.gz"
+        packed.parent.mkdir(exist_ok=True)
+        packed.write_bytes(gzip.compress(text.encode()))
+        compressed = AseFileDataset(packed)
+        assert compressed.formats == [name]
+        assert_steps_as_ase_reads_them(compressed, path)
+
+
 def test_directories_and_globs(tmp_path):
     (tmp_path / "runs").mkdir()
     write_ref_extxyz(tmp_path / "runs" / "2.extxyz", emt_frames(2, seed=4))
@@ -105,6 +197,57 @@ def test_directories_and_globs(tmp_path):
     assert type(open_dataset(lmdb)) is LmdbDataset
     with pytest.raises(DataFormatError, match="energy_key apply to files read through ASE"):
         open_dataset(lmdb, energy_key="REF_energy")
+
+
+def test_a_format_named_where_ase_cannot_tell_it(tmp_path):
+    """``format=`` (``--data-format``) reads a file, or a pattern's files, of any name."""
+    frames = relaxation_steps(2)
+    path = tmp_path / "frames.bin"
+    write_ref_extxyz(tmp_path / "frames.extxyz", frames).rename(path)
+    keys = dict(energy_key="REF_energy", forces_key="REF_forces")
+    with pytest.raises(DataFormatError, match=r"frames\.bin: unknown dataset file type .* with format='\.\.\.'"):
+        open_dataset(path, **keys)
+    dataset = open_dataset(path, format="extxyz", **keys)
+    assert type(dataset) is AseFileDataset and len(dataset) == 2
+    for k in range(2):
+        (tmp_path / f"run{k}").mkdir()
+        write_outcar(tmp_path / f"run{k}" / "relax.log", relaxation_steps(2 + k))
+    pattern = str(tmp_path / "run*" / "relax.log")
+    with pytest.raises(DataFormatError, match=r"relax\.log: matched by .* but of no dataset format"):
+        open_dataset(pattern)
+    assert len(open_dataset(pattern, format="vasp-out")) == 5
+    # a format that reads nothing from the file says so, rather than giving an empty dataset
+    with pytest.raises(DataFormatError, match=r"relax\.log: ASE read no frames from it as gaussian-out$"):
+        open_dataset(tmp_path / "run0" / "relax.log", format="gaussian-out")
+
+
+def test_stress_on_some_frames_only_is_named_and_can_be_left_out(tmp_path):
+    """An extxyz file as ASE writes calculator results: ``stress=`` on the bulk frames, none on
+    the slabs. The statistics stop at the first frame that differs, naming it and the way out."""
+    import ase.io
+
+    frames = emt_frames(6, seed=11)  # every third frame a slab without stress
+    path = tmp_path / "mixed.extxyz"
+    ase.io.write(path, frames)
+    dataset = open_dataset(path)
+    assert "stress" in dataset[0] and "stress" not in dataset[2]
+    with pytest.raises(DataFormatError, match=r"mixed\.extxyz: frame 2: has no stress but .*mixed\.extxyz: frame 0 "
+                                              r"has one: .* read_stress=False, --no-stress on the command line"):
+        target_statistics(dataset)
+    train, _ = split_dataset(dataset, valid_fraction=0.2, seed=0)  # named through the subset, by the file's frames
+    first_slab = next(k for k in train.indices if k % 3 == 2)
+    with pytest.raises(DataFormatError, match=rf"mixed\.extxyz: frame {first_slab}: has no stress"):
+        target_statistics(train)
+    plain = open_dataset(path, read_stress=False)
+    assert not any("stress" in item for item in plain) and target_statistics(plain)["num_frames"] == 6
+    assert float(plain[0].energy) == float(dataset[0].energy)
+    with pytest.raises(DataFormatError, match="read_stress=False reads no stress: give no stress key"):
+        open_dataset(path, read_stress=False, stress_key="REF_stress")
+    lmdb = tmp_path / "bulk.lmdb"
+    write_lmdb(lmdb, [dataset[0], dataset[1]])
+    with pytest.raises(DataFormatError, match="read_stress apply to files read through ASE"):
+        open_dataset(lmdb, read_stress=False)
+    assert len(open_dataset(lmdb, read_stress=True)) == 2
 
 
 def test_extxyz_frames_are_parsed_when_read(tmp_path):

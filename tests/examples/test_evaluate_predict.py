@@ -170,6 +170,8 @@ def test_command_line_mistakes_are_one_line_errors(example, run, tmp_path, capsy
         (["--evaluate", str(tmp_path / "none.pt")], "--evaluate: no checkpoint at"),
         (["--batch-size", "100"], "the training set has 60 items, fewer than one batch per process"),
         (["--set", "lmax=four"], "--set 'lmax=four': 'four' is not a JSON value"),
+        (["--data", str(tmp_path / "empty"), "--valid-fraction", "0.1", "--no-stress", "--stress-key", "REF_stress"],
+         "--no-stress reads no stress: give no --stress-key or --virial-key with it"),
     ]:
         with pytest.raises(SystemExit) as stop:
             example.main([*(a for a in common if a != "--tiny"), "--out", str(tmp_path / "out"), *argv])

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_oc20.py"
 
 
@@ -125,7 +127,8 @@ def test_fine_tunes_on_a_users_extxyz_with_a_validation_split(tmp_path):
     from dft_files import emt_frames, write_ref_extxyz
 
     write_ref_extxyz(tmp_path / "base.extxyz", emt_frames(24, seed=1))
-    write_ref_extxyz(tmp_path / "my_dft.extxyz", emt_frames(40, seed=0))
+    frames = emt_frames(40, seed=0)
+    write_ref_extxyz(tmp_path / "my_dft.extxyz", frames)
     flags = ["--energy-key", "REF_energy", "--forces-key", "REF_forces", "--batch-size", "4", "--no-progress",
              "--threads", "1", "--no-plot"]
     _run("--tiny", "--data", str(tmp_path / "base.extxyz"), "--valid-fraction", "0.25", *flags,
@@ -143,8 +146,12 @@ def test_fine_tunes_on_a_users_extxyz_with_a_validation_split(tmp_path):
     state = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=False)
     held_out = state["data"]["val"]["split"]
     assert held_out["valid_fraction"] == 0.1 and len(held_out["val_indices"]) == 4
-    # the references were fitted on the 36 training frames
-    assert state["finetune"]["statistics"]["raw_energy_mean"] == state["train_energy_mean"]
+    # the references were fitted on the 36 training frames, not on the held-out four
+    energies = np.array([atoms.get_potential_energy() for atoms in frames])
+    training = np.delete(energies, held_out["val_indices"])
+    fitted = state["finetune"]["statistics"]["raw_energy_mean"]
+    assert fitted == state["train_energy_mean"] and abs(fitted - training.mean()) < 1e-5, (fitted, training.mean())
+    assert abs(training.mean() - energies.mean()) > 1e-3
     with open(tmp_path / "ft" / "val_log.csv", newline="") as f:
         val = list(csv.DictReader(f))
     assert [int(r["step"]) for r in val] == [0, 6, 12]
