@@ -61,8 +61,16 @@ from ase.constraints import FixAtoms
 from ase.neighborlist import natural_cutoffs, neighbor_list
 from ase.optimize import FIRE
 
-from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, positive_float,
-                       positive_int, set_threads, usage_errors)
+from so2nn.cli import (
+    UsageError,
+    add_threads_argument,
+    check_device,
+    describe_threads,
+    positive_float,
+    positive_int,
+    set_threads,
+    usage_errors,
+)
 from so2nn.data.emt import ADSORBATES, METALS, reference_energy
 
 TRAINED_MODEL = Path("runs/train_oc20/model.pt")  # where examples/train_oc20.py saves by default

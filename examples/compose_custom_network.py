@@ -18,11 +18,16 @@ import torch
 from ase.build import molecule
 from torch import nn
 
-from so2nn.cli import (add_threads_argument, describe_threads, non_negative_int, positive_int, set_threads,
-                       usage_errors)
+from so2nn.cli import add_threads_argument, describe_threads, non_negative_int, positive_int, set_threads, usage_errors
 from so2nn.graph import edge_vectors, radius_graph
-from so2nn.layers import (EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, RadialBasis,
-                          SeparableLayerNorm, SO3Linear)
+from so2nn.layers import (
+    EdgeDegreeEmbedding,
+    EquivariantGraphAttention,
+    FeedForwardNetwork,
+    RadialBasis,
+    SeparableLayerNorm,
+    SO3Linear,
+)
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant, random_rotation
 

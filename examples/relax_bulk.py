@@ -39,8 +39,16 @@ from ase.optimize import BFGS, FIRE
 from ase.units import GPa
 
 from so2nn.calculators import So2nnCalculator
-from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, positive_float,
-                       positive_int, set_threads, usage_errors)
+from so2nn.cli import (
+    UsageError,
+    add_threads_argument,
+    check_device,
+    describe_threads,
+    positive_float,
+    positive_int,
+    set_threads,
+    usage_errors,
+)
 from so2nn.data import atoms_to_data
 from so2nn.data.emt import METALS
 from so2nn.models import EquiformerV2Config

@@ -4,7 +4,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from so2nn.layers import (
-    GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU, activation_layer, activation_scalars,
+    GateActivation,
+    S2Activation,
+    SeparableS2Activation,
+    SmoothLeakyReLU,
+    activation_layer,
+    activation_scalars,
     fine_grid_resolution,
 )
 from so2nn.so3 import CoefficientLayout

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from so2nn.layers import (
-    EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, RadialMLP, SeparableLayerNorm, SO2Convolution,
+    EdgeDegreeEmbedding,
+    EquivariantGraphAttention,
+    FeedForwardNetwork,
+    RadialMLP,
+    SeparableLayerNorm,
+    SO2Convolution,
     SO3Linear,
 )
 from so2nn.so3 import CoefficientLayout, EdgeRotation

@@ -1,10 +1,16 @@
 import pytest
 import torch
+from graph_context import NUM_BASIS, edge_context, permute_graph
 from hypothesis import given
 from hypothesis import strategies as st
 
-from graph_context import NUM_BASIS, edge_context, permute_graph
-from so2nn.layers import AttentionReNorm, EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, fine_grid_resolution
+from so2nn.layers import (
+    AttentionReNorm,
+    EdgeDegreeEmbedding,
+    EquivariantGraphAttention,
+    FeedForwardNetwork,
+    fine_grid_resolution,
+)
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant
 from so2nn.testing import strategies as so2st

@@ -1,13 +1,13 @@
 import math
 
+import e3nn_reference
 import pytest
 import torch
 from e3nn import o3
+from graph_context import NUM_BASIS, edge_context
 from hypothesis import given
 from hypothesis import strategies as st
 
-import e3nn_reference
-from graph_context import NUM_BASIS, edge_context
 from so2nn.layers import SO2Convolution, SO2Linear
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant
