@@ -343,7 +343,7 @@ def run_case(args, case, device, peak):
         print(f"   torch.compile warm-up (eval + train): {time.perf_counter() - start:.0f} s")
         runners["so2nn compiled"] = compiled
     times = {(name, mode): [] for name in runners for mode in ("eval", "train")}
-    for name, runner in runners.items():  # warm-up
+    for runner in runners.values():  # warm-up
         runner.eval(), runner.train_step()
     for _ in range(args.repeats):
         for mode in ("eval", "train"):

@@ -62,7 +62,7 @@ def main() -> None:
                     seconds.append(time.perf_counter() - start)
             seconds = sorted(seconds)[1]
             model = model.double()
-            call = lambda p, c: model(pos=p, cell=c, atomic_numbers=numbers)  # noqa: E731
+            call = lambda p, c, model=model: model(pos=p, cell=c, atomic_numbers=numbers)  # noqa: E731
             energy, forces = equivariance_error(call, [pos, cell], ["vector", "vector"], {"energy": None, "forces": "vector"}, R)
             print(f"| {name} | {resolution} | {forces.relative:.1e} | {energy.relative:.1e} | {seconds:.2f} |", flush=True)
 

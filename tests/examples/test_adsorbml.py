@@ -38,7 +38,7 @@ def test_tiny_adsorbml_run_reports_every_k(tmp_path):
     assert [int(k) for k, *_ in lines] == [1, 2], out
     with open(tmp_path / "out" / "results.csv") as f:
         table = list(csv.DictReader(f))
-    for row, (k, rate, used, baseline, calls, all_calls) in zip(table, lines):
+    for row, (k, _rate, used, baseline, calls, all_calls) in zip(table, lines):
         assert int(row["emt_relaxations"]) == int(used) <= int(k) * 2 and int(baseline) == 8
         assert 0 < int(calls) < int(all_calls) == int(row["baseline_calls"])
     with open(tmp_path / "out" / "placements.csv") as f:

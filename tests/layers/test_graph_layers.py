@@ -52,7 +52,7 @@ def test_grid_attention_equivariance(layout, graph, R, activation, kernels):
     kinds = ["vector", None if graph.cell is None else "vector", layout]
     for resolution, tolerance in [(18, 1e-3), (fine_grid_resolution(layout.lmax), 1e-10)]:
         attention = _attention(layout, activation, resolution, kernels=kernels)
-        run = lambda p, c, x: _run(attention, layout, graph, p, c, x)  # noqa: E731
+        run = lambda p, c, x, attention=attention: _run(attention, layout, graph, p, c, x)  # noqa: E731
         assert_equivariant(run, [graph.pos, graph.cell, x], kinds, layout, R, tolerance)
 
 
@@ -174,7 +174,7 @@ def test_attention_recompute_gives_the_same_numbers_and_stores_less(graph, seed)
         layer.recompute = recompute
         x = x.detach().requires_grad_()
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t):
             out = layer(x, edge_features, graph.atomic_numbers, graph.edge_index, rotation)
         grads = torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()], allow_unused=True)
         results[recompute] = out, grads, sum(saved)

@@ -83,7 +83,7 @@ def test_reference_graph_mode_breaks_equivariance_on_degenerate_shells():
     errors = {}
     for mode in ("tie_stable", "reference", "reference_nonstrict"):
         model = small_model(lmax=2, mmax=1, graph_mode=mode, max_neighbors=8, **GATE)
-        errors[mode] = equivariance_error(lambda p, c: call(model, p, c, numbers), [pos, cell], kinds, outs, R)[1]
+        errors[mode] = equivariance_error(lambda p, c, model=model: call(model, p, c, numbers), [pos, cell], kinds, outs, R)[1]
     assert errors["tie_stable"].relative <= 1e-9
     assert errors["reference_nonstrict"].relative <= 1e-9
     assert errors["reference"].relative > 1e-6
