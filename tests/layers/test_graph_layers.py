@@ -40,7 +40,8 @@ def test_gate_attention_is_exactly_equivariant(dtype, tolerance, layout, graph, 
     pos, cell = graph.pos.to(dtype), None if graph.cell is None else graph.cell.to(dtype)
     x = torch.randn(graph.num_atoms, layout.dim, 4, dtype=dtype)
     kinds = ["vector", None if cell is None else "vector", layout]
-    assert_equivariant(lambda p, c, x: _run(attention, layout, graph, p, c, x), [pos, cell, x], kinds, layout, R.to(dtype), tolerance)
+    assert_equivariant(lambda p, c, x: _run(attention, layout, graph, p, c, x), [pos, cell, x], kinds, layout,
+                       R.to(dtype), tolerance)
 
 
 @given(layout=st.sampled_from(LAYOUTS), graph=so2st.atomic_graphs(), R=so2st.rotations(),
@@ -80,7 +81,8 @@ def test_edge_degree_embedding_is_equivariant(dtype, tolerance, layout, graph, R
         edge_features, rotation = edge_context(layout, graph, pos, cell)
         return embedding(edge_features, graph.atomic_numbers, graph.edge_index, rotation, graph.num_atoms)
 
-    errors = assert_equivariant(run, [pos, cell], ["vector", None if cell is None else "vector"], layout, R.to(dtype), tolerance)
+    errors = assert_equivariant(run, [pos, cell], ["vector", None if cell is None else "vector"], layout,
+                                R.to(dtype), tolerance)
     assert errors[0].relative <= tolerance
 
 
@@ -112,7 +114,8 @@ def test_attention_weights_are_a_softmax_per_target():
     assert renorm(torch.randn(5, 6)).shape == (5, 2)
 
 
-@pytest.mark.parametrize("activation, grid_mlp", [("separable_s2", True), ("s2", True), ("separable_s2", False), ("s2", False), ("gate", False)])
+@pytest.mark.parametrize("activation, grid_mlp", [("separable_s2", True), ("s2", True), ("separable_s2", False),
+                                                  ("s2", False), ("gate", False)])
 def test_feed_forward_equivariance(activation, grid_mlp):
     layout = CoefficientLayout(3)
     torch.manual_seed(0)
@@ -142,9 +145,11 @@ def test_attention_names_bad_edge_features():
     attention = _attention(layout, "separable_s2", dtype=torch.float32)
     edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
     rotation = EdgeRotation(layout, torch.randn(3, 3))
+    message = rf"edge_features must have shape \[E=3, {NUM_BASIS}\]"
     for grad in (False, True):  # the plain and the fused (training) path
-        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=rf"edge_features must have shape \[E=3, {NUM_BASIS}\]"):
-            attention(torch.randn(3, 9, 4), torch.randn(3, NUM_BASIS + 1), torch.tensor([1, 6, 8]), edge_index, rotation)
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=message):
+            attention(torch.randn(3, 9, 4), torch.randn(3, NUM_BASIS + 1), torch.tensor([1, 6, 8]), edge_index,
+                      rotation)
 
 
 @given(graph=so2st.atomic_graphs(min_atoms=3), seed=st.integers(0, 1000))

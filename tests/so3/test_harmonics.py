@@ -27,7 +27,8 @@ def test_component_normalization():
     v = torch.randn(50, 3, dtype=torch.float64)
     Y = spherical_harmonics(5, v, normalization="component")
     for l in range(6):
-        assert torch.allclose(Y[:, l * l : (l + 1) ** 2].pow(2).sum(1), torch.full((50,), 2.0 * l + 1, dtype=torch.float64))
+        assert torch.allclose(Y[:, l * l : (l + 1) ** 2].pow(2).sum(1),
+                              torch.full((50,), 2.0 * l + 1, dtype=torch.float64))
 
 
 def test_polar_axis_is_y():
