@@ -98,7 +98,8 @@ def batch_inputs_of(systems, config):
     cell = torch.tensor(np.stack([np.array(a.cell) for a in systems]), dtype=torch.float32)
     natoms = torch.tensor([len(a) for a in systems])
     batch = torch.repeat_interleave(torch.arange(copies), natoms)
-    edge_index, offsets = radius_graph(pos, config.max_radius, cell, None, batch, config.max_neighbors, mode="reference")
+    edge_index, offsets = radius_graph(pos, config.max_radius, cell, None, batch, config.max_neighbors,
+                                       mode="reference")
     return dict(pos=pos, atomic_numbers=numbers, cell=cell, natoms=natoms, batch=batch,
                 edge_index=edge_index, cell_offsets=offsets)
 
@@ -309,8 +310,8 @@ def allocator():
 
 
 def find_tcmalloc():
-    patterns = ["/usr/lib/x86_64-linux-gnu/libtcmalloc*.so*", "/usr/lib/libtcmalloc*.so*", "/usr/local/lib/libtcmalloc*.so*",
-                str(Path(sys.prefix) / "lib" / "libtcmalloc*.so*")]
+    patterns = ["/usr/lib/x86_64-linux-gnu/libtcmalloc*.so*", "/usr/lib/libtcmalloc*.so*",
+                "/usr/local/lib/libtcmalloc*.so*", str(Path(sys.prefix) / "lib" / "libtcmalloc*.so*")]
     found = sorted(p for pattern in patterns for p in glob.glob(pattern) if "debug" not in p)
     return found[0] if found else None
 
@@ -348,7 +349,7 @@ def run_case(args, case, device, peak):
         print(f"   torch.compile warm-up (eval + train): {time.perf_counter() - start:.0f} s")
         runners["so2nn compiled"] = compiled
     times = {(name, mode): [] for name in runners for mode in ("eval", "train")}
-    for name, runner in runners.items():  # warm-up
+    for runner in runners.values():  # warm-up
         runner.eval(), runner.train_step()
     for _ in range(args.repeats):
         for mode in ("eval", "train"):

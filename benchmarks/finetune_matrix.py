@@ -28,10 +28,10 @@ import torch
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore")
-from so2nn.data import LmdbDataset
-from so2nn.data.emt import make_bulk_dataset, make_dataset
-from so2nn.models import EquiformerV2Config
-from so2nn.training import Trainer, TrainingConfig
+from so2nn.data import LmdbDataset  # noqa: E402
+from so2nn.data.emt import make_bulk_dataset, make_dataset  # noqa: E402
+from so2nn.models import EquiformerV2Config  # noqa: E402
+from so2nn.training import Trainer, TrainingConfig  # noqa: E402
 
 ROOT = Path("runs/finetune-matrix")
 SMALL = dict(lmax=2, mmax=1, num_layers=1, sphere_channels=16, attn_hidden_channels=16, num_heads=2,

@@ -113,7 +113,6 @@ def reference_checkpoint(path: Path, quick: bool) -> None:
     """A fairchem 1.x checkpoint of the reference EquiformerV2 with random weights (seed 0)."""
     import torch
     from equiformer_v2_vs_reference import reference_config
-
     from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2 as Reference
 
     kwargs = reference_config(config(quick))

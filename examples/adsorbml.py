@@ -61,8 +61,16 @@ from ase.constraints import FixAtoms
 from ase.neighborlist import natural_cutoffs, neighbor_list
 from ase.optimize import FIRE
 
-from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, positive_float,
-                       positive_int, set_threads, usage_errors)
+from so2nn.cli import (
+    UsageError,
+    add_threads_argument,
+    check_device,
+    describe_threads,
+    positive_float,
+    positive_int,
+    set_threads,
+    usage_errors,
+)
 from so2nn.data.emt import ADSORBATES, METALS, reference_energy
 
 TRAINED_MODEL = Path("runs/train_oc20/model.pt")  # where examples/train_oc20.py saves by default
@@ -90,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="initial placements per slab/adsorbate pair (AdsorbML: 20 or more)")
     systems.add_argument("--seed", type=int, default=0, help="random seed of the placements")
     relax = p.add_argument_group("relaxations")
-    relax.add_argument("--fmax", type=positive_float, default=0.05, help="converged below this force (eV/A), model and EMT")
+    relax.add_argument("--fmax", type=positive_float, default=0.05,
+                       help="converged below this force (eV/A), model and EMT")
     relax.add_argument("--steps", type=positive_int, default=200, help="FIRE steps at most per model relaxation")
     relax.add_argument("--emt-steps", type=positive_int, default=300, help="FIRE steps at most per EMT relaxation")
     relax.add_argument("--batch-size", type=positive_int, default=32, help="placements the model relaxes together")
@@ -303,7 +312,8 @@ def run(args) -> dict:
     print(f"\nAdsorbML over {len(scored)} pairs (success: within {args.threshold} eV of the ground truth):")
     print(f"  {'k':>2}  {'success':>8}  {'EMT relaxations':>16}  {'EMT force calls':>18}  {'calls saved':>11}")
     for row in table:
-        print(f"  {row['k']:>2}  {row['success_rate']:>8.1%}  {row['emt_relaxations']:>7} of {row['baseline_relaxations']:<6}"
+        print(f"  {row['k']:>2}  {row['success_rate']:>8.1%}"
+              f"  {row['emt_relaxations']:>7} of {row['baseline_relaxations']:<6}"
               f"  {row['emt_calls']:>8} of {row['baseline_calls']:<7}  {row['calls_saved']:>11.1%}")
     print(f"time: model {model_seconds:.1f} s (all placements, batched), EMT {emt_seconds:.1f} s")
 

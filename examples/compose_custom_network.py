@@ -18,11 +18,16 @@ import torch
 from ase.build import molecule
 from torch import nn
 
-from so2nn.cli import (add_threads_argument, describe_threads, non_negative_int, positive_int, set_threads,
-                       usage_errors)
+from so2nn.cli import add_threads_argument, describe_threads, non_negative_int, positive_int, set_threads, usage_errors
 from so2nn.graph import edge_vectors, radius_graph
-from so2nn.layers import (EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, RadialBasis,
-                          SeparableLayerNorm, SO3Linear)
+from so2nn.layers import (
+    EdgeDegreeEmbedding,
+    EquivariantGraphAttention,
+    FeedForwardNetwork,
+    RadialBasis,
+    SeparableLayerNorm,
+    SO3Linear,
+)
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant, random_rotation
 
@@ -46,12 +51,14 @@ class VectorNet(nn.Module):
         self.layout = layout
         self.basis = RadialBasis(num_basis, CUTOFF)
         self.atom_embedding = nn.Embedding(10, channels)
-        self.edge_degree = EdgeDegreeEmbedding(layout, channels, [num_basis, 16], max_num_elements=10, rescale_factor=4.0)
+        self.edge_degree = EdgeDegreeEmbedding(layout, channels, [num_basis, 16], max_num_elements=10,
+                                               rescale_factor=4.0)
         self.norms = nn.ModuleList(SeparableLayerNorm(layout, channels) for _ in range(2 * num_blocks))
         self.attention = nn.ModuleList(
             EquivariantGraphAttention(
                 layout, channels, channels, num_heads=2, attn_alpha_channels=8, attn_value_channels=8,
-                output_channels=channels, edge_channels_list=[num_basis, 16, 16], max_num_elements=10, activation="gate",
+                output_channels=channels, edge_channels_list=[num_basis, 16, 16], max_num_elements=10,
+                activation="gate",
             )
             for _ in range(num_blocks)
         )
@@ -77,7 +84,8 @@ def sample(generator: torch.Generator):
     """A randomly rotated, rattled molecule with its graph and Morse forces."""
     atoms = molecule(MOLECULES[int(torch.randint(len(MOLECULES), (1,), generator=generator))])
     pos = torch.tensor(atoms.positions, dtype=torch.get_default_dtype())
-    pos = pos @ random_rotation(generator, pos.dtype).T + 0.1 * torch.randn(pos.shape, generator=generator, dtype=pos.dtype)
+    pos = (pos @ random_rotation(generator, pos.dtype).T
+           + 0.1 * torch.randn(pos.shape, generator=generator, dtype=pos.dtype))
     numbers = torch.tensor(atoms.numbers)
     edge_index, _ = radius_graph(pos, CUTOFF)
     return pos, numbers, edge_index, morse_forces(pos, edge_index)
@@ -85,9 +93,11 @@ def sample(generator: torch.Generator):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=positive_int, default=600, help="training steps, one molecule each (default: 600)")
+    parser.add_argument("--steps", type=positive_int, default=600,
+                        help="training steps, one molecule each (default: 600)")
     parser.add_argument("--lmax", type=positive_int, default=2, help="largest degree of the features (default: 2)")
-    parser.add_argument("--mmax", type=non_negative_int, default=1, help="largest order kept in edge frames (default: 1)")
+    parser.add_argument("--mmax", type=non_negative_int, default=1,
+                        help="largest order kept in edge frames (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the samples (default: 0)")
     add_threads_argument(parser)
     args = parser.parse_args(argv)
@@ -137,7 +147,8 @@ def main(argv=None) -> None:
 
 def validation_mae_double(model, validation) -> float:
     with torch.no_grad():
-        return sum(float((model(p.double(), z, e) - f.double()).abs().mean()) for p, z, e, f in validation) / len(validation)
+        total = sum(float((model(p.double(), z, e) - f.double()).abs().mean()) for p, z, e, f in validation)
+        return total / len(validation)
 
 
 if __name__ == "__main__":

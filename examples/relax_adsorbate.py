@@ -38,8 +38,16 @@ from ase.constraints import FixAtoms
 from ase.optimize import BFGS, FIRE
 
 from so2nn.calculators import EquiformerV2Calculator
-from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, positive_float,
-                       positive_int, set_threads, usage_errors)
+from so2nn.cli import (
+    UsageError,
+    add_threads_argument,
+    check_device,
+    describe_threads,
+    positive_float,
+    positive_int,
+    set_threads,
+    usage_errors,
+)
 from so2nn.data.emt import ADSORBATES, METALS, reference_energy
 
 TRAIN_SCRIPT = Path(__file__).resolve().with_name("train_oc20.py")

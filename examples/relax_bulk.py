@@ -39,8 +39,16 @@ from ase.optimize import BFGS, FIRE
 from ase.units import GPa
 
 from so2nn.calculators import So2nnCalculator
-from so2nn.cli import (UsageError, add_threads_argument, check_device, describe_threads, positive_float,
-                       positive_int, set_threads, usage_errors)
+from so2nn.cli import (
+    UsageError,
+    add_threads_argument,
+    check_device,
+    describe_threads,
+    positive_float,
+    positive_int,
+    set_threads,
+    usage_errors,
+)
 from so2nn.data import atoms_to_data
 from so2nn.data.emt import METALS
 from so2nn.models import EquiformerV2Config
@@ -97,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     relaxation.add_argument("--fmax", type=positive_float, default=0.01,
                             help="converged below this on every atom and on the cell (the filter's "
                                  "generalised forces, eV/A) (%(default)s)")
-    relaxation.add_argument("--steps", type=positive_int, default=200, help="at most this many optimiser steps (%(default)s)")
+    relaxation.add_argument("--steps", type=positive_int, default=200,
+                            help="at most this many optimiser steps (%(default)s)")
     relaxation.add_argument("--out", type=Path, default=Path("runs/relax_bulk/relax.traj"),
                             help="the model's trajectory, ASE .traj (%(default)s)")
     args = p.parse_args(argv)
@@ -156,8 +165,8 @@ def train_tiny_model(args) -> Path:
                             warmup_steps=args.train_steps // 10, energy_coefficient=20.0, force_coefficient=20.0,
                             eval_every=args.train_steps, checkpoint_every=args.train_steps, ema_decay=0.9,
                             seed=args.seed)
-    trainer = Trainer(tiny_model_config(args.metal, args.repeat), frames[:split], frames[split:], config, args.train_out,
-                      device=args.device, progress=True)
+    trainer = Trainer(tiny_model_config(args.metal, args.repeat), frames[:split], frames[split:], config,
+                      args.train_out, device=args.device, progress=True)
     metrics = trainer.fit()
     trainer.close()
     if trainer.stop_signal:  # Ctrl-C: no model to relax with; exit as shells expect of an interrupted command
@@ -261,7 +270,8 @@ def run(args) -> dict:
     print(f"volume: model {100 * volume_error:+.2f}% from EMT's; EMT's pressure at the model's relaxed cell "
           f"{emt_pressure_at_model:+.4f} GPa")
     ours, theirs = atoms.cell.cellpar()[:3] / args.repeat, emt.cell.cellpar()[:3] / args.repeat
-    print(f"lattice a b c: model {' '.join(f'{x:.4f}' for x in ours)} A vs EMT {' '.join(f'{x:.4f}' for x in theirs)} A "
+    print(f"lattice a b c: model {' '.join(f'{x:.4f}' for x in ours)} A "
+          f"vs EMT {' '.join(f'{x:.4f}' for x in theirs)} A "
           f"({' '.join(f'{100 * (x / y - 1):+.2f}%' for x, y in zip(ours, theirs))}); the tiny model's cell is only "
           f"as good as its stress: --train-steps and --train-frames train it longer")
     return {"energies": energies, "converged": converged, "pressure": final_pressure, "max_force": final_force,

@@ -24,7 +24,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lmax", type=positive_int, default=4, help="largest degree of the features (default: 4)")
-    parser.add_argument("--mmax", type=non_negative_int, default=2, help="largest order kept in edge frames (default: 2)")
+    parser.add_argument("--mmax", type=non_negative_int, default=2,
+                        help="largest order kept in edge frames (default: 2)")
     parser.add_argument("--resolution", type=positive_int, default=18, help="S2 grid points per angle (default: 18)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random features and rotation (default: 0)")
     add_threads_argument(parser)

@@ -112,8 +112,8 @@ from so2nn.training import (
 # lmax 2) that learns the embedded EMT data on a laptop CPU in minutes.
 TINY = EquiformerV2Config(
     lmax=2, mmax=1, num_layers=2, sphere_channels=32, attn_hidden_channels=32, num_heads=4, attn_alpha_channels=16,
-    attn_value_channels=8, ffn_hidden_channels=32, edge_channels=32, num_distance_basis=64, max_radius=5.0, max_neighbors=16,
-    alpha_drop=0.0, drop_path_rate=0.0, grid_resolution=None,
+    attn_value_channels=8, ffn_hidden_channels=32, edge_channels=32, num_distance_basis=64, max_radius=5.0,
+    max_neighbors=16, alpha_drop=0.0, drop_path_rate=0.0, grid_resolution=None,
     recompute_edge_activations=False,  # memory is no concern at this size: store, don't recompute
 )
 
@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-format", metavar="FORMAT", help="files read through ASE: ASE's name of their "
                       "format, where ASE cannot tell it (e.g. vasp-out)")
     data.add_argument("--val-subset", type=positive_int, help="evaluate on the first N validation items only")
-    data.add_argument("--cache-dir", type=Path, default=Path("runs/data"), help="where the embedded dataset is generated")
+    data.add_argument("--cache-dir", type=Path, default=Path("runs/data"),
+                      help="where the embedded dataset is generated")
     data.add_argument("--emt-systems", type=positive_int, nargs=2, default=(150, 20), metavar=("TRAIN", "VAL"),
                       help="systems in the embedded dataset's train and val splits (10 frames each for slabs, "
                       "8 for bulk)")
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --init: re-fit the element references and energy mean on --data, keeping the "
                        "checkpoint's scales (references), keep all the checkpoint's statistics (none), or re-fit "
                        "them all (all)")
-    model.add_argument("--conservative-forces", action="store_true", help="forces = -dE/dpos instead of the direct head")
+    model.add_argument("--conservative-forces", action="store_true",
+                       help="forces = -dE/dpos instead of the direct head")
     train = p.add_argument_group("training (defaults: the EquiformerV2 paper's recipe; the tiny default run's, "
                                  "scaled to a CPU and minutes, where they differ, also for --init of a tiny model)")
     defaults = TrainingConfig()
@@ -193,12 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train.add_argument("--max-steps", type=positive_int, help=f"optimisation steps {default('max_steps')}")
     train.add_argument("--batch-size", type=positive_int, help=f"systems per batch per process {default('batch_size')}")
-    train.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size, help="systems per validation batch")
+    train.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size,
+                       help="systems per validation batch")
     train.add_argument("--lr", type=positive_float, help=f"peak learning rate of AdamW {default('lr')}")
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     train.add_argument("--warmup-steps", type=non_negative_int, help=f"linear warm-up steps {default('warmup_steps')}")
     train.add_argument("--clip-grad-norm", type=float, default=defaults.clip_grad_norm, help="gradient norm clip")
-    train.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the weights' moving average")
+    train.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
+                       help="decay of the weights' moving average")
     train.add_argument("--energy-coefficient", type=float, default=defaults.energy_coefficient, help="lambda_E")
     train.add_argument("--force-coefficient", type=float, default=defaults.force_coefficient, help="lambda_F")
     train.add_argument("--energy-per-atom", action="store_true", help="energy loss per atom, |E - E'| / N "
@@ -218,8 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fit per-element linear energy references on the training set (default: on for the tiny "
                        "run, off for presets, as the paper trained OC20)")
     train.add_argument("--eval-every", type=positive_int, help=f"steps between validations {default('eval_every')}")
-    train.add_argument("--checkpoint-every", type=positive_int, help=f"steps between checkpoints {default('checkpoint_every')}")
-    train.add_argument("--log-every", type=positive_int, default=defaults.log_every, help="steps between rows of train_log.csv")
+    train.add_argument("--checkpoint-every", type=positive_int,
+                       help=f"steps between checkpoints {default('checkpoint_every')}")
+    train.add_argument("--log-every", type=positive_int, default=defaults.log_every,
+                       help="steps between rows of train_log.csv")
     train.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights, data order and dropout")
     run = p.add_argument_group("run")
     run.add_argument("--out", type=Path, default=Path("runs/train_oc20"), help="output directory")
@@ -234,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(same command plus --resume; see below)")
     run.add_argument("--allow-data-change", action="store_true",
                      help="--resume on data whose files differ from the run's (moved or copied)")
-    run.add_argument("--stop-after", type=positive_int, help="stop (with a checkpoint) after this many steps of this process")
+    run.add_argument("--stop-after", type=positive_int,
+                     help="stop (with a checkpoint) after this many steps of this process")
     run.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate this checkpoint on --val-data "
                      "(default: the embedded validation split) and stop; no training")
     run.add_argument("--predict", type=Path, metavar="CHECKPOINT", help="write this checkpoint's predictions for "
@@ -402,11 +409,13 @@ def split(args, data):
 def validation_summary(metrics: dict) -> str:
     """The summary line of a validation (training's last, or --evaluate's)."""
     line = (f"energy MAE {metrics['energy_mae']:.4f} eV vs {metrics['energy_mae_mean_baseline']:.4f} for predicting "
-            f"the training mean; force MAE {metrics['forces_mae']:.4f} eV/A vs {metrics['forces_mae_zero_baseline']:.4f} "
+            f"the training mean; force MAE {metrics['forces_mae']:.4f} eV/A "
+            f"vs {metrics['forces_mae_zero_baseline']:.4f} "
             f"for predicting zero; force cosine {metrics['forces_cos']:.3f}; EFwT {100 * metrics['efwt']:.1f}%")
     if "stress_mae" in metrics:
         line += (f"; stress MAE {1000 * metrics['stress_mae']:.2f} meV/A^3 (isotropic "
-                 f"{1000 * metrics['stress_isotropic_mae']:.2f}, anisotropic {1000 * metrics['stress_anisotropic_mae']:.2f})"
+                 f"{1000 * metrics['stress_isotropic_mae']:.2f}, "
+                 f"anisotropic {1000 * metrics['stress_anisotropic_mae']:.2f})"
                  f" vs {1000 * metrics['stress_mae_zero_baseline']:.2f} for predicting zero")
     return line
 
@@ -526,10 +535,11 @@ def run(args) -> dict:
         print(f"data: {describe('training', train)}; {describe('validation', val)}", flush=True)
         if trainer.finetune is not None:
             source, frozen = trainer.finetune["source"], trainer.finetune["frozen"]
+            reinitialised = source["reinitialised_heads"]
             print(f"fine-tuning {source['path']} (sha256 {source['sha256'][:12]}, {source['format']}): "
                   f"{'backbone frozen' if frozen else 'backbone lr x' + str(trainer.finetune['backbone_lr_factor'])}"
                   f"{', new heads ' + ', '.join(source['added_heads']) if source['added_heads'] else ''}"
-                  f"{', re-initialised ' + ', '.join(source['reinitialised_heads']) if source['reinitialised_heads'] else ''}",
+                  f"{', re-initialised ' + ', '.join(reinitialised) if reinitialised else ''}",
                   flush=True)
             gradient = not getattr(trainer.model.config, "direct_forces", True)
             print(referencing_table(trainer.finetune["statistics"], gradient_forces=gradient), flush=True)

@@ -94,8 +94,9 @@ def build_reference(config, state_dict, dtype):
 
 def reference_call(model, inputs, dtype):
     torch.set_default_dtype(dtype)
-    data = Data(pos=inputs["pos"].to(dtype), atomic_numbers=inputs["atomic_numbers"].float(), cell=inputs["cell"].to(dtype),
-                natoms=inputs["natoms"], edge_index=inputs["edge_index"], cell_offsets=inputs["cell_offsets"].float(),
+    data = Data(pos=inputs["pos"].to(dtype), atomic_numbers=inputs["atomic_numbers"].float(),
+                cell=inputs["cell"].to(dtype), natoms=inputs["natoms"], edge_index=inputs["edge_index"],
+                cell_offsets=inputs["cell_offsets"].float(),
                 neighbors=torch.tensor([inputs["edge_index"].shape[1]]),
                 tags=torch.ones(len(inputs["pos"]), dtype=torch.long), fixed=torch.zeros(len(inputs["pos"])))
     with torch.no_grad():
@@ -110,8 +111,8 @@ def reference_call(model, inputs, dtype):
 FAMILY_BACKBONE = dict(
     use_pbc=True, regress_forces=True, otf_graph=True, max_neighbors=20, max_radius=6.0, max_num_elements=96,
     num_layers=2, sphere_channels=8, attn_hidden_channels=8, num_heads=2, attn_alpha_channels=4,
-    attn_value_channels=4, ffn_hidden_channels=8, norm_type="layer_norm_sh", lmax_list=[3], mmax_list=[1], grid_resolution=8,
-    edge_channels=8, num_distance_basis=32, use_grid_mlp=True, alpha_drop=0.0, drop_path_rate=0.0,
+    attn_value_channels=4, ffn_hidden_channels=8, norm_type="layer_norm_sh", lmax_list=[3], mmax_list=[1],
+    grid_resolution=8, edge_channels=8, num_distance_basis=32, use_grid_mlp=True, alpha_drop=0.0, drop_path_rate=0.0,
     weight_init="uniform", avg_num_nodes=31.17, avg_degree=61.95,
     enforce_max_neighbors_strictly=False,  # OC22's and OMat24's rule: the cap keeps near-ties
 )
@@ -203,7 +204,8 @@ def trainer_checkpoint(spec, seed):
             if key.endswith("energy_lin_ref"):  # OC22: per-element energies in normalised units
                 p.copy_(torch.randn_like(p))
     generator = torch.Generator().manual_seed(seed + 1)
-    normalizers = {k: Normalizer(mean=float(m), rmsd=float(s)).state_dict() for k, (m, s) in spec["normalizers"].items()}
+    normalizers = {k: Normalizer(mean=float(m), rmsd=float(s)).state_dict()
+                   for k, (m, s) in spec["normalizers"].items()}
     references = -3.0 + torch.randn(97, generator=generator)  # eV per atom of each element
     references[0] = 0.0
     config = {
@@ -285,7 +287,8 @@ def make_oc20_fixtures() -> None:
             params = dict(model.named_parameters())
             weights = {k: v.detach().clone() for k, v in model.state_dict().items() if k in params}
             rolls, patched = {}, {}
-            rotated = {**inputs, "pos": inputs["pos"].double() @ ROTATION.T, "cell": inputs["cell"].double() @ ROTATION.T}
+            rotated = {**inputs, "pos": inputs["pos"].double() @ ROTATION.T,
+                       "cell": inputs["cell"].double() @ ROTATION.T}
             for dtype in DTYPES:
                 reference = build_reference(config, weights, dtype)
                 rolls[str(dtype)] = [reference_call(reference, inputs, dtype) for _ in range(NUM_ROLLS)]
@@ -306,7 +309,8 @@ def make_oc20_fixtures() -> None:
             }
             path = OUT / f"eqv2_{arch}_{system}.pt"
             torch.save(fixture, path)
-            print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1e3:.0f} kB, {inputs['edge_index'].shape[1]} edges")
+            print(f"{path.relative_to(ROOT)}: {path.stat().st_size / 1e3:.0f} kB, "
+                  f"{inputs['edge_index'].shape[1]} edges")
 
 
 if __name__ == "__main__":

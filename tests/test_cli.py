@@ -52,8 +52,9 @@ def test_check_device_names_what_exists():
     with pytest.raises(cli.UsageError, match="--device meta: so2nn's programs run on cpu or cuda"):
         cli.check_device("meta")
     if not torch.cuda.is_available():
-        with pytest.raises(cli.UsageError, match=r"--device cuda: (this torch was built without CUDA|no GPU is visible); "
-                                                 r"this machine has: cpu"):
+        with pytest.raises(cli.UsageError,
+                           match=r"--device cuda: (this torch was built without CUDA|no GPU is visible); "
+                                 r"this machine has: cpu"):
             cli.check_device("cuda")
     else:
         with pytest.raises(cli.UsageError, match="there is no GPU 999"):
@@ -80,7 +81,8 @@ def test_argument_types_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as stop, cli.usage_errors(parser):
         raise cli.UsageError("--data runs/x: the directory holds no dataset files")
     assert stop.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == "prog: error: --data runs/x: the directory holds no dataset files"
+    assert (capsys.readouterr().err.splitlines()[-1]
+            == "prog: error: --data runs/x: the directory holds no dataset files")
     with pytest.raises(SystemExit) as stop, cli.usage_errors():
         raise cli.UsageError("no model")
     assert stop.value.code == 2 and capsys.readouterr().err.endswith("error: no model\n")

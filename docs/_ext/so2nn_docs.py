@@ -31,8 +31,8 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 
 #: so2nn's public packages, in the order of the API reference.
-API_PACKAGES = ["so3", "layers", "kernels", "models", "graph", "testing", "data", "calculators", "training", "integrations",
-                "cli"]
+API_PACKAGES = ["so3", "layers", "kernels", "models", "graph", "testing", "data", "calculators", "training",
+                "integrations", "cli"]
 
 API_DIR = Path("api") / "generated"
 FIGURE_DIR = Path("_generated")
@@ -62,7 +62,9 @@ def public_submodules(module) -> list[str]:
     if not hasattr(module, "__path__"):
         return []
     return sorted(
-        f"{module.__name__}.{info.name}" for info in pkgutil.iter_modules(module.__path__) if not info.name.startswith("_")
+        f"{module.__name__}.{info.name}"
+        for info in pkgutil.iter_modules(module.__path__)
+        if not info.name.startswith("_")
     )
 
 
@@ -70,7 +72,8 @@ def module_page(module, submodules: list[str]) -> str:
     """The reStructuredText of a module's API page."""
     name = module.__name__
     names = [n for n in public_names(module) if not inspect.ismodule(getattr(module, n, None))]
-    lines = [name, "=" * len(name), "", f".. automodule:: {name}", "   :no-members:", "", f".. currentmodule:: {name}", ""]
+    lines = [name, "=" * len(name), "", f".. automodule:: {name}", "   :no-members:", "",
+             f".. currentmodule:: {name}", ""]
     if names:
         lines += [".. autosummary::", "   :toctree: .", "   :nosignatures:", ""]
         lines += [f"   {n}" for n in sorted(names, key=str.lower)]

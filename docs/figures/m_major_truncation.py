@@ -48,7 +48,7 @@ def make_figure(path) -> None:
     for m in range(-LMAX, LMAX + 1):
         ax.text(m + 0.47, LMAX + 1.15, f"{m:+d}" if m else "0", ha="center", va="center", fontsize=9)
     ax.text(0.47, LMAX + 1.55, "m", ha="center", va="center", fontsize=9)
-    ax.set_title(f"(a) node features [N, (lmax+1)², C], l-major: cell = index l² + l + m", fontsize=10, loc="left")
+    ax.set_title("(a) node features [N, (lmax+1)², C], l-major: cell = index l² + l + m", fontsize=10, loc="left")
     ax.text(LMAX + 1.1, 0.47, f"lmax = {LMAX}, mmax = {MMAX}\nhatched: |m| > mmax,\ndropped in edge frames",
             ha="left", va="center", fontsize=8.5, color="#444444")
     ax.set_xlim(-LMAX - 1.6, LMAX + 4.2)

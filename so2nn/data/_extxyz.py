@@ -20,7 +20,7 @@ with ``move_mask`` false for fixed atoms (ASE reads it as a ``FixAtoms`` constra
 The S2EF target is the DFT energy referenced as OC20 defines it (``preprocess_ef.py
 --ref-energy``): :math:`E = E_\mathrm{DFT} - E_\mathrm{ref}`, with :math:`E_\mathrm{ref}` the
 clean slab plus the gas-phase references of the adsorbate's atoms.
-"""
+"""  # noqa: E501 (the frame header above is one line of the file format, verbatim)
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from ..models import TargetStatistics, build_model, load_checkpoint, load_model, target_statistics_fields
 
-__all__ = ["FAR_SCALE", "FAR_SCALE_GRADIENT", "FINE_TUNING_SETTINGS", "REFIT_CHOICES", "file_sha256", "parameter_groups",
-           "pretrained_model", "referenced_statistics", "referencing_notes", "referencing_table"]
+__all__ = ["FAR_SCALE", "FAR_SCALE_GRADIENT", "FINE_TUNING_SETTINGS", "REFIT_CHOICES", "file_sha256",
+           "parameter_groups", "pretrained_model", "referenced_statistics", "referencing_notes", "referencing_table"]
 
 #: Model config entries a fine-tuning run may change: regularisation, the graph, the grid and
 #: memory options. None of them changes a weight's shape.
@@ -73,10 +73,10 @@ def pretrained_model(
     :data:`FINE_TUNING_SETTINGS` (the cutoff, ``max_neighbors`` and ``graph_mode`` with a
     warning: the pretrained weights then see other neighbours) and add a head the checkpoint
     has none of (``stress={"head": "equivariant"}``, say, or the older flat
-    ``stress_head="equivariant"``), whose weights are fresh (seeded with ``seed``). ``reinit_heads`` names heads whose weights start
-    fresh instead of from the checkpoint (their options may then change too). Any other change
-    (one that would change a weight's shape, or what the weights compute) raises a ValueError
-    naming it.
+    ``stress_head="equivariant"``), whose weights are fresh (seeded with ``seed``).
+    ``reinit_heads`` names heads whose weights start fresh instead of from the checkpoint (their
+    options may then change too). Any other change (one that would change a weight's shape, or
+    what the weights compute) raises a ValueError naming it.
 
     Returns:
         ``(model, provenance)``: ``provenance`` records the source (``path``, ``sha256`` of

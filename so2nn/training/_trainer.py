@@ -394,7 +394,8 @@ class Trainer:
             if self.dist.is_main:
                 loss.item()  # the step has run
                 seconds = time.perf_counter() - start
-                print(f"so2nn: compiled the model for training: first step {seconds:.1f} s", file=sys.stderr, flush=True)
+                print(f"so2nn: compiled the model for training: first step {seconds:.1f} s",
+                      file=sys.stderr, flush=True)
         return {"loss": loss.item(), **{name: term.item() for name, term in terms.items()},
                 "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"],
                 "atoms": int(batch.pos.shape[0])}

@@ -6,7 +6,8 @@ each reader met it. Run as ``python corruption_worker.py``; one JSON request per
 - ``rejected``: a DataFormatError or ValueError whose message names the damaged file;
 - ``bad``: any other exception, or a message that does not name the file (``detail`` says).
 
-The first line written, once the imports are done, is ``{"ready": true}``. A signal or a hang shows up in the parent as a missing reply; the parent restarts the worker.
+The first line written, once the imports are done, is ``{"ready": true}``. A signal or a hang
+shows up in the parent as a missing reply; the parent restarts the worker.
 """
 
 import json

@@ -183,7 +183,8 @@ def run_corruption(kind: str, root: Path, frames, count: int, seed: int = 0) -> 
             shutil.rmtree(case)
     finally:
         worker.stop()
-    assert not failures, f"{kind}: {len(failures)} of {sum(outcomes.values())} cases failed:\n" + "\n".join(failures[:5])
+    assert not failures, (f"{kind}: {len(failures)} of {sum(outcomes.values())} cases failed:\n"
+                          + "\n".join(failures[:5]))
     assert sum(outcomes.values()) >= count * 0.95
     return outcomes
 

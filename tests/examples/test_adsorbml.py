@@ -29,8 +29,8 @@ def test_tiny_adsorbml_run_reports_every_k(tmp_path):
     torch.manual_seed(0)
     EquiformerV2(EquiformerV2Config.tiny(forces_std=0.05)).save(tmp_path / "tiny.pt")
     result = run(tmp_path, "--checkpoint", "tiny.pt", "--metals", "Cu", "--adsorbates", "O", "CO",
-                 "--placements", "4", "--k-max", "2", "--steps", "5", "--fmax", "0.01", "--emt-steps", "20", "--batch-size", "3",
-                 "--out", "out")
+                 "--placements", "4", "--k-max", "2", "--steps", "5", "--fmax", "0.01", "--emt-steps", "20",
+                 "--batch-size", "3", "--out", "out")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "2 slab/adsorbate pairs x 4 placements = 8 structures" in out, out
@@ -38,7 +38,7 @@ def test_tiny_adsorbml_run_reports_every_k(tmp_path):
     assert [int(k) for k, *_ in lines] == [1, 2], out
     with open(tmp_path / "out" / "results.csv") as f:
         table = list(csv.DictReader(f))
-    for row, (k, rate, used, baseline, calls, all_calls) in zip(table, lines):
+    for row, (k, _rate, used, baseline, calls, all_calls) in zip(table, lines):
         assert int(row["emt_relaxations"]) == int(used) <= int(k) * 2 and int(baseline) == 8
         assert 0 < int(calls) < int(all_calls) == int(row["baseline_calls"])
     with open(tmp_path / "out" / "placements.csv") as f:

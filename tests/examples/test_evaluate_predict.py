@@ -63,7 +63,8 @@ def test_predict_writes_the_submission_format(example, run):
     direct = {}
     for item in val:
         out = model(Batch.from_data_list([item]))
-        direct[f"{item.sid}_{item.fid}"] = (float(out["energy"].detach()[0]), out["forces"].detach()[~item.fixed].numpy())
+        direct[f"{item.sid}_{item.fid}"] = (float(out["energy"].detach()[0]),
+                                            out["forces"].detach()[~item.fixed].numpy())
     assert result["ids"].tolist() == sorted(direct)
     chunks = np.split(result["forces"], result["chunk_idx"])
     assert len(chunks) == len(direct)
@@ -154,7 +155,8 @@ def test_command_line_mistakes_are_one_line_errors(example, run, tmp_path, capsy
     model = (root / "run" / "model.pt").read_bytes()
     (tmp_path / "half.pt").write_bytes(model[: len(model) // 2])
     gpu = [] if torch.cuda.is_available() else [
-        (["--device", "cuda"], r"--device cuda: (this torch was built without CUDA|no GPU is visible); this machine has: cpu")]
+        (["--device", "cuda"],
+         r"--device cuda: (this torch was built without CUDA|no GPU is visible); this machine has: cpu")]
     for argv, message in [
         *gpu,
         (["--device", "gpu"], "--device 'gpu' is not a torch device name"),
@@ -165,8 +167,8 @@ def test_command_line_mistakes_are_one_line_errors(example, run, tmp_path, capsy
         (["--data", str(tmp_path / "missing"), "--val-data", str(tmp_path / "missing")], "--data: .*missing"),
         (["--evaluate", str(tmp_path / "notes.pt")], r"--evaluate: could not read checkpoint .*notes.pt: not a PyTorch "
                                                      r"checkpoint \(it looks like text\), starting 'my notes'"),
-        (["--init", str(tmp_path / "half.pt")], r"--init: could not read checkpoint .*half.pt: the file is truncated or "
-                                                r"damaged"),
+        (["--init", str(tmp_path / "half.pt")], r"--init: could not read checkpoint .*half.pt: the file is truncated "
+                                                r"or damaged"),
         (["--evaluate", str(tmp_path / "none.pt")], "--evaluate: no checkpoint at"),
         (["--batch-size", "100"], "the training set has 60 items, fewer than one batch per process"),
         (["--set", "lmax=four"], "--set 'lmax=four': 'four' is not a JSON value"),

@@ -27,7 +27,8 @@ def _run(*args, ok=True):
 
 
 def test_train_oc20_tiny_learns_and_resumes(tmp_path):
-    common = ["--tiny", "--emt-systems", "30", "5", "--cache-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+    common = ["--tiny", "--emt-systems", "30", "5", "--cache-dir", str(tmp_path / "data"),
+              "--out", str(tmp_path / "run"),
               "--max-steps", "160", "--eval-every", "80", "--batch-size", "4", "--lr", "2e-3", "--warmup-steps", "5",
               "--no-progress", "--threads", "1"]
     first = _run(*common, "--stop-after", "50")
@@ -113,7 +114,8 @@ def test_set_takes_the_stress_group_and_the_older_flat_stress_entries():
     spec = importlib.util.spec_from_file_location("train_oc20_example_set", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    flat = example.model_config(example.parse_args(["--set", 'stress_head="equivariant"', "--set", "stress_extensive=true"]))
+    flat = example.model_config(example.parse_args(["--set", 'stress_head="equivariant"',
+                                                    "--set", "stress_extensive=true"]))
     nested = example.model_config(example.parse_args(["--set", 'stress={"head": "equivariant", "extensive": true}']))
     assert flat == nested and flat.stress.head == "equivariant" and flat.stress.extensive
     with pytest.raises(ValueError, match="--set 'stress_gate=1': expected KEY=VALUE"):
@@ -181,7 +183,8 @@ def test_ctrl_c_saves_prints_the_resume_command_and_exits_130(tmp_path):
         process.kill()
     assert process.returncode == 130, stdout[-2000:] + stderr[-2000:]
     assert "Traceback" not in stderr, stderr
-    assert "interrupted (SIGINT) at step " in stdout and "continue with the same command plus --resume" in stdout, stdout
+    assert ("interrupted (SIGINT) at step " in stdout
+            and "continue with the same command plus --resume" in stdout), stdout
     resume = stdout.strip().splitlines()[-1].strip()
     assert resume.startswith("python ") and resume.endswith("--threads 1 --resume"), resume
     assert (out / "checkpoint.pt").is_file()

@@ -121,5 +121,6 @@ def test_atom_edge_linear_is_the_linear_of_the_concatenation(num_edges, seed):
     assert got.shape == expected.shape and _diff(got, expected) < 1e-14
     params = [features, layer.weight, layer.bias, *embedding.parameters()]
     weight = torch.randn_like(got)
-    for a, b in zip(torch.autograd.grad((got * weight).sum(), params), torch.autograd.grad((expected * weight).sum(), params)):
+    for a, b in zip(torch.autograd.grad((got * weight).sum(), params),
+                    torch.autograd.grad((expected * weight).sum(), params)):
         assert _diff(a, b) < 1e-14

@@ -80,7 +80,8 @@ def test_compiled_block_has_no_graph_break(grad):
     torch._dynamo.reset()
     with torch.set_grad_enabled(grad):
         explanation = torch._dynamo.explain(block)(*args)
-    assert explanation.graph_break_count == 0, [(r.reason[:300], [str(f) for f in r.user_stack[-3:]]) for r in explanation.break_reasons]
+    assert explanation.graph_break_count == 0, [(r.reason[:300], [str(f) for f in r.user_stack[-3:]])
+                                                for r in explanation.break_reasons]
 
 
 def test_choose_as_makes_every_choice_as_for_that_device_and_restores():

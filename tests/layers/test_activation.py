@@ -4,14 +4,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from so2nn.layers import (
-    GateActivation, S2Activation, SeparableS2Activation, SmoothLeakyReLU, activation_layer, activation_scalars,
+    GateActivation,
+    S2Activation,
+    SeparableS2Activation,
+    SmoothLeakyReLU,
+    activation_layer,
+    activation_scalars,
     fine_grid_resolution,
 )
 from so2nn.so3 import CoefficientLayout
 from so2nn.testing import assert_equivariant, equivariance_error, random_rotation
 from so2nn.testing import strategies as so2st
 
-LAYOUTS = [CoefficientLayout(1), CoefficientLayout(2, 0), CoefficientLayout(3, 1), CoefficientLayout(4, 2), CoefficientLayout(4)]
+LAYOUTS = [CoefficientLayout(1), CoefficientLayout(2, 0), CoefficientLayout(3, 1), CoefficientLayout(4, 2),
+           CoefficientLayout(4)]
 
 
 def _roll_action(layout, R):
@@ -32,7 +38,8 @@ def test_gate_is_exactly_equivariant(dtype, tolerance, layout, R):
 def test_edge_gate_commutes_with_rolls(layout, angle):
     import math
 
-    Ry = torch.tensor([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]], dtype=torch.float64)
+    Ry = torch.tensor([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0], [-math.sin(angle), 0, math.cos(angle)]],
+                      dtype=torch.float64)
     D = _roll_action(layout, Ry)
     gate = GateActivation(layout, 2, edge=True).double()
     x, g = torch.randn(3, layout.edge_dim, 2, dtype=torch.float64), torch.randn(3, layout.lmax * 2, dtype=torch.float64)

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from so2nn.layers import (
-    EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, RadialMLP, SeparableLayerNorm, SO2Convolution,
+    EdgeDegreeEmbedding,
+    EquivariantGraphAttention,
+    FeedForwardNetwork,
+    RadialMLP,
+    SeparableLayerNorm,
+    SO2Convolution,
     SO3Linear,
 )
 from so2nn.so3 import CoefficientLayout, EdgeRotation
@@ -43,7 +48,8 @@ def test_attention_forward():
     x, h = torch.randn(3, LAYOUT.dim, 4), torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"x must have shape \[N, 9, 4\], got \(3, 7, 4\) \(edge-frame features"):
         layer(torch.randn(3, LAYOUT.edge_dim, 4), h, numbers, edge_index, rotation)
-    with pytest.raises(ValueError, match="x is torch.float64 but the weights of EquivariantGraphAttention are torch.float32"):
+    with pytest.raises(ValueError,
+                       match="x is torch.float64 but the weights of EquivariantGraphAttention are torch.float32"):
         layer(x.double(), h, numbers, edge_index, rotation)
     with pytest.raises(ValueError, match=r"edge_features must have shape \[E=4, 3\]"):
         layer(x, torch.randn(4, 5), numbers, edge_index, rotation)
@@ -69,12 +75,15 @@ def test_other_layers():
     conv = SO2Convolution(LAYOUT, 2, 2, [3, 4])
     with pytest.raises(ValueError, match=r"edge_features must have shape \[E=5, 3\] \(the radial MLP's input width\)"):
         conv(torch.randn(5, LAYOUT.edge_dim, 2), torch.randn(5, 4))
-    with pytest.raises(ValueError, match="edge_features is torch.float64 but the weights of SO2Convolution are torch.float32"):
+    with pytest.raises(ValueError,
+                       match="edge_features is torch.float64 but the weights of SO2Convolution are torch.float32"):
         conv(torch.randn(5, LAYOUT.edge_dim, 2), torch.randn(5, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"RadialMLP expects \[E, 3\] edge features"):
         RadialMLP([3, 4])(torch.randn(5, 4))
-    for layer in (SO3Linear(LAYOUT, 4, 4), SeparableLayerNorm(LAYOUT, 4), FeedForwardNetwork(LAYOUT, 4, 4, 4, grid_resolution=8)):
-        with pytest.raises(ValueError, match=f"x is torch.float64 but the weights of {type(layer).__name__} are torch.float32"):
+    for layer in (SO3Linear(LAYOUT, 4, 4), SeparableLayerNorm(LAYOUT, 4),
+                  FeedForwardNetwork(LAYOUT, 4, 4, 4, grid_resolution=8)):
+        with pytest.raises(ValueError,
+                           match=f"x is torch.float64 but the weights of {type(layer).__name__} are torch.float32"):
             layer(torch.randn(3, LAYOUT.dim, 4, dtype=torch.float64))
         with pytest.raises(ValueError, match=r"x must have shape \[N, 9, 4\], got \(3, 7, 4\)"):
             layer(torch.randn(3, LAYOUT.edge_dim, 4))

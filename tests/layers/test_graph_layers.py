@@ -1,10 +1,16 @@
 import pytest
 import torch
+from graph_context import NUM_BASIS, edge_context, permute_graph
 from hypothesis import given
 from hypothesis import strategies as st
 
-from graph_context import NUM_BASIS, edge_context, permute_graph
-from so2nn.layers import AttentionReNorm, EdgeDegreeEmbedding, EquivariantGraphAttention, FeedForwardNetwork, fine_grid_resolution
+from so2nn.layers import (
+    AttentionReNorm,
+    EdgeDegreeEmbedding,
+    EquivariantGraphAttention,
+    FeedForwardNetwork,
+    fine_grid_resolution,
+)
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant
 from so2nn.testing import strategies as so2st
@@ -34,7 +40,8 @@ def test_gate_attention_is_exactly_equivariant(dtype, tolerance, layout, graph, 
     pos, cell = graph.pos.to(dtype), None if graph.cell is None else graph.cell.to(dtype)
     x = torch.randn(graph.num_atoms, layout.dim, 4, dtype=dtype)
     kinds = ["vector", None if cell is None else "vector", layout]
-    assert_equivariant(lambda p, c, x: _run(attention, layout, graph, p, c, x), [pos, cell, x], kinds, layout, R.to(dtype), tolerance)
+    assert_equivariant(lambda p, c, x: _run(attention, layout, graph, p, c, x), [pos, cell, x], kinds, layout,
+                       R.to(dtype), tolerance)
 
 
 @given(layout=st.sampled_from(LAYOUTS), graph=so2st.atomic_graphs(), R=so2st.rotations(),
@@ -46,7 +53,7 @@ def test_grid_attention_equivariance(layout, graph, R, activation, kernels):
     kinds = ["vector", None if graph.cell is None else "vector", layout]
     for resolution, tolerance in [(18, 1e-3), (fine_grid_resolution(layout.lmax), 1e-10)]:
         attention = _attention(layout, activation, resolution, kernels=kernels)
-        run = lambda p, c, x: _run(attention, layout, graph, p, c, x)  # noqa: E731
+        run = lambda p, c, x, attention=attention: _run(attention, layout, graph, p, c, x)  # noqa: E731
         assert_equivariant(run, [graph.pos, graph.cell, x], kinds, layout, R, tolerance)
 
 
@@ -74,7 +81,8 @@ def test_edge_degree_embedding_is_equivariant(dtype, tolerance, layout, graph, R
         edge_features, rotation = edge_context(layout, graph, pos, cell)
         return embedding(edge_features, graph.atomic_numbers, graph.edge_index, rotation, graph.num_atoms)
 
-    errors = assert_equivariant(run, [pos, cell], ["vector", None if cell is None else "vector"], layout, R.to(dtype), tolerance)
+    errors = assert_equivariant(run, [pos, cell], ["vector", None if cell is None else "vector"], layout,
+                                R.to(dtype), tolerance)
     assert errors[0].relative <= tolerance
 
 
@@ -106,7 +114,8 @@ def test_attention_weights_are_a_softmax_per_target():
     assert renorm(torch.randn(5, 6)).shape == (5, 2)
 
 
-@pytest.mark.parametrize("activation, grid_mlp", [("separable_s2", True), ("s2", True), ("separable_s2", False), ("s2", False), ("gate", False)])
+@pytest.mark.parametrize("activation, grid_mlp", [("separable_s2", True), ("s2", True), ("separable_s2", False),
+                                                  ("s2", False), ("gate", False)])
 def test_feed_forward_equivariance(activation, grid_mlp):
     layout = CoefficientLayout(3)
     torch.manual_seed(0)
@@ -136,9 +145,11 @@ def test_attention_names_bad_edge_features():
     attention = _attention(layout, "separable_s2", dtype=torch.float32)
     edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
     rotation = EdgeRotation(layout, torch.randn(3, 3))
+    message = rf"edge_features must have shape \[E=3, {NUM_BASIS}\]"
     for grad in (False, True):  # the plain and the fused (training) path
-        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=rf"edge_features must have shape \[E=3, {NUM_BASIS}\]"):
-            attention(torch.randn(3, 9, 4), torch.randn(3, NUM_BASIS + 1), torch.tensor([1, 6, 8]), edge_index, rotation)
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=message):
+            attention(torch.randn(3, 9, 4), torch.randn(3, NUM_BASIS + 1), torch.tensor([1, 6, 8]), edge_index,
+                      rotation)
 
 
 @given(graph=so2st.atomic_graphs(min_atoms=3), seed=st.integers(0, 1000))
@@ -168,7 +179,7 @@ def test_attention_recompute_gives_the_same_numbers_and_stores_less(graph, seed)
         layer.recompute = recompute
         x = x.detach().requires_grad_()
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t):
             out = layer(x, edge_features, graph.atomic_numbers, graph.edge_index, rotation)
         grads = torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()], allow_unused=True)
         results[recompute] = out, grads, sum(saved)

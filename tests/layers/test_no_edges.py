@@ -6,9 +6,24 @@ import pytest
 import torch
 
 from so2nn.layers import (
-    AtomEdgeEmbedding, AttentionReNorm, EdgeDegreeEmbedding, EquivariantDropout, EquivariantGraphAttention,
-    EquivariantLayerNorm, EquivariantRMSNorm, FeedForwardNetwork, GateActivation, GraphDropPath, RadialBasis,
-    RadialMLP, S2Activation, SeparableLayerNorm, SeparableS2Activation, SmoothLeakyReLU, SO2Convolution, SO2Linear,
+    AtomEdgeEmbedding,
+    AttentionReNorm,
+    EdgeDegreeEmbedding,
+    EquivariantDropout,
+    EquivariantGraphAttention,
+    EquivariantLayerNorm,
+    EquivariantRMSNorm,
+    FeedForwardNetwork,
+    GateActivation,
+    GraphDropPath,
+    RadialBasis,
+    RadialMLP,
+    S2Activation,
+    SeparableLayerNorm,
+    SeparableS2Activation,
+    SmoothLeakyReLU,
+    SO2Convolution,
+    SO2Linear,
     SO3Linear,
 )
 from so2nn.so3 import CoefficientLayout, EdgeRotation

@@ -1,19 +1,20 @@
 import math
 
+import e3nn_reference
 import pytest
 import torch
 from e3nn import o3
+from graph_context import NUM_BASIS, edge_context
 from hypothesis import given
 from hypothesis import strategies as st
 
-import e3nn_reference
-from graph_context import NUM_BASIS, edge_context
 from so2nn.layers import SO2Convolution, SO2Linear
 from so2nn.so3 import CoefficientLayout, EdgeRotation
 from so2nn.testing import assert_equivariant
 from so2nn.testing import strategies as so2st
 
-LAYOUTS = [CoefficientLayout(0, 0), CoefficientLayout(2, 0), CoefficientLayout(2, 2), CoefficientLayout(3, 1), CoefficientLayout(4, 2)]
+LAYOUTS = [CoefficientLayout(0, 0), CoefficientLayout(2, 0), CoefficientLayout(2, 2), CoefficientLayout(3, 1),
+           CoefficientLayout(4, 2)]
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -108,7 +109,8 @@ def test_bad_input():
     with pytest.raises(ValueError, match="in_channels must be >= 1"):
         SO2Linear(2, 0, 2)
     lin = SO2Linear(CoefficientLayout(2, 1), 2, 2)
-    with pytest.raises(ValueError, match=r"x must have shape \[N, 7, 2\], got \(3, 9, 2\) \(node features.*EdgeRotation.to_edge"):
+    with pytest.raises(ValueError,
+                       match=r"x must have shape \[N, 7, 2\], got \(3, 9, 2\) \(node features.*EdgeRotation.to_edge"):
         lin(torch.randn(3, 9, 2))
     with pytest.raises(ValueError, match=r"x is torch.float64 but the weights of SO2Linear are torch.float32"):
         lin(torch.randn(3, 7, 2, dtype=torch.float64))
@@ -117,7 +119,8 @@ def test_bad_input():
     conv = SO2Convolution(CoefficientLayout(2, 1), 2, 2, edge_channels_list=[3, 4])
     with pytest.raises(ValueError, match=r"edge_features must have shape \[E=3, 3\]"):
         conv(torch.randn(3, 7, 2), torch.randn(2, 3))
-    with pytest.raises(ValueError, match=r"edge_features must have shape \[E=3, 3\] \(the radial MLP's input width\), got \(3, 5\)"):
+    with pytest.raises(ValueError, match=r"edge_features must have shape \[E=3, 3\] \(the radial MLP's input width\), "
+                                         r"got \(3, 5\)"):
         conv(torch.randn(3, 7, 2), torch.randn(3, 5))
 
 

@@ -43,7 +43,8 @@ def test_a_format_1_checkpoint_loads_with_identical_outputs(tmp_path):
         # linear maps moved off the grid (they commute with the grid transforms), which changed
         # the order of the float sums
         torch.testing.assert_close(out["energy"], expected["energy"], rtol=1e-6, atol=0)
-        torch.testing.assert_close(out["forces"], expected["forces"], rtol=0, atol=1e-6 * float(expected["forces"].abs().max()))
+        torch.testing.assert_close(out["forces"], expected["forces"], rtol=0,
+                                   atol=1e-6 * float(expected["forces"].abs().max()))
     # saved again, it is a format-2 checkpoint of the same model
     model.save(tmp_path / "again.pt")
     again = torch.load(tmp_path / "again.pt", weights_only=False)

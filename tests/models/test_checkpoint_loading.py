@@ -147,13 +147,18 @@ def test_unreadable_files(tmp_path, monolithic):
     np.savez(tmp_path / "arrays.npz", w=np.ones(3))
     for name, content, message in [
         ("empty.pt", b"", "the file is empty"),
-        ("half.pt", data[: len(data) // 2], r"the file is truncated or damaged \(a zip archive whose directory at the end is missing"),
-        ("text.pt", b"not a checkpoint", r"not a PyTorch checkpoint \(it looks like text\), starting 'not a checkpoint'"),
+        ("half.pt", data[: len(data) // 2],
+         r"the file is truncated or damaged \(a zip archive whose directory at the end is missing"),
+        ("text.pt", b"not a checkpoint",
+         r"not a PyTorch checkpoint \(it looks like text\), starting 'not a checkpoint'"),
         ("old-half.pt", old[: len(old) // 2], r"the file is truncated or damaged \("),
         ("old-start.pt", old[:30], r"the file is truncated or damaged \("),
-        ("lfs.pt", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab", r"not a PyTorch checkpoint \(it is a Git LFS"),
-        ("binary.pt", bytes(range(256)), r"not a PyTorch checkpoint \(neither torch's zip format nor a pickle; it starts with bytes 00 01"),
-        ("arrays.npz", None, r"not a PyTorch checkpoint: a zip archive without torch's data.pkl \(a NumPy .npz file\?\)"),
+        ("lfs.pt", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab",
+         r"not a PyTorch checkpoint \(it is a Git LFS"),
+        ("binary.pt", bytes(range(256)),
+         r"not a PyTorch checkpoint \(neither torch's zip format nor a pickle; it starts with bytes 00 01"),
+        ("arrays.npz", None,
+         r"not a PyTorch checkpoint: a zip archive without torch's data.pkl \(a NumPy .npz file\?\)"),
     ]:
         if content is not None:
             (tmp_path / name).write_bytes(content)

@@ -101,7 +101,8 @@ def test_a_bf16_training_step_on_the_device(device, tmp_path):
     items = []
     for seed in range(8):
         fields = _slab(torch.float32)
-        fields["pos"] = fields["pos"] + 0.05 * torch.randn(fields["pos"].shape, generator=torch.Generator().manual_seed(seed))
+        fields["pos"] = fields["pos"] + 0.05 * torch.randn(fields["pos"].shape,
+                                                           generator=torch.Generator().manual_seed(seed))
         items.append(Data(**fields, energy=torch.randn(1), forces=torch.randn_like(fields["pos"])))
     config = _config().replace(num_layers=1, lmax=2, mmax=1)
     trainer = Trainer(config, items, items[:2], TrainingConfig(max_steps=4, batch_size=2, amp="bf16", eval_every=2,

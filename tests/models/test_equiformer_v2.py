@@ -83,7 +83,8 @@ def test_reference_graph_mode_breaks_equivariance_on_degenerate_shells():
     errors = {}
     for mode in ("tie_stable", "reference", "reference_nonstrict"):
         model = small_model(lmax=2, mmax=1, graph_mode=mode, max_neighbors=8, **GATE)
-        errors[mode] = equivariance_error(lambda p, c: call(model, p, c, numbers), [pos, cell], kinds, outs, R)[1]
+        errors[mode] = equivariance_error(lambda p, c, model=model: call(model, p, c, numbers), [pos, cell], kinds,
+                                          outs, R)[1]
     assert errors["tie_stable"].relative <= 1e-9
     assert errors["reference_nonstrict"].relative <= 1e-9
     assert errors["reference"].relative > 1e-6
@@ -129,7 +130,8 @@ def test_conservative_forces_match_finite_differences_and_polar_edges():
             plus[atom, axis] += h
             minus[atom, axis] -= h
             with torch.no_grad():
-                fd = -(model(pos=plus, atomic_numbers=numbers)["energy"] - model(pos=minus, atomic_numbers=numbers)["energy"]) / (2 * h)
+                fd = -(model(pos=plus, atomic_numbers=numbers)["energy"]
+                       - model(pos=minus, atomic_numbers=numbers)["energy"]) / (2 * h)
             assert abs(float(fd) - float(out["forces"][atom, axis])) <= 1e-7 + 1e-6 * abs(float(fd))
 
 
@@ -157,12 +159,16 @@ def test_isolated_atom_is_finite():
     "change, message",
     [
         (lambda f: f.update(pos=f["pos"].clone().index_fill_(0, torch.tensor([1]), float("nan"))), "NaN"),
-        (lambda f: f.update(pos=torch.cat([f["pos"], f["pos"][:1] + 0.01]), atomic_numbers=torch.cat([f["atomic_numbers"], f["atomic_numbers"][:1]]), natoms=None), "overlapping"),
+        (lambda f: f.update(pos=torch.cat([f["pos"], f["pos"][:1] + 0.01]),
+                            atomic_numbers=torch.cat([f["atomic_numbers"], f["atomic_numbers"][:1]]), natoms=None),
+         "overlapping"),
         (lambda f: f.update(atomic_numbers=f["atomic_numbers"].clone().fill_(95)), "outside the embedding table"),
         (lambda f: f.update(cell=None), "no cell"),
-        (lambda f: f.update(pos=torch.zeros(0, 3, dtype=torch.float64), atomic_numbers=torch.zeros(0, dtype=torch.long), natoms=None), "empty"),
+        (lambda f: f.update(pos=torch.zeros(0, 3, dtype=torch.float64), atomic_numbers=torch.zeros(0, dtype=torch.long),
+                            natoms=None), "empty"),
         (lambda f: f.update(natoms=torch.tensor([5])), "natoms sums to 5"),
-        (lambda f: f.update(atomic_numbers=["Cu"] * len(f["atomic_numbers"])), r"atomic_numbers must be whole numbers.*'Cu'"),
+        (lambda f: f.update(atomic_numbers=["Cu"] * len(f["atomic_numbers"])),
+         r"atomic_numbers must be whole numbers.*'Cu'"),
         (lambda f: f.update(atomic_numbers="CuO"), r"atomic_numbers must be whole numbers.*a str"),
         (lambda f: f.update(atomic_numbers=f["atomic_numbers"] + 0.5), r"atomic_numbers must be whole numbers.*\.5"),
     ],
@@ -170,7 +176,8 @@ def test_isolated_atom_is_finite():
 def test_bad_input(change, message):
     model = small_model(lmax=2, mmax=1)
     pos, cell, numbers = slab()
-    fields = dict(pos=pos, cell=cell, atomic_numbers=numbers, natoms=torch.tensor([len(numbers)]), pbc=torch.tensor([[True] * 3]))
+    fields = dict(pos=pos, cell=cell, atomic_numbers=numbers, natoms=torch.tensor([len(numbers)]),
+                  pbc=torch.tensor([[True] * 3]))
     change(fields)
     fields = {k: v for k, v in fields.items() if v is not None or k == "cell"}
     with pytest.raises(ValueError, match=message):

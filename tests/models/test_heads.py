@@ -81,7 +81,8 @@ def test_force_head_rotates_as_a_vector(R):
     edge_features, numbers = torch.randn(6, 6, dtype=torch.float64), torch.tensor([1, 6, 8, 1])
 
     def forces(pos, x):
-        return head(x, edge_features, numbers, edge_index, EdgeRotation(layout, pos[edge_index[0]] - pos[edge_index[1]]))
+        return head(x, edge_features, numbers, edge_index,
+                    EdgeRotation(layout, pos[edge_index[0]] - pos[edge_index[1]]))
 
     out = forces(pos, x)
     raw = head.force_block(x, edge_features, numbers, edge_index,

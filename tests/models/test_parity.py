@@ -22,7 +22,8 @@ import torch
 from so2nn.models import EquiformerV2
 
 # the OC20 fixtures (the checkpoint families, eqv2_family_*.pt, have test_parity_families.py)
-FIXTURES = sorted(p for p in (Path(__file__).parent / "fixtures").glob("eqv2_*.pt") if not p.stem.startswith("eqv2_family_"))
+FIXTURES = sorted(p for p in (Path(__file__).parent / "fixtures").glob("eqv2_*.pt")
+                  if not p.stem.startswith("eqv2_family_"))
 
 
 def _relative(a, b):
@@ -32,7 +33,8 @@ def _relative(a, b):
 def _ours(fixture, dtype, kernels="auto"):
     model = EquiformerV2.from_fairchem(fixture["checkpoint"], graph_mode="reference", kernels=kernels).to(dtype).eval()
     x = fixture["inputs"]
-    fields = dict(pos=x["pos"].to(dtype), atomic_numbers=x["atomic_numbers"], natoms=x["natoms"], edge_index=x["edge_index"])
+    fields = dict(pos=x["pos"].to(dtype), atomic_numbers=x["atomic_numbers"], natoms=x["natoms"],
+                  edge_index=x["edge_index"])
     if x["periodic"]:
         fields.update(cell=x["cell"].to(dtype), cell_offsets=x["cell_offsets"])
     with torch.no_grad():
@@ -80,7 +82,8 @@ def test_random_roll_parity(fixture):
 def test_checkpoint_errors():
     fixture = torch.load(FIXTURES[0], weights_only=False)
     checkpoint = fixture["checkpoint"]
-    broken = {**checkpoint, "state_dict": {**checkpoint["state_dict"], "module.blocks.0.ga.extra.weight": torch.zeros(1)}}
+    broken = {**checkpoint,
+              "state_dict": {**checkpoint["state_dict"], "module.blocks.0.ga.extra.weight": torch.zeros(1)}}
     with pytest.raises(ValueError, match=r"unknown keys \['blocks.0.ga.extra.weight'\]"):
         EquiformerV2.from_fairchem(broken)
     missing = {**checkpoint, "state_dict": {k: v for k, v in checkpoint["state_dict"].items() if "alpha_dot" not in k}}
@@ -142,7 +145,8 @@ def test_never_less_equivariant_than_the_reference(fixture, kernels):
 
     pos, cell = x["pos"].double(), x["cell"].double()
     ours = float((run(pos @ R.T, cell @ R.T) - run(pos, cell) @ R.T).abs().max())
-    rolls, rotated = fixture["reference_random_rolls"]["torch.float64"], fixture["reference_random_rolls_rotated_float64"]
+    rolls = fixture["reference_random_rolls"]["torch.float64"]
+    rotated = fixture["reference_random_rolls_rotated_float64"]
     reference = max(float((b["forces"] - a["forces"] @ R.T).abs().max()) for a, b in zip(rolls, rotated))
     assert ours <= reference
 

@@ -16,9 +16,10 @@ isotropic and anisotropic parts) and the graph the reference built itself:
   on an MgO(100) slab with *OH.
 
 Positions are float32 numbers and cells multiples of 2^-10 A: the reference makes the periodic
-images' offsets in float32 even in float64, exact only for such inputs. All use the non-strict 20-neighbour cap (``enforce_max_neighbors_strictly: False``) at a 6 A
-cutoff, which every atom exceeds. so2nn loads each checkpoint with no config changes except the
-dtype and builds its own graph; it must get the reference's graph, and then its numbers:
+images' offsets in float32 even in float64, exact only for such inputs. All use the non-strict
+20-neighbour cap (``enforce_max_neighbors_strictly: False``) at a 6 A cutoff, which every atom
+exceeds. so2nn loads each checkpoint with no config changes except the dtype and builds its own
+graph; it must get the reference's graph, and then its numbers:
 
 (a) with the reference's edge frames replaced by so2nn's: float64 to 1e-12 relative (max abs
     difference over the largest value); float32 to 1e-5, or twice the reference's own float32
@@ -67,8 +68,9 @@ def case(request, loaded):
 
 
 def _fields(system, dtype):
-    return {"pos": system["positions"].to(dtype), "atomic_numbers": system["numbers"], "natoms": torch.tensor([len(system["numbers"])]),
-                "cell": system["cell"].to(dtype).view(1, 3, 3), "pbc": system["pbc"].view(1, 3)}
+    return {"pos": system["positions"].to(dtype), "atomic_numbers": system["numbers"],
+            "natoms": torch.tensor([len(system["numbers"])]), "cell": system["cell"].to(dtype).view(1, 3, 3),
+            "pbc": system["pbc"].view(1, 3)}
 
 
 def _ours(fixture, system, dtype):

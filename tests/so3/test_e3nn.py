@@ -1,9 +1,9 @@
+import e3nn_reference
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import e3nn_reference
 from so2nn.so3 import CoefficientLayout, from_e3nn, to_e3nn
 from so2nn.testing import apply_rotation
 from so2nn.testing import strategies as so2st

@@ -1,9 +1,9 @@
+import e3nn_reference
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import e3nn_reference
 from so2nn.so3 import CoefficientLayout, S2Grid, default_grid_resolution
 
 
@@ -41,7 +41,8 @@ def test_default_resolution():
     assert S2Grid(CoefficientLayout(6, 2)).resolution == (14, 5)
 
 
-@pytest.mark.parametrize("resolution, message", [(8, "res_beta=8 must be even and >= 2 \\* \\(lmax \\+ 1\\) = 10"), ((11, 11), "even"), ((10, 5), "res_alpha=5")])
+@pytest.mark.parametrize("resolution, message", [(8, "res_beta=8 must be even and >= 2 \\* \\(lmax \\+ 1\\) = 10"),
+                                                 ((11, 11), "even"), ((10, 5), "res_alpha=5")])
 def test_too_small(resolution, message):
     with pytest.raises(ValueError, match=message):
         S2Grid(CoefficientLayout(4), resolution)

@@ -1,9 +1,9 @@
+import e3nn_reference
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import e3nn_reference
 from so2nn.so3 import spherical_harmonics
 from so2nn.testing import strategies as so2st
 
@@ -27,7 +27,8 @@ def test_component_normalization():
     v = torch.randn(50, 3, dtype=torch.float64)
     Y = spherical_harmonics(5, v, normalization="component")
     for l in range(6):
-        assert torch.allclose(Y[:, l * l : (l + 1) ** 2].pow(2).sum(1), torch.full((50,), 2.0 * l + 1, dtype=torch.float64))
+        assert torch.allclose(Y[:, l * l : (l + 1) ** 2].pow(2).sum(1),
+                              torch.full((50,), 2.0 * l + 1, dtype=torch.float64))
 
 
 def test_polar_axis_is_y():

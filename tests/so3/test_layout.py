@@ -57,7 +57,8 @@ def test_hashable_and_default_mmax():
     assert repr(CoefficientLayout(3, 1)) == "CoefficientLayout(lmax=3, mmax=1)"
 
 
-@pytest.mark.parametrize("lmax, mmax, message", [(2, 3, "mmax must be <= lmax"), (-1, 0, "lmax must be >= 0"), (2, -2, "mmax must be >= 0")])
+@pytest.mark.parametrize("lmax, mmax, message",
+                         [(2, 3, "mmax must be <= lmax"), (-1, 0, "lmax must be >= 0"), (2, -2, "mmax must be >= 0")])
 def test_bad_layout(lmax, mmax, message):
     with pytest.raises(ValueError, match=message):
         CoefficientLayout(lmax, mmax)

@@ -1,10 +1,9 @@
 import math
 
+import e3nn_reference
 import pytest
 import torch
 from e3nn import o3
-
-import e3nn_reference
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -86,7 +86,10 @@ def test_functions_that_differentiate_inside_are_checked(R):
     errors = assert_equivariant(_energy_forces_stress, [pos, cell], ["vector", "vector"],
                                 {"energy": None, "forces": "vector", "stress": "matrix"}, R)
     assert [e.name for e in errors] == ["energy", "forces", "stress"]
-    broken = lambda pos, cell: {**_energy_forces_stress(pos, cell), "stress": torch.eye(3, dtype=pos.dtype) * pos[1, 0]}
+
+    def broken(pos, cell):
+        return {**_energy_forces_stress(pos, cell), "stress": torch.eye(3, dtype=pos.dtype) * pos[1, 0]}
+
     quarter_turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     with pytest.raises(AssertionError, match="stress \\(matrix\\)"):
         assert_equivariant(broken, [pos, cell], ["vector", "vector"], {"stress": "matrix"}, quarter_turn)

@@ -12,7 +12,8 @@ def test_ddp_two_processes_gloo(tmp_path):
     ranks), the data is split between ranks, rank 0 alone writes checkpoints and logs, and
     the validation metrics are reduced over both ranks' shards."""
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(tmp_path)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+         str(tmp_path)],
         capture_output=True, text=True, timeout=3600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -160,7 +160,8 @@ def test_added_and_reinitialised_heads(pretrained):
 def test_a_stress_head_is_added_by_its_group_or_by_the_older_flat_entries(pretrained, tmp_path):
     """``stress={...}`` and the flat ``stress_*`` entries of older configs add the same head; the
     provenance records the group in plain values (a checkpoint loads it as data)."""
-    flat, record = pretrained_model(pretrained, stress_head="equivariant", stress_extensive=True, stress_avg_num_nodes=4)
+    flat, record = pretrained_model(pretrained, stress_head="equivariant", stress_extensive=True,
+                                    stress_avg_num_nodes=4)
     nested, _ = pretrained_model(pretrained, stress={"head": "equivariant", "extensive": True, "avg_num_nodes": 4.0})
     assert flat.config == nested.config and flat.config.stress.extensive and record["added_heads"] == ["stress"]
     assert record["config_changes"] == {"stress": dataclasses.asdict(nested.config.stress)}

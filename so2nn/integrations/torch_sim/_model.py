@@ -132,7 +132,8 @@ class TorchSimModel(ModelInterface):
         if mask is not None:
             mask = torch.as_tensor(mask, device=self._device)
             if mask.dim() != 1 or mask.dtype != torch.bool:
-                raise ValueError(f"fixed must be a [n_atoms] bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}")
+                raise ValueError(f"fixed must be a [n_atoms] bool tensor, "
+                                 f"got {mask.dtype} of shape {tuple(mask.shape)}")
         self._fixed = mask
 
     def forward(self, state, **kwargs) -> dict[str, torch.Tensor]:

@@ -66,9 +66,10 @@ def relax_batch(
     waiting system takes its place. Atoms that a :class:`~ase.constraints.FixAtoms` (or an so2nn
     data item's ``fixed`` field) holds, OC20's subsurface, get zero force and do not move:
     torch-sim's own ``FixAtoms`` constraint holds them (0.5.1 and later), or on torch-sim 0.3 the
-    model zeroes their forces (:attr:`~so2nn.integrations.torch_sim.TorchSimModel.fixed`). With ``relax_cell``, the cell relaxes too
-    (torch-sim's unit-cell filter, ASE's ``UnitCellFilter``), which needs a model with a stress
-    output. The neighbour graph is rebuilt by the model at every step, so it follows the atoms.
+    model zeroes their forces (:attr:`~so2nn.integrations.torch_sim.TorchSimModel.fixed`). With
+    ``relax_cell``, the cell relaxes too (torch-sim's unit-cell filter, ASE's ``UnitCellFilter``),
+    which needs a model with a stress output. The neighbour graph is rebuilt by the model at every
+    step, so it follows the atoms.
 
     Args:
         model: a :class:`TorchSimModel`, or what it accepts (an so2nn model or checkpoint;

@@ -86,7 +86,8 @@ def as_atoms_list(systems) -> list[Atoms]:
                              f"{', '.join(other)}")
     pbc = {tuple(bool(p) for p in a.pbc) for a in atoms}
     if len(pbc) > 1 or len(set(next(iter(pbc)))) > 1:
-        raise ValueError(f"torch-sim needs one pbc for every system and direction (all periodic or none), got {sorted(pbc)}")
+        raise ValueError("torch-sim needs one pbc for every system and direction (all periodic or none), "
+                         f"got {sorted(pbc)}")
     return atoms
 
 
