@@ -108,8 +108,9 @@ class AseFileDataset(ShardedDataset):
     the same name. Without ``stress_key`` and ``virial_key``, the calculator's stress is read
     when the frame has one (and a ``virial`` in ``info``, as OC20's extxyz files write it);
     ``read_stress=False`` reads none (for a file with stress on some frames only: a dataset has
-    stress on every frame or on none). A key that is given must be in every frame. ``sid`` and ``fid`` come from ``atoms.info`` when it has them, else ``sid`` is the
-    frame's position in the dataset and ``fid`` 0.
+    stress on every frame or on none). A key that is given must be in every frame. ``sid`` and
+    ``fid`` come from ``atoms.info`` when it has them, else ``sid`` is the frame's position in the
+    dataset and ``fid`` 0.
 
     How each format is read (lazily where it can be) is in the module's docstring.
 

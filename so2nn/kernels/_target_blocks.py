@@ -53,7 +53,8 @@ class Edges(NamedTuple):
 
     Example:
         >>> from so2nn.so3 import CoefficientLayout
-        >>> index, rotation = torch.tensor([[1, 2, 0], [0, 0, 1]]), EdgeRotation(CoefficientLayout(2), torch.randn(3, 3))
+        >>> index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+        >>> rotation = EdgeRotation(CoefficientLayout(2), torch.randn(3, 3))
         >>> edges = Edges.of_graph(torch.randn(3, 4), index, rotation, num_nodes=3)
         >>> edges.target.tolist(), edges.num_targets
         ([0, 0, 1], 3)
@@ -156,7 +157,8 @@ def in_target_blocks(compute: Callable[[Edges], torch.Tensor], edges: Edges, *, 
 
     Example:
         >>> from so2nn.so3 import CoefficientLayout
-        >>> index, rotation = torch.tensor([[1, 2, 0], [0, 0, 1]]), EdgeRotation(CoefficientLayout(2), torch.randn(3, 3))
+        >>> index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+        >>> rotation = EdgeRotation(CoefficientLayout(2), torch.randn(3, 3))
         >>> edges = Edges.of_graph(torch.randn(3, 4), index, rotation, num_nodes=3)
         >>> count = lambda e: torch.zeros(e.num_targets).index_add(0, e.target, torch.ones(len(e.target)))
         >>> in_target_blocks(count, edges, kernels="auto", training=False)

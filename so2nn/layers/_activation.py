@@ -97,7 +97,8 @@ def activation_scalars(name: str, layout: CoefficientLayout | int, channels: int
 
 
 def _check_input(module: nn.Module, x: torch.Tensor, coefficients: int, channels: int | None = None) -> None:
-    if not torch.is_tensor(x) or x.dim() != 3 or x.shape[1] != coefficients or (channels is not None and x.shape[2] != channels):
+    if (not torch.is_tensor(x) or x.dim() != 3 or x.shape[1] != coefficients
+            or (channels is not None and x.shape[2] != channels)):
         got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         what = "edge-frame features [E, edge_dim" if getattr(module, "edge", False) else "node features [N, (lmax+1)**2"
         raise ValueError(f"{type(module).__name__} expects {what}={coefficients}, {channels or 'C'}], got {got}")
@@ -167,7 +168,8 @@ class GateActivation(ConstantsModule):
         _check_input(self, x, self.gate_index.shape[0], self.channels)
         if scalars is None or scalars.dim() != 2 or scalars.shape != (x.shape[0], lmax * self.channels):
             got = None if scalars is None else tuple(scalars.shape)
-            raise ValueError(f"scalars (the gate logits) must have shape [N={x.shape[0]}, lmax * channels = {lmax * self.channels}], got {got}")
+            raise ValueError(f"scalars (the gate logits) must have shape [N={x.shape[0]}, "
+                             f"lmax * channels = {lmax * self.channels}], got {got}")
         g = torch.sigmoid(scalars).reshape(x.shape[0], lmax, self.channels)
         g = torch.cat([torch.ones_like(g[:, :1]), g], dim=1).index_select(1, self.gate_index)  # 1 for l = 0
         return replace_scalars(x * g, torch.nn.functional.silu(x[:, 0]))

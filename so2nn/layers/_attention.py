@@ -177,7 +177,8 @@ class EquivariantGraphAttention(nn.Module):
         self.kernels = check_kernels(kernels)
         prepare_couplings(layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
         self.sphere_channels, self.hidden_channels = sphere_channels, hidden_channels
-        self.num_heads, self.attn_alpha_channels, self.attn_value_channels = num_heads, attn_alpha_channels, attn_value_channels
+        self.num_heads = num_heads
+        self.attn_alpha_channels, self.attn_value_channels = attn_alpha_channels, attn_value_channels
         self.output_channels, self.activation, self.recompute = output_channels, activation, recompute
 
         self.edge_channels = edge_channels_list[0]  # width of the edge features given to forward
@@ -199,7 +200,8 @@ class EquivariantGraphAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, sphere_channels={self.sphere_channels}, "
-            f"num_heads={self.num_heads}, activation={self.activation!r}" + ("" if self.recompute else ", recompute=False")
+            f"num_heads={self.num_heads}, activation={self.activation!r}"
+            + ("" if self.recompute else ", recompute=False")
             + ("" if self.kernels == "auto" else f", kernels={self.kernels!r}")
         )
 
@@ -278,4 +280,5 @@ class EquivariantGraphAttention(nn.Module):
         ``[E, edge_dim, H * V]``."""
         values = self.so2_conv_2(self.act(message, gates if self.num_gates else None), weights).y
         E, H, V = values.shape[0], self.num_heads, self.attn_value_channels
-        return (values.view(E, self.layout.edge_dim, H, V) * alpha[:, None, :, None]).view(E, self.layout.edge_dim, H * V)
+        K = self.layout.edge_dim
+        return (values.view(E, K, H, V) * alpha[:, None, :, None]).view(E, K, H * V)

@@ -114,7 +114,8 @@ def check_edge_features(edge_features: torch.Tensor, num_edges: int, width: int)
     """Raise unless ``edge_features`` is ``[num_edges, width]``."""
     if not torch.is_tensor(edge_features) or edge_features.dim() != 2 or edge_features.shape != (num_edges, width):
         got = tuple(edge_features.shape) if torch.is_tensor(edge_features) else type(edge_features).__name__
-        raise ValueError(f"edge_features must have shape [E={num_edges}, {width}] (the radial MLP's input width), got {got}")
+        raise ValueError(f"edge_features must have shape [E={num_edges}, {width}] (the radial MLP's input width), "
+                         f"got {got}")
 
 
 def scatter_sum(x: torch.Tensor, index: torch.Tensor, num_nodes: int, kernels: str = "auto") -> torch.Tensor:

@@ -67,7 +67,8 @@ class EdgeDegreeEmbedding(nn.Module):
         self.layout = as_layout(layout)
         prepare_couplings(self.layout.lmax)  # Wigner-D couplings of its EdgeRotation, built now
         check_channels(channels=channels)
-        if not (isinstance(rescale_factor, (int, float)) and not isinstance(rescale_factor, bool) and rescale_factor > 0):
+        number = isinstance(rescale_factor, (int, float)) and not isinstance(rescale_factor, bool)
+        if not (number and rescale_factor > 0):
             raise ValueError(f"rescale_factor must be a number > 0, got {rescale_factor!r}")
         self.channels, self.rescale_factor = channels, float(rescale_factor)
         self.kernels = check_kernels(kernels)
@@ -82,7 +83,8 @@ class EdgeDegreeEmbedding(nn.Module):
         self.radial = RadialMLP(edge_channels_list + [(self.layout.lmax + 1) * channels])
 
     def extra_repr(self) -> str:
-        return f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, channels={self.channels}, rescale_factor={self.rescale_factor}"
+        return (f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, channels={self.channels}, "
+                f"rescale_factor={self.rescale_factor}")
 
     def forward(
         self,

@@ -79,13 +79,15 @@ class FeedForwardNetwork(ConstantsModule):
     ) -> None:
         super().__init__()
         self.layout = layout = CoefficientLayout(as_layout(layout).lmax)
-        check_channels(sphere_channels=sphere_channels, hidden_channels=hidden_channels, output_channels=output_channels)
+        check_channels(sphere_channels=sphere_channels, hidden_channels=hidden_channels,
+                       output_channels=output_channels)
         num_scalars = activation_scalars(activation, layout, hidden_channels)  # checks the name
         if grid_mlp and activation == "gate":
             raise ValueError("grid_mlp=True uses the S2 grid: it cannot be combined with activation='gate'")
         self.activation, self.grid_mlp, self.recompute = activation, grid_mlp, bool(recompute)
         self.kernels = check_kernels(kernels)
-        self.sphere_channels, self.hidden_channels, self.output_channels = sphere_channels, hidden_channels, output_channels
+        self.sphere_channels, self.hidden_channels = sphere_channels, hidden_channels
+        self.output_channels = output_channels
 
         self.so3_linear_1 = SO3Linear(layout, sphere_channels, hidden_channels)
         self.scalar_mlp = self.gating_linear = self.act = self.mlp = None

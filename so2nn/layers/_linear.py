@@ -45,7 +45,8 @@ class SO3Linear(ConstantsModule):
         self.register_constant("degrees", self.layout.degrees)
 
     def extra_repr(self) -> str:
-        return f"lmax={self.layout.lmax}, in_channels={self.in_channels}, out_channels={self.out_channels}, bias={self.bias is not None}"
+        return (f"lmax={self.layout.lmax}, in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"bias={self.bias is not None}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features("x", x, None, self.layout.dim, self.in_channels, self.layout)

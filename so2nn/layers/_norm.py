@@ -163,11 +163,13 @@ class EquivariantRMSNorm(_CenteredNorm):
     def __init__(self, layout: CoefficientLayout | int, channels: int, eps: float = 1e-5) -> None:
         super().__init__(layout, channels, eps)
         # 1 / ((2l+1)(lmax+1) C) per coefficient: the mean over degrees of each degree's mean square
-        self.register_constant("balance", 1.0 / ((2 * self.layout.degrees + 1) * (self.layout.lmax + 1) * channels).double())
+        balance = 1.0 / ((2 * self.layout.degrees + 1) * (self.layout.lmax + 1) * channels).double()
+        self.register_constant("balance", balance)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._center(x)
-        scale = (self._mean_square(x, self.balance) + self.eps).rsqrt()[:, None, None] * self.affine_weight.index_select(0, self.degrees)
+        inv_rms = (self._mean_square(x, self.balance) + self.eps).rsqrt()
+        scale = inv_rms[:, None, None] * self.affine_weight.index_select(0, self.degrees)
         return self._shift(x * scale)
 
 

@@ -66,7 +66,8 @@ class RadialBasis(ConstantsModule):
             self.register_constant("offset", offset)
             self.coeff = -0.5 / (basis_width_scalar * float(offset[1] - offset[0])) ** 2
         else:
-            self.register_constant("frequency", torch.arange(1, num_basis + 1, dtype=torch.float64, device="cpu") * math.pi / cutoff)
+            frequency = torch.arange(1, num_basis + 1, dtype=torch.float64, device="cpu") * math.pi / cutoff
+            self.register_constant("frequency", frequency)
 
     def extra_repr(self) -> str:
         return f"num_basis={self.num_basis}, cutoff={self.cutoff}, basis={self.basis!r}, envelope={self.envelope!r}"
@@ -130,7 +131,8 @@ class RadialMLP(nn.Module):
             raise ValueError(f"RadialMLP expects [E, {self.channels[0]}] edge features, got {got}")
         if x.dtype != self.first.weight.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"x is {x.dtype} but the weights of RadialMLP are {self.first.weight.dtype}: "
-                             f"convert the input (x.to({self.first.weight.dtype})) or the module (module.to({x.dtype}))")
+                             f"convert the input (x.to({self.first.weight.dtype})) "
+                             f"or the module (module.to({x.dtype}))")
         return self.net(x)
 
 
@@ -163,8 +165,10 @@ class AtomEdgeEmbedding(nn.Module):
         nn.init.uniform_(self.source_embedding.weight, -0.001, 0.001)
         nn.init.uniform_(self.target_embedding.weight, -0.001, 0.001)
 
-    def forward(self, edge_features: torch.Tensor, atomic_numbers: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        if not torch.is_tensor(edge_features) or edge_features.dim() != 2 or edge_features.shape[0] != edge_index.shape[-1]:
+    def forward(self, edge_features: torch.Tensor, atomic_numbers: torch.Tensor,
+                edge_index: torch.Tensor) -> torch.Tensor:
+        num_edges = edge_index.shape[-1]
+        if not torch.is_tensor(edge_features) or edge_features.dim() != 2 or edge_features.shape[0] != num_edges:
             got = tuple(edge_features.shape) if torch.is_tensor(edge_features) else type(edge_features).__name__
             raise ValueError(f"edge_features must have shape [E={edge_index.shape[-1]}, F], got {got}")
         check_atomic_numbers(atomic_numbers)
@@ -178,5 +182,9 @@ def check_atomic_numbers(atomic_numbers: torch.Tensor, num_nodes: int | None = N
     if not torch.is_tensor(atomic_numbers) or atomic_numbers.dim() != 1 or atomic_numbers.is_floating_point() or (
         num_nodes is not None and atomic_numbers.shape[0] != num_nodes
     ):
-        got = f"{tuple(atomic_numbers.shape)} {atomic_numbers.dtype}" if torch.is_tensor(atomic_numbers) else type(atomic_numbers).__name__
-        raise ValueError(f"atomic_numbers must be an integer tensor of shape [N={'N' if num_nodes is None else num_nodes}], got {got}")
+        if torch.is_tensor(atomic_numbers):
+            got = f"{tuple(atomic_numbers.shape)} {atomic_numbers.dtype}"
+        else:
+            got = type(atomic_numbers).__name__
+        rows = "N" if num_nodes is None else num_nodes
+        raise ValueError(f"atomic_numbers must be an integer tensor of shape [N={rows}], got {got}")

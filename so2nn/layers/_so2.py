@@ -164,7 +164,8 @@ class SO2Linear(ConstantsModule):
 
     def extra_repr(self) -> str:
         extra = f", extra_m0_output_channels={self.extra_m0_output_channels}" if self.extra_m0_output_channels else ""
-        return f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, in_channels={self.in_channels}, out_channels={self.out_channels}{extra}"
+        return (f"lmax={self.layout.lmax}, mmax={self.layout.mmax}, in_channels={self.in_channels}, "
+                f"out_channels={self.out_channels}{extra}")
 
     def complex_weight(self, m: int) -> torch.Tensor:
         r"""The real ``[2K*out, 2K*in]`` matrix :math:`\begin{pmatrix} W_r & -W_i \\ W_i & W_r \end{pmatrix}`

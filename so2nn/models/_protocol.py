@@ -80,7 +80,8 @@ class AtomisticModel(Protocol):
     ValueError naming it), and returns a dict with one tensor per name in
     :attr:`output_names`: ``"energy" [B]`` (eV) and ``"forces" [N, 3]`` (eV/Angstrom), in
     physical units (an energy-only model has no ``"forces"``; the calculator then offers the
-    energy alone, and the trainer, which fits forces, refuses it), and, for a model that lists it, ``"stress" [B, 3, 3]`` (eV/Angstrom^3,
+    energy alone, and the trainer, which fits forces, refuses it), and, for a model that lists it,
+    ``"stress" [B, 3, 3]`` (eV/Angstrom^3,
     ASE's convention :math:`\sigma = \frac{1}{V}\,\partial E/\partial\varepsilon`, positive =
     tensile) when the input is periodic: an input without a cell has no volume and its dict
     has no ``"stress"`` (rows of systems without a periodic direction in a mixed batch are

@@ -105,7 +105,8 @@ def config_from_dict(cls: type, fields: dict):
     known = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"the checkpoint's config has keys {unknown} that {cls.config_class.__qualname__} does not know")
+        raise ValueError(f"the checkpoint's config has keys {unknown} that "
+                         f"{cls.config_class.__qualname__} does not know")
     return cls.config_class(**fields)
 
 

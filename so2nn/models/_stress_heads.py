@@ -256,7 +256,8 @@ class StressHead(nn.Module):
 
     def _edge_features(self, x: torch.Tensor, edge_vec: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """:math:`h_e [E, C']`: node features contracted with the normalised harmonics of the edge."""
-        w = self.harmonics_norm(spherical_harmonics(self.layout.lmax, edge_vec, normalize=False, validate=False)[:, :, None])[:, :, 0]
+        harmonics = spherical_harmonics(self.layout.lmax, edge_vec, normalize=False, validate=False)
+        w = self.harmonics_norm(harmonics[:, :, None])[:, :, 0]
         if self.source_target_embedding:
             x_edge = torch.cat([x.index_select(0, edge_index[0]), x.index_select(0, edge_index[1])], dim=2)
         else:

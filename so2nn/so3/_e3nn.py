@@ -9,7 +9,7 @@ Both directions are a single gather with a cached permutation, so the round trip
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -18,7 +18,7 @@ from .._checks import check_degree
 __all__ = ["to_e3nn", "from_e3nn"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _to_e3nn_perm(lmax: int, channels: int, device: torch.device) -> torch.Tensor:
     # e3nn position of (l, c, m) holds so2nn's flat index (l*l + l + m) * C + c.
     perm = [
@@ -30,7 +30,7 @@ def _to_e3nn_perm(lmax: int, channels: int, device: torch.device) -> torch.Tenso
     return torch.tensor(perm, device=device)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _from_e3nn_perm(lmax: int, channels: int, device: torch.device) -> torch.Tensor:
     return torch.argsort(_to_e3nn_perm(lmax, channels, device))
 

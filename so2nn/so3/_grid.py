@@ -24,7 +24,7 @@ is where aliasing (and the only equivariance error) comes from.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -163,7 +163,7 @@ class S2Grid:
         return to_grid, from_grid
 
 
-@lru_cache(maxsize=None)
+@cache
 @_on_cpu
 def s2_grid(layout: CoefficientLayout, resolution, normalization: str = "component") -> S2Grid:
     """Cached :class:`S2Grid` (built once per layout, resolution and normalisation).

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property, lru_cache, wraps
+from functools import cache, cached_property, wraps
 
 import torch
 
@@ -242,6 +242,6 @@ def layout_index(layout: CoefficientLayout, name: str, device: torch.device) -> 
     return _cached_layout_index(layout, name, device)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_layout_index(layout: CoefficientLayout, name: str, device: torch.device) -> torch.Tensor:
     return _on_cpu(getattr)(layout, name).to(device)

@@ -62,7 +62,8 @@ class EdgeRotation:
         mmax = layout.mmax
         # explicit sizes: with no edges (E = 0) a -1 in reshape is ambiguous
         blocks = [
-            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :].reshape(frames.shape[0], (2 * min(l, mmax) + 1) * (2 * l + 1))
+            D[..., l - min(l, mmax) : l + min(l, mmax) + 1, :].reshape(
+                frames.shape[0], (2 * min(l, mmax) + 1) * (2 * l + 1))
             for l, D in enumerate(_blocks(layout.lmax, frames))
         ]
         # One [edge_dim, dim] matrix per edge (rows m-major, columns l-major), so that each
@@ -119,8 +120,8 @@ class EdgeRotation:
         layout = self.layout
         if y.dim() != 3 or y.shape[0] != self.num_edges or y.shape[1] not in (layout.edge_dim, layout.lmax + 1):
             raise ValueError(
-                f"y must have shape [E={self.num_edges}, {layout.edge_dim}, C] (or [E, lmax + 1 = {layout.lmax + 1}, C] "
-                f"for m = 0 alone), got {tuple(y.shape)}"
+                f"y must have shape [E={self.num_edges}, {layout.edge_dim}, C] "
+                f"(or [E, lmax + 1 = {layout.lmax + 1}, C] for m = 0 alone), got {tuple(y.shape)}"
             )
         back = self._back_matrix(rescale)
         return torch.bmm(back if y.shape[1] == layout.edge_dim else back[:, :, : y.shape[1]], y)

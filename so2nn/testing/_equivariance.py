@@ -75,7 +75,8 @@ def apply_rotation(x: Any, kind: Kind, R: torch.Tensor) -> Any:
         return R @ x @ R.T
     layout = CoefficientLayout(kind) if isinstance(kind, int) else kind
     if not isinstance(layout, CoefficientLayout):
-        raise ValueError(f"unknown kind {kind!r}: use None, 'scalar', 'vector', 'matrix', an int lmax or a CoefficientLayout")
+        raise ValueError(f"unknown kind {kind!r}: use None, 'scalar', 'vector', 'matrix', an int lmax "
+                         "or a CoefficientLayout")
     if x.shape[-2] != layout.dim:
         raise ValueError(f"a feature of {layout} must have shape [..., {layout.dim}, C], got {tuple(x.shape)}")
     parts = [

@@ -6,15 +6,21 @@ import pickle
 
 import numpy as np
 import pytest
-from ase.build import bulk
+from ase.build import add_adsorbate, bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.build import add_adsorbate, fcc111
 from ase.constraints import FixAtoms
 from dft_files import emt_frames, write_outcar, write_ref_extxyz, write_traj, write_vasprun
 
-from so2nn.data import (AseFileDataset, DataFormatError, LmdbDataset, open_dataset, split_dataset, target_statistics,
-                        write_lmdb)
+from so2nn.data import (
+    AseFileDataset,
+    DataFormatError,
+    LmdbDataset,
+    open_dataset,
+    split_dataset,
+    target_statistics,
+    write_lmdb,
+)
 
 
 def full(voigt) -> np.ndarray:

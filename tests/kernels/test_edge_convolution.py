@@ -105,7 +105,8 @@ def test_the_weights_of_an_so2_linear_map_are_not_enough():
     layout = CoefficientLayout(2, 1)
     embedding, conv, edge_index, rotation, x, h, numbers = _setup(layout, 3, 4, 2, 2, 0, 1)
     with pytest.raises(ValueError, match="weights of an SO2Convolution"):
-        edge_convolution(x, edge_index, rotation.matrix, torch.zeros(4, 6, **DOUBLE), conv.weights()._replace(radial=None))
+        no_radial = conv.weights()._replace(radial=None)
+        edge_convolution(x, edge_index, rotation.matrix, torch.zeros(4, 6, **DOUBLE), no_radial)
 
 
 @given(num_edges=st.integers(0, 6), seed=st.integers(0, 2**16))

@@ -152,9 +152,10 @@ def test_bad_stress_settings_and_mixed_data(bulk, emt_data):
     with pytest.raises(ValueError, match="stress_loss='decomposed' takes stress_isotropic_coefficient"):
         TrainingConfig(stress_coefficient=1.0)
     mixed = [*list(bulk[0])[:3], *emt_data[0][:3]]
-    with pytest.raises(DataFormatError, match=r"^item 3 of the dataset: has no stress but item 0 of the dataset has one"):
+    first, fourth = "item 0 of the dataset", "item 3 of the dataset"
+    with pytest.raises(DataFormatError, match=rf"^{fourth}: has no stress but {first} has one"):
         target_statistics(mixed)
-    with pytest.raises(DataFormatError, match=r"^item 0 of the dataset: has no stress but item 3 of the dataset has one"):
+    with pytest.raises(DataFormatError, match=rf"^{first}: has no stress but {fourth} has one"):
         target_statistics(mixed[::-1])
 
 
