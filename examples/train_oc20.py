@@ -89,6 +89,8 @@ from so2nn.cli import (
     add_threads_argument,
     check_device,
     describe_threads,
+    fraction,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "once)")
     data.add_argument("--val-data", type=Path, help="validation data, same formats (with --data: this or "
                       "--valid-fraction)")
-    data.add_argument("--valid-fraction", type=positive_float, metavar="F", help="hold out this fraction of --data "
+    data.add_argument("--valid-fraction", type=fraction, metavar="F", help="hold out this fraction of --data "
                       "(drawn with --seed) for validation; recorded in the checkpoint, so --resume uses the "
                       "same")
     for target, where in (("energy", "atoms.info"), ("forces", "atoms.arrays"), ("stress", "atoms.info"),
@@ -198,13 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size,
                        help="systems per validation batch")
     train.add_argument("--lr", type=positive_float, help=f"peak learning rate of AdamW {default('lr')}")
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    train.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay, help="AdamW weight decay")
     train.add_argument("--warmup-steps", type=non_negative_int, help=f"linear warm-up steps {default('warmup_steps')}")
-    train.add_argument("--clip-grad-norm", type=float, default=defaults.clip_grad_norm, help="gradient norm clip")
+    train.add_argument("--clip-grad-norm", type=positive_float, default=defaults.clip_grad_norm,
+                       help="gradient norm clip")
     train.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
                        help="decay of the weights' moving average")
-    train.add_argument("--energy-coefficient", type=float, default=defaults.energy_coefficient, help="lambda_E")
-    train.add_argument("--force-coefficient", type=float, default=defaults.force_coefficient, help="lambda_F")
+    train.add_argument("--energy-coefficient", type=non_negative_float, default=defaults.energy_coefficient,
+                       help="lambda_E")
+    train.add_argument("--force-coefficient", type=non_negative_float, default=defaults.force_coefficient,
+                       help="lambda_F")
     train.add_argument("--energy-per-atom", action="store_true", help="energy loss per atom, |E - E'| / N "
                        "(the OMat24 recipe; default: per system)")
     train.add_argument("--stress-loss", choices=["decomposed", "plain"], default=defaults.stress_loss,
@@ -213,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("stress-coefficient", "plain stress MAE"),
                        ("stress-isotropic-coefficient", "isotropic stress MAE (tr/3)"),
                        ("stress-anisotropic-coefficient", "anisotropic (traceless) stress MAE")):
-        train.add_argument(f"--{name}", type=float, help=f"coefficient of the {what} (default: "
+        train.add_argument(f"--{name}", type=non_negative_float, help=f"coefficient of the {what} (default: "
                            f"{DEFAULT_STRESS_COEFFICIENT}; setting it requires stress in the data and the model)")
     train.add_argument("--all-atoms", action="store_true", help="train and evaluate forces on fixed atoms too "
                        "(default: free atoms only, OC20's convention)")
@@ -352,7 +357,14 @@ def training_config(args) -> TrainingConfig:
 
 def embedded_paths(args):
     generate = make_bulk_dataset if args.embedded == "bulk" else make_dataset
-    return generate(args.cache_dir, *args.emt_systems, progress=not args.no_progress)
+    if args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise UsageError(f"--cache-dir {args.cache_dir} is a file, not a directory: give a directory for the "
+                         f"embedded dataset")
+    try:
+        return generate(args.cache_dir, *args.emt_systems, progress=not args.no_progress)
+    except OSError as error:  # not a directory, no permission, a full disk: where it is written
+        raise UsageError(f"--cache-dir {args.cache_dir}: cannot write the embedded dataset there "
+                         f"({error.strerror or error}{': ' + str(error.filename) if error.filename else ''})") from None
 
 
 def open_data(flag: str, path, **options):
