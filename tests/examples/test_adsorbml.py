@@ -55,3 +55,6 @@ def test_help_documents_every_flag_and_without_a_model_it_says_how_to_get_one(tm
     assert result.returncode == 0
     flags = set(re.findall(r"add_argument\(\"(--[a-z-]+)\"", EXAMPLE.read_text()))
     assert len(flags) >= 15 and all(flag in result.stdout for flag in flags)
+    result = run(tmp_path, "--seed", "-1")  # numpy's generators take no negative seed: one line, exit status 2
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == "adsorbml.py: error: argument --seed: -1 is not a non-negative integer (>= 0)"

@@ -69,3 +69,7 @@ def test_help_documents_every_flag(tmp_path):
     for flag in ("--checkpoint", "--train-frames", "--train-steps", "--train-out", "--device", "--dtype", "--metal",
                  "--repeat", "--strain", "--rattle", "--seed", "--optimizer", "--fmax", "--steps", "--out"):
         assert flag in out
+    # a seed numpy cannot take is the user's mistake: one line, exit status 2 (it was a traceback)
+    result = run(tmp_path, "--seed", "-1", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == "relax_bulk.py: error: argument --seed: -1 is not a non-negative integer (>= 0)"
