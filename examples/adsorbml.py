@@ -220,8 +220,13 @@ def progress(items, desc: str):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with usage_errors():
-        return run(args)
+    try:
+        with usage_errors():
+            return run(args)
+    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
+        print(f"\ninterrupted (SIGINT): nothing written to {args.out} (it is written at the end); the same command "
+              f"runs it again", flush=True)
+        raise SystemExit(130) from None
 
 
 def run(args) -> dict:
