@@ -62,7 +62,7 @@ def test_train_oc20_tiny_learns_and_resumes(tmp_path):
     for name in ("checkpoint.pt", "model.pt", "summary.png", "metrics.json", "train_log.csv"):
         assert (tmp_path / "run" / name).exists(), name
     help_text = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True, text=True, check=True,
-                               env=ENV).stdout
+                               env=ENV, timeout=3600).stdout
     for flag in ("--data", "--val-data", "--preset", "--tiny", "--device", "--amp", "--resume", "--max-steps",
                  "--allow-data-change"):
         assert flag in help_text
