@@ -68,7 +68,8 @@ Threads: by default, as many as the cores that no other process keeps busy when 
 (one per core on a machine of its own); threads that wait for each other on a busy core make
 every step many times slower. ``--threads N`` overrides it. Ctrl-C (or SIGTERM) stops after the
 current step with a checkpoint, prints the command that continues the run, and exits with
-status 130 (143 for SIGTERM).
+status 130 (143 for SIGTERM); before the first step (while the data is generated, say) there is
+no checkpoint, and it says so.
 """
 
 from __future__ import annotations
@@ -507,12 +508,24 @@ def main(argv=None) -> dict:
     args = parse_args(argv, parser)
     # how this run was started, for the command that continues it
     args.command_line = sys.argv if argv is None else [os.path.relpath(__file__), *argv]
+    # what a Ctrl-C outside the training loop (which stops itself after a step, with a checkpoint)
+    # leaves behind, said by run() as it goes
+    args.interrupted = "no checkpoint was saved; the same command starts the run again"
     with usage_errors(parser):
-        return run(args)
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted (SIGINT): {args.interrupted}", flush=True)
+            raise SystemExit(128 + signal.SIGINT) from None
 
 
 def run(args) -> dict:
     set_threads(args.threads)
+    if args.evaluate is not None:
+        args.interrupted = "the same command evaluates again"
+    if args.predict is not None:
+        args.interrupted = ("the predictions saved so far (every few batches) are kept; the same command "
+                            "continues from them")
     if args.evaluate is not None or args.predict is not None:
         return evaluate_or_predict(args)
     train, val = datasets(args)
@@ -562,9 +575,18 @@ def run(args) -> dict:
         if 2 * cfg.warmup_steps > cfg.max_steps:
             print(f"note: the warm-up ({cfg.warmup_steps} steps) is more than half of the run's {cfg.max_steps} "
                   f"steps: the learning rate stays below its peak for most of the run (--warmup-steps)", flush=True)
+    # fit() stops itself on Ctrl-C; one that reaches here came in its final validation, after the
+    # last step's checkpoint
+    args.interrupted = (f"the checkpoint of the last step is saved ({args.out / 'checkpoint.pt'}); the same "
+                        f"command plus --resume finishes the run")
     metrics = trainer.fit(stop_after=args.stop_after)
+    args.interrupted = f"the trained model is saved ({args.out / 'model.pt'})"
     if main_process:
-        if trainer.step < trainer.config.max_steps:
+        if trainer.stop_signal and trainer.fit_steps == 0 and not args.resume:
+            # stopped in the validation before the first step: no checkpoint to continue from
+            print(f"interrupted ({signal.Signals(trainer.stop_signal).name}) before the first step: no "
+                  f"checkpoint was saved; the same command starts the run again", flush=True)
+        elif trainer.step < trainer.config.max_steps:
             why = f"interrupted ({signal.Signals(trainer.stop_signal).name})" if trainer.stop_signal else "stopped"
             line = ["python", *args.command_line]
             command = " ".join(shlex.quote(a) for a in line + ([] if "--resume" in line else ["--resume"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,15 +16,19 @@ def interrupt_when(command: list[str], marker: str, **options) -> tuple[int, str
     a line holds ``marker``, send SIGINT as a terminal's Ctrl-C does, and return its exit status
     and its whole output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **options.pop("env", {})}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **options)
+    # its own process group, which the signal goes to: a terminal's Ctrl-C reaches the processes
+    # the command started too
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True, **options)
     try:
         seen = []
         for line in process.stdout:  # ends if the command exits before it says it is at work
             seen.append(line)
             if marker in line:
-                process.send_signal(signal.SIGINT)
+                os.killpg(process.pid, signal.SIGINT)
                 break
         rest, _ = process.communicate(timeout=HANG_S)
-    finally:
-        process.kill()
+    finally:  # whatever is left of the group (nothing, when the command exits as it should)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     return process.returncode, "".join(seen) + rest
