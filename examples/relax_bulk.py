@@ -215,8 +215,13 @@ def lattice(atoms: Atoms, repeat: int) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with usage_errors():
-        return run(args)
+    try:
+        with usage_errors():
+            return run(args)
+    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
+        print("\ninterrupted (SIGINT): a model it trained is kept for the next run; the same command runs it "
+              "again", flush=True)
+        raise SystemExit(130) from None
 
 
 def run(args) -> dict:

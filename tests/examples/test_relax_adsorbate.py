@@ -76,3 +76,15 @@ def test_ctrl_c_while_the_model_trains_exits_130_after_its_checkpoint(tmp_path):
     assert lines[-1] == "training interrupted: continue it with the --resume command above, then run this example again"
     assert lines[-2].strip().endswith("--out train --threads 1 --resume"), out
     assert (tmp_path / "train" / "checkpoint.pt").is_file()
+
+
+def test_ctrl_c_while_it_relaxes_exits_130_with_one_line(tmp_path):
+    save_tiny_model(tmp_path / "tiny.pt")
+    path = os.pathsep.join(p for p in (str(EXAMPLE.parents[1]), os.environ.get("PYTHONPATH")) if p)
+    status, out = interrupt_when([sys.executable, str(EXAMPLE), "--checkpoint", "tiny.pt", "--fmax", "1e-9",
+                                  "--steps", "100000", "--optimizer", "FIRE"], "model step   1:", cwd=tmp_path,
+                                 env={"PYTHONPATH": path})
+    assert status == 130, out
+    assert "Traceback" not in out, out
+    assert out.strip().splitlines()[-1] == ("interrupted (SIGINT): a model it trained is kept for the next run; the "
+                                           "same command runs it again"), out
