@@ -100,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="initial stretch of the cell (fraction), with a shear of a third of it (%(default)s)")
     system.add_argument("--rattle", type=float, default=0.05,
                         help="standard deviation of the initial displacements, A (%(default)s)")
-    system.add_argument("--seed", type=non_negative_int, default=0, help="of the rattle and the training data (%(default)s)")
+    system.add_argument("--seed", type=non_negative_int, default=0,
+                        help="of the rattle and the training data (%(default)s)")
     relaxation = p.add_argument_group("relaxation")
     relaxation.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="BFGS", help="(%(default)s)")
     relaxation.add_argument("--fmax", type=positive_float, default=0.01,

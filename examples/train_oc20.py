@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size,
                        help="systems per validation batch")
     train.add_argument("--lr", type=positive_float, help=f"peak learning rate of AdamW {default('lr')}")
-    train.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay, help="AdamW weight decay")
+    train.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay,
+                       help="AdamW weight decay")
     train.add_argument("--warmup-steps", type=non_negative_int, help=f"linear warm-up steps {default('warmup_steps')}")
     train.add_argument("--clip-grad-norm", type=positive_float, default=defaults.clip_grad_norm,
                        help="gradient norm clip")

@@ -56,7 +56,8 @@ def test_compare_is_relative_to_the_spread():
 def test_errors(tmp_path, capsys):
     assert verify.main([str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err
-    assert err == f"python -m so2nn.verify: error: no checkpoint file at {tmp_path / 'missing.pt'}\n", err  # argparse's form
+    # argparse's form
+    assert err == f"python -m so2nn.verify: error: no checkpoint file at {tmp_path / 'missing.pt'}\n", err
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     assert verify.main([str(corrupt)]) == 2

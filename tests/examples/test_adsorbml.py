@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("torch_sim")
 
 from interrupt import interrupt_when  # noqa: E402
+
 from so2nn.models import EquiformerV2, EquiformerV2Config  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "adsorbml.py"
@@ -58,7 +59,8 @@ def test_help_documents_every_flag_and_without_a_model_it_says_how_to_get_one(tm
     assert len(flags) >= 15 and all(flag in result.stdout for flag in flags)
     result = run(tmp_path, "--seed", "-1")  # numpy's generators take no negative seed: one line, exit status 2
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.splitlines()[-1] == "adsorbml.py: error: argument --seed: -1 is not a non-negative integer (>= 0)"
+    assert result.stderr.splitlines()[-1] == \
+        "adsorbml.py: error: argument --seed: -1 is not a non-negative integer (>= 0)"
 
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path):

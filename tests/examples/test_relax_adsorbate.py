@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from ase.io import read
-
 from interrupt import interrupt_when
+
 from so2nn.models import EquiformerV2, EquiformerV2Config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "relax_adsorbate.py"

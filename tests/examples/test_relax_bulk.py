@@ -12,8 +12,8 @@ import pytest
 import torch
 from ase.io import read
 from ase.units import GPa
-
 from interrupt import interrupt_when
+
 from so2nn.models import EquiformerV2, EquiformerV2Config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,8 @@ def test_help_documents_every_flag(tmp_path):
     # a seed numpy cannot take is the user's mistake: one line, exit status 2 (it was a traceback)
     result = run(tmp_path, "--seed", "-1", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.splitlines()[-1] == "relax_bulk.py: error: argument --seed: -1 is not a non-negative integer (>= 0)"
+    assert result.stderr.splitlines()[-1] == \
+        "relax_bulk.py: error: argument --seed: -1 is not a non-negative integer (>= 0)"
 
 
 def test_ctrl_c_while_it_relaxes_exits_130_with_one_line(tmp_path):

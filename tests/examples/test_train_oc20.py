@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from interrupt import interrupt_when
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_oc20.py"
