@@ -142,7 +142,7 @@ class _Worker:
             died = None
             if ready:  # end of output: the worker is exiting; wait for its status
                 try:
-                    died = self.process.wait(timeout=30)
+                    died = self.process.wait(timeout=TIMEOUT_S)  # a hang guard, as for a reply
                 except subprocess.TimeoutExpired:
                     pass
             self.stop()
