@@ -66,6 +66,7 @@ from so2nn.cli import (
     add_threads_argument,
     check_device,
     describe_threads,
+    non_negative_int,
     positive_float,
     positive_int,
     set_threads,
@@ -96,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="surface cell of the three-layer slab, in surface atoms")
     systems.add_argument("--placements", type=positive_int, default=24,
                          help="initial placements per slab/adsorbate pair (AdsorbML: 20 or more)")
-    systems.add_argument("--seed", type=int, default=0, help="random seed of the placements")
+    systems.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the placements")
     relax = p.add_argument_group("relaxations")
     relax.add_argument("--fmax", type=positive_float, default=0.05,
                        help="converged below this force (eV/A), model and EMT")
@@ -219,8 +220,13 @@ def progress(items, desc: str):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with usage_errors():
-        return run(args)
+    try:
+        with usage_errors():
+            return run(args)
+    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
+        print(f"\ninterrupted (SIGINT): nothing written to {args.out} (it is written at the end); the same command "
+              f"runs it again", flush=True)
+        raise SystemExit(130) from None
 
 
 def run(args) -> dict:

@@ -92,6 +92,15 @@ def sample(generator: torch.Generator):
 
 
 def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
+        print("interrupted (SIGINT): this example saves nothing; the same command runs it again", flush=True)
+        raise SystemExit(130) from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=positive_int, default=600,
                         help="training steps, one molecule each (default: 600)")
@@ -105,6 +114,10 @@ def main(argv=None) -> None:
         parser.error(f"--mmax {args.mmax} must be <= --lmax {args.lmax}")
     with usage_errors(parser):
         set_threads(args.threads)
+    return args
+
+
+def run(args) -> None:
     print(f"cpu, {describe_threads()}", flush=True)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)

@@ -122,8 +122,8 @@ def find_checkpoint(args) -> Path:
     except KeyboardInterrupt:  # Ctrl-C reaches both processes: the training saves its checkpoint and stops
         status = process.wait()
     if status < 0 or status >= 128:  # stopped by a signal, its checkpoint saved: exit as an interrupted command
-        print("training interrupted: continue it with the command above (plus --resume), then run this example "
-              "again", flush=True)
+        print("training interrupted: continue it with the --resume command above, then run this example again",
+              flush=True)
         raise SystemExit(128 - status if status < 0 else status)
     if status != 0:
         raise SystemExit("training the model failed (see its output above)")
@@ -163,8 +163,13 @@ def binding_height(atoms: Atoms) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with usage_errors():
-        return run(args)
+    try:
+        with usage_errors():
+            return run(args)
+    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
+        print("\ninterrupted (SIGINT): a model it trained is kept for the next run; the same command runs it "
+              "again", flush=True)
+        raise SystemExit(130) from None
 
 
 def run(args) -> dict:

@@ -44,6 +44,7 @@ from so2nn.cli import (
     add_threads_argument,
     check_device,
     describe_threads,
+    non_negative_int,
     positive_float,
     positive_int,
     set_threads,
@@ -99,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="initial stretch of the cell (fraction), with a shear of a third of it (%(default)s)")
     system.add_argument("--rattle", type=float, default=0.05,
                         help="standard deviation of the initial displacements, A (%(default)s)")
-    system.add_argument("--seed", type=int, default=0, help="of the rattle and the training data (%(default)s)")
+    system.add_argument("--seed", type=non_negative_int, default=0,
+                        help="of the rattle and the training data (%(default)s)")
     relaxation = p.add_argument_group("relaxation")
     relaxation.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="BFGS", help="(%(default)s)")
     relaxation.add_argument("--fmax", type=positive_float, default=0.01,
@@ -214,8 +216,13 @@ def lattice(atoms: Atoms, repeat: int) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with usage_errors():
-        return run(args)
+    try:
+        with usage_errors():
+            return run(args)
+    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
+        print("\ninterrupted (SIGINT): a model it trained is kept for the next run; the same command runs it "
+              "again", flush=True)
+        raise SystemExit(130) from None
 
 
 def run(args) -> dict:

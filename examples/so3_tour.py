@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from so2nn.cli import add_threads_argument, non_negative_int, positive_int, set_threads, usage_errors
+from so2nn.cli import UsageError, add_threads_argument, non_negative_int, positive_int, set_threads, usage_errors
 from so2nn.graph import edge_vectors, radius_graph
 from so2nn.so3 import CoefficientLayout, EdgeRotation, S2Grid, spherical_harmonics
 from so2nn.testing import assert_equivariant, random_rotation
@@ -34,6 +34,10 @@ def main(argv=None) -> None:
         parser.error(f"--mmax {args.mmax} must be <= --lmax {args.lmax}")
     with usage_errors(parser):
         set_threads(args.threads)
+        try:  # before any work: a grid too coarse for lmax is the user's choice of --resolution
+            grid = S2Grid(CoefficientLayout(args.lmax), resolution=args.resolution)  # float64 matrices
+        except ValueError as error:
+            raise UsageError(f"--resolution {args.resolution}: {error}") from None
     torch.set_default_dtype(torch.float64)
 
     # Ethanol-like positions (Angstrom).
@@ -67,7 +71,6 @@ def main(argv=None) -> None:
     print(f"rotate -> truncate -> rotate back: {errors[0]}")
 
     # 3. S2 grids: the round trip is exact on band-limited signals.
-    grid = S2Grid(CoefficientLayout(args.lmax), resolution=args.resolution)
     round_trip = (grid.from_grid @ (grid.to_grid @ x[0]) - x[0]).abs().max()
     print(f"S2 grid {grid.resolution}: round-trip error {round_trip:.1e}")
 

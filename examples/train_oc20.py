@@ -68,7 +68,8 @@ Threads: by default, as many as the cores that no other process keeps busy when 
 (one per core on a machine of its own); threads that wait for each other on a busy core make
 every step many times slower. ``--threads N`` overrides it. Ctrl-C (or SIGTERM) stops after the
 current step with a checkpoint, prints the command that continues the run, and exits with
-status 130 (143 for SIGTERM).
+status 130 (143 for SIGTERM); before the first step (while the data is generated, say) there is
+no checkpoint, and it says so.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ from so2nn.cli import (
     add_threads_argument,
     check_device,
     describe_threads,
+    fraction,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "once)")
     data.add_argument("--val-data", type=Path, help="validation data, same formats (with --data: this or "
                       "--valid-fraction)")
-    data.add_argument("--valid-fraction", type=positive_float, metavar="F", help="hold out this fraction of --data "
+    data.add_argument("--valid-fraction", type=fraction, metavar="F", help="hold out this fraction of --data "
                       "(drawn with --seed) for validation; recorded in the checkpoint, so --resume uses the "
                       "same")
     for target, where in (("energy", "atoms.info"), ("forces", "atoms.arrays"), ("stress", "atoms.info"),
@@ -198,13 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-batch-size", type=positive_int, default=defaults.eval_batch_size,
                        help="systems per validation batch")
     train.add_argument("--lr", type=positive_float, help=f"peak learning rate of AdamW {default('lr')}")
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    train.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay,
+                       help="AdamW weight decay")
     train.add_argument("--warmup-steps", type=non_negative_int, help=f"linear warm-up steps {default('warmup_steps')}")
-    train.add_argument("--clip-grad-norm", type=float, default=defaults.clip_grad_norm, help="gradient norm clip")
+    train.add_argument("--clip-grad-norm", type=positive_float, default=defaults.clip_grad_norm,
+                       help="gradient norm clip")
     train.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
                        help="decay of the weights' moving average")
-    train.add_argument("--energy-coefficient", type=float, default=defaults.energy_coefficient, help="lambda_E")
-    train.add_argument("--force-coefficient", type=float, default=defaults.force_coefficient, help="lambda_F")
+    train.add_argument("--energy-coefficient", type=non_negative_float, default=defaults.energy_coefficient,
+                       help="lambda_E")
+    train.add_argument("--force-coefficient", type=non_negative_float, default=defaults.force_coefficient,
+                       help="lambda_F")
     train.add_argument("--energy-per-atom", action="store_true", help="energy loss per atom, |E - E'| / N "
                        "(the OMat24 recipe; default: per system)")
     train.add_argument("--stress-loss", choices=["decomposed", "plain"], default=defaults.stress_loss,
@@ -213,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("stress-coefficient", "plain stress MAE"),
                        ("stress-isotropic-coefficient", "isotropic stress MAE (tr/3)"),
                        ("stress-anisotropic-coefficient", "anisotropic (traceless) stress MAE")):
-        train.add_argument(f"--{name}", type=float, help=f"coefficient of the {what} (default: "
+        train.add_argument(f"--{name}", type=non_negative_float, help=f"coefficient of the {what} (default: "
                            f"{DEFAULT_STRESS_COEFFICIENT}; setting it requires stress in the data and the model)")
     train.add_argument("--all-atoms", action="store_true", help="train and evaluate forces on fixed atoms too "
                        "(default: free atoms only, OC20's convention)")
@@ -352,7 +359,14 @@ def training_config(args) -> TrainingConfig:
 
 def embedded_paths(args):
     generate = make_bulk_dataset if args.embedded == "bulk" else make_dataset
-    return generate(args.cache_dir, *args.emt_systems, progress=not args.no_progress)
+    if args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise UsageError(f"--cache-dir {args.cache_dir} is a file, not a directory: give a directory for the "
+                         f"embedded dataset")
+    try:
+        return generate(args.cache_dir, *args.emt_systems, progress=not args.no_progress)
+    except OSError as error:  # not a directory, no permission, a full disk: where it is written
+        raise UsageError(f"--cache-dir {args.cache_dir}: cannot write the embedded dataset there "
+                         f"({error.strerror or error}{': ' + str(error.filename) if error.filename else ''})") from None
 
 
 def open_data(flag: str, path, **options):
@@ -495,12 +509,24 @@ def main(argv=None) -> dict:
     args = parse_args(argv, parser)
     # how this run was started, for the command that continues it
     args.command_line = sys.argv if argv is None else [os.path.relpath(__file__), *argv]
+    # what a Ctrl-C outside the training loop (which stops itself after a step, with a checkpoint)
+    # leaves behind, said by run() as it goes
+    args.interrupted = "no checkpoint was saved; the same command starts the run again"
     with usage_errors(parser):
-        return run(args)
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted (SIGINT): {args.interrupted}", flush=True)
+            raise SystemExit(128 + signal.SIGINT) from None
 
 
 def run(args) -> dict:
     set_threads(args.threads)
+    if args.evaluate is not None:
+        args.interrupted = "the same command evaluates again"
+    if args.predict is not None:
+        args.interrupted = ("the predictions saved so far (every few batches) are kept; the same command "
+                            "continues from them")
     if args.evaluate is not None or args.predict is not None:
         return evaluate_or_predict(args)
     train, val = datasets(args)
@@ -550,9 +576,18 @@ def run(args) -> dict:
         if 2 * cfg.warmup_steps > cfg.max_steps:
             print(f"note: the warm-up ({cfg.warmup_steps} steps) is more than half of the run's {cfg.max_steps} "
                   f"steps: the learning rate stays below its peak for most of the run (--warmup-steps)", flush=True)
+    # fit() stops itself on Ctrl-C; one that reaches here came in its final validation, after the
+    # last step's checkpoint
+    args.interrupted = (f"the checkpoint of the last step is saved ({args.out / 'checkpoint.pt'}); the same "
+                        f"command plus --resume finishes the run")
     metrics = trainer.fit(stop_after=args.stop_after)
+    args.interrupted = f"the trained model is saved ({args.out / 'model.pt'})"
     if main_process:
-        if trainer.step < trainer.config.max_steps:
+        if trainer.stop_signal and trainer.fit_steps == 0 and not args.resume:
+            # stopped in the validation before the first step: no checkpoint to continue from
+            print(f"interrupted ({signal.Signals(trainer.stop_signal).name}) before the first step: no "
+                  f"checkpoint was saved; the same command starts the run again", flush=True)
+        elif trainer.step < trainer.config.max_steps:
             why = f"interrupted ({signal.Signals(trainer.stop_signal).name})" if trainer.stop_signal else "stopped"
             line = ["python", *args.command_line]
             command = " ".join(shlex.quote(a) for a in line + ([] if "--resume" in line else ["--resume"]))

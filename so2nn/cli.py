@@ -31,8 +31,8 @@ import time
 
 import torch
 
-__all__ = ["UsageError", "add_threads_argument", "check_device", "describe_threads", "free_cores",
-           "non_negative_int", "positive_float", "positive_int", "set_threads", "usage_errors"]
+__all__ = ["UsageError", "add_threads_argument", "check_device", "describe_threads", "fraction", "free_cores",
+           "non_negative_float", "non_negative_int", "positive_float", "positive_int", "set_threads", "usage_errors"]
 
 
 class UsageError(ValueError):
@@ -69,10 +69,13 @@ def _bounded(kind, test, what: str):
     return parse
 
 
-#: argparse types: an int >= 1, an int >= 0, a finite float > 0.
+#: argparse types: an int >= 1, an int >= 0, a finite float > 0, a finite float >= 0, a float
+#: strictly between 0 and 1.
 positive_int = _bounded(int, lambda v: v >= 1, "a positive integer (>= 1)")
 non_negative_int = _bounded(int, lambda v: v >= 0, "a non-negative integer (>= 0)")
 positive_float = _bounded(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+non_negative_float = _bounded(float, lambda v: v >= 0 and math.isfinite(v), "a non-negative number (>= 0)")
+fraction = _bounded(float, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
 
 
 def _usable_cores() -> int:

@@ -285,13 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rolls must be at least 2 (the reference's spread needs two calls)")
     path = Path(args.checkpoint)
     if not path.is_file():
-        print(f"error: no checkpoint file at {args.checkpoint}", file=sys.stderr)
+        print(f"{parser.prog}: error: no checkpoint file at {args.checkpoint}", file=sys.stderr)
         return 2
     try:
         check_device(args.device)
         set_threads(args.threads)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype)
 
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         calculator = So2nnCalculator(path, device=args.device, dtype=dtype, use_ema=args.use_ema, trust=args.trust)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     model = calculator.model
     config = model.config

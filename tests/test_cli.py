@@ -66,13 +66,21 @@ def test_argument_types_and_usage_errors(capsys):
     parser.add_argument("--steps", type=cli.positive_int)
     parser.add_argument("--workers", type=cli.non_negative_int)
     parser.add_argument("--lr", type=cli.positive_float)
+    parser.add_argument("--decay", type=cli.non_negative_float)
+    parser.add_argument("--split", type=cli.fraction)
     cli.add_threads_argument(parser)
-    assert vars(parser.parse_args(["--steps", "3", "--workers", "0", "--lr", "1e-3", "--threads", "1"])) == \
-        {"steps": 3, "workers": 0, "lr": 1e-3, "threads": 1}
+    assert vars(parser.parse_args(["--steps", "3", "--workers", "0", "--lr", "1e-3", "--threads", "1", "--decay", "0",
+                                   "--split", "0.1"])) == \
+        {"steps": 3, "workers": 0, "lr": 1e-3, "threads": 1, "decay": 0.0, "split": 0.1}
     for argv, message in [(["--steps", "-5"], "argument --steps: -5 is not a positive integer (>= 1)"),
                           (["--steps", "x"], "argument --steps: 'x' is not an integer"),
                           (["--workers", "-1"], "argument --workers: -1 is not a non-negative integer (>= 0)"),
                           (["--lr", "nan"], "argument --lr: nan is not a positive number"),
+                          (["--decay", "-1"], "argument --decay: -1 is not a non-negative number (>= 0)"),
+                          (["--decay", "inf"], "argument --decay: inf is not a non-negative number (>= 0)"),
+                          (["--split", "1.5"], "argument --split: 1.5 is not a fraction between 0 and 1 (exclusive)"),
+                          (["--split", "0"], "argument --split: 0 is not a fraction between 0 and 1 (exclusive)"),
+                          (["--split", "half"], "argument --split: 'half' is not a number"),
                           (["--threads", "0"], "argument --threads: 0 is not a positive integer (>= 1)")]:
         with pytest.raises(SystemExit) as stop:
             parser.parse_args(argv)

@@ -55,7 +55,9 @@ def test_compare_is_relative_to_the_spread():
 
 def test_errors(tmp_path, capsys):
     assert verify.main([str(tmp_path / "missing.pt")]) == 2
-    assert "no checkpoint file at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # argparse's form
+    assert err == f"python -m so2nn.verify: error: no checkpoint file at {tmp_path / 'missing.pt'}\n", err
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     assert verify.main([str(corrupt)]) == 2
@@ -63,8 +65,12 @@ def test_errors(tmp_path, capsys):
     assert "not a PyTorch checkpoint (it looks like text)" in err, err
     with pytest.raises(SystemExit):
         verify.main([str(corrupt), "--rolls", "1"])
+    assert capsys.readouterr().err.splitlines()[-1] == ("python -m so2nn.verify: error: --rolls must be at least 2 "
+                                                        "(the reference's spread needs two calls)")
     assert verify.main([str(corrupt), "--device", "gpu"]) == 2
-    assert "--device 'gpu' is not a torch device name; this machine has: cpu" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("python -m so2nn.verify: error: --device 'gpu' is not a torch device name; this machine has: "
+                          "cpu") and len(err.splitlines()) == 1, err
 
 
 def test_runs_as_a_module(tmp_path):

@@ -114,6 +114,15 @@ class TrainingConfig:
             )
         if not 0 <= self.warmup_steps:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        # torch accepts a negative clip and scales the gradient by a negative factor: the run would
+        # climb its loss; a negative coefficient would do the same to its term
+        if not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be > 0 (float('inf') for no clipping), got {self.clip_grad_norm}")
+        for name in ("weight_decay", "energy_coefficient", "force_coefficient", "stress_coefficient",
+                     "stress_isotropic_coefficient", "stress_anisotropic_coefficient"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if not self.backbone_lr_factor > 0:
             raise ValueError(f"backbone_lr_factor must be > 0, got {self.backbone_lr_factor}")
 

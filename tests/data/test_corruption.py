@@ -121,13 +121,14 @@ class _Worker:
         if not self._reply(STARTUP_TIMEOUT_S).get("ready"):
             raise RuntimeError("the corruption worker did not start")
 
-    def ask(self, request: dict) -> dict:
-        """The worker's reply, or a ``signal``/``hang`` outcome (the worker is then restarted)."""
+    def ask(self, request: dict, timeout: float | None = None) -> dict:
+        """The worker's reply within ``timeout`` (default: the worker's), or a ``signal``/``hang``
+        outcome (the worker is then restarted)."""
         if self.process is None or self.process.poll() is not None:
             self.start()
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
-        return self._reply(self.timeout)
+        return self._reply(self.timeout if timeout is None else timeout)
 
     def _reply(self, timeout: float) -> dict:
         import selectors
@@ -141,7 +142,7 @@ class _Worker:
             died = None
             if ready:  # end of output: the worker is exiting; wait for its status
                 try:
-                    died = self.process.wait(timeout=30)
+                    died = self.process.wait(timeout=TIMEOUT_S)  # a hang guard, as for a reply
                 except subprocess.TimeoutExpired:
                     pass
             self.stop()
@@ -205,11 +206,13 @@ def test_damaged_files_are_rejected_or_read_many(kind, tmp_path, oc20_frames):
 def test_the_harness_counts_signals_and_hangs_and_restarts(tmp_path):
     """The worker dying of a signal, or not answering, is a failure outcome, and the next case
     runs in a fresh worker."""
-    worker = _Worker(timeout=3.0)
+    worker = _Worker()
     (tmp_path / "frames.csv").write_text("")
     try:
         assert worker.ask({"kind": "signal", "path": "", "name": ""})["outcome"] == "signal"
-        assert worker.ask({"kind": "hang", "path": "", "name": ""})["outcome"] == "hang"
+        # a short wait for the request that sleeps an hour; the real request after it has the
+        # generous one, so that a busy machine cannot make it a "hang"
+        assert worker.ask({"kind": "hang", "path": "", "name": ""}, timeout=3.0)["outcome"] == "hang"
         reply = worker.ask({"kind": "dataset", "path": str(tmp_path / "frames.csv"), "name": "frames.csv"})
         assert reply["outcome"] == "rejected", reply
     finally:

@@ -12,6 +12,8 @@ import torch
 
 pytest.importorskip("torch_sim")
 
+from interrupt import interrupt_when  # noqa: E402
+
 from so2nn.models import EquiformerV2, EquiformerV2Config  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "adsorbml.py"
@@ -55,3 +57,21 @@ def test_help_documents_every_flag_and_without_a_model_it_says_how_to_get_one(tm
     assert result.returncode == 0
     flags = set(re.findall(r"add_argument\(\"(--[a-z-]+)\"", EXAMPLE.read_text()))
     assert len(flags) >= 15 and all(flag in result.stdout for flag in flags)
+    result = run(tmp_path, "--seed", "-1")  # numpy's generators take no negative seed: one line, exit status 2
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == \
+        "adsorbml.py: error: argument --seed: -1 is not a non-negative integer (>= 0)"
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path):
+    """Ctrl-C while the model relaxes the placements: exit status 130, as shells expect of an
+    interrupted command, one line saying that nothing was written, no traceback."""
+    torch.manual_seed(0)
+    EquiformerV2(EquiformerV2Config.tiny(forces_std=0.05)).save(tmp_path / "tiny.pt")
+    path = os.pathsep.join(p for p in (str(EXAMPLE.parents[1]), os.environ.get("PYTHONPATH")) if p)
+    status, out = interrupt_when([sys.executable, str(EXAMPLE), "--checkpoint", "tiny.pt", "--placements", "40",
+                                  "--out", "out"], "structures", cwd=tmp_path, env={"PYTHONPATH": path})
+    assert status == 130, out
+    assert "Traceback" not in out, out
+    assert out.strip().splitlines()[-1].startswith("interrupted (SIGINT): nothing written to out"), out
+    assert not (tmp_path / "out").exists()

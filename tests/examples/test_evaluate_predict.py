@@ -174,6 +174,14 @@ def test_command_line_mistakes_are_one_line_errors(example, run, tmp_path, capsy
         (["--set", "lmax=four"], "--set 'lmax=four': 'four' is not a JSON value"),
         (["--data", str(tmp_path / "empty"), "--valid-fraction", "0.1", "--no-stress", "--stress-key", "REF_stress"],
          "--no-stress reads no stress: give no --stress-key or --virial-key with it"),
+        (["--data", str(tmp_path / "missing"), "--valid-fraction", "1.5"],
+         r"argument --valid-fraction: 1.5 is not a fraction between 0 and 1 \(exclusive\)"),
+        (["--clip-grad-norm", "-1"], "argument --clip-grad-norm: -1 is not a positive number"),
+        (["--energy-coefficient", "-4"], r"argument --energy-coefficient: -4 is not a non-negative number \(>= 0\)"),
+        (["--weight-decay", "-1"], r"argument --weight-decay: -1 is not a non-negative number \(>= 0\)"),
+        (["--cache-dir", str(tmp_path / "notes.pt")], "--cache-dir .*notes.pt is a file, not a directory"),
+        (["--cache-dir", str(tmp_path / "notes.pt" / "data")],
+         "--cache-dir .*data: cannot write the embedded dataset there"),
     ]:
         with pytest.raises(SystemExit) as stop:
             example.main([*(a for a in common if a != "--tiny"), "--out", str(tmp_path / "out"), *argv])

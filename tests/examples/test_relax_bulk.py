@@ -12,6 +12,7 @@ import pytest
 import torch
 from ase.io import read
 from ase.units import GPa
+from interrupt import interrupt_when
 
 from so2nn.models import EquiformerV2, EquiformerV2Config
 
@@ -69,3 +70,21 @@ def test_help_documents_every_flag(tmp_path):
     for flag in ("--checkpoint", "--train-frames", "--train-steps", "--train-out", "--device", "--dtype", "--metal",
                  "--repeat", "--strain", "--rattle", "--seed", "--optimizer", "--fmax", "--steps", "--out"):
         assert flag in out
+    # a seed numpy cannot take is the user's mistake: one line, exit status 2 (it was a traceback)
+    result = run(tmp_path, "--seed", "-1", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == \
+        "relax_bulk.py: error: argument --seed: -1 is not a non-negative integer (>= 0)"
+
+
+def test_ctrl_c_while_it_relaxes_exits_130_with_one_line(tmp_path):
+    torch.manual_seed(0)
+    EquiformerV2(EquiformerV2Config.tiny(direct_forces=False)).save(tmp_path / "conservative.pt")  # it has stress
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    status, out = interrupt_when([sys.executable, str(EXAMPLE), "--checkpoint", "conservative.pt", "--fmax", "1e-9",
+                                  "--steps", "100000", "--optimizer", "FIRE"], "model step   1:", cwd=tmp_path,
+                                 env={"PYTHONPATH": path})
+    assert status == 130, out
+    assert "Traceback" not in out, out
+    assert out.strip().splitlines()[-1] == ("interrupted (SIGINT): a model it trained is kept for the next run; the "
+                                           "same command runs it again"), out

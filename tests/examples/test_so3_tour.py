@@ -25,3 +25,10 @@ def test_so3_tour_runs_and_its_checks_hold(capsys):
     assert "CoefficientLayout(lmax=3, mmax=1): 16 coefficients per node" in out, out
     errors = [float(e) for e in re.findall(r"(?:= |relative |error )([0-9.]+e[-+]\d+)", out)]
     assert len(errors) == 4 and max(errors) < 1e-12, out
+    # a grid too coarse for lmax is a usage error, before any work (it was a traceback)
+    with pytest.raises(SystemExit) as stop:
+        tour["main"](["--resolution", "4"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.fullmatch(r"\S+: error: --resolution 4: grid resolution too small: .*",
+                                                   err.splitlines()[-1]), err

@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from interrupt import interrupt_when
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_oc20.py"
 
 
 # one thread per run (a test must not depend on how busy the machine is); the timeout only guards
-# against a hang
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# against a hang; this checkout's so2nn first, whichever so2nn is installed
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join(p for p in (str(EXAMPLE.parents[1]), os.environ.get("PYTHONPATH")) if p)}
 
 
 def _run(*args, ok=True):
@@ -62,7 +64,7 @@ def test_train_oc20_tiny_learns_and_resumes(tmp_path):
     for name in ("checkpoint.pt", "model.pt", "summary.png", "metrics.json", "train_log.csv"):
         assert (tmp_path / "run" / name).exists(), name
     help_text = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True, text=True, check=True,
-                               env=ENV).stdout
+                               env=ENV, timeout=3600).stdout
     for flag in ("--data", "--val-data", "--preset", "--tiny", "--device", "--amp", "--resume", "--max-steps",
                  "--allow-data-change"):
         assert flag in help_text
@@ -188,3 +190,16 @@ def test_ctrl_c_saves_prints_the_resume_command_and_exits_130(tmp_path):
     resume = stdout.strip().splitlines()[-1].strip()
     assert resume.startswith("python ") and resume.endswith("--threads 1 --resume"), resume
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_ctrl_c_before_the_first_step_exits_130_and_says_nothing_is_saved(tmp_path):
+    """Ctrl-C while the embedded data is generated (or in the validation before the first step):
+    no traceback, exit status 130, and a last line that says there is no checkpoint to resume."""
+    status, out = interrupt_when([sys.executable, str(EXAMPLE), "--tiny", "--emt-systems", "60", "10", "--cache-dir",
+                                  str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--max-steps", "100000",
+                                  "--threads", "1"], "generating", env=ENV)
+    assert status == 130, out
+    assert "Traceback" not in out, out
+    said = [line for line in out.splitlines() if line.startswith("interrupted (SIGINT)")]  # beside progress bars
+    assert len(said) == 1 and said[0].endswith("no checkpoint was saved; the same command starts the run again"), out
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

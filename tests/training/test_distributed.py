@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ def test_ddp_two_processes_gloo(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
          str(tmp_path)],
         capture_output=True, text=True, timeout=3600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one thread per process, whatever the caller's environment says
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

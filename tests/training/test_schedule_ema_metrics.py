@@ -66,3 +66,15 @@ def test_training_config_is_checked():
         TrainingConfig(amp="fp8")
     with pytest.raises(ValueError, match="batch_size"):
         TrainingConfig(batch_size=0)
+    # a negative clip or coefficient would make the run climb its loss: refused, by name
+    with pytest.raises(ValueError, match=r"clip_grad_norm must be > 0 \(float\('inf'\) for no clipping\), got -1"):
+        TrainingConfig(clip_grad_norm=-1.0)
+    with pytest.raises(ValueError, match="clip_grad_norm must be > 0"):
+        TrainingConfig(clip_grad_norm=0.0)
+    for name in ("weight_decay", "energy_coefficient", "force_coefficient", "stress_isotropic_coefficient"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 0, got -0.5"):
+            TrainingConfig(**{name: -0.5})
+    with pytest.raises(ValueError, match="stress_coefficient must be >= 0, got nan"):
+        TrainingConfig(stress_loss="plain", stress_coefficient=float("nan"))
+    # zero is a choice (a force-only run, no decay, no energy term), and so is no clipping
+    TrainingConfig(weight_decay=0.0, energy_coefficient=0.0, clip_grad_norm=float("inf"))
