@@ -66,6 +66,7 @@ from so2nn.cli import (
     add_threads_argument,
     check_device,
     describe_threads,
+    exit_on_interrupt,
     non_negative_int,
     positive_float,
     positive_int,
@@ -220,13 +221,9 @@ def progress(items, desc: str):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:
-        with usage_errors():
-            return run(args)
-    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
-        print(f"\ninterrupted (SIGINT): nothing written to {args.out} (it is written at the end); the same command "
-              f"runs it again", flush=True)
-        raise SystemExit(130) from None
+    with exit_on_interrupt(f"nothing written to {args.out} (it is written at the end); the same command runs it "
+                           "again"), usage_errors():
+        return run(args)
 
 
 def run(args) -> dict:

@@ -18,7 +18,15 @@ import torch
 from ase.build import molecule
 from torch import nn
 
-from so2nn.cli import add_threads_argument, describe_threads, non_negative_int, positive_int, set_threads, usage_errors
+from so2nn.cli import (
+    add_threads_argument,
+    describe_threads,
+    exit_on_interrupt,
+    non_negative_int,
+    positive_int,
+    set_threads,
+    usage_errors,
+)
 from so2nn.graph import edge_vectors, radius_graph
 from so2nn.layers import (
     EdgeDegreeEmbedding,
@@ -93,11 +101,8 @@ def sample(generator: torch.Generator):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
+    with exit_on_interrupt("this example saves nothing; the same command runs it again"):
         run(args)
-    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
-        print("interrupted (SIGINT): this example saves nothing; the same command runs it again", flush=True)
-        raise SystemExit(130) from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:

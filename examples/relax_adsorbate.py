@@ -43,6 +43,7 @@ from so2nn.cli import (
     add_threads_argument,
     check_device,
     describe_threads,
+    exit_on_interrupt,
     positive_float,
     positive_int,
     set_threads,
@@ -163,13 +164,9 @@ def binding_height(atoms: Atoms) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:
-        with usage_errors():
-            return run(args)
-    except KeyboardInterrupt:  # Ctrl-C: exit as shells expect of an interrupted command, without a traceback
-        print("\ninterrupted (SIGINT): a model it trained is kept for the next run; the same command runs it "
-              "again", flush=True)
-        raise SystemExit(130) from None
+    with exit_on_interrupt("a model it trained is kept for the next run; the same command runs it again"), \
+            usage_errors():
+        return run(args)
 
 
 def run(args) -> dict:

@@ -90,6 +90,7 @@ from so2nn.cli import (
     add_threads_argument,
     check_device,
     describe_threads,
+    exit_on_interrupt,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -512,12 +513,8 @@ def main(argv=None) -> dict:
     # what a Ctrl-C outside the training loop (which stops itself after a step, with a checkpoint)
     # leaves behind, said by run() as it goes
     args.interrupted = "no checkpoint was saved; the same command starts the run again"
-    with usage_errors(parser):
-        try:
-            return run(args)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted (SIGINT): {args.interrupted}", flush=True)
-            raise SystemExit(128 + signal.SIGINT) from None
+    with usage_errors(parser), exit_on_interrupt(lambda: args.interrupted):
+        return run(args)
 
 
 def run(args) -> dict:

@@ -26,13 +26,16 @@ import argparse
 import contextlib
 import math
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["UsageError", "add_threads_argument", "check_device", "describe_threads", "fraction", "free_cores",
-           "non_negative_float", "non_negative_int", "positive_float", "positive_int", "set_threads", "usage_errors"]
+__all__ = ["UsageError", "add_threads_argument", "check_device", "describe_threads", "exit_on_interrupt", "fraction",
+           "free_cores", "non_negative_float", "non_negative_int", "positive_float", "positive_int", "set_threads",
+           "usage_errors"]
 
 
 class UsageError(ValueError):
@@ -52,6 +55,20 @@ def usage_errors(parser: argparse.ArgumentParser | None = None):
             parser.error(str(error))
         print(f"{os.path.basename(sys.argv[0]) or 'so2nn'}: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(what_is_kept: str | Callable[[], str]):
+    """Ctrl-C (SIGINT) inside ends the program as shells expect of an interrupted command: one line,
+    ``interrupted (SIGINT): <what_is_kept>``, and exit status 130, without a traceback.
+    ``what_is_kept`` (or a function returning it, read when the interrupt comes) tells the user
+    what was saved and how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        message = what_is_kept() if callable(what_is_kept) else what_is_kept
+        print(f"\ninterrupted (SIGINT): {message}", flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def _bounded(kind, test, what: str):

@@ -105,3 +105,15 @@ def test_a_usage_error_is_one_line_without_a_traceback():
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 2
     assert result.stderr == "-c: error: --checkpoint: no checkpoint file at x.pt\n", result.stderr
+
+
+def test_an_interrupt_is_one_line_and_exit_status_130(capsys):
+    kept = ["nothing yet"]
+    with pytest.raises(SystemExit) as exit_:
+        with cli.exit_on_interrupt(lambda: kept[0]):
+            kept[0] = "the checkpoint of step 3"  # read when the interrupt comes, not before
+            raise KeyboardInterrupt
+    assert exit_.value.code == 130
+    assert capsys.readouterr().out.strip() == "interrupted (SIGINT): the checkpoint of step 3"
+    with cli.exit_on_interrupt("unused"):  # without an interrupt: nothing happens
+        pass

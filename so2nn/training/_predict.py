@@ -46,14 +46,24 @@ def _bar(total: int, desc: str, progress: bool, initial: int = 0):
     return tqdm(total=total, initial=initial, desc=desc, unit="system", dynamic_ncols=True)
 
 
+class EvaluationStopped(Exception):
+    """Raised by :func:`accumulate_metrics` when its ``stop`` says so between two batches."""
+
+
 def accumulate_metrics(model, dataset, indices: Sequence[int], batch_size: int, device, metrics: S2EFMetrics,
                        free_atoms_only: bool = True, autocast: Callable | None = None,
-                       progress: bool = False) -> S2EFMetrics:
+                       progress: bool = False, stop: Callable[[], bool] | None = None) -> S2EFMetrics:
     """Add ``model``'s errors on the items ``indices`` of ``dataset`` (batches of ``batch_size``
-    in order) to ``metrics``; the loop behind :func:`evaluate_model` and the Trainer's validation."""
+    in order) to ``metrics``; the loop behind :func:`evaluate_model` and the Trainer's validation.
+    ``stop``: asked after every batch; when it answers True the loop ends with
+    :class:`EvaluationStopped` (a Ctrl-C during a long validation)."""
     model.eval()
     bar = _bar(len(indices), "evaluate", progress)
     for _, batch, out in model_outputs(model, dataset, indices, batch_size, device, autocast):
+        if stop is not None and stop():
+            if bar is not None:
+                bar.close()
+            raise EvaluationStopped
         fixed = getattr(batch, "fixed", None)
         mask = ~fixed.bool() if free_atoms_only and fixed is not None else None
         metrics.update(out["energy"].float(), batch.energy.view(-1), out["forces"].float(), batch.forces,

@@ -38,7 +38,7 @@ from ._logging import TRAIN_LOG, VAL_LOG, RunLog, read_log
 from ._loss import s2ef_loss
 from ._metrics import S2EFMetrics
 from ._plots import plot_summary, predictions
-from ._predict import accumulate_metrics
+from ._predict import EvaluationStopped, accumulate_metrics
 from ._provenance import check_resume, data_fingerprint
 from ._schedule import warmup_cosine
 
@@ -415,7 +415,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         first_step, self._clock = self.step, (time.perf_counter(), self.run_seconds)
         if self.step == 0:
-            metrics = self.evaluate()  # the starting point of the learning curve
+            metrics = self._validate(metrics)  # the starting point of the learning curve
         try:
             tick, atoms = time.perf_counter(), 0
             while self.step < last_step and not self._stop_requested:
@@ -435,7 +435,7 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                     if self.step % cfg.eval_every == 0:
-                        metrics = self.evaluate()
+                        metrics = self._validate(metrics)
                     stop = self._agree_to_stop()
                     if self.step % cfg.checkpoint_every == 0 or stop or self.step >= last_step:
                         self.save_checkpoint()
@@ -480,18 +480,28 @@ class Trainer:
         self._stop_requested = bool(flag.item() > 0)
         return self._stop_requested
 
+    def _validate(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The validation inside :meth:`fit`; a Ctrl-C or SIGTERM stops it between two batches (the
+        step's checkpoint is then saved with no validation row for it), or, in a distributed run,
+        where every process must finish it, after it."""
+        try:
+            return self.evaluate(stop=None if self.dist.distributed else lambda: self._stop_requested)
+        except EvaluationStopped:
+            return metrics
+
     @torch.no_grad()
-    def evaluate(self, dataset=None, model=None) -> dict[str, float]:
+    def evaluate(self, dataset=None, model=None, *, stop=None) -> dict[str, float]:
         """OC20's S2EF metrics of ``model`` (default: the EMA weights) on ``dataset`` (default:
         the validation set), sharded over processes; logged to ``val_log.csv``. With stress in
-        the data and the model's outputs, the stress MAEs too (:class:`S2EFMetrics`)."""
+        the data and the model's outputs, the stress MAEs too (:class:`S2EFMetrics`). ``stop``:
+        asked after every batch, True ends the validation early (``EvaluationStopped``)."""
         dataset = self.val_set if dataset is None else dataset
         model = self.ema.module if model is None else model
         model.eval()
         metrics = S2EFMetrics(energy_baseline=self.train_energy_mean)
         shard = list(range(self.dist.rank, len(dataset), self.dist.world_size))
         accumulate_metrics(model, dataset, shard, self.config.eval_batch_size, self.device, metrics,
-                           self.config.eval_on_free_atoms, self._autocast, progress=self.progress)
+                           self.config.eval_on_free_atoms, self._autocast, progress=self.progress, stop=stop)
         result = metrics.compute(reduce=self.dist.sum)
         self.log.write(VAL_LOG, {"step": self.step, **result})
         return result

@@ -64,6 +64,46 @@ def test_interrupted_and_resumed_run_repeats_the_uninterrupted_one(emt_data, tin
         assert torch.equal(a, b)
 
 
+def test_a_signal_during_validation_stops_it_between_batches(emt_data, tiny_model_config, tmp_path):
+    """SIGINT while a long validation runs: the run stops after the batch in hand, with the
+    step's checkpoint saved and no validation row for it, not after the whole validation."""
+    import os
+    import signal
+
+    train, val = emt_data
+    read = []
+
+    class Watched(torch.utils.data.Dataset):  # the validation set, sending SIGINT at the step-4 validation
+        def __len__(self):
+            return len(val)
+
+        def __getitem__(self, i):
+            read.append(i)
+            if trainer.step == 4 and len(read) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return val[i]
+
+    config = TrainingConfig(max_steps=8, batch_size=4, eval_batch_size=1, lr=1e-3, warmup_steps=2, eval_every=4,
+                            checkpoint_every=100)
+    trainer = Trainer(tiny_model_config, train, Watched(), config, tmp_path, progress=False)
+    trainer.evaluate = _after_step_0(trainer.evaluate, read)
+    trainer.fit()
+    assert trainer.step == 4 and trainer.stop_signal == signal.SIGINT
+    assert len(read) < len(val), "the validation ran to its end"
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 4
+    with open(tmp_path / "val_log.csv", newline="") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [0]
+
+
+def _after_step_0(evaluate, read):
+    """``evaluate``, forgetting the items the step-0 validation read."""
+    def wrapped(*args, **kwargs):
+        out = evaluate(*args, **kwargs)
+        read.clear()
+        return out
+    return wrapped
+
+
 def test_checkpoint_writes_are_atomic(emt_data, tiny_model_config, tmp_path, monkeypatch):
     train, val = emt_data
     config = TrainingConfig(max_steps=2, batch_size=4, eval_every=100, checkpoint_every=1)
