@@ -117,7 +117,8 @@ class EnergyHead(nn.Module):
         ``atomic_numbers [N]``) are added when given.
         """
         node_energy = self.energy_block(x)[:, 0, 0]  # l = 0, the only invariant coefficient
-        energy = node_energy.new_zeros(num_systems).index_add(0, batch, node_energy)
+        # (scatter_add, not index_add: inductor's CPU code generator fails on index_add of these rows)
+        energy = node_energy.new_zeros(num_systems).scatter_add(0, batch, node_energy)
         if self.reduce == "sum":
             energy = energy / self.avg_num_nodes
         else:  # "mean": the per-atom energy of each system
@@ -128,7 +129,7 @@ class EnergyHead(nn.Module):
             if atomic_numbers is None:
                 raise ValueError("element_energies need the atomic_numbers they are indexed by")
             per_atom = element_energies.to(energy.dtype).index_select(0, atomic_numbers)
-            energy = energy.index_add(0, batch, per_atom)
+            energy = energy.scatter_add(0, batch, per_atom)
         return energy
 
 
