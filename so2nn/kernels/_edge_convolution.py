@@ -51,6 +51,7 @@ class SO2Weights(NamedTuple):
         layout: the (lmax, mmax) layout of the edge-frame features.
         m0_weight, m0_bias: the real map of :math:`m = 0`, ``[(lmax+1) out + extra, (lmax+1) in]``
             (the extra outputs first) and its bias.
+        fc_m: for each order :math:`m = 1..m_{max}`, the parameter ``[W_r; W_i]`` (``[2K out, K in]``).
         complex: for each order :math:`m = 1..m_{max}`, the complex product as one real matrix
             :math:`\begin{pmatrix} W_r & -W_i \\ W_i & W_r \end{pmatrix}` (``[2K out, 2K in]``), built by the layer.
         extra_channels: the extra invariant outputs of the :math:`m = 0` map.
@@ -61,6 +62,7 @@ class SO2Weights(NamedTuple):
     layout: CoefficientLayout
     m0_weight: torch.Tensor
     m0_bias: torch.Tensor | None
+    fc_m: tuple[torch.Tensor, ...]
     complex: tuple[torch.Tensor, ...]
     extra_channels: int
     radial: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -143,22 +145,29 @@ def _edge_convolution(x, source, target, matrix, hidden, weights: SO2Weights):
 
 
 class _EdgeConvolution(torch.autograd.Function):
-    """:func:`edge_convolution` with autograd, storing only node features and radial hidden features.
+    """:func:`edge_convolution` with autograd, storing only node features, radial hidden features
+    and the parameters.
 
-    The weights arrive as tensors (``radial_weight, radial_bias, m0_weight, m0_bias, *complex``)
-    so that autograd routes their gradients, the complex matrices' back through the layer that built them."""
+    The parameters arrive as tensors (``radial_weight, radial_bias, m0_weight, m0_bias, *fc_m``) so
+    that autograd routes their gradients; the forward uses the complex matrices the layer built
+    (``weights``), and backward builds them again from ``fc_m`` with the layer's own
+    :func:`~so2nn.layers.complex_matrix` rather than keeping them (a few MB per block)."""
 
     @staticmethod
-    def forward(ctx, x, source, target, matrix, hidden, layout, extra, radial_weight, radial_bias, w0, b0, *complex_m):
-        weights = SO2Weights(layout, w0, b0, complex_m, extra, (radial_weight, radial_bias))
-        ctx.layout, ctx.extra = layout, extra
-        ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_m)
+    def forward(ctx, x, source, target, matrix, hidden, weights, radial_weight, radial_bias, w0, b0, *fc_m):
+        ctx.layout, ctx.extra = weights.layout, weights.extra_channels
+        ctx.save_for_backward(x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_m)
         return _edge_convolution(x, source, target, matrix, hidden, weights)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_extra):
-        x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *complex_m = ctx.saved_tensors
+        from ..layers import complex_matrix  # the math of the layer this kernel fuses (imported when needed)
+
+        x, source, target, matrix, hidden, radial_weight, radial_bias, w0, *fc_m = ctx.saved_tensors
+        with torch.enable_grad():  # the complex matrices again, differentiably: their adjoint maps the gradients
+            fc_leaves = [w.detach().requires_grad_() for w in fc_m]
+            complex_m = [complex_matrix(w) for w in fc_leaves]
         layout, E = ctx.layout, source.shape[0]
         pairs = rotate_pairs(matrix, x, source, target)  # (source, target) halves, [E, edge_dim, C] each
         radial = torch.nn.functional.linear(hidden, radial_weight, radial_bias)
@@ -178,7 +187,7 @@ class _EdgeConvolution(torch.autograd.Function):
             gm = gm.reshape(E, gm.shape[1] * gm.shape[2])
             if m == 0 and ctx.extra:
                 gm = torch.cat([grad_extra, gm], dim=1)  # the m = 0 map's output order: extra first
-            weight = w0 if m == 0 else complex_m[m - 1]
+            weight = w0 if m == 0 else complex_m[m - 1].detach()
             grad_weights.append(gm.T @ _modulate(xm, rm, signs))
             if m == 0:
                 grad_bias = gm.sum(0)
@@ -197,8 +206,9 @@ class _EdgeConvolution(torch.autograd.Function):
         grad_radial_weight, grad_radial_bias = grad_radial.T @ hidden, grad_radial.sum(0)
         del grad_radial, grad_radial_blocks, grad_r
         grad_x = _rotate_pairs_adjoint(matrix, grad_pairs, source, target, x.shape[0])
-        return (grad_x, None, None, None, grad_hidden, None, None, grad_radial_weight, grad_radial_bias,
-                grad_weights[0], grad_bias, *grad_weights[1:])
+        grad_fc = torch.autograd.grad(complex_m, fc_leaves, grad_weights[1:]) if fc_m else ()
+        return (grad_x, None, None, None, grad_hidden, None, grad_radial_weight, grad_radial_bias,
+                grad_weights[0], grad_bias, *grad_fc)
 
 
 def edge_convolution(x: torch.Tensor, edge_index: torch.Tensor, matrix: torch.Tensor, hidden: torch.Tensor,
@@ -221,9 +231,8 @@ def edge_convolution(x: torch.Tensor, edge_index: torch.Tensor, matrix: torch.Te
         raise ValueError("edge_convolution needs the weights of an SO2Convolution (with its radial MLP's last layer)")
     if not torch.is_grad_enabled():
         return _edge_convolution(x, edge_index[0], edge_index[1], matrix, hidden, weights)
-    return _EdgeConvolution.apply(x, edge_index[0], edge_index[1], matrix, hidden, weights.layout,
-                                  weights.extra_channels, *weights.radial, weights.m0_weight, weights.m0_bias,
-                                  *weights.complex)
+    return _EdgeConvolution.apply(x, edge_index[0], edge_index[1], matrix, hidden, weights, *weights.radial,
+                                  weights.m0_weight, weights.m0_bias, *weights.fc_m)
 
 
 def atom_edge_linear(edge_features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

@@ -251,12 +251,13 @@ class EquivariantGraphAttention(nn.Module):
         # 4. attention weights, the softmax in at least float32 (under bf16 autocast the logits are bf16)
         logits = maybe_recompute(recompute, self.attention, alpha_features)  # [E, H]
         # so2nn's segment softmax, not torch_geometric.utils.softmax: same numbers, faster (RESULTS.md)
-        alpha = segment_softmax(at_least_float32(logits), edges.target,
-                                edges.num_targets)
+        alpha = segment_softmax(at_least_float32(logits), edges.target, edges.num_targets)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         # 3. the activated values of every head, times their attention weights
-        message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha, weights[1])
+        # (recomputed, the second map builds its complex matrices inside, so that they are not kept)
+        message = maybe_recompute(recompute, self._weighted_values, message, gates, alpha,
+                                  None if recompute else weights[1])
         # 5. rotate back, sum over the neighbours, project
         message = rotation.from_edge(message, rescale=True)
         return self.proj(scatter_sum(message, edges.target, edges.num_targets, self.kernels))
@@ -275,7 +276,7 @@ class EquivariantGraphAttention(nn.Module):
         return radial.hidden_layers(hidden)
 
     def _weighted_values(self, message: torch.Tensor, gates: torch.Tensor, alpha: torch.Tensor,
-                         weights: SO2Weights) -> torch.Tensor:
+                         weights: SO2Weights | None) -> torch.Tensor:
         """Values of every head, ``SO2Linear_2(act(message, gates))``, times its attention weight:
         ``[E, edge_dim, H * V]``."""
         values = self.so2_conv_2(self.act(message, gates if self.num_gates else None), weights).y

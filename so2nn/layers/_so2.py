@@ -178,8 +178,9 @@ class SO2Linear(ConstantsModule):
         matrices of every order built (differentiably: gradients reach ``fc_m``). A caller that runs
         the map more than once in a forward (on blocks of edges) builds it once and passes it to
         :meth:`forward`; the kernels take it too."""
-        complex_m = tuple(self.complex_weight(m) for m in range(1, self.layout.mmax + 1))
-        return SO2Weights(self.layout, self.fc_m0.weight, self.fc_m0.bias, complex_m, self.extra_m0_output_channels)
+        fc_m = tuple(fc.weight for fc in self.fc_m)
+        return SO2Weights(self.layout, self.fc_m0.weight, self.fc_m0.bias, fc_m, tuple(map(complex_matrix, fc_m)),
+                          self.extra_m0_output_channels)
 
     def forward(self, x: torch.Tensor, weights: SO2Weights | None = None) -> SO2Output:
         """``weights``: :meth:`weights`, when the caller has them already."""
