@@ -28,8 +28,8 @@ GRID_SILU = KernelInfo("grid_silu", double_backward=True, autocast=True, devices
 
 # Size of the [rows, grid points] temporary per step on the CPU: small enough for the grid
 # values to stay in the core's L2 cache between the three steps (512 rows x 324 points = 0.66 MB
-# in float32), large enough for efficient matmuls and few Python steps (forward + backward of
-# the 31M model's edge activation, 2 threads: 44 ms in 512-row chunks, 61 ms in 4096-row ones).
+# in float32), large enough for efficient matmuls and few Python steps (the timings of chunk
+# sizes are in benchmarks/RESULTS.md, "How so2nn spends less time and memory").
 _CPU_CHUNK_ELEMENTS = 512 * 324
 
 
